@@ -1,0 +1,33 @@
+# specc — the two commands in the README: `make demo` and `make test`.
+# The venv is created on first use; torch is pinned to the CPU wheel through constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU torch wheel lies in /opt/wheels on these machines; elsewhere pip uses the index.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(BIN)/python -m pip install -q -c constraints.txt $(FIND_LINKS)
+
+.PHONY: demo test bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) "torch==2.13.0"
+	$(PIP) -e ".[dev]"
+	touch $@
+
+demo: venv
+	$(BIN)/specc summary specs/digits_cnn.yaml
+	$(BIN)/specc train specs/digits_cnn.yaml --out runs
+
+test: venv
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: venv
+	$(PIP) -e ".[dev,bench]"
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
