@@ -1,0 +1,77 @@
+"""Located spec errors: every problem carries file:line:column, a stable code and a fix hint."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Location:
+    """A 1-based position in a spec file."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+# Stable error codes, documented in docs/errors.md; editors and CI annotations key on them.
+CODES = (
+    "YAML_SYNTAX", "FILE_NOT_FOUND", "TYPE_ERROR", "MISSING_KEY", "UNKNOWN_KEY",
+    "UNKNOWN_LAYER", "UNKNOWN_KWARG", "MISSING_ARGUMENT", "UNKNOWN_REFERENCE", "UNKNOWN_VAR",
+    "EXPRESSION_ERROR", "DUPLICATE_NAME", "INVALID_ITEM", "IMPORT_ERROR", "SHAPE_MISMATCH",
+    "LAYER_ERROR", "EXPECT_FAILED", "DATA_ERROR", "CHECKPOINT_ERROR",
+)
+
+
+@dataclass
+class Problem:
+    """One mistake found in a spec."""
+
+    message: str
+    location: Location | None = None
+    code: str = "TYPE_ERROR"
+    suggestion: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        hint = f" (did you mean '{self.suggestion}'?)" if self.suggestion else ""
+        extra = "".join(f"\n    {note}" for note in self.notes)
+        return f"{where}{self.message}{hint}{extra}"
+
+    def to_dict(self) -> dict:
+        loc = self.location
+        return {
+            "code": self.code,
+            "file": loc.file if loc else None,
+            "line": loc.line if loc else None,
+            "column": loc.column if loc else None,
+            "message": self.message,
+            "suggestion": self.suggestion,
+        }
+
+
+class SpecError(Exception):
+    """Raised with every problem found; `str()` lists them one per line."""
+
+    def __init__(self, problems: Problem | Iterable[Problem]):
+        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def first(self) -> Problem:
+        return self.problems[0]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest known name to a misspelled one, case differences first (`Conv2D` -> `Conv2d`)."""
+    choices = list(choices)
+    lowered = {choice.lower(): choice for choice in choices}
+    if str(word).lower() in lowered:
+        return lowered[str(word).lower()]
+    matches = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return matches[0] if matches else None
