@@ -10,8 +10,6 @@ are computed in `forward`, so they are right on whatever device the module ends 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
