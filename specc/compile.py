@@ -87,6 +87,10 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
     meta_modules = dry_run(graph, registry, batch_size, input_shapes)
+    if any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
+        from specc.symbolic import label_symbolic_dims
+
+        label_symbolic_dims(graph, registry, batch_size)
     device = torch.device(device)
     modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
     if dtype is not None:

@@ -61,8 +61,11 @@ class Expander:
         refs: ChainMap = ChainMap({})
         for name, declared in self.spec.inputs.items():
             shape = self._input_shape(name, declared.shape, variables)
+            # dims written as a var name (`shape: [seq]`) stay symbolic: any size works at run time
+            symbols = {index: size for index, size in enumerate(declared.shape)
+                       if isinstance(size, str) and IDENTIFIER.match(size)}
             node = Node(name=name, op="input", target="input", label=name, dtype=declared.dtype,
-                        location=self.source.locate(("inputs", name)), meta={"shape": shape})
+                        location=self.source.locate(("inputs", name)), meta={"shape": shape, "symbols": symbols})
             self._add(node)
             refs[name] = name
         context = Context(variables=variables, refs=refs)
