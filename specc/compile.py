@@ -66,7 +66,8 @@ class Compiled:
 
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
             dtype: torch.dtype | str | None = None, batch_size: int = 2,
-            input_shapes: dict[str, list[int]] | None = None, **variables: Any) -> Compiled:
+            input_shapes: dict[str, list[int]] | None = None, symbolic: bool = True,
+            **variables: Any) -> Compiled:
     """Validate, expand, dry-run and build a spec.
 
     Args:
@@ -75,6 +76,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         dtype: floating dtype for the weights (default: torch's default, float32).
         batch_size: batch size of the dry run (shapes in `graph` carry it as dim 0).
         input_shapes: override the spec's input shapes (without batch dim), by input name.
+        symbolic: label output dims that follow named input dims (`seq/2`) with a second dry run.
         **variables: overrides of the spec's `vars` (`width=128`) or dotted keys (`train.epochs`).
 
     Returns:
@@ -87,7 +89,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
     meta_modules = dry_run(graph, registry, batch_size, input_shapes)
-    if any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
+    if symbolic and any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
         from specc.symbolic import label_symbolic_dims
 
         label_symbolic_dims(graph, registry, batch_size)
@@ -112,7 +114,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
           dtype: torch.dtype | str | None = None, **variables: Any) -> nn.Module:
     """Compile a spec and return just the `nn.Module` (see `compile` for the arguments)."""
-    return compile(spec_or_path, device=device, dtype=dtype, **variables).module
+    return compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables).module
 
 
 def class_name(spec: Spec) -> str:
