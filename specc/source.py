@@ -9,11 +9,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 
 from specc.errors import Location, Problem, SpecError
 
 DataPath = tuple  # keys and list indices from the document root
+
+
+class SpecLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; people write `1e-3`)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class SourceMap:
@@ -46,7 +59,7 @@ class SourceMap:
 def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus the positions of everything in it."""
     source = SourceMap(file)
-    loader = yaml.SafeLoader(text)
+    loader = SpecLoader(text)
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as error:

@@ -163,8 +163,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`"width=128"` -> `("width", 128)`; the value is read as YAML, so numbers and lists keep their type."""
     if "=" not in text:
         raise SpecError(Problem(f"--set expects key=value, got '{text}'", None, "TYPE_ERROR"))
+    from specc.source import SpecLoader
+
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    return key.strip(), yaml.load(value, Loader=SpecLoader) if value.strip() else ""
 
 
 def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:

@@ -1,0 +1,137 @@
+"""Core pieces: vars and expressions, source positions, overrides, named dims, sharing, schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import specc
+from specc.compile import compile as compile_spec
+from specc.errors import SpecError
+from specc.expressions import ExpressionError, evaluate, resolve_vars, substitute
+from specc.source import load_yaml
+from specc.spec import parse_override
+
+
+# ----- expressions ------------------------------------------------------------------------------
+@pytest.mark.parametrize("expression, expected", [
+    ("width * 4", 256), ("width / 2", 32), ("width // 3", 21), ("width % 10", 4), ("2 ** 3", 8),
+    ("-width + 1", -63), ("max(width, 100) // 2", 50), ("min(3, 4) * 2", 6), ("round(2.6)", 3),
+    ("(width + 2) * 2", 132), ("width / 3", 64 / 3),
+])
+def test_expressions_evaluate_arithmetic(expression, expected):
+    assert evaluate(expression, {"width": 64}) == expected
+
+
+@pytest.mark.parametrize("expression", [
+    "__import__('os')", "width.bit_length()", "[1, 2]", "open('x')", "lambda: 1", "width if 1 else 2", "'a' * 3",
+])
+def test_expressions_refuse_anything_but_arithmetic(expression):
+    with pytest.raises(ExpressionError):
+        evaluate(expression, {"width": 64})
+
+
+def test_substitute_keeps_types_and_formats_inside_strings():
+    variables = resolve_vars({"dim": 64, "hidden": "$(dim * 4)", "tag": "layer_$dim"})
+    assert variables == {"dim": 64, "hidden": 256, "tag": "layer_64"}
+    assert substitute({"a": ["$dim", "${dim}x"], "b": "$(hidden / 2)"}, variables) == {"a": [64, "64x"], "b": 128}
+
+
+def test_unknown_var_names_the_var():
+    with pytest.raises(ExpressionError) as raised:
+        substitute("$(widht * 2)", {"width": 1})
+    assert raised.value.name == "widht"
+
+
+# ----- source positions ---------------------------------------------------------------------------
+def test_source_map_points_at_keys_and_items():
+    text = "inputs:\n  x: {shape: [3]}\nlayers:\n  - ReLU\n  - Linear: {out_features: 2}\n"
+    data, source = load_yaml(text, "m.yaml")
+    assert data["layers"][1] == {"Linear": {"out_features": 2}}
+    assert str(source.locate(("layers", 1))) == "m.yaml:5:5"
+    assert str(source.locate(("layers", 1, "Linear", "out_features"))) == "m.yaml:5:14"
+    assert str(source.locate(("layers", 1, "Linear", "nothing"))) == "m.yaml:5:5"  # falls back to the key
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("width=128") == ("width", 128)
+    assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
+    assert parse_override("shape=[1, 28, 28]") == ("shape", [1, 28, 28])
+    assert parse_override("name=abc") == ("name", "abc")
+
+
+def test_dotted_override_sets_any_key():
+    spec = specc.load("inputs: {x: {shape: [4]}}\nlayers: [ReLU]\n", {"expect.params": 3, "inputs.x.shape": [8]})
+    assert spec.inputs["x"].shape == [8] and spec.expect.params == 3
+
+
+# ----- named dims -----------------------------------------------------------------------------------
+NAMED_DIMS = """
+inputs:
+  tokens: {shape: [seq], dtype: long}
+vars: {seq: 16, dim: 32}
+layers:
+  - Embedding: [100, $dim]
+  - transpose: [1, 2]
+  - Conv1d: {out_channels: 8, kernel_size: 2, stride: 2}
+  - mean: {dim: 1}
+"""
+
+
+def test_named_dims_are_labelled_and_free_at_run_time():
+    compiled = compile_spec(NAMED_DIMS)
+    labels = [node.meta["symbolic_shape"] for node in compiled.graph]
+    assert labels == [["B", "seq"], ["B", "seq", 32], ["B", 32, "seq"], ["B", 8, "seq/2"], ["B", "seq/2"]]
+    assert compiled.module(torch.randint(0, 100, (3, 40))).shape == (3, 20)
+
+
+# ----- sharing, several inputs and outputs ----------------------------------------------------------
+SIAMESE = """
+inputs: {left: {shape: [8]}, right: {shape: [8]}}
+layers:
+  - Linear: [4]
+    name: encoder
+  - Linear: [4]
+    share: encoder
+    from: right
+    name: encoder_right
+  - sub: {}
+    from: [encoder, encoder_right]
+    name: difference
+outputs: [difference, encoder]
+"""
+
+
+def test_shared_layer_has_one_copy_of_its_weights():
+    model = specc.build(SIAMESE)
+    assert list(model.state_dict()) == ["encoder.weight", "encoder.bias"]
+    left, right = torch.randn(2, 8), torch.randn(2, 8)
+    difference, encoded = model(left, right)
+    torch.testing.assert_close(difference, model.encoder(left) - model.encoder(right))
+    torch.testing.assert_close(encoded, model.encoder(left))
+
+
+def test_generated_forward_is_plain_code():
+    model = specc.build("inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: [3]\n    name: fc\n  - relu\n")
+    assert "self.fc(x)" in model.code and "torch.relu" in model.code
+
+
+# ----- expect ------------------------------------------------------------------------------------------
+def test_expect_checks_every_key():
+    right = {"params": 36, "trainable_params": 36, "output_shape": [4], "flops": 64}
+    spec = "inputs: {x: {shape: [8]}}\nlayers: [Linear: [4]]\nexpect: %s\n"
+    compile_spec(spec % json.dumps(right))
+    for key, wrong in [("params", 35), ("trainable_params", 1), ("output_shape", [5]), ("flops", 100)]:
+        text = spec % json.dumps({**right, key: wrong})
+        with pytest.raises(SpecError) as raised:
+            compile_spec(text)
+        assert raised.value.first.code == "EXPECT_FAILED" and f"expect.{key}" in raised.value.first.message
+
+
+# ----- schema ------------------------------------------------------------------------------------------
+def test_json_schema_describes_the_spec():
+    schema = specc.json_schema()
+    assert {"inputs", "layers", "vars", "blocks", "train", "expect"} <= set(schema["properties"])
+    assert schema["required"] == ["inputs", "layers"]
+    json.dumps(schema)
