@@ -135,15 +135,37 @@ class Registry:
         return [*self.layers, *FUNCTIONS, *FUNCTION_AS_LAYER]
 
 
+# Args that a subclass passes to its base itself (LSTM passes mode="LSTM" to RNNBase).
+_SET_BY_SUBCLASS = {"mode"}
+# Args a `*args, **kwargs` wrapper accepts on top of its base's (nn.RNN picks tanh/relu itself).
+_WRAPPER_EXTRAS = {"RNN": [inspect.Parameter("nonlinearity", inspect.Parameter.KEYWORD_ONLY, default="tanh")]}
+
+
 @lru_cache(maxsize=None)
 def layer_info(name: str, cls: type) -> LayerInfo:
-    signature = inspect.signature(cls.__init__)
+    signature = _constructor_signature(cls)
     parameters = tuple(p for p in list(signature.parameters.values())[1:]
                        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     # factory kwargs are set by specc itself (device/dtype of the build)
     parameters = tuple(p for p in parameters if p.name not in ("device", "dtype"))
     return LayerInfo(name, cls, parameters, accepts_any)
+
+
+def _constructor_signature(cls: type) -> inspect.Signature:
+    """The real constructor signature; for `__init__(self, *args, **kwargs)` wrappers (LSTM, GRU, RNN)
+    the first base class that spells its parameters out."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__)
+        kinds = {p.kind for p in list(signature.parameters.values())[1:]}
+        if kinds - {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} or not kinds:
+            if klass is cls:
+                return signature
+            kept = [p for p in signature.parameters.values() if p.name not in _SET_BY_SUBCLASS]
+            return signature.replace(parameters=kept + _WRAPPER_EXTRAS.get(cls.__name__, []))
+    return inspect.signature(cls.__init__)
 
 
 @lru_cache(maxsize=1)
