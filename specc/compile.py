@@ -61,7 +61,9 @@ class Compiled:
         """The same model on the meta device (for FLOP counts and summaries without allocating)."""
         if self.device.type == "meta":
             return self.module
-        return _graph_module(self.graph, self.meta_modules, self.spec)
+        module = _graph_module(self.graph, self.meta_modules, self.spec)
+        _apply_ties(module, self.spec)
+        return module
 
 
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
