@@ -13,7 +13,7 @@ import inspect
 import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from specc.errors import did_you_mean
 
@@ -161,9 +161,9 @@ class TrainConfig(_Strict):
     eval_batch_size: Optional[int] = Field(None, ge=1)  # default: 4 × batch_size (no gradients to keep)
     epochs: int = Field(10, ge=1)
     loss: Call
+    metrics: list[Call] = Field(default_factory=list)
     optimizer: Call = Field(default_factory=lambda: Call(name="Adam", kwargs={"lr": 0.001}))
     scheduler: Union[Call, list[Call], None] = None  # a list is chained: every scheduler steps in turn
-    metrics: list[Call] = Field(default_factory=list)
     early_stopping: Optional[EarlyStoppingConfig] = None
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     swa: Optional[SWAConfig] = None
@@ -199,7 +199,7 @@ class TrainConfig(_Strict):
 
     @field_validator("scheduler", mode="before")
     @classmethod
-    def _check_scheduler(cls, value: Any) -> Union[Call, list[Call], None]:
+    def _check_scheduler(cls, value: Any, info: ValidationInfo) -> Union[Call, list[Call], None]:
         if value is None:
             return None
         calls = [Call.parse(item, "scheduler") for item in (value if isinstance(value, list) else [value])]
@@ -211,6 +211,7 @@ class TrainConfig(_Strict):
                 raise ValueError(f"scheduler {call.name}: only ReduceLROnPlateau watches a monitor")
             _check_call(Call(name=call.name, kwargs=kwargs), _torch_classes("scheduler"), "scheduler",
                         skip=("optimizer",), filled=FILLED_SCHEDULER_ARGS.get(call.name, ()))
+            _check_monitor(call.kwargs.get("monitor"), f"scheduler {call.name} monitor", info)
         return calls if isinstance(value, list) else calls[0]
 
     @field_validator("metrics", mode="before")
@@ -236,21 +237,20 @@ class TrainConfig(_Strict):
             raise ValueError("device must be auto, cpu, cuda, cuda:<index> or mps")
         return value
 
-    @model_validator(mode="after")
-    def _check_monitors(self) -> "TrainConfig":
-        names = self.monitor_names()
-        for section in ("early_stopping", "checkpoint"):
-            config = getattr(self, section)
-            if config is not None and config.monitor is not None and config.monitor not in names:
-                raise ValueError(f"{section}.monitor '{config.monitor}' is not logged{_hint(config.monitor, names)}; "
-                                 f"choose from {', '.join(names)}")
-        for call in self.schedulers:
-            monitor = call.kwargs.get("monitor")
-            if monitor is not None and monitor not in names:
-                raise ValueError(f"scheduler monitor '{monitor}' is not logged{_hint(monitor, names)}")
-        if self.swa is not None and self.swa.start_epoch > self.epochs:
-            raise ValueError(f"swa.start_epoch ({self.swa.start_epoch}) is after the last epoch ({self.epochs})")
-        return self
+    @field_validator("early_stopping", "checkpoint")
+    @classmethod
+    def _check_monitored(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            _check_monitor(value.monitor, f"{info.field_name}.monitor", info)
+        return value
+
+    @field_validator("swa")
+    @classmethod
+    def _swa_in_range(cls, value: Optional[SWAConfig], info: ValidationInfo) -> Optional[SWAConfig]:
+        epochs = info.data.get("epochs")
+        if value is not None and epochs is not None and value.start_epoch > epochs:
+            raise ValueError(f"swa.start_epoch ({value.start_epoch}) is after the last epoch ({epochs})")
+        return value
 
     # --- derived values, used by the loop -------------------------------------------------------
     @property
@@ -261,13 +261,11 @@ class TrainConfig(_Strict):
 
     @property
     def has_validation(self) -> bool:
-        return self.data.split.kfold is not None or self.data.split.val > 0
+        return _has_validation(self.data)
 
     def monitor_names(self) -> list[str]:
         """Every per-epoch number a monitor may watch, e.g. val_loss, train_accuracy."""
-        splits = ("train", "val") if self.has_validation else ("train",)
-        scalars = ["loss"] + [call.name for call in self.metrics if call.name not in MATRIX_METRICS]
-        return [f"{split}_{name}" for split in splits for name in scalars]
+        return _monitor_names(self.metrics, self.has_validation)
 
     def default_monitor(self) -> str:
         return "val_loss" if self.has_validation else "train_loss"
@@ -278,6 +276,25 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
     if mode != "auto":
         return mode
     return "min" if monitor.split("_", 1)[-1] in LOWER_IS_BETTER else "max"
+
+
+def _has_validation(data: DataConfig) -> bool:
+    return data.split.kfold is not None or data.split.val > 0
+
+
+def _monitor_names(metrics: list[Call], has_validation: bool) -> list[str]:
+    splits = ("train", "val") if has_validation else ("train",)
+    scalars = ["loss"] + [call.name for call in metrics if call.name not in MATRIX_METRICS]
+    return [f"{split}_{name}" for split in splits for name in scalars]
+
+
+def _check_monitor(monitor: Optional[str], what: str, info: ValidationInfo) -> None:
+    """A monitor must name a logged number; skipped when data or metrics failed validation already."""
+    if monitor is None or "data" not in info.data or "metrics" not in info.data:
+        return
+    names = _monitor_names(info.data["metrics"], _has_validation(info.data["data"]))
+    if monitor not in names:
+        raise ValueError(f"{what} '{monitor}' is not logged{_hint(monitor, names)}; choose from {', '.join(names)}")
 
 
 def _hint(word: str, choices) -> str:
