@@ -1,0 +1,174 @@
+"""What a run reports: progress on the console, metrics.csv, TensorBoard events and curves.png.
+
+On a terminal each epoch gets a rich progress bar with loss, metrics and lr; otherwise (CI logs,
+pipes) one plain line per epoch. The files are rewritten after every epoch, so an interrupted or
+diverged run still leaves readable logs.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+NOT_PLOTTED = ("epoch", "seconds", "lr")
+
+
+class RunLog:
+    """Console progress plus the run directory's log files (only on the main process)."""
+
+    def __init__(self, run_dir: Path, *, epochs: int, verbose: bool = True, label: str = ""):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.epochs = epochs
+        self.verbose = verbose
+        self.label = f"{label} " if label else ""
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.interactive = verbose and sys.stdout.isatty()
+        self.writer = SummaryWriter(str(run_dir))
+        self.progress = _progress(self.console) if self.interactive else None
+        self.task = None
+
+    def epoch_started(self, epoch: int, steps: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("", total=steps, epoch=f"{self.label}{epoch}/{self.epochs}", info="")
+
+    def step(self, loss: float | None = None) -> None:
+        """One batch done; `loss` (the epoch's running mean) is shown when given."""
+        if self.progress is not None:
+            info = {} if loss is None else {"info": f"loss {loss:.4f}"}
+            self.progress.update(self.task, advance=1, **info)
+
+    def epoch_finished(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Show the epoch's numbers and append them to metrics.csv and TensorBoard."""
+        summary = format_record(record)
+        if self.progress is not None:
+            self.progress.update(self.task, info=summary)
+        elif self.verbose:
+            print(f"{self.label}epoch {record['epoch']:>{len(str(self.epochs))}}/{self.epochs}  {summary}", flush=True)
+        write_csv(self.run_dir / "metrics.csv", history)
+        for key, value in record.items():
+            if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
+                self.writer.add_scalar(tensorboard_tag(key), value, record["epoch"])
+        self.writer.flush()
+
+    def message(self, text: str) -> None:
+        if self.verbose:
+            self.console.print(text)
+
+    def close(self, history: list[dict[str, Any]]) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.writer.close()
+        if history:
+            plot_curves(history, self.run_dir / "curves.png")
+
+
+def _progress(console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
+    progress.start()
+    return progress
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """`train_loss 0.1234  val_accuracy 0.9800  lr 1.00e-03  0.8s`."""
+    parts = []
+    for key, value in record.items():
+        if key == "epoch":
+            continue
+        if key == "lr":
+            parts.append(f"lr {value:.2e}")
+        elif key == "seconds":
+            parts.append(f"{value:.1f}s")
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return "  ".join(parts)
+
+
+def tensorboard_tag(key: str) -> str:
+    """`train_loss` -> `Loss/train`, `val_accuracy` -> `accuracy/val`, `lr` -> `lr`."""
+    split, _, name = key.partition("_")
+    if not name:
+        return key
+    return f"{'Loss' if name == 'loss' else name}/{split}"
+
+
+def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """One panel per quantity (loss, then each metric), train and val curves over epochs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(key.partition("_")[2] for key in history[0] if key not in NOT_PLOTTED))
+    figure = Figure(figsize=(4.5 * len(names), 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    epochs = [record["epoch"] for record in history]
+    for index, name in enumerate(names):
+        axes = figure.add_subplot(1, len(names), index + 1)
+        for split in ("train", "val"):
+            values = [record.get(f"{split}_{name}", math.nan) for record in history]
+            if any(not math.isnan(value) for value in values):
+                axes.plot(epochs, values, marker="o", markersize=3, label=split)
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.savefig(path, dpi=100)
+
+
+def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any]]) -> None:
+    """A table with one row per metric and one column per split; matrices printed below it."""
+    splits = list(metrics)
+    names = list(dict.fromkeys(name for values in metrics.values() for name in values))
+    table = Table()
+    table.add_column("metric")
+    for split in splits:
+        table.add_column(split, justify="right")
+    matrices = []
+    for name in names:
+        cells = [metrics[split].get(name) for split in splits]
+        if any(isinstance(cell, list) for cell in cells):
+            matrices.append(name)
+            continue
+        table.add_row(name, *("" if cell is None else f"{cell:.4f}" for cell in cells))
+    console.print(title)
+    console.print(table)
+    for name in matrices:
+        for split in splits:
+            if isinstance(metrics[split].get(name), list):
+                console.print(f"{name} ({split}), rows = true class:")
+                for row in metrics[split][name]:
+                    console.print("  " + " ".join(f"{value:>5}" for value in _flat(row)))
+
+
+def print_folds(console: Console, title: str, folds: list[dict[str, float]], summary: dict[str, tuple]) -> None:
+    """K-fold results: one column per fold, then mean ± std."""
+    table = Table()
+    table.add_column("metric")
+    for index in range(len(folds)):
+        table.add_column(f"fold {index + 1}", justify="right")
+    table.add_column("mean ± std", justify="right")
+    for name, (mean, std) in summary.items():
+        table.add_row(name, *(f"{fold.get(name, math.nan):.4f}" for fold in folds), f"{mean:.4f} ± {std:.4f}")
+    console.print(title)
+    console.print(table)
+
+
+def _flat(row: Any) -> list:
+    return row if isinstance(row, list) else [row]
