@@ -91,6 +91,112 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt written by `specc train`.",
+                                                show_default=False)]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps (overrides train.device).")]
+
+
+@app.command()
+def train(
+    spec: SpecPath,
+    epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
+    device: DeviceOption = None,
+    set_: SetOption = None,
+    out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt exactly where it stopped.")] = None,
+) -> None:
+    """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
+
+    Exit code 0 when training completes (or stops early), 1 when the loss became nan/inf,
+    2 for spec, data or checkpoint errors, 130 when interrupted (last.pt is saved).
+    """
+    try:
+        with user_errors():
+            from specc.training import train as run_training
+
+            keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
+            result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
+    except KeyboardInterrupt:  # before the loop started: nothing to save
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    if result.status == "diverged":
+        raise typer.Exit(1)
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+@app.command()
+def evaluate(
+    spec: SpecPath,
+    checkpoint: CheckpointOption,
+    split: Annotated[str, typer.Option(help="train, val or test (rebuilt from the spec's data and split seed).")] = "test",
+    device: DeviceOption = None,
+    set_: SetOption = None,
+    output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
+) -> None:
+    """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
+    with user_errors(output_format):
+        from specc.training import evaluate as run_evaluation
+
+        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_))
+        if output_format == "json":
+            typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
+        else:
+            from rich.console import Console
+
+            from specc.run_log import print_metrics
+
+            print_metrics(Console(highlight=False), f"{checkpoint}", {split: metrics})
+
+
+@app.command()
+def predict(
+    spec: SpecPath,
+    checkpoint: CheckpointOption,
+    input_path: Annotated[Path, typer.Option("--input", help="A .csv (header row) or .npz (array x) of examples.",
+                                             show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help=".csv or .npz to write. Default: <input>.predictions.csv (.npz for npz input).")] = None,
+    device: DeviceOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Run a checkpoint on new examples; write predicted classes and probabilities, or regression outputs."""
+    with user_errors():
+        from specc.training import predict as run_prediction
+
+        path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_))
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def summary(
+    spec: SpecPath,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
+    depth: Annotated[Optional[int], typer.Option(help="Show rows down to this nesting depth (0: top-level items only).")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Show every repetition instead of one row marked ×N.")] = False,
+    backward: Annotated[bool, typer.Option("--backward", help="Add backward FLOPs (estimated as 2x forward).")] = False,
+    device: Annotated[str, typer.Option(help="meta (allocates nothing) or cpu for a real run.")] = "meta",
+    input_shape: Annotated[Optional[list[str]], typer.Option(
+        "--input-shape", help="An input's shape without the batch dim: x=3,64,64 (or 3,64,64 for a "
+                              "single input); repeatable.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
+    set_: SetOption = None,
+) -> None:
+    """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
+    with user_errors("json" if output_format == "json" else "text"):
+        from specc.summary import parse_input_shapes, summary as summarize
+        from specc.summary_render import FORMATS, print_summary
+
+        if output_format not in FORMATS:
+            raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
+        try:
+            result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
+                               input_shapes=parse_input_shapes(input_shape), backward=backward, **overrides(set_))
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        print_summary(result, output_format)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
