@@ -102,8 +102,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         for module in modules.values():
             module.to(dtype)
     module = _graph_module(graph, modules, spec)
-    if device.type != "meta":
-        _apply_init(module, graph, spec)
+    _apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules)
     if spec.expect is not None:
@@ -225,8 +224,9 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
 
 
-def _apply_init(module: nn.Module, graph: Graph, spec: Spec) -> None:
-    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set parameters."""
+def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
+    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
+    parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
     layer_types = {node.target for node in graph.nodes if node.op == "module"}
     parameters = dict(module.named_parameters())
     with torch.no_grad():
@@ -242,7 +242,7 @@ def _apply_init(module: nn.Module, graph: Graph, spec: Spec) -> None:
             if not chosen:
                 raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
                                         "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-            for parameter in chosen:
+            for parameter in chosen if apply else []:
                 try:
                     initialise(parameter)
                 except ValueError as error:

@@ -146,7 +146,10 @@ class Expander:
             return getattr(self, f"_expand_{item.op}")(item, context, inputs, qualified, name)
         if item.op in self.spec.blocks:
             return self._expand_block(item, context, inputs, qualified, name)
+        known_problems = len(self.problems)
         args = self._substitute(item.args, context.variables, item.path + (item.op,))
+        if len(self.problems) > known_problems:
+            return []  # a bad var in the args: checking the half-substituted kwargs would only add noise
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
         layer = FUNCTION_AS_LAYER.get(item.op, item.op)
@@ -169,9 +172,11 @@ class Expander:
         info = FUNCTIONS[item.op]
         kwargs, problems = function_call_args(info, args, len(inputs), self._locator(item, context))
         self.problems.extend(problems)
+        sources = item.meta.get("from")
+        labels = [str(source) for source in (sources if isinstance(sources, list) else [sources])] if sources else None
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
-                    meta={"via": list(context.via)})
+                    meta={"via": list(context.via), "from": labels})
         return [self._add(node)]
 
     def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
@@ -237,7 +242,10 @@ class Expander:
         if len(context.via) >= _MAX_BLOCK_DEPTH:
             self._problem(f"block '{item.op}' uses itself (nesting deeper than {_MAX_BLOCK_DEPTH})", item.path, "INVALID_ITEM")
             return []
+        known_problems = len(self.problems)
         given = self._substitute(item.args, context.variables, item.path + (item.op,))
+        if len(self.problems) > known_problems:
+            return []
         arguments = self._block_arguments(item, block, given, context)
         if arguments is None:
             return []
@@ -311,15 +319,16 @@ class Expander:
         if not ops:
             self._problem("item has no layer: add a layer name next to its meta keys", path, "INVALID_ITEM")
             return None
-        known = [op for op in ops if self._is_known(str(op))]
-        strays = [op for op in ops if op not in known]
-        for stray in strays:
-            suggestion = did_you_mean(str(stray), META_KEYS)
-            message = f"unknown key '{stray}' in an item" if suggestion else f"item has several layers: {', '.join(map(str, ops))} (one per list entry)"
-            self._problem(message, path + (stray,), "UNKNOWN_KEY" if suggestion else "INVALID_ITEM", suggestion)
-        if len(known) == 1 and all(did_you_mean(str(s), META_KEYS) for s in strays):
-            return Item(str(known[0]), raw[known[0]], meta, path)
-        return None
+        misspelled_meta = [op for op in ops if not self._is_known(str(op)) and did_you_mean(str(op), META_KEYS)]
+        for key in misspelled_meta:
+            self._problem(f"unknown key '{key}' in an item", path + (key,), "UNKNOWN_KEY", did_you_mean(str(key), META_KEYS))
+        layers = [op for op in ops if op not in misspelled_meta]
+        if len(layers) > 1:
+            self._problem(f"item has several layers: {', '.join(map(str, layers))} (one per list entry)",
+                          path + (layers[1],), "INVALID_ITEM")
+            return None
+        # a misspelled meta key is reported; still check the layer itself
+        return Item(str(layers[0]), raw[layers[0]], meta, path)
 
     def _is_known(self, op: str) -> bool:
         return (op in STRUCTURES or op in self.spec.blocks or op in FUNCTIONS or op in FUNCTION_AS_LAYER
@@ -368,6 +377,11 @@ class Expander:
         return node.name
 
     def _substitute(self, value: Any, variables: dict, path: tuple) -> Any:
+        """Resolve vars, walking containers here so a bad `$var` is located at its own key."""
+        if isinstance(value, dict):
+            return {key: self._substitute(item, variables, path + (key,)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._substitute(item, variables, path + (index,)) for index, item in enumerate(value)]
         try:
             return substitute(value, variables)
         except ExpressionError as error:

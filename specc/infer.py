@@ -109,8 +109,14 @@ def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple]) -> None:
                                     node.location, "SHAPE_MISMATCH", notes=node.meta.get("via", [])))
 
 
+# Functions combining several inputs get the same named-shape check as a parallel merge.
+_COMBINING = ("cat", "stack", "add", "sub", "mul", "div")
+
+
 def _run_function(node: Node, inputs: list):
     info = FUNCTIONS[node.target]
+    if node.target in _COMBINING and len(inputs) > 1 and all(isinstance(v, torch.Tensor) for v in inputs):
+        _check_merge(node, inputs)
     if info.name == "getitem":
         return info.call(inputs[0], node.args["index"])
     if info.takes_list:
@@ -136,7 +142,7 @@ def _check_merge(node: Node, inputs: list) -> None:
     """Compare branch shapes first, so the message names the branches rather than torch internals."""
     if node.target == "list":
         return
-    labels = node.meta.get("branches") or [f"input {i}" for i in range(len(inputs))]
+    labels = node.meta.get("branches") or node.meta.get("from") or list(node.inputs)
     first = inputs[0]
     for label, value in zip(labels[1:], inputs[1:]):
         dim = _mismatch(node, tuple(first.shape), tuple(value.shape))
@@ -168,6 +174,8 @@ def _merge_message(node: Node, left_label, left, right_label, right, dim: int) -
     shapes = f"{left_label} {feature_shape(tuple(left.shape))} and {right_label} {feature_shape(tuple(right.shape))}"
     if node.meta.get("branches") == ["body", "shortcut"]:
         return f"residual '{node.meta.get('item')}': cannot add {shapes}: {where}"
+    if node.op == "function":
+        return f"{node.target} of {shapes}: {where}"
     return f"{node.target} of branches {shapes}: {where}"
 
 
