@@ -197,6 +197,32 @@ def summary(
         print_summary(result, output_format)
 
 
+@app.command()
+def draw(
+    spec: SpecPath,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="File to write; the extension picks the format: .svg .png .pdf .dot .mmd "
+                               "(Mermaid). Default: <spec name>.svg next to the spec.")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
+    rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
+    autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
+    with user_errors():
+        from specc.draw import GraphvizNotFound, write_drawing
+
+        try:
+            path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
+                                 autograd=autograd, **overrides(set_))
+        except GraphvizNotFound as error:
+            raise UsageFailure(str(error), code=1) from None
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
