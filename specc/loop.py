@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +40,10 @@ class Tracker:
         self.monitor, self.mode = monitor, monitor_mode(monitor, mode)
         self.min_delta, self.patience = min_delta, patience
         self.best: float | None = None
+        self.best_epoch: int | None = None
         self.bad_epochs = 0
 
-    def update(self, value: float) -> bool:
+    def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is a new best."""
         if math.isnan(value):
             improved = False
@@ -51,7 +54,7 @@ class Tracker:
         else:
             improved = value > self.best + self.min_delta
         if improved:
-            self.best, self.bad_epochs = value, 0
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
         return improved
@@ -61,10 +64,10 @@ class Tracker:
         return self.patience is not None and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
 
 
 @dataclass
@@ -94,6 +97,7 @@ class Session:
     swa_scheduler: SWALR | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0                         # completed epochs
+    stop_requested: bool = False           # set by Ctrl-C; the loop stops after the current step
     rank: int = 0
     world_size: int = 1
 
@@ -135,7 +139,7 @@ class Session:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         if state["swa"] is not None:
-            self._start_swa()
+            self.start_swa()
             self.swa_model.load_state_dict(state["swa"]["model"])
             self.swa_scheduler.load_state_dict(state["swa"]["scheduler"])
         restore_rng(state["rng"], self.generator)
@@ -144,8 +148,8 @@ class Session:
             self.early.load_state_dict(state["trackers"]["early"])
         self.history, self.epoch = list(state["history"]), state["epoch"]
 
-    def _start_swa(self) -> None:
-        # created when averaging starts: SWALR sets the learning rate as soon as it exists
+    def start_swa(self) -> None:
+        """Begin averaging (at the start of `swa.start_epoch`, before its optimizer steps)."""
         swa = self.config.swa
         self.swa_model = AveragedModel(self.model)
         self.swa_scheduler = SWALR(self.optimizer, swa_lr=swa.lr, anneal_epochs=swa.anneal_epochs,
@@ -158,37 +162,62 @@ def fit(session: Session, log: RunLog) -> tuple[str, str]:
     Returns:
         (status, message): status is completed, early_stopped, diverged or interrupted.
     """
-    config = session.config
     try:
-        for epoch in range(session.epoch + 1, config.epochs + 1):
-            record = run_epoch(session, epoch, log)
-            session.history.append(record)
-            session.epoch = epoch
-            improved = session.best.update(record[session.best.monitor])
-            if session.early is not None:
-                session.early.update(record[session.early.monitor])
-            stop = session.early is not None and session.early.should_stop
-            if session.is_main:
-                if improved:
-                    save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt")
-                save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
-                log.epoch_finished(record, session.history)
-            if stop:
-                return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
-                                         f"{session.early.patience} epochs (stopped after epoch {epoch})")
+        with _ctrl_c_requests_stop(session):
+            return _run_epochs(session, log)
     except NonFiniteLoss as error:
-        kept = f"; best.pt and last.pt keep epoch {session.epoch}" if session.epoch else ""
+        kept = (f"; last.pt keeps epoch {session.epoch}, best.pt epoch {session.best.best_epoch}"
+                if session.epoch else "")
         return "diverged", f"{error}{kept}"
     except KeyboardInterrupt:
         if session.is_main:
             save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
         return "interrupted", f"interrupted during epoch {session.epoch + 1}: saved {session.run_dir / 'last.pt'}"
+
+
+def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
+    for epoch in range(session.epoch + 1, session.config.epochs + 1):
+        record = run_epoch(session, epoch, log)
+        session.history.append(record)
+        session.epoch = epoch
+        improved = session.best.update(record[session.best.monitor], epoch)
+        if session.early is not None:
+            session.early.update(record[session.early.monitor], epoch)
+        if session.is_main:
+            if improved:
+                save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt")
+            save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
+            log.epoch_finished(record, session.history)
+        if session.early is not None and session.early.should_stop:
+            return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
+                                     f"{session.early.patience} epochs (stopped after epoch {epoch})")
     return "completed", ""
+
+
+@contextlib.contextmanager
+def _ctrl_c_requests_stop(session: Session):
+    """The first Ctrl-C asks the loop to stop after the current step (never halfway through writing
+    a file or holding a lock); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        session.stop_requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     """One epoch: train, validate, step the schedulers (or SWA); returns the epoch's record."""
     started = time.perf_counter()
+    if session.in_swa(epoch) and session.swa_model is None:
+        session.start_swa()
     learning_rate = session.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
     record: dict[str, Any] = {"epoch": epoch, **train_epoch(session, epoch, log)}
     if session.splits.val is not None and len(session.splits.val):
@@ -198,8 +227,6 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
             autocast=session.autocast)))
     record["lr"] = learning_rate
     if session.in_swa(epoch):
-        if session.swa_model is None:
-            session._start_swa()
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()
     else:
@@ -229,6 +256,8 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
         session.metrics["train"].update(output, target)
         if not session.in_swa(epoch):
             session.schedulers.step_batch()
+        if session.stop_requested:
+            raise KeyboardInterrupt
         if step % config.log_every == 0:
             _check_finite(first_bad, bad_value, epoch)
             log.step((loss_sum / seen).item())

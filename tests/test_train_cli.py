@@ -1,0 +1,145 @@
+"""`specc train / evaluate / predict` as a user runs them: real subprocesses, exit codes, output."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two pytest workers share two cores
+
+IRIS = """\
+    name: iris_cli
+    inputs: {x: {shape: [4]}}
+    layers: [Linear: {out_features: 16}, ReLU, Linear: {out_features: 3}]
+    train:
+      data: {source: "sklearn:iris", split: {val: 0.2, test: 0.2}, normalize: standard}
+      epochs: 20
+      batch_size: 16
+      loss: CrossEntropyLoss
+      optimizer: {Adam: {lr: 0.02}}
+      metrics: [accuracy, confusion_matrix]
+"""
+
+
+def specc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "specc", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli")
+    (path / "iris.yaml").write_text(textwrap.dedent(IRIS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(workdir) -> Path:
+    """Train once with --epochs/--device/--set/--out; later tests use the run directory."""
+    result = specc("train", "iris.yaml", "--epochs", 12, "--device", "cpu", "--set", "train.batch_size=8",
+                   "--out", "runs", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("training iris_cli on cpu: 90 train / 30 val / 30 test examples")
+    assert sum(line.startswith("epoch ") for line in lines) == 12  # plain lines: stdout is not a terminal
+    assert "confusion_matrix (test), rows = true class:" in result.stdout
+    (run_dir,) = (workdir / "runs" / "iris_cli").iterdir()
+    assert load_yaml_epochs(run_dir) == (12, 8)
+    return run_dir
+
+
+def load_yaml_epochs(run_dir: Path) -> tuple[int, int]:
+    import yaml
+
+    train = yaml.safe_load((run_dir / "spec.yaml").read_text())["train"]
+    return train["epochs"], train["batch_size"]
+
+
+def test_train_writes_the_run_directory(trained):
+    assert {"best.pt", "last.pt", "metrics.csv", "curves.png", "spec.yaml", "summary.json"} <= {
+        path.name for path in trained.iterdir()}
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["metrics"]["val"]["accuracy"] >= 0.8
+
+
+def test_evaluate_prints_the_checkpoint_metrics(workdir, trained):
+    result = specc("evaluate", "iris.yaml", "--checkpoint", trained / "best.pt", "--split", "val", "--format", "json",
+                   cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)["metrics"]
+    expected = json.loads((trained / "summary.json").read_text())["metrics"]["val"]
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
+    assert np.array(metrics["confusion_matrix"]).sum() == 30
+
+
+def test_predict_writes_one_row_per_example(workdir, trained):
+    from sklearn.datasets import load_iris
+
+    features, labels = load_iris(return_X_y=True)
+    rows = ["a,b,c,d"] + [",".join(map(str, row)) for row in features[::10]]
+    (workdir / "flowers.csv").write_text("\n".join(rows) + "\n")
+    result = specc("predict", "iris.yaml", "--checkpoint", trained / "best.pt", "--input", "flowers.csv",
+                   "-o", "out.csv", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "wrote out.csv"
+    with open(workdir / "out.csv") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert list(predictions[0]) == ["prediction", "probability_0", "probability_1", "probability_2"]
+    assert np.mean([int(row["prediction"]) == label for row, label in zip(predictions, labels[::10])]) >= 0.8
+
+
+def test_a_wrong_loss_name_exits_2_with_the_location_and_a_suggestion(workdir):
+    (workdir / "bad.yaml").write_text(textwrap.dedent(IRIS).replace("loss: CrossEntropyLoss", "loss: CrossEntropyLos"))
+    result = specc("train", "bad.yaml", cwd=workdir)
+    assert result.returncode == 2
+    assert "bad.yaml:8:3: train.loss: unknown loss 'CrossEntropyLos' (did you mean 'CrossEntropyLoss'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_corrupted_checkpoint_exits_2_and_stays_untouched(workdir, trained):
+    broken = workdir / "broken.pt"
+    broken.write_bytes((trained / "best.pt").read_bytes()[:300])  # a truncated copy
+    result = specc("evaluate", "iris.yaml", "--checkpoint", broken, cwd=workdir)
+    assert result.returncode == 2
+    assert "broken.pt: cannot read the checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert broken.read_bytes() == (trained / "best.pt").read_bytes()[:300]
+
+
+def test_a_diverging_run_exits_1_naming_epoch_and_step(workdir):
+    result = specc("train", "iris.yaml", "--out", "diverged", "--set", "train.optimizer={SGD: {lr: 1.0e+30}}",
+                   "--set", "train.data.normalize=none", cwd=workdir)
+    assert result.returncode == 1
+    assert "the training loss became" in result.stdout and "at epoch 1, step" in result.stdout
+
+
+def test_ctrl_c_saves_last_pt_exits_130_and_resume_continues(workdir):
+    process = subprocess.Popen([sys.executable, "-m", "specc", "train", "iris.yaml", "--epochs", "100000",
+                                "--out", "interrupted"], cwd=workdir, env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch"):  # training is under way
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted during epoch" in stdout and "Traceback" not in stderr
+    (run_dir,) = (workdir / "interrupted" / "iris_cli").iterdir()
+    epochs_done = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
+    resumed = specc("train", "iris.yaml", "--resume", run_dir / "last.pt", "--epochs", epochs_done + 2, cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from epoch {epochs_done + 1}" in resumed.stdout
+    with open(run_dir / "metrics.csv") as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, epochs_done + 3))
