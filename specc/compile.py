@@ -19,7 +19,7 @@ from torch import fx, nn
 from specc.errors import Problem, SpecError, did_you_mean
 from specc.expand import Expander
 from specc.graph import Graph, Node
-from specc.infer import DTYPES, call_inputs, dry_run
+from specc.infer import DTYPES, call_inputs, dry_run, list_argument
 from specc.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
 from specc.spec import Spec, load
 
@@ -90,6 +90,9 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     spec = load(spec_or_path, variables)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
+    for node in graph.inputs:  # overridden shapes become the model's own (example_inputs, summaries)
+        if input_shapes and node.name in input_shapes:
+            node.meta["shape"] = list(input_shapes[node.name])
     meta_modules = dry_run(graph, registry, batch_size, input_shapes)
     if symbolic and any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
         from specc.symbolic import label_symbolic_dims
@@ -175,7 +178,7 @@ def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
         info = FUNCTIONS[node.target]
         if info.name == "getitem":
             return fx_graph.call_function(operator.getitem, (inputs[0], node.args["index"]))
-        args = (list(inputs),) if info.takes_list else tuple(inputs)
+        args = (list_argument(inputs),) if info.takes_list else tuple(inputs)
         return fx_graph.call_function(info.call, args, dict(node.args))
     return _emit_merge(fx_graph, node, inputs)
 

@@ -67,8 +67,8 @@ def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch
     if node.op == "module":
         return _run_module(node, inputs, modules, registry)
     if node.op == "function":
-        return _run_function(node, inputs)
-    return _run_merge(node, inputs)
+        return run_function(node, inputs)
+    return run_merge(node, inputs)
 
 
 def _run_module(node: Node, inputs: list, modules: dict, registry: Registry):
@@ -113,18 +113,27 @@ def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple]) -> None:
 _COMBINING = ("cat", "stack", "add", "sub", "mul", "div")
 
 
-def _run_function(node: Node, inputs: list):
+def run_function(node: Node, inputs: list):
+    """Call an allow-listed function item on its input values."""
     info = FUNCTIONS[node.target]
     if node.target in _COMBINING and len(inputs) > 1 and all(isinstance(v, torch.Tensor) for v in inputs):
         _check_merge(node, inputs)
     if info.name == "getitem":
         return info.call(inputs[0], node.args["index"])
     if info.takes_list:
-        return info.call(list(inputs), **node.args)
+        return info.call(list_argument(inputs), **node.args)
     return info.call(*inputs, **node.args)
 
 
-def _run_merge(node: Node, inputs: list):
+def list_argument(inputs: list) -> list:
+    """cat/stack take a list: the item's inputs, or the one tuple a `merge: list` / `chunk` produced."""
+    if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
+        return list(inputs[0])
+    return list(inputs)
+
+
+def run_merge(node: Node, inputs: list):
+    """Combine branch outputs as the merge op says, after checking their shapes."""
     _check_merge(node, inputs)
     if node.target == "list":
         return tuple(inputs)

@@ -13,7 +13,7 @@ from torch import nn
 
 from specc.compile import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
-from specc.infer import DTYPES, _run_function, _run_merge, call_inputs
+from specc.infer import DTYPES, run_function, run_merge, call_inputs
 from specc.registry import TUPLE_OUTPUT_LAYERS
 from specc.spec import load
 from specc.summary import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
@@ -87,9 +87,9 @@ def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.devic
         return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
     inputs = [values[name] for name in node.inputs]
     if node.op == "function":
-        return _run_function(node, inputs)
+        return run_function(node, inputs)
     if node.op == "merge":
-        return _run_merge(node, inputs)
+        return run_merge(node, inputs)
     args, kwargs = call_inputs(node, inputs)
     output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
     return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output

@@ -174,7 +174,7 @@ def test_every_mistake_in_a_spec_is_reported_at_once():
     problems = _problems(ROOT / "specs" / "errors" / "typos.yaml")
     located = [(problem.location.line, problem.location.column, problem.code, problem.suggestion) for problem in problems]
     assert located[:3] == [(19, 5, "UNKNOWN_LAYER", "Conv2d"), (20, 14, "UNKNOWN_KWARG", "out_channels"),
-                           (22, 5, "UNKNOWN_VAR", "width")]
+                           (22, 14, "UNKNOWN_VAR", "width")]
 
 
 def test_unknown_var_is_the_only_problem(write_spec):
