@@ -1,8 +1,8 @@
 """The training loop: a `Session` holds one run's state (or one fold's), `fit` runs its epochs.
 
-Per step: forward under autocast, loss, backward, optional grad clipping, optimizer step. The loss
-and a non-finite flag are accumulated on the device and read back only every `log_every` steps,
-so the loop does not wait on the accelerator after every batch. Distributed training can hook in
+Per step: forward under autocast, loss, backward, optional grad clipping, optimizer step. Step
+losses stay on the device and are read back (and checked for nan/inf) only every `log_every`
+steps, so the loop does not wait on the accelerator after every batch. Distributed training can hook in
 through `Session.rank` / `world_size`: batches are sharded by rank and only rank 0 writes files.
 """
 from __future__ import annotations
@@ -236,35 +236,30 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
 
 
 def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
-    """One pass over the training split; the loss is summed on the device (no per-step sync)."""
+    """One pass over the training split.
+
+    Step losses stay on the device in a list; they are stacked and checked (mean, nan/inf) only
+    every `log_every` steps and at the end, so a step adds no tensor work and no host sync.
+    """
     config, train = session.config, session.splits.train
     session.forward.train()
-    loss_sum = torch.zeros((), device=session.device)
-    first_bad = torch.full((), -1, device=session.device)  # first step with a non-finite loss
-    bad_value = torch.zeros((), device=session.device)
-    seen = 0
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
     log.epoch_started(epoch, count_steps(len(train) // session.world_size, config.batch_size))
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
                                                     drop_single=True, rank=session.rank,
                                                     world_size=session.world_size), start=1):
         output, loss = train_step(session, inputs, target)
-        loss_sum += loss * len(target)
-        seen += len(target)
-        newly_bad = (first_bad < 0) & ~torch.isfinite(loss)
-        first_bad = torch.where(newly_bad, step, first_bad)
-        bad_value = torch.where(newly_bad, loss, bad_value)
+        losses.append(loss)
+        sizes.append(len(target))
         session.metrics["train"].update(output, target)
         if not session.in_swa(epoch):
             session.schedulers.step_batch()
         if session.stop_requested:
             raise KeyboardInterrupt
-        if step % config.log_every == 0:
-            _check_finite(first_bad, bad_value, epoch)
-            log.step((loss_sum / seen).item())
-        else:
-            log.step()
-    _check_finite(first_bad, bad_value, epoch)
-    return {"train_loss": (loss_sum / max(seen, 1)).item(), **_prefixed("train", session.metrics["train"].compute())}
+        log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
+    return {"train_loss": _checked_mean(losses, sizes, epoch),
+            **_prefixed("train", session.metrics["train"].compute())}
 
 
 def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch.Tensor):
@@ -342,10 +337,17 @@ def eval_batch_size(config: TrainConfig) -> int:
     return config.eval_batch_size or 4 * config.batch_size
 
 
-def _check_finite(first_bad: torch.Tensor, bad_value: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad.item())
-    if step >= 0:
-        raise NonFiniteLoss(f"the training loss became {float(bad_value)} at epoch {epoch}, step {step}; stopped")
+def _checked_mean(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> float:
+    """The example-weighted mean of the step losses so far; raises at the first nan/inf step."""
+    if not losses:
+        return math.nan
+    stacked = torch.stack(losses)
+    if not bool(torch.isfinite(stacked).all()):
+        step = int((~torch.isfinite(stacked)).nonzero()[0, 0]) + 1
+        raise NonFiniteLoss(f"the training loss became {float(stacked[step - 1])} at epoch {epoch}, "
+                            f"step {step}; stopped")
+    weights = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
+    return float((stacked * weights).sum() / weights.sum())
 
 
 def _prefixed(split: str, values: dict[str, Any]) -> dict[str, Any]:
