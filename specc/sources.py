@@ -159,7 +159,7 @@ def _classification(config: DataConfig, layout, features: int, samples: int, con
     from sklearn.datasets import make_classification
 
     classes = int(config.args.get("classes", layout.num_outputs if layout.class_index else 2))
-    informative = min(features, max(2, math.ceil(math.log2(max(classes, 2))) + 1))
+    informative = min(features, max(4, classes))
     if 2 ** informative < classes:
         _fail(f"synthetic:classification cannot make {classes} classes from {features} features", context.where)
     x, y = make_classification(n_samples=samples, n_features=features, n_informative=informative,
