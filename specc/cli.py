@@ -223,6 +223,68 @@ def draw(
         typer.echo(f"wrote {path}")
 
 
+@app.command()
+def export(
+    spec: SpecPath,
+    output: Annotated[Path, typer.Option("--output", "-o", show_default=False,
+                                         help="The file to write: .onnx, .pt2 or .safetensors.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Trained weights: a best.pt / last.pt from `specc train`, or a .safetensors file.")] = None,
+    set_: SetOption = None,
+    check_output: Annotated[bool, typer.Option(
+        "--check/--no-check", help="Run the written file at batch sizes 1 and 3 and compare with the model.")] = True,
+) -> None:
+    """Export the model: ONNX (dynamic batch), a torch.export program (.pt2), or safetensors weights with the spec.
+
+    Exit code 2 for spec or checkpoint errors and for an item the exporter cannot handle (the
+    message names it), 1 when the written file's outputs differ from the model's.
+    """
+    with user_errors():
+        from specc.export import check_export, prepare, write
+
+        try:
+            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_))
+            path = write(prepared, output)
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        size = path.stat().st_size + sum(extra.stat().st_size for extra in path.parent.glob(f"{path.name}.data"))
+        typer.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
+        if prepared.scaling:
+            where = ("is not in a .safetensors file: scale inputs as in training" if path.suffix == ".safetensors"
+                     else "is part of the exported graph: feed it raw inputs")
+            typer.echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
+        if check_output:
+            result = check_export(prepared, path)
+            verdict = "matches" if result.ok else "DIFFERS FROM"
+            typer.echo(f"checked: the exported file {verdict} the model at batch sizes "
+                       f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
+            if not result.ok:
+                raise UsageFailure("the exported file does not reproduce the model", code=1)
+
+
+@app.command()
+def codegen(
+    spec: SpecPath,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the code here (default: print it).", show_default=False)] = None,
+    set_: SetOption = None,
+) -> None:
+    """Write the model as standalone PyTorch code: one class named after the spec, every size written out.
+
+    The generated module needs only torch, and loads the compiled spec's state_dict as it is.
+    """
+    with user_errors():
+        from specc.codegen import codegen as generate
+
+        code = generate(spec, **overrides(set_))
+        if output is None:
+            typer.echo(code, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(code, encoding="utf-8")
+        typer.echo(f"wrote {output} ({code.count(chr(10))} lines)")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
