@@ -245,7 +245,8 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     session.forward.train()
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
-    log.epoch_started(epoch, count_steps(len(train) // session.world_size, config.batch_size))
+    log.epoch_started(epoch, count_steps(len(train) // session.world_size, config.batch_size),
+                      session.optimizer.param_groups[0]["lr"])
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
                                                     drop_single=True, rank=session.rank,
                                                     world_size=session.world_size), start=1):

@@ -33,29 +33,35 @@ class RunLog:
         self.writer = SummaryWriter(str(run_dir))
         self.progress = _progress(self.console) if self.interactive else None
         self.task = None
+        self.learning_rate = ""
 
-    def epoch_started(self, epoch: int, steps: int) -> None:
+    def epoch_started(self, epoch: int, steps: int, learning_rate: float) -> None:
         if self.progress is not None:
-            self.task = self.progress.add_task("", total=steps, epoch=f"{self.label}{epoch}/{self.epochs}", info="")
+            self.learning_rate = f"lr {learning_rate:.2e}"
+            self.task = self.progress.add_task(self._epoch_label(epoch), total=steps, info=self.learning_rate)
 
     def step(self, loss: float | None = None) -> None:
         """One batch done; `loss` (the epoch's running mean) is shown when given."""
         if self.progress is not None:
-            info = {} if loss is None else {"info": f"loss {loss:.4f}"}
+            info = {} if loss is None else {"info": f"loss {loss:.4f}  {self.learning_rate}"}
             self.progress.update(self.task, advance=1, **info)
 
     def epoch_finished(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Show the epoch's numbers and append them to metrics.csv and TensorBoard."""
-        summary = format_record(record)
-        if self.progress is not None:
-            self.progress.update(self.task, info=summary)
+        line = f"{self._epoch_label(record['epoch'])}  {format_record(record)}"
+        if self.progress is not None:  # the finished bar gives way to the full line
+            self.progress.remove_task(self.task)
+            self.progress.console.print(line)
         elif self.verbose:
-            print(f"{self.label}epoch {record['epoch']:>{len(str(self.epochs))}}/{self.epochs}  {summary}", flush=True)
+            print(line, flush=True)
         write_csv(self.run_dir / "metrics.csv", history)
         for key, value in record.items():
             if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
                 self.writer.add_scalar(tensorboard_tag(key), value, record["epoch"])
         self.writer.flush()
+
+    def _epoch_label(self, epoch: int) -> str:
+        return f"{self.label}epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"
 
     def message(self, text: str) -> None:
         if self.verbose:
@@ -72,7 +78,7 @@ class RunLog:
 def _progress(console: Console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
     progress.start()
     return progress

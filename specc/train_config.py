@@ -171,6 +171,7 @@ class TrainConfig(_Strict):
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs {mode, backend, ...}
     device: str = "auto"             # auto = cuda > mps > cpu
+    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
     log_every: int = Field(20, ge=1)  # steps between progress updates (each costs one host sync)
 

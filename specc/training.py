@@ -74,6 +74,16 @@ def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", r
         SpecError: invalid spec, unreadable data or checkpoint (every problem located).
     """
     spec = load_train_spec(spec_or_path, {**(overrides or {}), **{f"train.{k}": v for k, v in train_keys.items()}})
+    threads = torch.get_num_threads()
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    try:
+        return _train(spec, Path(out), resume, verbose)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: Spec, out: Path, resume: str | Path | None, verbose: bool) -> TrainResult:
     config = spec.train
     device = resolve_device(config.device)
     state = load_checkpoint(resume) if resume is not None else None
@@ -82,7 +92,7 @@ def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", r
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     compiled = build_model(spec, device, config.seed)
     prepared = prepare_data(spec, compiled)
-    run_dir = Path(resume).parent if resume is not None else new_run_dir(Path(out), spec)
+    run_dir = Path(resume).parent if resume is not None else new_run_dir(out, spec)
     (run_dir / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if config.data.split.kfold:
         return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
