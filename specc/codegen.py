@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import sys
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,3 +272,14 @@ def _defined_names(statement: ast.stmt) -> list[str]:
     if isinstance(statement, ast.Assign):
         return [target.id for target in statement.targets if isinstance(target, ast.Name) and target.id != "__all__"]
     return []
+
+
+class _CallableModule(types.ModuleType):
+    """Importing `specc.codegen` binds the package attribute `specc.codegen` to this module, hiding
+    the function of the same name; calling the module calls the function, so both spellings work."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        return codegen(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -15,6 +15,8 @@ import contextlib
 import io
 import logging
 import re
+import sys
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,3 +339,14 @@ def _runner(path: Path):
 
 def _tensors(output: Any) -> list:
     return list(output) if isinstance(output, (tuple, list)) else [output]
+
+
+class _CallableModule(types.ModuleType):
+    """Importing `specc.export` binds the package attribute `specc.export` to this module, hiding
+    the function of the same name; calling the module calls the function, so both spellings work."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -248,3 +248,11 @@ def test_cli_reports_spec_errors_at_their_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["codegen", str(broken)])
     assert result.exit_code == 2
     assert f"{broken}:4:" in result.output and "out_features" in result.output
+
+
+def test_specc_codegen_is_callable_in_any_import_order() -> None:
+    import specc
+    import specc.codegen as codegen_module         # binds the package attribute to the module
+
+    assert specc.codegen is codegen_module
+    assert specc.codegen(ROOT / "specs" / "mlp.yaml") == codegen(ROOT / "specs" / "mlp.yaml")

@@ -188,3 +188,13 @@ def test_safetensors_without_a_spec_is_refused(tmp_path: Path) -> None:
     save_file({"weight": torch.zeros(2)}, str(path))
     with pytest.raises(SpecError, match="no spec in the metadata"):
         build_from_safetensors(path)
+
+
+def test_specc_export_is_callable_in_any_import_order(tmp_path: Path) -> None:
+    import specc
+    import specc.export as export_module           # binds the package attribute to the module
+
+    assert specc.export is export_module
+    path = specc.export(SPECS / "mlp.yaml", tmp_path / "mlp.safetensors", hidden=16)
+    assert path == tmp_path / "mlp.safetensors"
+    assert load_weights(path)[0]["vars"]["hidden"] == 16
