@@ -116,9 +116,23 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, **variables: Any) -> nn.Module:
-    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments)."""
-    return compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables).module
+          dtype: torch.dtype | str | None = None, weights: Any = None, **variables: Any) -> nn.Module:
+    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
+
+    `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
+    spec, so the trained model is rebuilt from the file alone. `weights` loads a state_dict, a
+    `.safetensors` file or a `specc train` checkpoint into the built model.
+    """
+    if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
+        from specc.weights import build_from_safetensors
+
+        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, **variables)
+    module = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables).module
+    if weights is not None:
+        from specc.weights import apply_weights
+
+        apply_weights(module, weights)
+    return module
 
 
 def class_name(spec: Spec) -> str:

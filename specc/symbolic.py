@@ -27,8 +27,26 @@ def label_symbolic_dims(graph: Graph, registry: Registry, batch_size: int) -> No
 
 def _label_one(graph: Graph, registry: Registry, batch_size: int, input_name: str, dim: int, symbol: str) -> None:
     value = graph[input_name].meta["shape"][dim]
+    # double first; a model capped at the declared size (positional tables) still runs at half of it
+    for probe_size in (value * 2, value // 2):
+        probe = _probe(graph, registry, batch_size, input_name, dim, probe_size) if probe_size >= 1 else None
+        if probe is not None:
+            break
+    else:
+        return  # the model only works at the declared size: leave the numbers
+    for node, probed in zip(graph.nodes, probe.nodes):
+        if node.shape is None or probed.shape is None or len(node.shape) != len(probed.shape):
+            continue
+        labels = node.meta["symbolic_shape"]
+        for index in range(1, len(node.shape)):
+            if probed.shape[index] != node.shape[index] and isinstance(labels[index], int):
+                labels[index] = _expression(symbol, Fraction(node.shape[index], value))
+
+
+def _probe(graph: Graph, registry: Registry, batch_size: int, input_name: str, dim: int, size: int) -> Graph | None:
+    """A copy of the graph dry-run with one input dim set to `size`, or None if it does not run."""
     shapes = {node.name: list(node.meta["shape"]) for node in graph.inputs}
-    shapes[input_name][dim] = value * 2
+    shapes[input_name][dim] = size
     probe = copy.deepcopy(graph)
     for node in probe.nodes:
         if node.op == "module":  # let the probe infer sizes afresh
@@ -38,14 +56,8 @@ def _label_one(graph: Graph, registry: Registry, batch_size: int, input_name: st
     try:
         dry_run(probe, registry, batch_size, shapes)
     except SpecError:
-        return  # the model only works at the declared size: leave the numbers
-    for node, probed in zip(graph.nodes, probe.nodes):
-        if node.shape is None or probed.shape is None or len(node.shape) != len(probed.shape):
-            continue
-        labels = node.meta["symbolic_shape"]
-        for index in range(1, len(node.shape)):
-            if probed.shape[index] != node.shape[index] and isinstance(labels[index], int):
-                labels[index] = _expression(symbol, Fraction(node.shape[index], value))
+        return None
+    return probe
 
 
 def _expression(symbol: str, ratio: Fraction) -> str:
