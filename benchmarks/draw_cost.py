@@ -1,0 +1,80 @@
+"""Draw cost: a generated spec of 1,000 layer items rendered to SVG.
+
+The spec repeats a unit of four items (Linear, ReLU and a residual around Linear, ReLU), each
+written out (no `repeat:`, which would fold into one box), so the drawing has 1,000 boxes,
+250 residual frames and their skip edges. Timed twice: `specc.draw.write_drawing` in this
+process (imports already paid), and the `specc draw` command in a fresh process.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.cli_cost import specc_command
+from benchmarks.timing import Result, Target, interleaved, medians, run_command
+
+TARGET = Target("<", 5.0, "s")
+ITEMS_PER_UNIT = 4
+
+
+def generated_spec(items: int = 1000, width: int = 16) -> str:
+    """A valid spec with `items` layer items (a multiple of 4) as YAML text."""
+    unit = [
+        {"Linear": {"out_features": width}},
+        "ReLU",
+        {"residual": [{"Linear": {"out_features": width}}, "ReLU"]},
+    ]
+    layers = [item for _ in range(items // ITEMS_PER_UNIT) for item in unit]
+    spec = {"name": f"generated_{items}", "inputs": {"x": {"shape": [width]}}, "layers": layers}
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def count_boxes(svg: str) -> int:
+    """Graphviz writes one `class="node"` group per box."""
+    return svg.count('class="node"')
+
+
+def run(repeats: int = 7, items: int = 1000, cli: bool = True) -> list[Result]:
+    """Render the generated spec to SVG, in process and through the CLI, interleaved.
+
+    Args:
+        repeats: renders per way.
+        items: layer items in the generated spec (a multiple of 4).
+        cli: also time the `specc draw` command in a fresh process.
+
+    Returns:
+        Seconds of each way against the target.
+
+    Raises:
+        AssertionError: a drawing has fewer boxes than the spec has items.
+    """
+    from specc.draw import write_drawing
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec_path = Path(folder) / f"generated_{items}.yaml"
+        spec_path.write_text(generated_spec(items))
+        api_svg, cli_svg = Path(folder) / "api.svg", Path(folder) / "cli.svg"
+
+        def in_process() -> float:
+            start = time.perf_counter()
+            write_drawing(spec_path, api_svg)
+            return time.perf_counter() - start
+
+        def command() -> float:
+            return run_command([*specc_command(), "draw", str(spec_path), "-o", str(cli_svg)])[0]
+
+        in_process()  # warm-up: imports and graphviz's first start
+        ways = {"write_drawing": in_process, **({"specc draw": command} if cli else {})}
+        seconds = medians(interleaved(ways, repeats))
+        boxes = {path.name: count_boxes(path.read_text()) for path in (api_svg, cli_svg) if path.exists()}
+    for name, count in boxes.items():
+        if count < items:
+            raise AssertionError(f"{name} has {count} boxes for {items} items")
+    note = f"{items} items, {boxes['api.svg']} boxes in the SVG"
+    labels = {"write_drawing": "specc.draw.write_drawing (in process)", "specc draw": "`specc draw` (fresh process)"}
+    return [Result("draw", f"{items}-item spec to SVG, {labels[way]}", value, TARGET, unit="s", seconds={way: value},
+                   repeats=repeats, note=note)
+            for way, value in seconds.items()]
