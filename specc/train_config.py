@@ -49,6 +49,14 @@ class Call(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict:
+        # editors see the YAML forms, not the parsed object
+        return {"description": cls.__doc__, "anyOf": [
+            {"type": "string"},
+            {"type": "object", "minProperties": 1, "maxProperties": 1,
+             "additionalProperties": {"type": ["object", "null"]}}]}
+
+    @classmethod
     def parse(cls, value: Any, what: str) -> "Call":
         if isinstance(value, Call):
             return value
