@@ -33,6 +33,7 @@ class Layout:
 
     @property
     def num_outputs(self) -> int:
+        """Size of the output's last dim: the class count of a classifier."""
         return self.output_shape[-1] if self.output_shape else 1
 
 
@@ -191,6 +192,11 @@ def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | N
 
 
 def shape_inputs(raw: dict[str, np.ndarray] | np.ndarray, layout: Layout, where) -> tuple[torch.Tensor, ...]:
+    """One tensor per spec input, reshaped to its declared shape when the value count matches.
+
+    Raises:
+        SpecError: DATA_ERROR naming both shapes when the counts differ, or a missing input.
+    """
     names = list(layout.inputs)
     if not isinstance(raw, dict):
         if len(names) != 1:
