@@ -178,7 +178,7 @@ def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
     initial = {key: value.clone() for key, value in specc.compiled.module.state_dict().items()}
 
     def fresh_model() -> nn.Module:
-        from specc.compile import build
+        from specc.compiler import build
 
         model = build(spec)
         model.load_state_dict(initial)

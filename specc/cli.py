@@ -70,7 +70,7 @@ def check(
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
-        from specc.compile import compile as compile_spec
+        from specc.compiler import compile as compile_spec
         from specc.expect import count_parameters
 
         compiled = compile_spec(spec, device="meta", **overrides(set_))
@@ -89,6 +89,32 @@ def schema() -> None:
     from specc.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def draw(
+    spec: SpecPath,
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="File to write; the extension picks the format: .svg .png .pdf .dot .mmd "
+                               "(Mermaid). Default: <spec name>.svg next to the spec.")] = None,
+    depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
+    expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
+    rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
+    autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
+    with user_errors():
+        from specc.drawing import GraphvizNotFound, write_drawing
+
+        try:
+            path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
+                                 autograd=autograd, **overrides(set_))
+        except GraphvizNotFound as error:
+            raise UsageFailure(str(error), code=1) from None
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        typer.echo(f"wrote {path}")
 
 
 CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt written by `specc train`.",
@@ -184,7 +210,7 @@ def summary(
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
-        from specc.summary import parse_input_shapes, summary as summarize
+        from specc.summarize import parse_input_shapes, summary as summarize
         from specc.summary_render import FORMATS, print_summary
 
         if output_format not in FORMATS:
@@ -195,32 +221,6 @@ def summary(
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)
-
-
-@app.command()
-def draw(
-    spec: SpecPath,
-    output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="File to write; the extension picks the format: .svg .png .pdf .dot .mmd "
-                               "(Mermaid). Default: <spec name>.svg next to the spec.")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
-    expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
-    rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
-    autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
-    set_: SetOption = None,
-) -> None:
-    """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
-    with user_errors():
-        from specc.draw import GraphvizNotFound, write_drawing
-
-        try:
-            path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
-                                 autograd=autograd, **overrides(set_))
-        except GraphvizNotFound as error:
-            raise UsageFailure(str(error), code=1) from None
-        except ValueError as error:
-            raise UsageFailure(str(error)) from None
-        typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -240,7 +240,7 @@ def export(
     message names it), 1 when the written file's outputs differ from the model's.
     """
     with user_errors():
-        from specc.export import check_export, prepare, write
+        from specc.exporter import check_export, prepare, write
 
         try:
             prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_))
@@ -274,7 +274,7 @@ def codegen(
     The generated module needs only torch, and loads the compiled spec's state_dict as it is.
     """
     with user_errors():
-        from specc.codegen import codegen as generate
+        from specc.eject import codegen as generate
 
         code = generate(spec, **overrides(set_))
         if output is None:

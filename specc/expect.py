@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from specc.errors import Problem, SpecError
 
 if TYPE_CHECKING:
-    from specc.compile import Compiled
+    from specc.compiler import Compiled
 
 
 def count_parameters(module, trainable_only: bool = False) -> int:

@@ -33,9 +33,10 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
     """
     values: dict[str, Any] = {}
     modules: dict[str, nn.Module] = {}
+    seen_outputs: dict[tuple, Any] = {}
     for node in graph.nodes:
         try:
-            value = _run_node(node, values, modules, registry, batch_size, input_shapes or {})
+            value = _run_node(node, values, modules, registry, batch_size, input_shapes or {}, seen_outputs)
         except SpecError:
             raise
         except Exception as error:  # noqa: BLE001 - any torch failure becomes a located spec error
@@ -59,19 +60,20 @@ def feature_shape(shape: tuple) -> str:
     return "[" + ", ".join(str(size) for size in shape[1:]) + "]"
 
 
-def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch_size: int, input_shapes: dict):
+def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch_size: int, input_shapes: dict,
+              seen_outputs: dict):
     if node.op == "input":
         shape = input_shapes.get(node.name, node.meta["shape"])
         return torch.empty((batch_size, *shape), dtype=DTYPES[node.dtype], device="meta")
     inputs = [values[name] for name in node.inputs]
     if node.op == "module":
-        return _run_module(node, inputs, modules, registry)
+        return _run_module(node, inputs, modules, registry, seen_outputs)
     if node.op == "function":
         return run_function(node, inputs)
     return run_merge(node, inputs)
 
 
-def _run_module(node: Node, inputs: list, modules: dict, registry: Registry):
+def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, seen_outputs: dict):
     if node.shared_with:
         module = modules[node.shared_with]
     else:
@@ -86,9 +88,33 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry):
                                     f"{_first_line(error)}", node.location, "LAYER_ERROR",
                                     notes=node.meta.get("via", []))) from None
         modules[node.name] = module
+    # Meta tensors go through torch's Python decompositions (~ms per op): the 32 identical blocks of
+    # a 7B model would pay that 32 times. A layer's output shape depends only on its class, args and
+    # input shapes, so an identical layer on identical inputs reuses the first one's result.
+    key = _memo_key(node, inputs)
+    if key is not None and key in seen_outputs:
+        return _fresh_meta(seen_outputs[key])
     args, kwargs = call_inputs(node, inputs)
     output = module(*args, **kwargs)
-    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    output = output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    if key is not None:
+        seen_outputs[key] = output
+    return output
+
+
+def _memo_key(node: Node, inputs: list) -> tuple | None:
+    if not all(isinstance(value, torch.Tensor) for value in inputs):
+        return None
+    shapes = tuple((tuple(value.shape), value.dtype) for value in inputs)
+    return node.target, repr(sorted(node.args.items())), shapes
+
+
+def _fresh_meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, tuple):
+        return tuple(_fresh_meta(item) for item in value)
+    return value
 
 
 def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple]) -> None:

@@ -29,7 +29,7 @@ def to_mermaid(diagram: Diagram, rankdir: str = "TB") -> str:
     """Write a `Diagram` as Mermaid flowchart text.
 
     Args:
-        diagram: from `specc.diagram.build_diagram` (or `specc.draw.spec_diagram`).
+        diagram: from `specc.diagram.build_diagram` (or `specc.drawing.spec_diagram`).
         rankdir: "TB", "LR", "BT" or "RL" (Mermaid's flowchart directions).
 
     Returns:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from specc.compile import Compiled, compile as compile_spec
+from specc.compiler import Compiled, compile as compile_spec
 from specc.data import DataSplits, Examples, Layout, Normalizer, layout_of, load_examples, make_splits
 from specc.errors import Location, Problem, SpecError
 from specc.loop import Session, Tracker, count_steps, first_output

@@ -17,7 +17,7 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
-from specc.summary import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summarize import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
 
 
 def collect_module(model: nn.Module, input_size: Any, input_data: Any,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from specc.summary import LayerRow, ModelSummary
+    from specc.summarize import LayerRow, ModelSummary
 
 FORMATS = ("table", "markdown", "json", "csv")
 CSV_COLUMNS = ("name", "path", "type", "kind", "depth", "count", "output_shape",

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.infer import DTYPES, run_function, run_merge, call_inputs
 from specc.registry import TUPLE_OUTPUT_LAYERS
 from specc.spec import load
-from specc.summary import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summarize import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
 
 if TYPE_CHECKING:
     from specc.graph import Graph, Node, Scope

@@ -30,7 +30,7 @@ from specc.run_log import RunLog, print_folds, print_metrics
 from specc.spec import Spec
 from specc.train_config import MATRIX_METRICS, monitor_mode
 
-from specc.inference import evaluate, predict
+from specc.evaluation import evaluate, predict
 
 __all__ = ["TrainResult", "train", "evaluate", "predict", "new_run_dir", "best_metrics"]
 

@@ -17,7 +17,7 @@ from torch import nn
 from specc.errors import Problem, SpecError
 
 if TYPE_CHECKING:
-    from specc.compile import Compiled
+    from specc.compiler import Compiled
 
 SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
 ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
@@ -102,7 +102,7 @@ def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cp
     Raises:
         SpecError: unreadable file, or weights that do not fit the spec (CHECKPOINT_ERROR).
     """
-    from specc.compile import compile
+    from specc.compiler import compile
 
     spec, state = load_weights(path)
     input_shapes = spec.pop(INPUT_SHAPES_KEY, None)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import specc
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 from specc.expect import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent

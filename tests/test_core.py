@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import specc
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 from specc.errors import SpecError
 from specc.expressions import ExpressionError, evaluate, resolve_vars, substitute
 from specc.source import load_yaml
@@ -135,3 +135,14 @@ def test_json_schema_describes_the_spec():
     assert {"inputs", "layers", "vars", "blocks", "train", "expect"} <= set(schema["properties"])
     assert schema["required"] == ["inputs", "layers"]
     json.dumps(schema)
+
+
+# ----- the package's public names -----------------------------------------------------------------
+def test_public_functions_stay_callable_whatever_was_imported_first():
+    import importlib
+
+    for module in ("specc.compiler", "specc.summarize", "specc.drawing", "specc.training",
+                   "specc.evaluation", "specc.exporter", "specc.eject"):
+        importlib.import_module(module)
+    for name in ("load", "compile", "build", "summary", "draw", "train", "evaluate", "predict", "export", "codegen"):
+        assert callable(getattr(specc, name)), name

@@ -14,9 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from specc.cli import app
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 from specc.diagram import build_diagram
-from specc.draw import GraphvizNotFound, draw, spec_diagram, write_drawing
+from specc.drawing import GraphvizNotFound, draw, spec_diagram, write_drawing
 from specc.mermaid import to_mermaid
 
 ROOT = Path(__file__).resolve().parents[1]

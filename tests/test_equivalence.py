@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from specc.compile import build
+from specc.compiler import build
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 from specc.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent

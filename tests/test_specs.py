@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specc.compile import compile as compile_spec
+from specc.compiler import compile as compile_spec
 from specc.errors import SpecError
 from specc.expect import count_parameters
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-import sys
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +42,7 @@ def codegen(spec_or_compiled: Any, *, input_shapes: dict[str, list[int]] | None 
     Raises:
         SpecError: the spec does not compile, or uses a function the generator cannot write.
     """
-    from specc.compile import Compiled, compile
+    from specc.compiler import Compiled, compile
 
     if isinstance(spec_or_compiled, Compiled):
         compiled = spec_or_compiled
@@ -66,7 +64,7 @@ class Variant:
 
 
 def _write_file(compiled, variables: dict) -> str:
-    from specc.compile import class_name
+    from specc.compiler import class_name
 
     writer = ClassWriter(Tree(compiled))
     root_name = class_name(compiled.spec)
@@ -273,13 +271,3 @@ def _defined_names(statement: ast.stmt) -> list[str]:
         return [target.id for target in statement.targets if isinstance(target, ast.Name) and target.id != "__all__"]
     return []
 
-
-class _CallableModule(types.ModuleType):
-    """Importing `specc.codegen` binds the package attribute `specc.codegen` to this module, hiding
-    the function of the same name; calling the module calls the function, so both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> str:
-        return codegen(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

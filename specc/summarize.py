@@ -14,8 +14,6 @@ multiply-add and nothing for element-wise ops, so activations, norms and adds sh
 """
 from __future__ import annotations
 
-import sys
-import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,13 +300,3 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         for module, training in modes.items():
             module.training = training
 
-
-class _CallableModule(types.ModuleType):
-    """Importing `specc.summary` binds the package attribute `specc.summary` to this module, hiding
-    the function of the same name; calling the module calls the function, so both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ModelSummary:
-        return summary(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -78,7 +78,7 @@ def draw(spec_or_path: Any, *, depth: int | None = None, expand: bool = False, r
 
 def spec_diagram(spec_or_path: Any, *, depth: int | None = None, expand: bool = False, **variables: Any) -> Diagram:
     """Compile on the meta device (no weights) and lay out the `Diagram` both writers draw."""
-    from specc.compile import compile as compile_spec
+    from specc.compiler import compile as compile_spec
 
     compiled = compile_spec(spec_or_path, device="meta", **variables)
     diagram = build_diagram(compiled.graph, compiled.spec.display_name, depth=depth, expand=expand)
@@ -106,7 +106,7 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
     """
     from torchviz import make_dot
 
-    from specc.compile import compile as compile_spec
+    from specc.compiler import compile as compile_spec
 
     compiled = compile_spec(spec_or_path, **variables)
     module = compiled.module.train()

@@ -15,8 +15,6 @@ import contextlib
 import io
 import logging
 import re
-import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from specc.errors import Problem, SpecError
 from specc.weights import apply_weights, build_from_safetensors, load_weights, read_weights, save_weights
 
 if TYPE_CHECKING:
-    from specc.compile import Compiled
+    from specc.compiler import Compiled
     from specc.graph import Node
 
 __all__ = ["export", "prepare", "write", "check_export", "load_weights", "build_from_safetensors", "apply_weights"]
@@ -104,7 +102,7 @@ class Prepared:
 def prepare(spec_or_path: Any, *, checkpoint: Any = None, input_shapes: dict[str, list[int]] | None = None,
             **variables: Any) -> Prepared:
     """Compile the spec on the CPU, load the checkpoint's weights, switch to eval mode."""
-    from specc.compile import compile
+    from specc.compiler import compile
     from specc.weights import load_state
 
     compiled = compile(spec_or_path, input_shapes=input_shapes, symbolic=False, **variables)
@@ -340,13 +338,3 @@ def _runner(path: Path):
 def _tensors(output: Any) -> list:
     return list(output) if isinstance(output, (tuple, list)) else [output]
 
-
-class _CallableModule(types.ModuleType):
-    """Importing `specc.export` binds the package attribute `specc.export` to this module, hiding
-    the function of the same name; calling the module calls the function, so both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

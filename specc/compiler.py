@@ -166,6 +166,46 @@ def _materialise(graph: Graph, registry: Registry, device: torch.device) -> dict
     return modules
 
 
+class _DirectChildren:
+    """Mixin: child modules are also plain instance attributes.
+
+    The generated forward reaches a layer as `getattr(self, "3").body.conv`; through
+    nn.Module.__getattr__ each step costs about a microsecond, which made a 4-layer MLP 15% slower
+    than the same model written by hand. With the children in `__dict__` each step is a dict hit.
+    Every way a child can change (setattr, delattr, add_module) keeps the copy in sync.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        self._sync_child(name)
+
+    def __delattr__(self, name: str) -> None:
+        was_child = name in self._modules
+        super().__delattr__(name)
+        if was_child:
+            self.__dict__.pop(name, None)
+
+    def add_module(self, name: str, module: nn.Module | None) -> None:
+        super().add_module(name, module)
+        self._sync_child(name)
+
+    def register_module(self, name: str, module: nn.Module | None) -> None:
+        self.add_module(name, module)
+
+    def _sync_child(self, name: str) -> None:
+        children = self.__dict__.get("_modules")
+        if children is not None and name in children:
+            self.__dict__[name] = children[name]
+
+
+class Container(_DirectChildren, nn.Module):
+    """Holds the layers of one spec item (a block use, a branch, a repeat) under its name."""
+
+
+class SpecModule(_DirectChildren, fx.GraphModule):
+    """The compiled model: a torch.fx GraphModule whose forward is generated from the spec."""
+
+
 def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx.GraphModule:
     root = nn.Module()
     for name, module in modules.items():
@@ -177,7 +217,14 @@ def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx
     outputs = [values[name] for name in graph.outputs]
     fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     fx_graph.lint()
-    return fx.GraphModule(root, fx_graph, class_name=class_name(spec))
+    module = SpecModule(root, fx_graph, class_name=class_name(spec))
+    for holder in [module, *module.modules()]:
+        if type(holder) is nn.Module:  # fx made the intermediate holders plain Modules
+            holder.__class__ = Container
+        if isinstance(holder, _DirectChildren):
+            for name in list(holder._modules):
+                holder._sync_child(name)
+    return module
 
 
 def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
