@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from specc.errors import Problem, SpecError
 from specc.graph import Graph, Node
@@ -19,6 +20,22 @@ DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
     "long": torch.long, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
 }
+
+
+class SkipInitOnMeta(TorchFunctionMode):
+    """Skip weight initialisation of meta tensors: it has no values to set, yet torch routes it
+    through Python decompositions whose first use imports torch._dynamo (~1-2 s per process)."""
+
+    _TENSOR_METHODS = {torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.zero_, torch.Tensor.fill_,
+                       torch.Tensor.random_, torch.Tensor.exponential_, torch.Tensor.bernoulli_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        initialises = func in self._TENSOR_METHODS or getattr(func, "__module__", None) == "torch.nn.init"
+        tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes the tensor by keyword
+        if initialises and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
 
 
 def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
@@ -81,7 +98,7 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
         shapes = [tuple(value.shape) for value in inputs if isinstance(value, torch.Tensor)]
         _infer_sizes(node, info.inferable(), shapes)
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), SkipInitOnMeta():
                 module = info.cls(**node.args)
         except Exception as error:  # noqa: BLE001
             raise SpecError(Problem(f"{node.target} '{node.label}' cannot be built with {_kwargs_text(node.args)}: "
