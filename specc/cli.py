@@ -5,6 +5,7 @@ Heavy imports happen inside the commands so `specc --help` stays instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -286,8 +287,15 @@ def codegen(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A bug in specc prints one line (SPECC_DEBUG=1 shows the traceback)."""
+    try:
+        app()
+    except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug
+        if os.environ.get("SPECC_DEBUG"):
+            raise
+        typer.echo(f"specc: internal error: {type(error).__name__}: {error} "
+                   "(please report it; SPECC_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

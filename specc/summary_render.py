@@ -131,7 +131,7 @@ def shape_text(shape: list | None) -> str:
     """`[1, 32, 26, 26]`; a tuple output lists its shapes; `-` for non-tensors."""
     if shape is None:
         return "-"
-    if all(isinstance(size, int) for size in shape):
+    if all(isinstance(size, (int, str)) for size in shape):  # a str is a named dim ("seq")
         return "[" + ", ".join(map(str, shape)) + "]"
     return ", ".join(shape_text(item) for item in shape)
 

@@ -107,6 +107,7 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             if scope.kind != "body":  # a residual's body items sit right under the residual's row
                 chain.append(containers.get(scope.path) or _add_container(containers, chain[-1], scope))
         shape, output_bytes = outputs[node.name]
+        shape = _with_named_dims(shape, node.meta.get("symbolic_shape"))
         for container in chain[1:]:
             container.shape = shape  # a container outputs what its last item outputs
         if node.op == "merge":
@@ -120,6 +121,13 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
         chain[-1].children.append(row)
     return root
+
+
+def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
+    """`[1, 128, 64]` -> `[1, "seq", 64]` where the dim follows a named input dim (`shape: [seq]`)."""
+    if not labels or not isinstance(shape, list) or len(shape) != len(labels):
+        return shape
+    return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
 
 
 def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:

@@ -414,3 +414,11 @@ def test_specc_summary_is_callable_after_importing_the_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "10"
+
+
+def test_named_input_dims_show_by_name():
+    spec = ("inputs: {tokens: {shape: [seq], dtype: long}}\nvars: {seq: 16}\n"
+            "layers:\n  - Embedding: [100, 8]\n  - transpose: [1, 2]\n  - Conv1d: {out_channels: 4, kernel_size: 2, stride: 2}\n")
+    rows = {row["type"]: row["output_shape"] for row in specc.summary(spec).to_dict()["rows"]}
+    assert rows["Embedding"] == [1, "seq", 8] and rows["Conv1d"] == [1, 4, "seq/2"]
+    assert "[1, 4, seq/2]" in str(specc.summary(spec))
