@@ -146,3 +146,11 @@ def test_public_functions_stay_callable_whatever_was_imported_first():
         importlib.import_module(module)
     for name in ("load", "compile", "build", "summary", "draw", "train", "evaluate", "predict", "export", "codegen"):
         assert callable(getattr(specc, name)), name
+
+
+def test_named_dim_without_its_var_is_a_located_error():
+    with pytest.raises(SpecError) as raised:
+        compile_spec("inputs:\n  tokens: {shape: [seqlen], dtype: long}\nvars: {seq_len: 8}\nlayers: [ReLU]\n")
+    problem = raised.value.first
+    assert problem.code == "TYPE_ERROR" and problem.suggestion == "seq_len"
+    assert (problem.location.line, problem.location.column) == (2, 20)
