@@ -17,6 +17,7 @@ counts the moments another process holds the core.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import statistics
 import tempfile
@@ -170,9 +171,12 @@ def run(repeats: int = 9, models: tuple[str, ...] = ("mlp", "digits_cnn")) -> li
         torch.set_num_threads(threads)
 
 
-def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
-    from benchmarks.lightning_baseline import LightningEpochs
+def lightning_installed() -> bool:
+    """Lightning is a bench-only extra (`make bench` installs it); `make test` runs without it."""
+    return importlib.util.find_spec("lightning") is not None
 
+
+def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
     specc = SpeccEpochs(spec, run_dir)
     inputs, target = specc.data
     initial = {key: value.clone() for key, value in specc.compiled.module.state_dict().items()}
@@ -185,13 +189,25 @@ def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
         return model
 
     dataset = torch.utils.data.TensorDataset(inputs, target)
-    return {
+    contestants = {
         "specc": specc,
         "hand-written": LoopEpochs(fresh_model(), ShuffledBatches(inputs, target, BATCH_SIZE)),
-        "lightning": LightningEpochs(fresh_model(), ShuffledBatches(inputs, target, BATCH_SIZE), adamw),
         "naive DataLoader": LoopEpochs(
             fresh_model(), torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True)),
     }
+    if lightning_installed():
+        from benchmarks.lightning_baseline import LightningEpochs
+
+        contestants["lightning"] = LightningEpochs(fresh_model(), ShuffledBatches(inputs, target, BATCH_SIZE), adamw)
+    return contestants
+
+
+def _lightning_result(name, specc, seconds, pair, repeats, note) -> Result:
+    case = f"{name}: specc / Lightning Trainer"
+    if "lightning" not in seconds:
+        return Result("train", case, math.nan, None, note="not run: lightning is not installed (make bench installs it)")
+    return Result("train", case, median_ratio(specc, seconds["lightning"]), LIGHTNING_TARGET,
+                  seconds=pair("lightning"), repeats=repeats, note=note)
 
 
 def _run_model(name: str, spec: dict, repeats: int, run_dir: Path) -> list[Result]:
@@ -212,8 +228,7 @@ def _run_model(name: str, spec: dict, repeats: int, run_dir: Path) -> list[Resul
     return [
         Result("train", f"{name}: specc / hand-written loop", median_ratio(specc, seconds["hand-written"]),
                HAND_TARGET, seconds=pair("hand-written"), repeats=repeats, note=note),
-        Result("train", f"{name}: specc / Lightning Trainer", median_ratio(specc, seconds["lightning"]),
-               LIGHTNING_TARGET, seconds=pair("lightning"), repeats=repeats, note=note),
+        _lightning_result(name, specc, seconds, pair, repeats, note),
         Result("train", f"{name}: naive DataLoader / specc (speed-up)", median_ratio(seconds["naive DataLoader"], specc),
                NAIVE_SPEEDUP_TARGET if name == "mlp" else None, seconds=pair("naive DataLoader"), repeats=repeats,
                note=note),
