@@ -131,6 +131,9 @@ def train(
     set_: SetOption = None,
     out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt exactly where it stopped.")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Train on N processes of this machine (DDP through torchrun's "
+                                                   "launcher; batch_size is per process). Several machines: "
+                                                   "torchrun, see docs/distributed.md.")] = 1,
 ) -> None:
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
@@ -139,10 +142,18 @@ def train(
     """
     try:
         with user_errors():
-            from specc.training import train as run_training
-
             keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
-            result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
+            if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
+                from specc.distributed import LaunchError, launch_training
+
+                try:
+                    result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_), **keys)
+                except LaunchError as error:
+                    raise UsageFailure(str(error), code=1) from None
+            else:
+                from specc.training import train as run_training
+
+                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None

@@ -166,16 +166,19 @@ class Normalizer:
 
 
 def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | None = None,
-            drop_single: bool = False, rank: int = 0, world_size: int = 1
+            drop_single: bool = False, rank: int = 0, world_size: int = 1, pad: bool = False
             ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
     """Yield `(inputs, target)` batches; shuffled by `generator` when given, in order otherwise.
 
     Args:
         data: the split, already on the device.
-        batch_size: examples per batch.
-        generator: a CPU generator for the epoch's permutation (its state is checkpointed).
+        batch_size: examples per batch (per rank).
+        generator: a CPU generator for the epoch's permutation (its state is checkpointed). Seeded
+            alike on every rank, it gives all ranks the same permutation each epoch, and a new one
+            the next epoch (what `DistributedSampler.set_epoch` does).
         drop_single: skip a trailing batch of one example (BatchNorm cannot train on it).
-        rank, world_size: hook for distributed training: each rank takes every world_size-th example.
+        rank, world_size: distributed training: each rank takes every world_size-th example.
+        pad: give every rank the same number of examples (see `shard`); training needs it.
     """
     count = len(data)
     if generator is None and world_size == 1:
@@ -183,12 +186,30 @@ def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | N
             yield tuple(x[start:start + batch_size] for x in data.inputs), data.target[start:start + batch_size]
         return
     order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
-    order = order[rank::world_size].to(data.target.device)
+    order = shard(order, rank, world_size, pad=pad).to(data.target.device)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         if drop_single and len(index) == 1 and start > 0:
             return
         yield tuple(x[index] for x in data.inputs), data.target[index]
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int, *, pad: bool = False) -> torch.Tensor:
+    """This rank's share of `order`: every world_size-th index, starting at `rank`.
+
+    With `pad`, indices from the start of `order` are repeated until its length divides evenly,
+    as `DistributedSampler` does: every rank then takes the same number of steps, which DDP needs
+    (each step ends in a collective), at the cost of seeing up to world_size - 1 examples twice.
+    """
+    if pad and len(order) % world_size:
+        total = shard_size(len(order), world_size) * world_size
+        order = order.repeat(math.ceil(total / len(order)))[:total]
+    return order[rank::world_size]
+
+
+def shard_size(count: int, world_size: int) -> int:
+    """Examples per rank of a padded shard (see `shard`)."""
+    return math.ceil(count / world_size)
 
 
 def shape_inputs(raw: dict[str, np.ndarray] | np.ndarray, layout: Layout, where) -> tuple[torch.Tensor, ...]:

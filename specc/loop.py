@@ -2,8 +2,11 @@
 
 Per step: forward under autocast, loss, backward, optional grad clipping, optimizer step. Step
 losses stay on the device and are read back (and checked for nan/inf) only every `log_every`
-steps, so the loop does not wait on the accelerator after every batch. Distributed training can hook in
-through `Session.rank` / `world_size`: batches are sharded by rank and only rank 0 writes files.
+steps, so the loop does not wait on the accelerator after every batch.
+
+Under torchrun (specc/distributed.py) each rank trains on its shard of every batch through
+DistributedDataParallel; losses and metrics are summed over the ranks, decisions to stop are taken
+together, and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
+from specc import distributed
 from specc.checkpoint import restore_rng, rng_state, save_checkpoint
-from specc.data import DataSplits, Normalizer, TensorData, batches
+from specc.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.metrics import MetricSet, Task
 from specc.optim import Schedulers
 from specc.run_log import RunLog
@@ -100,10 +104,22 @@ class Session:
     stop_requested: bool = False           # set by Ctrl-C; the loop stops after the current step
     rank: int = 0
     world_size: int = 1
+    ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def training_forward(self) -> nn.Module:
+        """What a training step calls. Evaluation calls `forward`: DDP would sync buffers there."""
+        return self.forward if self.ddp is None else self.ddp
+
+    def evaluate(self, model: nn.Module, data: TensorData, metrics: MetricSet) -> dict[str, Any]:
+        """`evaluate_split` with this run's loss, task, batch size and autocast, on this rank's shard."""
+        return evaluate_split(model, data, loss_fn=self.loss_fn, task=self.task, metrics=metrics,
+                              batch_size=eval_batch_size(self.config), autocast=self.autocast,
+                              rank=self.rank, world_size=self.world_size)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CPU/MPS, fp16 on CUDA (with the GradScaler), or nothing."""
@@ -188,7 +204,7 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
                 save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt")
             save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
             log.epoch_finished(record, session.history)
-        if session.early is not None and session.early.should_stop:
+        if session.early is not None and distributed.any_rank(session.early.should_stop):
             return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
                                      f"{session.early.patience} epochs (stopped after epoch {epoch})")
     return "completed", ""
@@ -197,14 +213,16 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
 @contextlib.contextmanager
 def _ctrl_c_requests_stop(session: Session):
     """The first Ctrl-C asks the loop to stop after the current step (never halfway through writing
-    a file or holding a lock); a second one interrupts at once."""
+    a file or holding a lock); a second one interrupts at once. Under torchrun the ranks stop at
+    the same step (see `_stop_requested`), and a second Ctrl-C is the launcher's to act on."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def request_stop(signum, frame):
         session.stop_requested = True
-        signal.signal(signal.SIGINT, previous)
+        if session.world_size == 1:
+            signal.signal(signal.SIGINT, previous)
 
     previous = signal.signal(signal.SIGINT, request_stop)
     try:
@@ -221,10 +239,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     learning_rate = session.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
     record: dict[str, Any] = {"epoch": epoch, **train_epoch(session, epoch, log)}
     if session.splits.val is not None and len(session.splits.val):
-        record.update(_prefixed("val", evaluate_split(
-            session.forward, session.splits.val, loss_fn=session.loss_fn, task=session.task,
-            metrics=session.metrics["val"], batch_size=eval_batch_size(session.config),
-            autocast=session.autocast)))
+        record.update(_prefixed("val", session.evaluate(session.forward, session.splits.val,
+                                                        session.metrics["val"])))
     record["lr"] = learning_rate
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
@@ -242,31 +258,40 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     every `log_every` steps and at the end, so a step adds no tensor work and no host sync.
     """
     config, train = session.config, session.splits.train
-    session.forward.train()
+    session.training_forward.train()
     losses: list[torch.Tensor] = []
     sizes: list[int] = []
-    log.epoch_started(epoch, count_steps(len(train) // session.world_size, config.batch_size),
-                      session.optimizer.param_groups[0]["lr"])
+    steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
+    log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
                                                     drop_single=True, rank=session.rank,
-                                                    world_size=session.world_size), start=1):
+                                                    world_size=session.world_size, pad=True), start=1):
         output, loss = train_step(session, inputs, target)
         losses.append(loss)
         sizes.append(len(target))
         session.metrics["train"].update(output, target)
         if not session.in_swa(epoch):
             session.schedulers.step_batch()
-        if session.stop_requested:
+        if _stop_requested(session, step % config.log_every == 0 or step == steps):
             raise KeyboardInterrupt
         log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
+    distributed.share_buffers(session.model)
     return {"train_loss": _checked_mean(losses, sizes, epoch),
             **_prefixed("train", session.metrics["train"].compute())}
+
+
+def _stop_requested(session: Session, agreement_point: bool) -> bool:
+    """Ctrl-C: one process stops after the current step; ranks stop at the next agreement point
+    (a log point or the epoch's last step) all together, since each step waits for every rank."""
+    if session.world_size == 1:
+        return session.stop_requested
+    return agreement_point and distributed.any_rank(session.stop_requested)
 
 
 def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch.Tensor):
     """Forward, loss, backward, clip, step. Returns the detached output and float32 loss."""
     with session.autocast():
-        output = first_output(session.forward(*inputs))
+        output = first_output(session.training_forward(*inputs))
         loss = session.loss_fn(*session.task.align(output, target))
     session.optimizer.zero_grad(set_to_none=True)
     clip = session.config.grad_clip
@@ -287,19 +312,26 @@ def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, task: Task, metrics: MetricSet,
-                   batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, Any]:
-    """Mean loss and metrics of `model` on one split, in eval mode (train mode restored after)."""
+                   batch_size: int, autocast: Callable[[], Any] = contextlib.nullcontext,
+                   rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Mean loss and metrics of `model` on one split, in eval mode (train mode restored after).
+
+    Under torchrun each rank evaluates every world_size-th example (no padding, so no example
+    counts twice); the loss sums and the torchmetrics states are summed over the ranks.
+    """
     was_training = model.training
     model.eval()
     try:
-        loss_sum = torch.zeros((), device=data.target.device)
-        for inputs, target in batches(data, batch_size):
+        loss_sum, count = torch.zeros((), device=data.target.device), 0
+        for inputs, target in batches(data, batch_size, rank=rank, world_size=world_size):
             with autocast():
                 output = first_output(model(*inputs))
                 loss = loss_fn(*task.align(output, target))
             loss_sum += loss.float() * len(target)
+            count += len(target)
             metrics.update(output, target)
-        return {"loss": (loss_sum / max(len(data), 1)).item(), **metrics.compute()}
+        loss_sum, count = distributed.reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(count)]))
+        return {"loss": (loss_sum / count.clamp(min=1)).item(), **metrics.compute()}
     finally:
         model.train(was_training)
 
@@ -339,16 +371,19 @@ def eval_batch_size(config: TrainConfig) -> int:
 
 
 def _checked_mean(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> float:
-    """The example-weighted mean of the step losses so far; raises at the first nan/inf step."""
+    """The example-weighted mean of the step losses so far (over every rank); raises at the first
+    nan/inf step, on every rank alike."""
     if not losses:
         return math.nan
     stacked = torch.stack(losses)
-    if not bool(torch.isfinite(stacked).all()):
-        step = int((~torch.isfinite(stacked)).nonzero()[0, 0]) + 1
-        raise NonFiniteLoss(f"the training loss became {float(stacked[step - 1])} at epoch {epoch}, "
-                            f"step {step}; stopped")
     weights = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
-    return float((stacked * weights).sum() / weights.sum())
+    sums, counts = distributed.reduce_sum(torch.stack([stacked * weights, weights]))  # (steps,) each
+    step_means = sums / counts
+    if not bool(torch.isfinite(step_means).all()):
+        step = int((~torch.isfinite(step_means)).nonzero()[0, 0]) + 1
+        raise NonFiniteLoss(f"the training loss became {float(step_means[step - 1])} at epoch {epoch}, "
+                            f"step {step}; stopped")
+    return float(sums.sum() / counts.sum())
 
 
 def _prefixed(split: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from specc import distributed
 from specc.compiler import Compiled, compile as compile_spec
-from specc.data import DataSplits, Examples, Layout, Normalizer, layout_of, load_examples, make_splits
+from specc.data import (DataSplits, Examples, Layout, Normalizer, layout_of, load_examples, make_splits,
+                        shard_size)
 from specc.errors import Location, Problem, SpecError
 from specc.loop import Session, Tracker, count_steps, first_output
 from specc.metrics import MetricSet, Task, build_loss
@@ -81,8 +83,13 @@ def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
 
 def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: DataSplits, device: torch.device,
                  run_dir: Path) -> Session:
-    """Everything `fit` needs for one run: scaled data on the device, loss, metrics, optimizer, ..."""
+    """Everything `fit` needs for one run: scaled data on the device, loss, metrics, optimizer, ...
+
+    Under torchrun every rank holds every split; the session knows its rank and wraps the model in
+    DistributedDataParallel.
+    """
     config: TrainConfig = spec.train
+    world_size = distributed.world_size()
     locate = spec.source.locate
     normalizer = Normalizer.fit(config.data.normalize, split.train)
     splits = DataSplits(*(normalizer(data).to(device) if data is not None else None
@@ -96,13 +103,16 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")))
     scheduler_path = ("train", "scheduler")
     schedulers = Schedulers.build(
-        config, optimizer, count_steps(len(splits.train), config.batch_size),
+        config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
         lambda index: locate(scheduler_path + ((index,) if isinstance(config.scheduler, list) else ())))
     generator = torch.Generator()
     generator.manual_seed(config.seed)
     early = config.early_stopping
+    forward = _compiled_forward(model, config)
+    ddp = None if world_size == 1 else distributed.wrap_model(TrainedOutput(forward), device)
     return Session(
-        spec=spec, config=config, device=device, model=model, forward=_compiled_forward(model, config),
+        spec=spec, config=config, device=device, model=model, forward=forward,
+        ddp=ddp, rank=distributed.rank(), world_size=world_size,
         task=prepared.task, splits=splits, normalizer=normalizer, loss_fn=loss_fn, optimizer=optimizer,
         schedulers=schedulers, metrics=metrics, run_dir=run_dir, classes=prepared.examples.classes,
         fold=split.fold, generator=generator,
@@ -128,6 +138,18 @@ def _compiled_forward(model: torch.nn.Module, config: TrainConfig) -> torch.nn.M
         return model
     options = config.compile if isinstance(config.compile, dict) else {}
     return torch.compile(model, **options)
+
+
+class TrainedOutput(torch.nn.Module):
+    """The model's first output alone, the one the loss sees: what DistributedDataParallel wraps,
+    so parameters that feed only the other outputs are known to get no gradient."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return first_output(self.model(*inputs))
 
 
 def _check_classes(task: Task, examples: Examples, where: Location) -> None:

@@ -75,6 +75,28 @@ class RunLog:
             plot_curves(history, self.run_dir / "curves.png")
 
 
+class SilentLog:
+    """The log of ranks other than 0 under torchrun: the same calls, nothing printed or written."""
+
+    def __init__(self):
+        self.console = Console(quiet=True)
+
+    def epoch_started(self, epoch: int, steps: int, learning_rate: float) -> None:
+        pass
+
+    def step(self, loss: float | None = None) -> None:
+        pass
+
+    def epoch_finished(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self, history: list[dict[str, Any]]) -> None:
+        pass
+
+
 def _progress(console: Console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -7,6 +7,7 @@
 
 A run writes `runs/<spec name>/<timestamp>/`: spec.yaml (resolved), best.pt, last.pt,
 metrics.csv, TensorBoard events, curves.png and summary.json (K-fold: one folder per fold).
+`train(..., nproc=N)` (or torchrun) trains on N processes with DDP: see docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from specc import distributed
 from specc.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from specc.errors import Problem, SpecError
-from specc.loop import Session, eval_batch_size, evaluate_split, fit, update_batch_norm
+from specc.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.metrics import MetricSet
 from specc.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
                            resolve_device)
-from specc.run_log import RunLog, print_folds, print_metrics
+from specc.run_log import RunLog, SilentLog, print_folds, print_metrics
 from specc.spec import Spec
 from specc.train_config import MATRIX_METRICS, monitor_mode
 
@@ -55,8 +57,12 @@ class TrainResult:
 
 
 def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", resume: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, verbose: bool = True, **train_keys: Any) -> TrainResult:
+          overrides: dict[str, Any] | None = None, verbose: bool = True, nproc: int = 1,
+          **train_keys: Any) -> TrainResult:
     """Train the spec's model as its `train:` section says.
+
+    Under torchrun (`torchrun --nproc-per-node N -m specc train ...`) every process calls this and
+    they train together with DistributedDataParallel; rank 0 prints and writes the run directory.
 
     Args:
         spec_or_path: a spec path, YAML text, dict or `Spec`.
@@ -65,39 +71,48 @@ def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", r
             writing into that checkpoint's folder.
         overrides: vars or dotted keys, like `--set` (`{"width": 32, "train.data.split.seed": 1}`).
         verbose: print progress and the final table.
+        nproc: processes to train on, started here through torchrun's launcher (DDP on one
+            machine; `batch_size` is per process; they are spawned, so call this under
+            `if __name__ == "__main__":`). 1 = this process.
         **train_keys: keys of the `train:` section (`epochs=5`, `device="cpu"`).
 
     Returns:
-        A `TrainResult` (see its fields); `status` says whether the run completed.
+        A `TrainResult` (see its fields); `status` says whether the run completed. With `nproc`,
+        rank 0's.
 
     Raises:
         SpecError: invalid spec, unreadable data or checkpoint (every problem located).
+        specc.distributed.LaunchError: with `nproc`, a process failed.
     """
     spec = load_train_spec(spec_or_path, {**(overrides or {}), **{f"train.{k}": v for k, v in train_keys.items()}})
+    if nproc > 1:
+        return distributed.launch_training(spec, nproc, out=out, resume=resume, verbose=verbose)
     threads = torch.get_num_threads()
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     try:
-        return _train(spec, Path(out), resume, verbose)
+        with distributed.process_group(resolve_device(spec.train.device)) as device:
+            return _train(spec, device, Path(out), resume, verbose and distributed.is_main())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(spec: Spec, out: Path, resume: str | Path | None, verbose: bool) -> TrainResult:
+def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | None, verbose: bool) -> TrainResult:
     config = spec.train
-    device = resolve_device(config.device)
-    state = load_checkpoint(resume) if resume is not None else None
+    state = distributed.on_main(load_checkpoint, resume) if resume is not None else None
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     compiled = build_model(spec, device, config.seed)
     prepared = prepare_data(spec, compiled)
-    run_dir = Path(resume).parent if resume is not None else new_run_dir(out, spec)
-    (run_dir / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    run_dir = Path(resume).parent if resume is not None else distributed.on_main(new_run_dir, out, spec)
+    if distributed.is_main():
+        (run_dir / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if config.data.split.kfold:
         return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
     result = _train_split(spec, compiled, prepared, 0, device, run_dir, verbose, state, resume)
-    _write_summary(run_dir, result)
+    if distributed.is_main():
+        _write_summary(run_dir, result)
     return result
 
 
@@ -118,10 +133,11 @@ def _train_split(spec: Spec, compiled, prepared: Prepared, index: int, device: t
     if state is not None:
         load_model_state(session.model, state, resume)
         session.restore(state)
-    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label)
+    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label) if session.is_main else SilentLog()
     counts = " / ".join(f"{len(data)} {name}" for name, data in session.splits.named().items())
     start = f" from epoch {session.epoch + 1}" if session.epoch else ""
-    log.message(f"training {spec.display_name}{' ' + label if label else ''} on {device}{start}: "
+    where = f"{session.world_size} processes ({device.type})" if session.world_size > 1 else device
+    log.message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
                 f"{counts} examples, {sum(p.numel() for p in session.model.parameters()):,} parameters -> {run_dir}")
     try:
         status, message = fit(session, log)
@@ -131,8 +147,8 @@ def _train_split(spec: Spec, compiled, prepared: Prepared, index: int, device: t
         log.close(session.history)
     if message:
         log.message(message)
-    result = TrainResult(run_dir, status, message, session.history,
-                         last_checkpoint=_existing(run_dir / "last.pt"), best_checkpoint=_existing(run_dir / "best.pt"))
+    last, best = distributed.on_main(lambda: (_existing(run_dir / "last.pt"), _existing(run_dir / "best.pt")))
+    result = TrainResult(run_dir, status, message, session.history, last_checkpoint=last, best_checkpoint=best)
     if result.ok and result.best_checkpoint:
         result.metrics = best_metrics(session, result.best_checkpoint)
         if show_table and verbose:
@@ -143,12 +159,10 @@ def _train_split(spec: Spec, compiled, prepared: Prepared, index: int, device: t
 
 def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:
     """Every configured metric (matrices too) of the best checkpoint's weights, on each split."""
-    load_model_state(session.model, load_checkpoint(checkpoint), checkpoint)
-    config = session.config
-    metrics = MetricSet.build(config.metrics, session.task, session.device, metric_locator(session.spec))
-    return {name: evaluate_split(session.model, data, loss_fn=session.loss_fn, task=session.task, metrics=metrics,
-                                 batch_size=eval_batch_size(config), autocast=session.autocast)
-            for name, data in session.splits.named().items()}
+    weights = distributed.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
+    load_model_state(session.model, weights, checkpoint)
+    metrics = MetricSet.build(session.config.metrics, session.task, session.device, metric_locator(session.spec))
+    return {name: session.evaluate(session.model, data, metrics) for name, data in session.splits.named().items()}
 
 
 def _finish_swa(session: Session) -> str:
@@ -158,18 +172,16 @@ def _finish_swa(session: Session) -> str:
     averaged = session.swa_model.module
     update_batch_norm(averaged, session.splits.train, eval_batch_size(session.config))
     split, _, name = session.best.monitor.partition("_")
-    data = session.splits.named()[split]
-    values = evaluate_split(averaged, data, loss_fn=session.loss_fn, task=session.task,
-                            metrics=session.metrics[split], batch_size=eval_batch_size(session.config),
-                            autocast=session.autocast)
+    values = session.evaluate(averaged, session.splits.named()[split], session.metrics[split])
     value, best = values[name], session.best.best
     better = best is None or (value < best if monitor_mode(session.best.monitor, session.best.mode) == "min"
                               else value > best)
     if not better:
         return f"SWA: {session.best.monitor} {value:.4f} of the averaged weights is not better than {best:.4f}"
-    state = session.checkpoint_state()
-    state["model"] = averaged.state_dict()
-    save_checkpoint({**state, "swa_averaged": True}, session.run_dir / "best.pt")
+    if session.is_main:
+        state = session.checkpoint_state()
+        state["model"] = averaged.state_dict()
+        save_checkpoint({**state, "swa_averaged": True}, session.run_dir / "best.pt")
     session.best.best = value
     return f"SWA: the averaged weights ({session.best.monitor} {value:.4f}) are best.pt"
 
@@ -182,7 +194,8 @@ def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device,
     for index in range(count):
         model = compiled if index == 0 else build_model(spec, device, spec.train.seed)
         fold_dir = run_dir / f"fold_{index + 1}"
-        fold_dir.mkdir()
+        if distributed.is_main():
+            fold_dir.mkdir()
         folds.append(_train_split(spec, model, prepared, index, device, fold_dir, verbose,
                                   label=f"fold {index + 1}/{count}", show_table=False))
     per_fold = [{f"{split}_{name}": value for split, values in fold.metrics.items() if split != "train"
@@ -198,7 +211,8 @@ def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device,
         from rich.console import Console
 
         print_folds(Console(highlight=False), f"{count}-fold cross-validation: {run_dir}", per_fold, summary)
-    _write_summary(run_dir, result)
+    if distributed.is_main():
+        _write_summary(run_dir, result)
     return result
 
 
