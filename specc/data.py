@@ -165,6 +165,11 @@ class Normalizer:
         return cls(state["kind"], [None if s is None else (s[0], s[1]) for s in state["stats"]])
 
 
+# Splits up to this size are shuffled with one gather per epoch (an extra copy of the split);
+# larger ones gather batch by batch so the device never holds the split twice.
+_GATHER_ONCE_BYTES = 256 * 2**20
+
+
 def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | None = None,
             drop_single: bool = False, rank: int = 0, world_size: int = 1, pad: bool = False
             ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
@@ -187,11 +192,19 @@ def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | N
         return
     order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
     order = shard(order, rank, world_size, pad=pad).to(data.target.device)
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        if drop_single and len(index) == 1 and start > 0:
+    tensors, total = (*data.inputs, data.target), len(order)
+    if sum(t.element_size() * t.numel() for t in tensors) <= _GATHER_ONCE_BYTES:
+        # one gather per epoch, then batches are views: a small-batch epoch spends no time on
+        # per-step index copies (the cost of a hand-written loop over pre-shuffled tensors)
+        tensors, order = tuple(t[order] for t in tensors), None
+    for start in range(0, total, batch_size):
+        if order is None:
+            batch = tuple(t[start:start + batch_size] for t in tensors)
+        else:
+            batch = tuple(t[order[start:start + batch_size]] for t in tensors)
+        if drop_single and len(batch[-1]) == 1 and start > 0:
             return
-        yield tuple(x[index] for x in data.inputs), data.target[index]
+        yield batch[:-1], batch[-1]
 
 
 def shard(order: torch.Tensor, rank: int, world_size: int, *, pad: bool = False) -> torch.Tensor:
