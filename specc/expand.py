@@ -327,6 +327,8 @@ class Expander:
             self._problem(f"item has several layers: {', '.join(map(str, layers))} (one per list entry)",
                           path + (layers[1],), "INVALID_ITEM")
             return None
+        if not layers:
+            return None
         # a misspelled meta key is reported; still check the layer itself
         return Item(str(layers[0]), raw[layers[0]], meta, path)
 
@@ -369,9 +371,8 @@ class Expander:
     # ----- helpers -------------------------------------------------------------------------------
     def _add(self, node: Node) -> str:
         if node.name in self.by_name:
-            self._problem(f"two items resolve to the same name '{node.name}'; give one a `name:`",
-                          (), "DUPLICATE_NAME")
-            node.location = node.location
+            self.problems.append(Problem(f"two items resolve to the same name '{node.name}'; give one a `name:`",
+                                         node.location, "DUPLICATE_NAME"))
         self.nodes.append(node)
         self.by_name[node.name] = node
         return node.name

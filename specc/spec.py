@@ -142,12 +142,12 @@ def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) ->
     """Set vars (`width=128`) or dotted spec keys (`train.epochs=5`) in place."""
     for key, value in overrides.items():
         if "." not in key:
-            known = data.setdefault("vars", {}) or {}
-            if key not in known and key not in (data.get("vars") or {}):
-                suggestion = did_you_mean(key, known)
-                if suggestion:
-                    raise SpecError(Problem(f"--set {key}: no var named '{key}'", source.locate(("vars",)),
-                                            "UNKNOWN_VAR", suggestion))
+            known = data.get("vars") or {}
+            # a new var is allowed (a block or expression may use it), a near-miss of an existing one is not
+            suggestion = did_you_mean(key, known) if key not in known else None
+            if suggestion:
+                raise SpecError(Problem(f"--set {key}: no var named '{key}'", source.locate(("vars",)),
+                                        "UNKNOWN_VAR", suggestion))
             data["vars"] = {**known, key: value}
             continue
         target = data

@@ -237,3 +237,10 @@ def test_cli_set_of_a_misspelled_var_suggests_the_var():
     result = run_specc("check", "specs/mlp.yaml", "--set", "hiden=64")
     assert result.returncode == 2
     assert "no var named 'hiden'" in result.stderr and "did you mean 'hidden'?" in result.stderr
+
+
+def test_item_of_only_misspelled_meta_keys_reports_each_key(write_spec):
+    path = write_spec("inputs: {x: {shape: [4]}}\nlayers:\n  - nmae: a\n    repat: 2\n  - ReLU\n")
+    problems = _problems(path)
+    assert [(p.code, p.suggestion, p.location.line) for p in problems] == [
+        ("UNKNOWN_KEY", "name", 3), ("UNKNOWN_KEY", "repeat", 4)]
