@@ -48,10 +48,6 @@ class Node:
         """The output shape without the batch dimension."""
         return None if self.shape is None else tuple(self.shape[1:])
 
-    @property
-    def depth(self) -> int:
-        return sum(1 for scope in self.scopes if scope.kind != "repeat")
-
 
 @dataclass
 class Graph:
@@ -72,6 +68,3 @@ class Graph:
     @property
     def inputs(self) -> list[Node]:
         return [node for node in self.nodes if node.op == "input"]
-
-    def consumers(self, name: str) -> list[Node]:
-        return [node for node in self.nodes if name in node.inputs]

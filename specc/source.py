@@ -48,10 +48,6 @@ class SourceMap:
             path = path[:-1]
         return self.values.get((), Location(self.file, 1, 1))
 
-    def locate_value(self, path: DataPath) -> Location:
-        """Position of the value at `path` (falls back like `locate`)."""
-        return self.values.get(tuple(path)) or self.locate(path)
-
     def _mark(self, node: yaml.Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
 

@@ -272,10 +272,6 @@ class TrainConfig(_Strict):
     def has_validation(self) -> bool:
         return _has_validation(self.data)
 
-    def monitor_names(self) -> list[str]:
-        """Every per-epoch number a monitor may watch, e.g. val_loss, train_accuracy."""
-        return _monitor_names(self.metrics, self.has_validation)
-
     def default_monitor(self) -> str:
         return "val_loss" if self.has_validation else "train_loss"
 

@@ -154,3 +154,18 @@ def test_named_dim_without_its_var_is_a_located_error():
     problem = raised.value.first
     assert problem.code == "TYPE_ERROR" and problem.suggestion == "seq_len"
     assert (problem.location.line, problem.location.column) == (2, 20)
+
+
+def test_every_error_code_used_is_declared_and_documented():
+    import re
+    from pathlib import Path
+
+    from specc.errors import CODES
+
+    root = Path(__file__).resolve().parent.parent
+    source = "\n".join(path.read_text() for path in (root / "specc").glob("*.py"))
+    used = {code for code in re.findall(r'"([A-Z]+(?:_[A-Z]+)+)"', source) if code.endswith(("_ERROR", "_KEY", "_LAYER", "_KWARG", "_ARGUMENT", "_REFERENCE",
+                                                    "_VAR", "_NAME", "_ITEM", "_MISMATCH", "_FAILED", "_SYNTAX", "_FOUND"))}
+    assert len(used) >= 15 and used <= set(CODES), used - set(CODES)
+    documented = (root / "docs" / "errors.md").read_text()
+    assert all(f"`{code}`" in documented for code in CODES)
