@@ -2,7 +2,7 @@
 
 The spec repeats a unit of four items (Linear, ReLU and a residual around Linear, ReLU), each
 written out (no `repeat:`, which would fold into one box), so the drawing has 1,000 boxes,
-250 residual frames and their skip edges. Timed twice: `specc.drawing.write_drawing` in this
+250 residual frames and their skip edges. Timed twice: `specc.draw.drawing.write_drawing` in this
 process (imports already paid), and the `specc draw` command in a fresh process.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def run(repeats: int = 7, items: int = 1000, cli: bool = True) -> list[Result]:
     Raises:
         AssertionError: a drawing has fewer boxes than the spec has items.
     """
-    from specc.drawing import write_drawing
+    from specc.draw.drawing import write_drawing
 
     with tempfile.TemporaryDirectory() as folder:
         spec_path = Path(folder) / f"generated_{items}.yaml"
@@ -74,7 +74,7 @@ def run(repeats: int = 7, items: int = 1000, cli: bool = True) -> list[Result]:
         if count < items:
             raise AssertionError(f"{name} has {count} boxes for {items} items")
     note = f"{items} items, {boxes['api.svg']} boxes in the SVG"
-    labels = {"write_drawing": "specc.drawing.write_drawing (in process)", "specc draw": "`specc draw` (fresh process)"}
+    labels = {"write_drawing": "specc.draw.drawing.write_drawing (in process)", "specc draw": "`specc draw` (fresh process)"}
     return [Result("draw", f"{items}-item spec to SVG, {labels[way]}", value, TARGET, unit="s", seconds={way: value},
                    repeats=repeats, note=note)
             for way, value in seconds.items()]

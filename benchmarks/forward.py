@@ -116,7 +116,7 @@ def equivalent_pair(spec, hand_class) -> tuple[nn.Module, nn.Module, torch.Tenso
     Raises:
         AssertionError: the two models do not compute the same function.
     """
-    from specc.compiler import compile as compile_spec
+    from specc.build.compiler import compile as compile_spec
 
     torch.manual_seed(0)
     compiled = compile_spec(spec)

@@ -4,7 +4,7 @@ All four train the same model (the compiled spec, same initial weights) on the s
 standardized images in batches of 64, reshuffled every epoch, with the same AdamW and loss, on
 one torch thread (so the loops, not the thread pool, decide the time):
 
-- specc: `specc.loop.run_epoch`, the function `specc train` calls once per epoch, on a session
+- specc: `specc.train.loop.run_epoch`, the function `specc train` calls once per epoch, on a session
   built as `specc train` builds it, with no validation split and no metrics (the work the others
   do). Writing last.pt, metrics.csv and TensorBoard after the epoch is timed separately;
 - hand-written: the minimal loop over in-memory tensors, a fresh permutation per epoch;
@@ -111,8 +111,8 @@ class SpeccEpochs:
     """specc's loop one epoch per call, on a session built the way `specc train` builds it."""
 
     def __init__(self, spec: dict, run_dir: Path):
-        from specc.prepare import build_model, load_train_spec, open_session, prepare_data
-        from specc.run_log import RunLog
+        from specc.train.prepare import build_model, load_train_spec, open_session, prepare_data
+        from specc.train.run_log import RunLog
 
         loaded = load_train_spec({**spec, "train": bench_train_section()})
         device = torch.device("cpu")
@@ -123,8 +123,8 @@ class SpeccEpochs:
         self.file_seconds: list[float] = []  # last.pt + metrics.csv + TensorBoard, after each epoch
 
     def __call__(self) -> float:
-        from specc.checkpoint import save_checkpoint
-        from specc.loop import run_epoch
+        from specc.build.checkpoint import save_checkpoint
+        from specc.train.loop import run_epoch
 
         session = self.session
         start = time.process_time()
@@ -182,7 +182,7 @@ def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
     initial = {key: value.clone() for key, value in specc.compiled.module.state_dict().items()}
 
     def fresh_model() -> nn.Module:
-        from specc.compiler import build
+        from specc.build.compiler import build
 
         model = build(spec)
         model.load_state_dict(initial)

@@ -18,27 +18,26 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; resolved lazily by __getattr__
 _EXPORTS = {
-    "load": "specc.spec",
-    "Spec": "specc.spec",
-    "SpecError": "specc.errors",
-    "Problem": "specc.errors",
-    "compile": "specc.compiler",
-    "build": "specc.compiler",
-    "Compiled": "specc.compiler",
-    "summary": "specc.summarize",
-    "draw": "specc.drawing",
-    "train": "specc.training",
-    "evaluate": "specc.evaluation",
-    "predict": "specc.evaluation",
-    "export": "specc.exporter",
-    "codegen": "specc.eject",
-    "json_schema": "specc.schema",
+    "load": "specc.lang.spec",
+    "Spec": "specc.lang.spec",
+    "SpecError": "specc.lang.errors",
+    "Problem": "specc.lang.errors",
+    "json_schema": "specc.lang.schema",
+    "compile": "specc.build.compiler",
+    "Compiled": "specc.build.compiled",
+    "evaluate": "specc.train.evaluation",
+    "predict": "specc.train.evaluation",
+    "codegen": "specc.export.eject",
 }
+# stage packages that are also functions (specc._callable): `specc.summary(...)`, `specc.build(...)`
+_CALLABLE_PACKAGES = ("build", "summary", "draw", "train", "export")
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, *_CALLABLE_PACKAGES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _CALLABLE_PACKAGES:
+        return importlib.import_module(f"specc.{name}")  # importing sets globals()[name]
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'specc' has no attribute '{name}'")

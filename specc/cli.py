@@ -37,7 +37,7 @@ class UsageFailure(Exception):
 @contextmanager
 def user_errors(output_format: str = "text") -> Iterator[None]:
     """Turn spec errors and other user mistakes into clear messages and exit code 2."""
-    from specc.errors import SpecError
+    from specc.lang.errors import SpecError
 
     try:
         yield
@@ -58,7 +58,7 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
 
 def overrides(values: list[str] | None) -> dict[str, Any]:
     """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`."""
-    from specc.spec import parse_override
+    from specc.lang.spec import parse_override
 
     return dict(parse_override(value) for value in values or [])
 
@@ -71,8 +71,8 @@ def check(
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
-        from specc.compiler import compile as compile_spec
-        from specc.expect import count_parameters
+        from specc.build.compiler import compile as compile_spec
+        from specc.build.expect import count_parameters
 
         compiled = compile_spec(spec, device="meta", **overrides(set_))
         params = count_parameters(compiled.module)
@@ -87,7 +87,7 @@ def check(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
-    from specc.schema import json_schema
+    from specc.lang.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -106,7 +106,7 @@ def draw(
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
     with user_errors():
-        from specc.drawing import GraphvizNotFound, write_drawing
+        from specc.draw.drawing import GraphvizNotFound, write_drawing
 
         try:
             path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
@@ -144,14 +144,14 @@ def train(
         with user_errors():
             keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
-                from specc.distributed import LaunchError, launch_training
+                from specc.train.launch import LaunchError, launch_training
 
                 try:
                     result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_), **keys)
                 except LaunchError as error:
                     raise UsageFailure(str(error), code=1) from None
             else:
-                from specc.training import train as run_training
+                from specc.train.training import train as run_training
 
                 result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
@@ -174,7 +174,7 @@ def evaluate(
 ) -> None:
     """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
     with user_errors(output_format):
-        from specc.training import evaluate as run_evaluation
+        from specc.train.evaluation import evaluate as run_evaluation
 
         metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_))
         if output_format == "json":
@@ -182,7 +182,7 @@ def evaluate(
         else:
             from rich.console import Console
 
-            from specc.run_log import print_metrics
+            from specc.train.run_log import print_metrics
 
             print_metrics(Console(highlight=False), f"{checkpoint}", {split: metrics})
 
@@ -200,7 +200,7 @@ def predict(
 ) -> None:
     """Run a checkpoint on new examples; write predicted classes and probabilities, or regression outputs."""
     with user_errors():
-        from specc.training import predict as run_prediction
+        from specc.train.evaluation import predict as run_prediction
 
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_))
         typer.echo(f"wrote {path}")
@@ -222,8 +222,8 @@ def summary(
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
-        from specc.summarize import parse_input_shapes, summary as summarize
-        from specc.summary_render import FORMATS, print_summary
+        from specc.summary.summarize import parse_input_shapes, summary as summarize
+        from specc.summary.render import FORMATS, print_summary
 
         if output_format not in FORMATS:
             raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
@@ -252,7 +252,7 @@ def export(
     message names it), 1 when the written file's outputs differ from the model's.
     """
     with user_errors():
-        from specc.exporter import check_export, prepare, write
+        from specc.export.exporter import check_export, prepare, write
 
         try:
             prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_))
@@ -286,7 +286,7 @@ def codegen(
     The generated module needs only torch, and loads the compiled spec's state_dict as it is.
     """
     with user_errors():
-        from specc.eject import codegen as generate
+        from specc.export.eject import codegen as generate
 
         code = generate(spec, **overrides(set_))
         if output is None:

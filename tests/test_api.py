@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import specc
-from specc.compiler import compile as compile_spec
-from specc.expect import count_parameters
+from specc.build.compiler import compile as compile_spec
+from specc.build.expect import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from specc.cli import app
-from specc.eject import codegen
-from specc.compiler import class_name, compile
-from specc.expect import count_parameters
+from specc.export.eject import codegen
+from specc.build.compiler import class_name, compile
+from specc.build.expect import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
@@ -252,6 +252,6 @@ def test_cli_reports_spec_errors_at_their_line(tmp_path: Path) -> None:
 
 def test_specc_codegen_is_callable_in_any_import_order() -> None:
     import specc
-    import specc.eject  # noqa: F401 - a submodule import must not hide the function
+    import specc.export.eject  # noqa: F401 - a submodule import must not hide the function
 
     assert specc.codegen(ROOT / "specs" / "mlp.yaml") == codegen(ROOT / "specs" / "mlp.yaml")

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import specc
-from specc.compiler import compile as compile_spec
-from specc.errors import SpecError
-from specc.expressions import ExpressionError, evaluate, resolve_vars, substitute
-from specc.source import load_yaml
-from specc.spec import parse_override
+from specc.build.compiler import compile as compile_spec
+from specc.lang.errors import SpecError
+from specc.lang.expressions import ExpressionError, evaluate, resolve_vars, substitute
+from specc.lang.source import load_yaml
+from specc.lang.spec import parse_override
 
 
 # ----- expressions ------------------------------------------------------------------------------
@@ -141,8 +141,8 @@ def test_json_schema_describes_the_spec():
 def test_public_functions_stay_callable_whatever_was_imported_first():
     import importlib
 
-    for module in ("specc.compiler", "specc.summarize", "specc.drawing", "specc.training",
-                   "specc.evaluation", "specc.exporter", "specc.eject"):
+    for module in ("specc.build.compiler", "specc.summary.summarize", "specc.draw.drawing", "specc.train.training",
+                   "specc.train.evaluation", "specc.export.exporter", "specc.export.eject"):
         importlib.import_module(module)
     for name in ("load", "compile", "build", "summary", "draw", "train", "evaluate", "predict", "export", "codegen"):
         assert callable(getattr(specc, name)), name
@@ -160,10 +160,10 @@ def test_every_error_code_used_is_declared_and_documented():
     import re
     from pathlib import Path
 
-    from specc.errors import CODES
+    from specc.lang.errors import CODES
 
     root = Path(__file__).resolve().parent.parent
-    source = "\n".join(path.read_text() for path in (root / "specc").glob("*.py"))
+    source = "\n".join(path.read_text() for path in (root / "specc").rglob("*.py"))
     used = {code for code in re.findall(r'"([A-Z]+(?:_[A-Z]+)+)"', source) if code.endswith(("_ERROR", "_KEY", "_LAYER", "_KWARG", "_ARGUMENT", "_REFERENCE",
                                                     "_VAR", "_NAME", "_ITEM", "_MISMATCH", "_FAILED", "_SYNTAX", "_FOUND"))}
     assert len(used) >= 15 and used <= set(CODES), used - set(CODES)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from specc.data import Normalizer, TensorData, batches, make_splits
-from specc.errors import SpecError
-from specc.loop import count_steps
-from specc.prepare import build_model, load_train_spec, prepare_data
+from specc.train.data import Normalizer, TensorData, batches, make_splits
+from specc.lang.errors import SpecError
+from specc.train.loop import count_steps
+from specc.train.prepare import build_model, load_train_spec, prepare_data
 
 torch.set_num_threads(1)  # two pytest workers share two cores
 
@@ -205,8 +205,8 @@ def test_an_unknown_source_is_a_located_error_with_a_suggestion():
 
 
 def test_make_splits_falls_back_to_random_when_a_class_is_too_small():
-    from specc.data import Examples
-    from specc.train_config import SplitConfig
+    from specc.train.data import Examples
+    from specc.lang.train_config import SplitConfig
 
     data = TensorData((torch.randn(10, 2),), torch.tensor([0] * 9 + [1]))
     (split,) = make_splits(Examples(data), SplitConfig(val=0.2, test=0.0), class_index=True)

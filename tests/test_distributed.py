@@ -1,6 +1,6 @@
 """Training on two processes with DDP (gloo on the CPU), as torchrun runs it.
 
-One launch through torchrun's Python API (`specc.distributed.launch`) runs several trainings on
+One launch through torchrun's Python API (`specc.train.launch.launch`) runs several trainings on
 both ranks, sharing one process group; each rank saves its final weights for the comparisons.
 `torchrun -m specc train` and `specc train --nproc 2` (with Ctrl-C) run as a user's subprocesses.
 """
@@ -21,11 +21,11 @@ import torch.distributed as dist
 import yaml
 from typer.testing import CliRunner
 
-from specc import distributed
+from specc.train import launch as launcher
 from specc.cli import app
-from specc.data import shard
-from specc.prepare import build_model
-from specc.spec import load
+from specc.train.data import shard
+from specc.train.prepare import build_model
+from specc.lang.spec import load
 
 torch.set_num_threads(1)  # two pytest workers share two cores
 
@@ -92,10 +92,10 @@ def saving_final_weights(fit, folder: Path):
 def rank_scenarios(out: str, weights: str) -> dict:
     """What each of the two ranks runs: several trainings in one process group (which `train`
     then leaves to its caller). Returns rank 0's results; each rank writes its statuses."""
-    import specc.training
-    from specc.training import train
+    import specc.train.training
+    from specc.train.training import train
 
-    specc.training.fit = saving_final_weights(specc.training.fit, Path(weights))
+    specc.train.training.fit = saving_final_weights(specc.train.training.fit, Path(weights))
     dist.init_process_group("gloo")
     try:
         results = {"mlp": train(MLP, out=out, verbose=False),
@@ -117,7 +117,7 @@ def rank_scenarios(out: str, weights: str) -> dict:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> tuple[dict, Path, Path]:
     out, weights = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("weights")
-    results = distributed.launch(rank_scenarios, (str(out), str(weights)), nproc=2)
+    results = launcher.launch(rank_scenarios, (str(out), str(weights)), nproc=2)
     return results, out, weights
 
 
@@ -136,11 +136,11 @@ def test_both_ranks_end_with_identical_weights(two_ranks):
 
 
 def test_two_ranks_of_32_train_like_one_process_with_batches_of_64(two_ranks, tmp_path, monkeypatch):
-    import specc.training
+    import specc.train.training
 
     results, _, weights = two_ranks
-    monkeypatch.setattr(specc.training, "fit", saving_final_weights(specc.training.fit, tmp_path))
-    single = specc.training.train(with_train(MLP, "ddp_mlp_single", batch_size=64), out=tmp_path / "runs",
+    monkeypatch.setattr(specc.train.training, "fit", saving_final_weights(specc.train.training.fit, tmp_path))
+    single = specc.train.training.train(with_train(MLP, "ddp_mlp_single", batch_size=64), out=tmp_path / "runs",
                                   verbose=False)
     ddp = results["mlp"]
     assert ddp.status == single.status == "completed"
@@ -226,7 +226,7 @@ def test_a_spec_error_is_reported_before_any_process_starts(tmp_path, monkeypatc
     def launch(*args, **kwargs):
         raise AssertionError("processes were started for an invalid spec")
 
-    monkeypatch.setattr(distributed, "launch", launch)
+    monkeypatch.setattr(launcher, "launch", launch)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_train(MLP, optimizer={"AdamW": {"lr": 0.003, "momentun": 0.9}})))
     result = CliRunner().invoke(app, ["train", str(path), "--nproc", "2", "--out", str(tmp_path / "never")])

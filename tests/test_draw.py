@@ -14,10 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from specc.cli import app
-from specc.compiler import compile as compile_spec
-from specc.diagram import build_diagram
-from specc.drawing import GraphvizNotFound, draw, spec_diagram, write_drawing
-from specc.mermaid import to_mermaid
+from specc.build.compiler import compile as compile_spec
+from specc.draw.diagram import build_diagram
+from specc.draw.drawing import GraphvizNotFound, draw, spec_diagram, write_drawing
+from specc.draw.mermaid import to_mermaid
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))

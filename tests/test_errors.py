@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from specc.compiler import compile as compile_spec
-from specc.errors import SpecError
+from specc.build.compiler import compile as compile_spec
+from specc.lang.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

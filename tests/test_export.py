@@ -12,11 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from specc.checkpoint import save_checkpoint
+from specc.build.checkpoint import save_checkpoint
 from specc.cli import app
-from specc.compiler import compile
-from specc.errors import SpecError
-from specc.weights import build_from_safetensors, load_weights
+from specc.build.compiler import compile
+from specc.lang.errors import SpecError
+from specc.build.compiler import build_from_safetensors
+from specc.build.weights import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -192,7 +193,7 @@ def test_safetensors_without_a_spec_is_refused(tmp_path: Path) -> None:
 
 def test_specc_export_is_callable_in_any_import_order(tmp_path: Path) -> None:
     import specc
-    import specc.exporter  # noqa: F401 - a submodule import must not hide the function
+    import specc.export.exporter  # noqa: F401 - a submodule import must not hide the function
 
     path = specc.export(SPECS / "mlp.yaml", tmp_path / "mlp.safetensors", hidden=16)
     assert path == tmp_path / "mlp.safetensors"

@@ -1,4 +1,4 @@
-"""Unit tests for specc.layers: shapes, the maths against hand-written versions, parameter counts,
+"""Unit tests for specc.build.layers: shapes, the maths against hand-written versions, parameter counts,
 causality, rotary embeddings, meta-device construction and tracing with torch.export / dynamo."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from specc.layers import (
+from specc.build.layers import (
     MLP, CausalSelfAttention, ClassToken, DropPath, LayerScale, PositionalEmbedding, SwiGLU,
     apply_rotary, rotary_cos_sin,
 )

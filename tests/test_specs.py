@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from specc.compiler import compile as compile_spec
-from specc.errors import SpecError
-from specc.expect import count_parameters
+from specc.build.compiler import compile as compile_spec
+from specc.lang.errors import SpecError
+from specc.build.expect import count_parameters
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 SPEC_FILES = sorted(SPECS.glob("*.yaml"))

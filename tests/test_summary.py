@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import specc
 from specc.cli import app
-from specc.compiler import compile as compile_spec
-from specc.expect import forward_flops
+from specc.build.compiler import compile as compile_spec
+from specc.build.expect import forward_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -408,7 +408,7 @@ def test_cli_formats_and_options(tmp_path):
 
 
 def test_specc_summary_is_callable_after_importing_the_module():
-    code = ("import specc.summarize, specc\n"
+    code = ("import specc.summary.summarize, specc\n"
             "result = specc.summary('inputs: {x: {shape: [4]}}\\nlayers: [Linear: [2]]')\n"
             "print(result.total_params)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import specc.loop
-from specc.checkpoint import load_checkpoint, save_checkpoint
-from specc.errors import SpecError
-from specc.spec import load
-from specc.training import evaluate, predict, train
+import specc.train.loop
+from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.lang.errors import SpecError
+from specc.lang.spec import load
+from specc.train.training import evaluate, predict, train
 
 torch.set_num_threads(1)  # two pytest workers share two cores
 
@@ -158,7 +158,7 @@ def test_a_diverging_loss_stops_naming_epoch_and_step_and_keeps_good_checkpoints
 
 
 def test_ctrl_c_saves_last_pt_and_the_run_resumes(tmp_path, monkeypatch):
-    original, calls = specc.loop.train_step, []
+    original, calls = specc.train.loop.train_step, []
 
     def interrupted_step(*args):
         calls.append(1)
@@ -166,11 +166,11 @@ def test_ctrl_c_saves_last_pt_and_the_run_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args)
 
-    monkeypatch.setattr(specc.loop, "train_step", interrupted_step)
+    monkeypatch.setattr(specc.train.loop, "train_step", interrupted_step)
     result = train(small_digits(), out=tmp_path, verbose=False)
     assert result.status == "interrupted" and "epoch 2" in result.message
     assert load_checkpoint(result.last_checkpoint)["epoch"] == 1
-    monkeypatch.setattr(specc.loop, "train_step", original)
+    monkeypatch.setattr(specc.train.loop, "train_step", original)
     resumed = train(small_digits(), resume=result.last_checkpoint, verbose=False)
     assert resumed.ok and [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
 

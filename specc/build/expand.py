@@ -1,0 +1,407 @@
+"""Spec -> Graph: resolve vars, blocks, repeats, branches and references into ordered nodes.
+
+Nothing runs here: this pass only checks names (layers, kwargs, references, vars) against what
+exists, collecting every problem it finds. Sizes are checked afterwards by the dry run.
+"""
+from __future__ import annotations
+
+from collections import ChainMap
+from dataclasses import dataclass, replace
+from typing import Any
+
+from specc.lang.errors import Location, Problem, SpecError, did_you_mean
+from specc.lang.expressions import ExpressionError, resolve_vars, substitute
+from specc.build.graph import Graph, Node, Scope
+from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, Registry
+from specc.build.signatures import function_call_args, layer_kwargs
+from specc.lang.spec import IDENTIFIER, Spec
+
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share")
+_MAX_BLOCK_DEPTH = 32
+
+
+@dataclass
+class Item:
+    """One parsed spec item: the operation, its args and its meta keys."""
+
+    op: str
+    args: Any
+    meta: dict
+    path: tuple            # data path of the item in the spec (for locations)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where an item is being expanded: visible vars and names, enclosing containers, name prefix."""
+
+    variables: dict
+    refs: ChainMap
+    scopes: tuple = ()
+    prefix: str = ""
+    via: tuple = ()        # block uses we are inside, for error notes
+
+    def child(self, scope: Scope, prefix: str, **changes) -> "Context":
+        return replace(self, refs=self.refs.new_child(), scopes=self.scopes + (scope,), prefix=prefix, **changes)
+
+
+class Expander:
+    """Walks the spec's layers once, producing `Graph` nodes and collecting problems."""
+
+    def __init__(self, spec: Spec, registry: Registry):
+        self.spec = spec
+        self.registry = registry
+        self.source = spec.source
+        self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}
+        self.problems: list[Problem] = []
+
+    # ----- entry point -------------------------------------------------------------------------
+    def expand(self) -> Graph:
+        variables = self._global_vars()
+        refs: ChainMap = ChainMap({})
+        for name, declared in self.spec.inputs.items():
+            shape = self._input_shape(name, declared.shape, variables)
+            # dims written as a var name (`shape: [seq]`) stay symbolic: any size works at run time
+            symbols = {index: size for index, size in enumerate(declared.shape)
+                       if isinstance(size, str) and IDENTIFIER.match(size)}
+            node = Node(name=name, op="input", target="input", label=name, dtype=declared.dtype,
+                        location=self.source.locate(("inputs", name)), meta={"shape": shape, "symbols": symbols})
+            self._add(node)
+            refs[name] = name
+        context = Context(variables=variables, refs=refs)
+        last = self._expand_items(self.spec.layers, ("layers",), context, [next(iter(self.spec.inputs))])
+        outputs = self._outputs(context, last)
+        if self.problems:
+            # a mistake inside a repeated item or a block used twice is reported once
+            unique = {str(problem): problem for problem in self.problems}
+            raise SpecError(list(unique.values()))
+        return Graph(self.nodes, outputs)
+
+    def _global_vars(self) -> dict:
+        try:
+            return resolve_vars(self.spec.vars)
+        except ExpressionError as error:
+            self._fail_var(error, ("vars",))
+            return dict(self.spec.vars)
+
+    def _input_shape(self, name: str, shape: list, variables: dict) -> list:
+        resolved = []
+        for index, size in enumerate(shape):
+            value = variables.get(size, size) if isinstance(size, str) else size
+            if isinstance(size, str) and size.startswith("$"):
+                value = self._substitute(size, variables, ("inputs", name, "shape", index))
+            if not isinstance(value, int) or value < 1:
+                self._problem(f"input '{name}': shape entry {size!r} must be a positive int or the name of an int var",
+                              ("inputs", name, "shape", index), "TYPE_ERROR", did_you_mean(str(size), variables))
+                value = 1
+            resolved.append(value)
+        return resolved
+
+    def _outputs(self, context: Context, last: list[str]) -> list[str]:
+        declared = self.spec.outputs
+        if declared is None:
+            return last
+        names = [declared] if isinstance(declared, str) else declared
+        return [self._reference(name, context, ("outputs",)) or last[0] for name in names]
+
+    # ----- items -------------------------------------------------------------------------------
+    def _expand_items(self, items: list, path: tuple, context: Context, current: list[str]) -> list[str]:
+        for index, raw in enumerate(items):
+            current = self._expand_item(raw, path + (index,), context, current, index)
+        return current
+
+    def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str], index: int) -> list[str]:
+        item = self._parse_item(raw, path)
+        if item is None:
+            return current
+        name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
+        key = str(index) if name is None else str(name)
+        if name is not None and not IDENTIFIER.match(key):
+            self._problem(f"name '{name}' must be an identifier (letters, digits, _)", path + ("name",), "TYPE_ERROR")
+            return current
+        if key in context.refs.maps[0]:
+            self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
+            return current
+        inputs = self._item_inputs(item, context, current)
+        repeat = self._repeat_count(item, context)
+        qualified = context.prefix + key
+        if repeat is None:
+            output = self._expand_single(item, context, inputs, qualified, name)
+        else:
+            output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+        context.refs[key] = output[0] if output else None
+        return output or current
+
+    def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
+        for repetition in range(count):
+            scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count)
+            inner = replace(context, variables={**context.variables, "i": repetition},
+                            scopes=context.scopes + (scope,))
+            inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
+        return inputs
+
+    def _expand_single(self, item: Item, context: Context, inputs: list[str], qualified: str,
+                       name: str | None) -> list[str]:
+        if item.op in STRUCTURES:
+            return getattr(self, f"_expand_{item.op}")(item, context, inputs, qualified, name)
+        if item.op in self.spec.blocks:
+            return self._expand_block(item, context, inputs, qualified, name)
+        known_problems = len(self.problems)
+        args = self._substitute(item.args, context.variables, item.path + (item.op,))
+        if len(self.problems) > known_problems:
+            return []  # a bad var in the args: checking the half-substituted kwargs would only add noise
+        if item.op in FUNCTIONS:
+            return self._add_function(item, args, context, inputs, qualified, name)
+        layer = FUNCTION_AS_LAYER.get(item.op, item.op)
+        info = self.registry.layer(layer)
+        if info is None:
+            self._unknown_op(item)
+            return []
+        if item.op in FUNCTION_AS_LAYER and isinstance(args, (int, float)):
+            args = {"p": args}
+        kwargs, problems = layer_kwargs(info, args, self._locator(item, context))
+        self.problems.extend(problems)
+        if item.meta.get("share") is not None:
+            return self._add_shared(item, context, inputs, qualified, name, info.name)
+        node = Node(name=qualified, op="module", target=info.name, args=kwargs, inputs=inputs,
+                    scopes=context.scopes, location=self._locate(item.path), label=name or info.name,
+                    meta={"via": list(context.via)})
+        return [self._add(node)]
+
+    def _add_function(self, item, args, context, inputs, qualified, name) -> list[str]:
+        info = FUNCTIONS[item.op]
+        kwargs, problems = function_call_args(info, args, len(inputs), self._locator(item, context))
+        self.problems.extend(problems)
+        sources = item.meta.get("from")
+        labels = [str(source) for source in (sources if isinstance(sources, list) else [sources])] if sources else None
+        node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
+                    scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
+                    meta={"via": list(context.via), "from": labels})
+        return [self._add(node)]
+
+    def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
+        reference = self._substitute(item.meta["share"], context.variables, item.path + ("share",))
+        owner = self._reference(str(reference), context, item.path + ("share",))
+        if owner is None:
+            return []
+        owner_node = self.by_name[owner]
+        if owner_node.op != "module":
+            self._problem(f"share: '{reference}' is not a layer with weights", item.path + ("share",), "TYPE_ERROR")
+            return []
+        node = Node(name=qualified, op="module", target=owner_node.target, args=owner_node.args, inputs=inputs,
+                    scopes=context.scopes, location=self._locate(item.path), label=name or owner_node.target,
+                    shared_with=owner_node.shared_with or owner_node.name, meta={"via": list(context.via)})
+        return [self._add(node)]
+
+    # ----- structures ----------------------------------------------------------------------------
+    def _expand_parallel(self, item, context, inputs, qualified, name) -> list[str]:
+        branches = item.args
+        if not isinstance(branches, dict) or not branches:
+            self._problem("parallel needs a mapping of branch names to layer lists, e.g. {a: [...], b: [...]}",
+                          item.path + ("parallel",), "TYPE_ERROR")
+            return []
+        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
+        outputs, labels = [], []
+        for branch, layers in branches.items():
+            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
+            inner = context.child(scope, "").child(branch_scope, f"{qualified}.{branch}.")
+            layers = layers if isinstance(layers, list) else [layers]
+            result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
+            outputs.append(result[0])
+            labels.append(str(branch))
+        merge, merge_args = self._merge(item, context)
+        node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
+                    scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
+                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel"})
+        return [self._add(node)]
+
+    def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:
+        scope = Scope("residual", qualified, name or "residual", self._locate(item.path))
+        outer = context.child(scope, "")
+        body_layers = item.args if isinstance(item.args, list) else [item.args]
+        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
+        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, f"{qualified}.body."), inputs)
+        shortcut = inputs
+        if item.meta.get("shortcut") is not None:
+            layers = item.meta["shortcut"]
+            layers = layers if isinstance(layers, list) else [layers]
+            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)))
+            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, f"{qualified}.shortcut."), inputs)
+        node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
+                    scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
+                    meta={"branches": ["body", "shortcut"], "via": list(context.via), "item": name or "residual"})
+        return [self._add(node)]
+
+    def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
+        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path))
+        layers = item.args if isinstance(item.args, list) else [item.args]
+        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, f"{qualified}."), inputs)
+
+    def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
+        block = self.spec.blocks[item.op]
+        if len(context.via) >= _MAX_BLOCK_DEPTH:
+            self._problem(f"block '{item.op}' uses itself (nesting deeper than {_MAX_BLOCK_DEPTH})", item.path, "INVALID_ITEM")
+            return []
+        known_problems = len(self.problems)
+        given = self._substitute(item.args, context.variables, item.path + (item.op,))
+        if len(self.problems) > known_problems:
+            return []
+        arguments = self._block_arguments(item, block, given, context)
+        if arguments is None:
+            return []
+        location = self._locate(item.path)
+        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location)
+        inner_vars = {**context.variables, **arguments}
+        inner = context.child(scope, f"{qualified}.", variables=inner_vars,
+                              via=context.via + (f"in block '{item.op}' used at {location}",))
+        return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
+
+    def _block_arguments(self, item, block, given, context) -> dict | None:
+        declared = dict(block.args)
+        if given is None:
+            given = {}
+        elif isinstance(given, list):
+            if len(given) > len(declared):
+                self._problem(f"block '{item.op}' takes {len(declared)} args, got {len(given)}", item.path + (item.op,), "TYPE_ERROR")
+                return None
+            given = dict(zip(declared, given))
+        elif not isinstance(given, dict):
+            given = dict(zip(declared, [given])) if declared else {}
+        ok = True
+        for key in given:
+            if key not in declared:
+                self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
+                              did_you_mean(str(key), declared))
+                ok = False
+        defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"))
+        arguments = {**(defaults or {}), **given}
+        for key, value in arguments.items():
+            if value is None and block.args.get(key) is None and key not in given:
+                self._problem(f"block '{item.op}' needs arg '{key}'", item.path + (item.op,), "MISSING_ARGUMENT")
+                ok = False
+        return arguments if ok else None
+
+    def _merge(self, item, context) -> tuple[str, dict]:
+        raw = self._substitute(item.meta.get("merge"), context.variables, item.path + ("merge",))
+        if raw is None:
+            return "cat", {"dim": 1}
+        if isinstance(raw, dict) and len(raw) == 1:
+            op, args = next(iter(raw.items()))
+        else:
+            op, args = raw, None
+        if not isinstance(op, str) or op not in MERGES:
+            self._problem(f"unknown merge '{op}'; use one of {', '.join(MERGES)}", item.path + ("merge",),
+                          "UNKNOWN_KEY", did_you_mean(str(op), MERGES))
+            return "cat", {"dim": 1}
+        if isinstance(args, int):
+            args = {"dim": args}
+        args = dict(args or {})
+        if op in ("cat", "stack"):
+            args.setdefault("dim", 1)
+        unknown = [key for key in args if key != "dim" or op not in ("cat", "stack")]
+        for key in unknown:
+            self._problem(f"merge '{op}' takes no arg '{key}'", item.path + ("merge",), "UNKNOWN_KWARG",
+                          "dim" if op in ("cat", "stack") else None)
+        return op, {key: value for key, value in args.items() if key not in unknown}
+
+    # ----- parsing and references ---------------------------------------------------------------
+    def _parse_item(self, raw: Any, path: tuple) -> Item | None:
+        if isinstance(raw, str):
+            return Item(raw, None, {}, path)
+        if not isinstance(raw, dict):
+            self._problem(f"an item must be a layer name or a mapping like 'Linear: {{out_features: 10}}', got {raw!r}",
+                          path, "INVALID_ITEM")
+            return None
+        meta = {key: value for key, value in raw.items() if key in META_KEYS}
+        ops = [key for key in raw if key not in META_KEYS]
+        if len(ops) == 1:
+            return Item(str(ops[0]), raw[ops[0]], meta, path)
+        if not ops:
+            self._problem("item has no layer: add a layer name next to its meta keys", path, "INVALID_ITEM")
+            return None
+        misspelled_meta = [op for op in ops if not self._is_known(str(op)) and did_you_mean(str(op), META_KEYS)]
+        for key in misspelled_meta:
+            self._problem(f"unknown key '{key}' in an item", path + (key,), "UNKNOWN_KEY", did_you_mean(str(key), META_KEYS))
+        layers = [op for op in ops if op not in misspelled_meta]
+        if len(layers) > 1:
+            self._problem(f"item has several layers: {', '.join(map(str, layers))} (one per list entry)",
+                          path + (layers[1],), "INVALID_ITEM")
+            return None
+        if not layers:
+            return None
+        # a misspelled meta key is reported; still check the layer itself
+        return Item(str(layers[0]), raw[layers[0]], meta, path)
+
+    def _is_known(self, op: str) -> bool:
+        return (op in STRUCTURES or op in self.spec.blocks or op in FUNCTIONS or op in FUNCTION_AS_LAYER
+                or self.registry.layer(op) is not None)
+
+    def _unknown_op(self, item: Item) -> None:
+        choices = [*self.registry.names(), *self.spec.blocks, *STRUCTURES]
+        kind = "layer" if item.op[:1].isupper() else "layer, function or block"
+        location_path = item.path + (item.op,) if item.args is not None else item.path
+        self._problem(f"unknown {kind} '{item.op}'", location_path, "UNKNOWN_LAYER", did_you_mean(item.op, choices))
+
+    def _item_inputs(self, item: Item, context: Context, current: list[str]) -> list[str]:
+        sources = self._substitute(item.meta.get("from"), context.variables, item.path + ("from",))
+        if sources is None:
+            return current
+        names = sources if isinstance(sources, list) else [sources]
+        resolved = [self._reference(str(name), context, item.path + ("from",)) for name in names]
+        return [name for name in resolved if name is not None] or current
+
+    def _reference(self, name: str, context: Context, path: tuple) -> str | None:
+        if name in context.refs and context.refs[name] is not None:
+            return context.refs[name]
+        if name in self.by_name:
+            return name
+        self._problem(f"unknown reference '{name}': no earlier item or input has that name", path,
+                      "UNKNOWN_REFERENCE", did_you_mean(name, [*context.refs, *self.by_name]))
+        return None
+
+    def _repeat_count(self, item: Item, context: Context) -> int | None:
+        if "repeat" not in item.meta:
+            return None
+        count = self._substitute(item.meta["repeat"], context.variables, item.path + ("repeat",))
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            self._problem(f"repeat must be a positive int, got {count!r}", item.path + ("repeat",), "TYPE_ERROR")
+            return None
+        return count
+
+    # ----- helpers -------------------------------------------------------------------------------
+    def _add(self, node: Node) -> str:
+        if node.name in self.by_name:
+            self.problems.append(Problem(f"two items resolve to the same name '{node.name}'; give one a `name:`",
+                                         node.location, "DUPLICATE_NAME"))
+        self.nodes.append(node)
+        self.by_name[node.name] = node
+        return node.name
+
+    def _substitute(self, value: Any, variables: dict, path: tuple) -> Any:
+        """Resolve vars, walking containers here so a bad `$var` is located at its own key."""
+        if isinstance(value, dict):
+            return {key: self._substitute(item, variables, path + (key,)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._substitute(item, variables, path + (index,)) for index, item in enumerate(value)]
+        try:
+            return substitute(value, variables)
+        except ExpressionError as error:
+            self._fail_var(error, path, variables)
+            return None
+
+    def _fail_var(self, error: ExpressionError, path: tuple, variables: dict | None = None) -> None:
+        code = "UNKNOWN_VAR" if error.name else "EXPRESSION_ERROR"
+        suggestion = did_you_mean(error.name, variables or {}) if error.name else None
+        self._problem(str(error), path, code, suggestion)
+
+    def _locate(self, path: tuple) -> Location:
+        return self.source.locate(path)
+
+    def _locator(self, item: Item, context: Context):
+        """A function turning (message, sub-path, code, suggestion) into a located Problem for this item."""
+        def locate(message: str, sub_path: tuple = (), code: str = "TYPE_ERROR", suggestion: str | None = None) -> Problem:
+            return Problem(message, self._locate(item.path + sub_path), code, suggestion, list(context.via))
+        return locate
+
+    def _problem(self, message: str, path: tuple, code: str, suggestion: str | None = None) -> None:
+        self.problems.append(Problem(message, self._locate(path), code, suggestion))

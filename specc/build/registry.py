@@ -1,0 +1,202 @@
+"""What a spec can name: torch.nn layers (found by introspection), specc's layers, user imports,
+and an allow-list of tensor functions. Each layer's real constructor signature is used to validate
+kwargs and to decide which sizes the dry run fills in.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import operator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from specc.build import functional as specc_functional
+
+# Containers that make no sense as a spec item (a spec *is* the container).
+_NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Sequential", "Container"}
+
+# Modules returning (output, state) tuples: the spec passes element 0 on, like Keras layers do.
+TUPLE_OUTPUT_LAYERS = {"LSTM", "GRU", "RNN", "MultiheadAttention"}
+
+
+def _last_dim(shapes):
+    return shapes[0][-1]
+
+
+def _channel_dim(shapes):
+    return shapes[0][1]
+
+
+# Constructor args that the dry run fills in from the tensors reaching the layer (batch dim first).
+INFERABLE: dict[str, Callable[[list[tuple]], Any]] = {
+    "in_features": _last_dim,
+    "in_channels": _channel_dim,
+    "num_features": _channel_dim,
+    "num_channels": _channel_dim,
+    "normalized_shape": _last_dim,
+    "input_size": _last_dim,
+    "embed_dim": _last_dim,
+    "d_model": _last_dim,
+    "dim": _last_dim,
+    "in1_features": lambda shapes: shapes[0][-1],
+    "in2_features": lambda shapes: shapes[1][-1],
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A constructible layer and what its constructor accepts."""
+
+    name: str
+    cls: type
+    parameters: tuple[inspect.Parameter, ...]
+    accepts_any_kwarg: bool
+
+    @property
+    def parameter_names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    def required(self) -> list[str]:
+        return [p.name for p in self.parameters if p.default is inspect.Parameter.empty]
+
+    def inferable(self) -> list[str]:
+        """Args the dry run may fill in: known size names that the constructor requires."""
+        return [name for name in self.required() if name in INFERABLE]
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """An allow-listed tensor function and how spec args map onto its call."""
+
+    name: str
+    call: Callable
+    parameters: tuple[str, ...] = ()        # names for positional spec args, in order
+    defaults: dict = field(default_factory=dict)
+    takes_list: bool = False                # cat/stack take the inputs as one list argument
+    min_inputs: int = 1
+    max_inputs: int | None = 1
+
+
+FUNCTIONS: dict[str, FunctionInfo] = {info.name: info for info in [
+    FunctionInfo("cat", torch.cat, ("dim",), {"dim": 1}, takes_list=True, max_inputs=None),
+    FunctionInfo("stack", torch.stack, ("dim",), {"dim": 1}, takes_list=True, max_inputs=None),
+    FunctionInfo("add", torch.add, ("other",), max_inputs=2),
+    FunctionInfo("sub", torch.sub, ("other",), max_inputs=2),
+    FunctionInfo("mul", torch.mul, ("other",), max_inputs=2),
+    FunctionInfo("div", torch.div, ("other",), max_inputs=2),
+    FunctionInfo("matmul", torch.matmul, ("other",), max_inputs=2),
+    FunctionInfo("flatten", torch.flatten, ("start_dim", "end_dim"), {"start_dim": 1}),
+    FunctionInfo("reshape", specc_functional.reshape, ("shape",)),
+    FunctionInfo("view", specc_functional.view, ("shape",)),
+    FunctionInfo("permute", torch.permute, ("dims",)),
+    FunctionInfo("transpose", torch.transpose, ("dim0", "dim1")),
+    FunctionInfo("squeeze", torch.squeeze, ("dim",)),
+    FunctionInfo("unsqueeze", torch.unsqueeze, ("dim",)),
+    FunctionInfo("mean", torch.mean, ("dim", "keepdim")),
+    FunctionInfo("sum", torch.sum, ("dim", "keepdim")),
+    FunctionInfo("amax", torch.amax, ("dim", "keepdim")),
+    FunctionInfo("softmax", torch.softmax, ("dim",), {"dim": -1}),
+    FunctionInfo("log_softmax", torch.log_softmax, ("dim",), {"dim": -1}),
+    FunctionInfo("getitem", operator.getitem, ("index",)),
+    FunctionInfo("select", torch.select, ("dim", "index")),
+    FunctionInfo("chunk", torch.chunk, ("chunks", "dim")),
+    FunctionInfo("split", torch.split, ("split_size_or_sections", "dim")),
+    FunctionInfo("relu", torch.relu),
+    FunctionInfo("gelu", F.gelu, ("approximate",)),
+    FunctionInfo("silu", F.silu),
+    FunctionInfo("sigmoid", torch.sigmoid),
+    FunctionInfo("tanh", torch.tanh),
+    FunctionInfo("contiguous", specc_functional.contiguous),
+]}
+
+# Functions that need the module's train/eval state become modules instead.
+FUNCTION_AS_LAYER = {"dropout": "Dropout"}
+
+MERGES = ("cat", "add", "mul", "stack", "mean", "max", "list")
+STRUCTURES = ("parallel", "residual", "sequential")
+
+
+class Registry:
+    """Layers by name: torch.nn, specc.build.layers and the spec's `imports`."""
+
+    def __init__(self, imported: dict[str, type] | None = None):
+        self.layers: dict[str, type] = {**_builtin_layers(), **(imported or {})}
+
+    def layer(self, name: str) -> LayerInfo | None:
+        cls = self.layers.get(name)
+        return None if cls is None else layer_info(name, cls)
+
+    def names(self) -> list[str]:
+        return [*self.layers, *FUNCTIONS, *FUNCTION_AS_LAYER]
+
+
+# Args that a subclass passes to its base itself (LSTM passes mode="LSTM" to RNNBase).
+_SET_BY_SUBCLASS = {"mode"}
+# Args a `*args, **kwargs` wrapper accepts on top of its base's (nn.RNN picks tanh/relu itself).
+_WRAPPER_EXTRAS = {"RNN": [inspect.Parameter("nonlinearity", inspect.Parameter.KEYWORD_ONLY, default="tanh")]}
+
+
+@lru_cache(maxsize=None)
+def layer_info(name: str, cls: type) -> LayerInfo:
+    signature = _constructor_signature(cls)
+    parameters = tuple(p for p in list(signature.parameters.values())[1:]
+                       if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    # factory kwargs are set by specc itself (device/dtype of the build)
+    parameters = tuple(p for p in parameters if p.name not in ("device", "dtype"))
+    return LayerInfo(name, cls, parameters, accepts_any)
+
+
+def _constructor_signature(cls: type) -> inspect.Signature:
+    """The real constructor signature; for `__init__(self, *args, **kwargs)` wrappers (LSTM, GRU, RNN)
+    the first base class that spells its parameters out."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        signature = inspect.signature(klass.__init__)
+        kinds = {p.kind for p in list(signature.parameters.values())[1:]}
+        if kinds - {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} or not kinds:
+            if klass is cls:
+                return signature
+            kept = [p for p in signature.parameters.values() if p.name not in _SET_BY_SUBCLASS]
+            return signature.replace(parameters=kept + _WRAPPER_EXTRAS.get(cls.__name__, []))
+    return inspect.signature(cls.__init__)
+
+
+@lru_cache(maxsize=1)
+def _builtin_layers() -> dict[str, type]:
+    from specc.build import layers as specc_layers
+
+    found = {}
+    for module in (nn, specc_layers):
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) and issubclass(value, nn.Module) and name[:1].isupper()
+                    and name not in _NOT_LAYERS and not name.startswith("Lazy") and not name.startswith("_")):
+                found[name] = value
+    return found
+
+
+def import_layer(dotted: str) -> type:
+    """Import `pkg.module.Class`; only nn.Module subclasses are accepted.
+
+    Raises:
+        ImportError / TypeError with a message fit for the user.
+    """
+    module_name, _, attribute = dotted.rpartition(".")
+    if not module_name:
+        raise ImportError(f"'{dotted}' is not a dotted path like my_pkg.layers.SwiGLU")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ImportError(f"cannot import '{module_name}': {error}") from None
+    value = getattr(module, attribute, None)
+    if value is None:
+        raise ImportError(f"module '{module_name}' has no attribute '{attribute}'")
+    if not (inspect.isclass(value) and issubclass(value, nn.Module)):
+        raise TypeError(f"'{dotted}' is not an nn.Module subclass; only layers can be imported")
+    return value

@@ -1,0 +1,127 @@
+"""Weights in and out of a compiled spec: safetensors files that carry their spec, and checkpoints.
+
+`specc export spec.yaml -o model.safetensors` stores the weights with the resolved spec in the
+file's metadata (litgpt-style: the config travels with the weights), so the file alone rebuilds
+the model: `build_from_safetensors("model.safetensors")`. Tied weights are stored once, since
+safetensors refuses tensors that share memory, and restored on load.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from specc.lang.errors import Problem, SpecError
+
+if TYPE_CHECKING:
+    from specc.build.compiled import Compiled
+
+SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
+ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
+INPUT_SHAPES_KEY = "specc.input_shapes"  # input shapes the model was compiled with, when overridden
+
+
+def save_weights(compiled: "Compiled", path: str | Path, input_shapes: dict | None = None) -> None:
+    """Write the model's state_dict as safetensors, the resolved spec in the metadata."""
+    import yaml
+    from safetensors.torch import save_file
+
+    tensors, aliases, seen = {}, {}, {}
+    for name, tensor in compiled.module.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = tensor.detach().contiguous().cpu()
+    raw = dict(compiled.spec.raw)
+    raw.setdefault("name", compiled.spec.display_name)   # a spec without `name:` was named after its file
+    metadata = {SPEC_KEY: yaml.safe_dump(raw, sort_keys=False), ALIASES_KEY: json.dumps(aliases)}
+    if input_shapes:
+        metadata[INPUT_SHAPES_KEY] = json.dumps(input_shapes)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """Read a `.safetensors` file written by `specc export`.
+
+    Returns:
+        `(spec, state_dict)`: the resolved spec as a plain dict (with an `input_shapes`
+        override, if the model was compiled with one, under "specc.input_shapes") and the full
+        state_dict, tied weights included.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR when the file is missing, unreadable or carries no spec.
+    """
+    import yaml
+
+    metadata, state = _read_safetensors(path)
+    if SPEC_KEY not in metadata:
+        raise SpecError(Problem(f"{path}: no spec in the metadata (not written by `specc export`); "
+                                f"build the spec and load the file with weights=...", None, "CHECKPOINT_ERROR"))
+    spec = yaml.safe_load(metadata[SPEC_KEY])
+    if INPUT_SHAPES_KEY in metadata:
+        spec[INPUT_SHAPES_KEY] = json.loads(metadata[INPUT_SHAPES_KEY])
+    return spec, state
+
+
+def _read_safetensors(path: str | Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(Problem(f"weights file not found: {path}", None, "CHECKPOINT_ERROR"))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SpecError(Problem(f"{path}: cannot read the safetensors file: {reason}", None,
+                                "CHECKPOINT_ERROR")) from None
+    for alias, original in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+        state[alias] = state[original]
+    return metadata, state
+
+
+def read_weights(source: Any) -> tuple[dict, dict | None]:
+    """A state_dict from a state_dict, a `.safetensors` file or a `specc train` checkpoint.
+
+    Returns:
+        `(state_dict, normalizer)`: the normalizer is the input scaling a training checkpoint
+        was fitted with (`{"kind": ..., "stats": [(shift, scale) or None per input]}`), else None.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a missing or unreadable file.
+    """
+    if isinstance(source, dict):
+        return source, None
+    path = Path(source)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)[1], None
+    from specc.build.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    return state["model"], state.get("normalizer")
+
+
+def apply_weights(module: nn.Module, source: Any) -> nn.Module:
+    """Load weights into `module` from a state_dict, a `.safetensors` file or a training checkpoint.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for an unreadable file or weights that do not fit the model.
+    """
+    load_state(module, read_weights(source)[0], source if not isinstance(source, dict) else "weights")
+    return module
+
+
+def load_state(module: nn.Module, state: dict, origin: Any) -> None:
+    """`load_state_dict`, with a missing or misshapen tensor reported as one clear line."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
+        raise SpecError(Problem(f"{origin}: the weights do not fit this spec's model: {detail}",
+                                None, "CHECKPOINT_ERROR")) from None

@@ -1,0 +1,222 @@
+"""The spec schema (pydantic v2) and `load()`: YAML text -> validated `Spec`.
+
+Layer items stay free-form here (a layer's kwargs are checked against its real signature by the
+compiler); everything else — inputs, vars, blocks, outputs, tie, init, train, expect — is typed.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from specc.lang.errors import Problem, SpecError, did_you_mean
+from specc.lang.source import SourceMap, load_yaml, read_spec_text
+from specc.lang.train_config import TrainConfig
+
+DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int64", "int32", "bool")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Item = Union[str, dict[str, Any]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """A named model input; `shape` leaves out the batch dim; a string entry names a var (symbolic dim)."""
+
+    shape: list[Union[int, str]] = Field(description="shape without the batch dim, e.g. [3, 32, 32]")
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+
+
+class BlockSpec(_Strict):
+    """A reusable, parameterised sub-graph; `args` with value null are required."""
+
+    args: dict[str, Any] = Field(default_factory=dict)
+    layers: list[Item] = Field(min_length=1)
+
+
+class ExpectSpec(_Strict):
+    """Checks verified whenever the spec compiles."""
+
+    params: int | None = None
+    trainable_params: int | None = None
+    output_shape: Union[list[int], list[list[int]], None] = None
+    flops: float | None = None
+
+
+class Spec(_Strict):
+    """A validated model spec. `source` maps data paths back to file:line:column."""
+
+    name: str | None = None
+    inputs: dict[str, InputSpec] = Field(min_length=1)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    blocks: dict[str, BlockSpec] = Field(default_factory=dict)
+    imports: list[str] = Field(default_factory=list)
+    layers: list[Item] = Field(min_length=1)
+    outputs: Union[str, list[str], None] = None
+    tie: dict[str, str] = Field(default_factory=dict)
+    init: dict[str, Union[str, dict[str, Any]]] = Field(default_factory=dict)
+    expect: ExpectSpec | None = None
+    train: TrainConfig | None = None
+
+    _source: SourceMap | None = PrivateAttr(default=None)
+    _raw: dict = PrivateAttr(default_factory=dict)
+
+    @field_validator("inputs", "vars", "blocks")
+    @classmethod
+    def _names_are_identifiers(cls, value: dict) -> dict:
+        for key in value:
+            if not IDENTIFIER.match(str(key)):
+                raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit)")
+        return value
+
+    @property
+    def source(self) -> SourceMap:
+        return self._source or SourceMap("<spec>")
+
+    @property
+    def file(self) -> str:
+        return self.source.file
+
+    @property
+    def raw(self) -> dict:
+        """The spec as plain data (after overrides), e.g. to store in checkpoints."""
+        return self._raw
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.file).stem if self.file != "<spec>" else "model"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self._raw, sort_keys=False)
+
+
+def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | None = None) -> Spec:
+    """Read and validate a spec.
+
+    Args:
+        path_or_text: a path to a YAML file, YAML text, an already parsed dict, or a `Spec`.
+        overrides: `{"width": 128}` sets a var; a dotted key (`"train.epochs"`) sets any spec key.
+
+    Returns:
+        The validated `Spec`.
+
+    Raises:
+        SpecError: with every problem found, each located at file:line:column.
+    """
+    if isinstance(path_or_text, Spec):
+        if not overrides:
+            return path_or_text
+        data, source = _copy(path_or_text.raw), path_or_text.source
+    elif isinstance(path_or_text, dict):
+        data, source = _copy(path_or_text), SourceMap("<spec>")
+    else:
+        text, file = read_spec_text(path_or_text)
+        data, source = load_yaml(text, file)
+    if not isinstance(data, dict):
+        raise SpecError(Problem("a spec must be a YAML mapping with at least `inputs:` and `layers:`",
+                                source.locate(()), "TYPE_ERROR"))
+    apply_overrides(data, overrides or {}, source)
+    return validate(data, source)
+
+
+def validate(data: dict, source: SourceMap) -> Spec:
+    """Validate parsed data against the schema; pydantic errors become located problems."""
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(sorted(_problems_from(error, source), key=_position)) from None
+    spec._source = source
+    spec._raw = data
+    return spec
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) -> None:
+    """Set vars (`width=128`) or dotted spec keys (`train.epochs=5`) in place."""
+    for key, value in overrides.items():
+        if "." not in key:
+            known = data.get("vars") or {}
+            # a new var is allowed (a block or expression may use it), a near-miss of an existing one is not
+            suggestion = did_you_mean(key, known) if key not in known else None
+            if suggestion:
+                raise SpecError(Problem(f"--set {key}: no var named '{key}'", source.locate(("vars",)),
+                                        "UNKNOWN_VAR", suggestion))
+            data["vars"] = {**known, key: value}
+            continue
+        target = data
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise SpecError(Problem(f"--set {key}: '{part}' is not a mapping", None, "TYPE_ERROR"))
+        target[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"width=128"` -> `("width", 128)`; the value is read as YAML, so numbers and lists keep their type."""
+    if "=" not in text:
+        raise SpecError(Problem(f"--set expects key=value, got '{text}'", None, "TYPE_ERROR"))
+    from specc.lang.source import SpecLoader
+
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.load(value, Loader=SpecLoader) if value.strip() else ""
+
+
+def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:
+    problems = []
+    for entry in error.errors():
+        path = tuple(part for part in entry["loc"] if not _is_union_tag(part))
+        kind = entry["type"]
+        if kind == "extra_forbidden":
+            model_fields = _fields_at(path[:-1])
+            key = path[-1]
+            problems.append(Problem(f"unknown key '{key}'", source.locate(path), "UNKNOWN_KEY",
+                                    did_you_mean(str(key), model_fields)))
+        elif kind == "missing":
+            problems.append(Problem(f"missing required key '{path[-1]}'", source.locate(path[:-1]), "MISSING_KEY"))
+        else:
+            message = entry["msg"].removeprefix("Value error, ")
+            where = ".".join(str(part) for part in path)
+            given = entry.get("input")
+            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+            problems.append(Problem(f"{where}: {message}{shown}", source.locate(path), "TYPE_ERROR"))
+    return problems
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the tried member type (e.g. "str", "list[int]") into loc for unions
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "dict", "none"})
+
+
+def _fields_at(path: tuple) -> list[str]:
+    model: Any = Spec
+    for part in path:
+        field_info = getattr(model, "model_fields", {}).get(part)
+        if field_info is None:
+            break
+        annotation = field_info.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        model = next((c for c in candidates if issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _position(problem: Problem) -> tuple:
+    loc = problem.location
+    return (loc.line, loc.column) if loc else (0, 0)
+
+
+def _copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_copy(value) for value in data]
+    return data

@@ -1,0 +1,178 @@
+"""Formatting a `ModelSummary`: a rich table for people, markdown for documents, json and csv for tools.
+
+The json keys and csv columns are a stable interface, documented in docs/summary.md.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# What is rendered: a `specc.summary.rows.ModelSummary` and its `LayerRow`s. Not imported, since
+# rows imports this module to render itself; the renderer needs only their attributes.
+ModelSummary = LayerRow = Any
+
+
+FORMATS = ("table", "markdown", "json", "csv")
+CSV_COLUMNS = ("name", "path", "type", "kind", "depth", "count", "output_shape",
+               "params", "shared_params", "trainable_params", "flops")
+COLUMNS = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
+           ("Params", "right"), ("Trainable", "center"), ("FLOPs", "right"))
+UNITS = ("", "K", "M", "G", "T", "P", "E")
+PLAIN_WIDTH = 200  # off a terminal the table keeps its natural width rather than wrapping at 80
+
+
+def render(result: "ModelSummary", output_format: str = "table", width: int | None = None) -> str:
+    """The summary as text in one of FORMATS; the table uses plain characters, no colour.
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    if output_format == "json":
+        return json.dumps(result.to_dict(), indent=2)
+    if output_format == "csv":
+        return csv_text(result)
+    if output_format == "markdown":
+        return markdown(result)
+    if output_format == "table":
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=width or PLAIN_WIDTH, color_system=None, highlight=False)
+        _print_table(result, console)
+        return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).rstrip()
+    raise ValueError(f"unknown format '{output_format}'; choose one of {', '.join(FORMATS)}")
+
+
+def print_summary(result: "ModelSummary", output_format: str = "table", console: "Console | None" = None) -> None:
+    """Print to stdout: the table in colour and fitted to the terminal, other formats as plain text."""
+    from rich.console import Console
+
+    console = console or Console(highlight=False)
+    if output_format != "table" or not console.is_terminal:
+        print(render(result, output_format))  # pipes and files get plain text, no padding or colour
+        return
+    _print_table(result, console)
+
+
+def _print_table(result: "ModelSummary", console: "Console") -> None:
+    console.print(f"[bold]{result.model}[/bold]  {_inputs_text(result)}")
+    console.print(table(result))
+    for lines in (totals(result), memory(result)):
+        console.print("\n".join(f"{label}: {value}" for label, value in lines), end="\n\n")
+
+
+def table(result: "ModelSummary") -> "Table":
+    """The rows as a rich Table; containers (blocks, branches, residuals) in bold, nested by indent."""
+    from rich import box
+    from rich.table import Table
+
+    grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
+    for header, justify in COLUMNS:
+        grid.add_column(header, justify=justify, no_wrap=header != "Layer")
+    for row in result.rows:
+        grid.add_row(*cells(row), style="bold" if row.children else None)
+    return grid
+
+
+def cells(row: "LayerRow", indent: str = "  ") -> tuple[str, ...]:
+    """One row's six cells, as the table and markdown show them."""
+    kind = row.type + (f" ×{row.count}" if row.count > 1 else "")
+    return (indent * row.depth + row.name, kind, shape_text(row.shape), params_text(row),
+            trainable_text(row), readable(row.flops))
+
+
+def totals(result: "ModelSummary") -> list[tuple[str, str]]:
+    """The parameter and FLOP totals as (label, value) lines."""
+    lines = [("Total params", f"{result.total_params:,}"),
+             ("Trainable params", f"{result.trainable_params:,}"),
+             ("Non-trainable params", f"{result.non_trainable_params:,}"),
+             (f"Forward FLOPs{_batch_note(result)}", _flops_text(result.flops))]
+    if result.show_backward:
+        lines += [("Backward FLOPs (estimate: 2x forward)", _flops_text(result.backward_flops)),
+                  ("Forward + backward FLOPs", _flops_text(result.flops + result.backward_flops))]
+    return lines
+
+
+def memory(result: "ModelSummary") -> list[tuple[str, str]]:
+    """torchsummary's memory lines, in MB (2**20 bytes)."""
+    sizes = result.memory_mb()
+    return [("Input size (MB)", f"{sizes['input']:.2f}"),
+            ("Forward/backward pass size (MB)", f"{sizes['forward_backward']:.2f}"),
+            ("Params size (MB)", f"{sizes['params']:.2f}"),
+            ("Estimated Total Size (MB)", f"{sizes['total']:.2f}")]
+
+
+def markdown(result: "ModelSummary") -> str:
+    """A GitHub-flavoured markdown table, nesting shown with em-spaces, then the totals."""
+    lines = [f"### {result.model}", "", _inputs_text(result), "",
+             "| " + " | ".join(header for header, _ in COLUMNS) + " |",
+             "|" + "|".join({"left": ":--", "right": "--:", "center": ":-:"}[justify] for _, justify in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cells(row, indent="&emsp;")) + " |" for row in result.rows]
+    lines += ["", "| Total | |", "|:--|--:|"]
+    lines += [f"| {label} | {value} |" for label, value in [*totals(result), *memory(result)]]
+    return "\n".join(lines)
+
+
+def csv_text(result: "ModelSummary") -> str:
+    """One line per row under CSV_COLUMNS; output_shape is JSON (`[1, 32, 26, 26]`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        record = row.to_dict()
+        record["output_shape"] = json.dumps(record["output_shape"])
+        writer.writerow(record)
+    return buffer.getvalue().rstrip("\n")
+
+
+def shape_text(shape: list | None) -> str:
+    """`[1, 32, 26, 26]`; a tuple output lists its shapes; `-` for non-tensors."""
+    if shape is None:
+        return "-"
+    if all(isinstance(size, (int, str)) for size in shape):  # a str is a named dim ("seq")
+        return "[" + ", ".join(map(str, shape)) + "]"
+    return ", ".join(shape_text(item) for item in shape)
+
+
+def params_text(row: "LayerRow") -> str:
+    """Parameters counted at this row; weights it shares with an earlier row (tie:, share:) in brackets."""
+    if row.shared_params and not row.params:
+        return f"(shared {row.shared_params:,})"
+    if row.shared_params:
+        return f"{row.params:,} (+{row.shared_params:,} shared)"
+    return f"{row.params:,}"
+
+
+def trainable_text(row: "LayerRow") -> str:
+    if row.params == 0:
+        return "-"
+    if row.trainable_params == row.params:
+        return "yes"
+    return "no" if row.trainable_params == 0 else "partly"
+
+
+def readable(number: int) -> str:
+    """`12_345_678` -> `12.35 M`; below a thousand the number itself."""
+    value, unit = float(number), 0
+    while abs(value) >= 1000 and unit < len(UNITS) - 1:
+        value, unit = value / 1000, unit + 1
+    return f"{number:,}" if unit == 0 else f"{value:.2f} {UNITS[unit]}"
+
+
+def _flops_text(flops: int) -> str:
+    """`24,038,272 (24.04 MFLOPs)`: exact, then readable."""
+    return f"{flops:,}" if flops < 1000 else f"{flops:,} ({readable(flops)}FLOPs)"
+
+
+def _inputs_text(result: "ModelSummary") -> str:
+    inputs = ", ".join(f"{info.name} {shape_text(info.shape)} {info.dtype}" for info in result.inputs)
+    return f"input {inputs} · device {result.device}"
+
+
+def _batch_note(result: "ModelSummary") -> str:
+    return f" (batch of {result.batch_size})" if result.batch_size is not None else ""

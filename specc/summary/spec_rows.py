@@ -1,0 +1,154 @@
+"""Summary rows for a spec: one per spec item, nested the way the spec nests them.
+
+The compiled graph is run one node at a time under a single FlopCounterMode, so every item gets
+the FLOPs of its own call: a module reused with `share:` is counted at each call, and function
+items (`matmul`, ...) count too. The sum equals FlopCounterMode on the whole compiled module.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from specc.build.compiler import compile as compile_spec
+# the dry run's own helpers, so each item computes exactly what the compiled forward does
+from specc.build.infer import DTYPES, run_function, run_merge, call_inputs
+from specc.build.registry import TUPLE_OUTPUT_LAYERS
+from specc.lang.spec import load
+from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+
+if TYPE_CHECKING:
+    from specc.build.graph import Graph, Node, Scope
+
+
+def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_shapes: Any,
+                 variables: dict) -> Collected:
+    """Compile the spec (vars overridden, inputs reshaped), run it item by item, nest the rows.
+
+    Raises:
+        SpecError: the spec does not compile.
+        ValueError: `input_shapes` names an input the spec does not have.
+    """
+    loaded = load(spec, variables)
+    compiled = compile_spec(loaded, device=device, batch_size=batch_size,
+                            input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
+    with eval_mode(compiled.module):
+        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device)
+    root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
+    root.name = compiled.spec.display_name
+    inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
+    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size)
+
+
+def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] | None:
+    """`[3, 64, 64]` means the only input; `{"x": [3, 64, 64]}` names it."""
+    if shapes is None:
+        return None
+    if not isinstance(shapes, dict):
+        if len(input_names) != 1:
+            raise ValueError(f"the spec has inputs {', '.join(input_names)}: name the one to reshape (x=3,64,64)")
+        shapes = {input_names[0]: shapes}
+    unknown = [name for name in shapes if name not in input_names]
+    if unknown:
+        raise ValueError(f"no input named '{unknown[0]}'; the spec's inputs: {', '.join(input_names)}")
+    return {name: [int(size) for size in shape] for name, shape in shapes.items()}
+
+
+def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Run the graph one node at a time under one FlopCounterMode, so each node gets the FLOPs of its
+    own call (a module reused with `share:` is counted at each call, function items count too).
+
+    Returns:
+        `{node: (output shape, output bytes)}` and `{node: FLOPs}`.
+    """
+    last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
+    values, outputs, flops = {}, {}, {}
+    # Grad stays on: under no_grad, eval-mode MultiheadAttention and TransformerEncoderLayer take
+    # PyTorch's fused inference fast path, whose kernels FlopCounterMode cannot count.
+    with flop_counter() as counter:
+        for index, node in enumerate(graph.nodes):
+            before = counter.get_total_flops()
+            value = _run_node(node, values, module, device)
+            flops[node.name] = counter.get_total_flops() - before
+            outputs[node.name] = (_shape_of(value), _bytes_of(value))
+            values[node.name] = value
+            for name in set(node.inputs):
+                if last_use[name] == index:
+                    del values[name]  # on a real device, keep only the activations still needed
+    return outputs, flops
+
+
+def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.device) -> Any:
+    if node.op == "input":
+        dtype = DTYPES[node.dtype]
+        if device.type != "meta" and dtype.is_floating_point:
+            return torch.randn(node.shape, dtype=dtype, device=device)
+        return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
+    inputs = [values[name] for name in node.inputs]
+    if node.op == "function":
+        return run_function(node, inputs)
+    if node.op == "merge":
+        return run_merge(node, inputs)
+    args, kwargs = call_inputs(node, inputs)
+    output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
+    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+
+
+def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) -> LayerRow:
+    """Rows nested the way the spec is written; a merge's figures go to its container's row."""
+    root = LayerRow(path="", name="", type="model", kind="model")
+    containers, counted = {"": root}, set()
+    for node in graph.nodes:
+        if node.op == "input":
+            continue
+        chain = [root]
+        for scope in node.scopes:
+            if scope.kind != "body":  # a residual's body items sit right under the residual's row
+                chain.append(containers.get(scope.path) or _add_container(containers, chain[-1], scope))
+        shape, output_bytes = outputs[node.name]
+        shape = _with_named_dims(shape, node.meta.get("symbolic_shape"))
+        for container in chain[1:]:
+            container.shape = shape  # a container outputs what its last item outputs
+        if node.op == "merge":
+            chain[-1].flops += flops[node.name]
+            chain[-1].output_bytes += output_bytes
+            continue
+        row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
+                       "layer" if node.op == "module" else "function", shape=shape,
+                       flops=flops[node.name], output_bytes=output_bytes)
+        if node.op == "module":
+            count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
+        chain[-1].children.append(row)
+    return root
+
+
+def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
+    """`[1, 128, 64]` -> `[1, "seq", 64]` where the dim follows a named input dim (`shape: [seq]`)."""
+    if not labels or not isinstance(shape, list) or len(shape) != len(labels):
+        return shape
+    return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
+
+
+def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:
+    kind_type = scope.label.rpartition(": ")[2] if scope.kind == "block" else scope.kind
+    row = LayerRow(scope.path, scope.path.rpartition(".")[2], kind_type, scope.kind)
+    containers[scope.path] = row
+    parent.children.append(row)
+    return row
+
+
+def _shape_of(value: Any) -> list | None:
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, (tuple, list)):
+        return [_shape_of(item) for item in value]
+    return None
+
+
+def _bytes_of(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_bytes_of(item) for item in value)
+    return 0

@@ -1,0 +1,168 @@
+"""Using a trained checkpoint: `evaluate` on a split of the spec's data, `predict` on a new file."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specc.build.checkpoint import load_checkpoint, load_model_state
+from specc.train.data import Normalizer, TensorData, batches, layout_of, shape_inputs
+from specc.lang.errors import Problem, SpecError
+from specc.train.loop import eval_batch_size, evaluate_split, first_output
+from specc.train.metrics import MetricSet, Task, build_loss
+from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
+from specc.train.sources import read_csv
+from specc.lang.spec import Spec
+from specc.lang.train_config import CLASS_INDEX_LOSSES
+
+SPLITS = ("train", "val", "test")
+
+
+def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Path, *, split: str = "test",
+             device: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Loss and every configured metric of a checkpoint on one split of the spec's data.
+
+    The split is rebuilt from the spec (same source and split seed), and the inputs are scaled
+    with the statistics stored in the checkpoint.
+
+    Args:
+        spec_or_path: the spec; None = the resolved spec stored in the checkpoint.
+        checkpoint: a best.pt or last.pt written by `train`.
+        split: train, val or test.
+        device: overrides `train.device`.
+        overrides: vars or dotted keys, like `--set`.
+
+    Returns:
+        `{"loss": ..., "accuracy": ..., ...}`.
+
+    Raises:
+        SpecError: unreadable checkpoint, a checkpoint that does not fit the model, or an empty split.
+    """
+    if split not in SPLITS:
+        raise SpecError(Problem(f"unknown split '{split}'; choose train, val or test", None, "TYPE_ERROR"))
+    state = load_checkpoint(checkpoint)
+    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
+    prepared = prepare_data(spec, model)
+    fold = prepared.splits[state.get("fold") or 0]
+    data = fold.named().get(split)
+    if data is None:
+        available = ", ".join(fold.named())
+        raise SpecError(Problem(f"the spec's split has no {split} examples (it has {available})",
+                                spec.source.locate(("train", "data", "split")), "DATA_ERROR"))
+    data = Normalizer.from_state_dict(state["normalizer"])(data).to(device)
+    config = spec.train
+    metrics = MetricSet.build(config.metrics, prepared.task, device, metric_locator(spec))
+    loss_fn = build_loss(config.loss, spec.source.locate(("train", "loss"))).to(device)
+    return evaluate_split(model.module, data, loss_fn=loss_fn, task=prepared.task, metrics=metrics,
+                          batch_size=eval_batch_size(config))
+
+
+def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Path, input_path: str | Path,
+            output_path: str | Path | None = None, *, device: str | None = None,
+            overrides: dict[str, Any] | None = None) -> Path:
+    """Run a checkpoint on new examples and write the predictions.
+
+    Args:
+        spec_or_path: the spec; None = the resolved spec stored in the checkpoint.
+        checkpoint: a best.pt or last.pt written by `train`.
+        input_path: a csv (header row; a target column, if present, is ignored) or an npz
+            (array `x`, or one array per input name).
+        output_path: .csv or .npz; default `<input>.predictions.csv` (or .npz for npz inputs).
+        device: overrides `train.device`.
+        overrides: vars or dotted keys, like `--set`.
+
+    Returns:
+        The path written. Classification writes the predicted class and class probabilities;
+        regression writes the outputs.
+    """
+    state = load_checkpoint(checkpoint)
+    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
+    input_path = Path(input_path)
+    output_shape = tuple(model.graph[model.graph.outputs[0]].feature_shape or ())
+    layout = layout_of(spec, model.input_shapes(), output_shape, spec.train.loss.name in CLASS_INDEX_LOSSES)
+    inputs = shape_inputs(_read_inputs(input_path, spec, layout), layout, None)
+    inputs = Normalizer.from_state_dict(state["normalizer"]).inputs(tuple(x.to(device) for x in inputs))
+    data = TensorData(inputs, torch.zeros(len(inputs[0]), device=device))
+    module = model.module.eval()
+    with torch.no_grad():
+        outputs = torch.cat([first_output(module(*batch)).float().cpu()
+                             for batch, _ in batches(data, eval_batch_size(spec.train))])
+    task = Task(**state["task"])
+    suffix = ".npz" if input_path.suffix == ".npz" else ".csv"
+    output_path = Path(output_path) if output_path else input_path.with_name(f"{input_path.stem}.predictions{suffix}")
+    labels, probabilities = _decide(outputs, task, logits=spec.train.loss.name != "BCELoss")
+    _write_predictions(output_path, outputs, labels, probabilities, state.get("classes"))
+    return output_path
+
+
+def _restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
+    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, overrides)
+    device = resolve_device(device or spec.train.device)
+    compiled = build_model(spec, device, seed=None)
+    load_model_state(compiled.module, state, checkpoint)
+    return spec, compiled, device
+
+
+def _read_inputs(path: Path, spec: Spec, layout) -> Any:
+    if not path.is_file():
+        raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        names = list(layout.inputs)
+        if all(name in arrays for name in names):
+            return {name: arrays[name] for name in names}
+        if "x" in arrays:
+            return arrays["x"]
+        raise SpecError(Problem(f"{path}: needs an array x (or one per input: {', '.join(names)})", None, "DATA_ERROR"))
+    if path.suffix != ".csv":
+        raise SpecError(Problem(f"{path}: predict reads .csv or .npz files", None, "DATA_ERROR"))
+    features, _, _ = read_csv(path, spec.train.data.target, None, require_target=False)
+    expected = int(np.prod(next(iter(layout.inputs.values()))[0]))
+    if features.shape[1] == expected + 1 and spec.train.data.target is None:
+        features = features[:, :-1]  # the training csv's layout: the last column is the target
+    return features
+
+
+def _write_predictions(path: Path, outputs: torch.Tensor, labels: torch.Tensor | None,
+                       probabilities: torch.Tensor | None, classes: list[str] | None) -> None:
+    if path.suffix == ".npz":
+        arrays = {"outputs": outputs.numpy()}
+        if labels is not None:
+            arrays["predictions"] = labels.numpy()
+        np.savez(path, **arrays)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if labels is None:
+            flat = outputs.reshape(len(outputs), -1)
+            writer.writerow(["prediction"] if flat.shape[1] == 1 else [f"output_{i}" for i in range(flat.shape[1])])
+            writer.writerows(flat.tolist())
+            return
+        flat_probabilities = probabilities.reshape(len(outputs), -1)
+        names = classes or [str(i) for i in range(max(flat_probabilities.shape[1], 2))]
+        flat_labels = labels.reshape(len(labels), -1)
+        if flat_labels.shape[1] != 1:  # per-position classes (sequences, images): labels only
+            writer.writerow([f"prediction_{i}" for i in range(flat_labels.shape[1])])
+            writer.writerows([[names[int(v)] for v in row] for row in flat_labels.tolist()])
+            return
+        # binary: one column, the probability of class 1
+        columns = names if flat_probabilities.shape[1] > 1 else names[1:]
+        writer.writerow(["prediction", *(f"probability_{name}" for name in columns)])
+        for label, row in zip(flat_labels[:, 0].tolist(), flat_probabilities.tolist()):
+            writer.writerow([names[int(label)], *(f"{p:.6f}" for p in row)])
+
+
+def _decide(outputs: torch.Tensor, task: Task, logits: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Predicted classes and probabilities from raw outputs (None for regression)."""
+    if task.kind == "multiclass":
+        dim = 1 if task.classes_first else -1
+        probabilities = outputs.softmax(dim)
+        return probabilities.argmax(dim), probabilities
+    if task.kind in ("binary", "multilabel"):
+        probabilities = outputs.sigmoid() if logits else outputs  # BCELoss models output probabilities
+        return (probabilities > 0.5).long(), probabilities
+    return None, None

@@ -1,0 +1,179 @@
+"""From a spec with a `train:` section to ready-to-run pieces: device, model, data, session.
+
+Kept apart from the loop so `train`, `evaluate` and `predict` build models and data the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specc.train import ranks
+from specc.build.compiled import Compiled
+from specc.build.compiler import compile as compile_spec
+from specc.train.data import (DataSplits, Examples, Layout, Normalizer, layout_of, load_examples, make_splits,
+                        shard_size)
+from specc.lang.errors import Location, Problem, SpecError
+from specc.train.loop import Session, Tracker, count_steps, first_output
+from specc.train.metrics import MetricSet, Task, build_loss
+from specc.train.optim import Schedulers, build_optimizer
+from specc.lang.spec import Spec, load
+from specc.lang.train_config import CLASS_INDEX_LOSSES, MATRIX_METRICS, TrainConfig
+
+
+@dataclass
+class Prepared:
+    """The examples read once, and how they meet the model."""
+
+    layout: Layout
+    task: Task
+    examples: Examples
+    splits: list[DataSplits]  # one holdout partition, or K folds
+
+
+def load_train_spec(spec_or_path: Any, overrides: dict[str, Any] | None = None) -> Spec:
+    """Load a spec and insist on its `train:` section.
+
+    Raises:
+        SpecError: the spec is invalid or has no `train:` section.
+    """
+    spec = load(spec_or_path, overrides or None)
+    if spec.train is None:
+        raise SpecError(Problem("the spec has no `train:` section (see docs/train.md)", spec.source.locate(()),
+                                "MISSING_KEY"))
+    return spec
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = cuda > mps > cpu; an explicit device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(Problem(f"device {name}: CUDA is not available on this machine", None, "TYPE_ERROR"))
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SpecError(Problem(f"device {name}: MPS is not available on this machine", None, "TYPE_ERROR"))
+    return device
+
+
+def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
+    """Compile the spec's model; seeding first makes the initial weights reproducible."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return compile_spec(spec, device=device, symbolic=False)
+
+
+def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
+    """Read the data source, shape it for the model, infer the task and split (holdout or K folds)."""
+    config = spec.train
+    output_shape = tuple(compiled.graph[compiled.graph.outputs[0]].feature_shape or ())
+    class_index = config.loss.name in CLASS_INDEX_LOSSES
+    layout = layout_of(spec, compiled.input_shapes(), output_shape, class_index)
+    where = data_location(spec)
+    base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
+    examples = load_examples(config.data, layout, base_dir=base_dir, where=where, seed=config.data.split.seed)
+    task = Task.infer(config.loss.name, output_shape, tuple(examples.data.target.shape[1:]))
+    _check_classes(task, examples, where)
+    return Prepared(layout, task, examples, make_splits(examples, config.data.split, class_index))
+
+
+def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: DataSplits, device: torch.device,
+                 run_dir: Path) -> Session:
+    """Everything `fit` needs for one run: scaled data on the device, loss, metrics, optimizer, ...
+
+    Under torchrun every rank holds every split; the session knows its rank and wraps the model in
+    DistributedDataParallel.
+    """
+    config: TrainConfig = spec.train
+    world_size = ranks.world_size()
+    locate = spec.source.locate
+    normalizer = Normalizer.fit(config.data.normalize, split.train)
+    splits = DataSplits(*(normalizer(data).to(device) if data is not None else None
+                          for data in (split.train, split.val, split.test)), fold=split.fold)
+    model = compiled.module
+    loss_fn = build_loss(config.loss, locate(("train", "loss"))).to(device)
+    _check_loss_fits(model, loss_fn, prepared.task, splits.train, config, locate(("train", "loss")))
+    scalar_calls = [call for call in config.metrics if call.name not in MATRIX_METRICS]
+    metrics = {name: MetricSet.build(scalar_calls, prepared.task, device, metric_locator(spec))
+               for name in ("train", "val")}
+    optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")))
+    scheduler_path = ("train", "scheduler")
+    schedulers = Schedulers.build(
+        config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
+        lambda index: locate(scheduler_path + ((index,) if isinstance(config.scheduler, list) else ())))
+    generator = torch.Generator()
+    generator.manual_seed(config.seed)
+    early = config.early_stopping
+    forward = _compiled_forward(model, config)
+    ddp = None if world_size == 1 else ranks.wrap_model(TrainedOutput(forward), device)
+    return Session(
+        spec=spec, config=config, device=device, model=model, forward=forward,
+        ddp=ddp, rank=ranks.rank(), world_size=world_size,
+        task=prepared.task, splits=splits, normalizer=normalizer, loss_fn=loss_fn, optimizer=optimizer,
+        schedulers=schedulers, metrics=metrics, run_dir=run_dir, classes=prepared.examples.classes,
+        fold=split.fold, generator=generator,
+        best=Tracker(config.checkpoint.monitor or config.default_monitor(), config.checkpoint.mode),
+        early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
+                                                 early.min_delta, early.patience),
+        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None,
+    )
+
+
+def metric_locator(spec: Spec):
+    """`index -> Location` of `train.metrics[index]`."""
+    return lambda index: spec.source.locate(("train", "metrics", index))
+
+
+def data_location(spec: Spec) -> Location:
+    data = spec.train.data
+    return spec.source.locate(("train", "data", "dataset" if data.dataset else "source"))
+
+
+def _compiled_forward(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    if not config.compile:
+        return model
+    options = config.compile if isinstance(config.compile, dict) else {}
+    return torch.compile(model, **options)
+
+
+class TrainedOutput(torch.nn.Module):
+    """The model's first output alone, the one the loss sees: what DistributedDataParallel wraps,
+    so parameters that feed only the other outputs are known to get no gradient."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return first_output(self.model(*inputs))
+
+
+def _check_classes(task: Task, examples: Examples, where: Location) -> None:
+    target = examples.data.target
+    if task.kind == "multiclass" and target.numel() and (target.min() < 0 or target.max() >= task.num_classes):
+        raise SpecError(Problem(f"the targets are classes {int(target.min())}..{int(target.max())} but the model "
+                                f"outputs {task.num_classes} class scores", where, "DATA_ERROR"))
+
+
+def _check_loss_fits(model, loss_fn, task: Task, train, config: TrainConfig, where: Location) -> None:
+    """Run the loss once on two examples, so a shape mismatch is an error at the spec's `loss:` line."""
+    inputs, target = tuple(x[:2] for x in train.inputs), train.target[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = first_output(model(*inputs))
+            try:
+                loss_fn(*task.align(output, target))
+            except (RuntimeError, ValueError, IndexError) as error:
+                message = str(error).strip().splitlines()[0]
+                raise SpecError(Problem(
+                    f"loss {config.loss.name} cannot compare the model's output {list(output.shape[1:])} with "
+                    f"targets {list(target.shape[1:])}: {message}", where, "DATA_ERROR")) from None
+    finally:
+        model.train(was_training)

@@ -1,0 +1,235 @@
+"""The Python API of the training loop: `train`, `evaluate`, `predict`.
+
+    import specc
+    result = specc.train("specs/digits_cnn.yaml", epochs=5)    # keyword = a `train:` key
+    result.metrics["val"]["accuracy"], result.best_checkpoint
+    specc.evaluate("specs/digits_cnn.yaml", result.best_checkpoint, split="test")
+
+A run writes `runs/<spec name>/<timestamp>/`: spec.yaml (resolved), best.pt, last.pt,
+metrics.csv, TensorBoard events, curves.png and summary.json (K-fold: one folder per fold).
+`train(..., nproc=N)` (or torchrun) trains on N processes with DDP: see docs/ranks.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from specc.train import ranks
+from specc.build.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from specc.lang.errors import Problem, SpecError
+from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
+from specc.train.metrics import MetricSet
+from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
+                           resolve_device)
+from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics
+from specc.lang.spec import Spec
+from specc.lang.train_config import MATRIX_METRICS, monitor_mode
+
+from specc.train.evaluation import evaluate, predict
+
+__all__ = ["TrainResult", "train", "evaluate", "predict", "new_run_dir", "best_metrics"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. `metrics` are the best checkpoint's, per split (K-fold: fold means)."""
+
+    run_dir: Path
+    status: str                                   # completed | early_stopped | diverged | interrupted
+    message: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+    folds: list["TrainResult"] = field(default_factory=list)        # K-fold only
+    summary: dict[str, tuple[float, float]] = field(default_factory=dict)  # K-fold: name -> (mean, std)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "early_stopped")
+
+
+def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", resume: str | Path | None = None,
+          overrides: dict[str, Any] | None = None, verbose: bool = True, **train_keys: Any) -> TrainResult:
+    """Train the spec's model as its `train:` section says.
+
+    This process trains; `specc.train(..., nproc=N)` (specc.train.launch) starts N processes that
+    each call this. Under torchrun (`torchrun --nproc-per-node N -m specc train ...`) every process
+    calls this and they train together with DistributedDataParallel; rank 0 prints and writes the
+    run directory.
+
+    Args:
+        spec_or_path: a spec path, YAML text, dict or `Spec`.
+        out: parent folder of run directories.
+        resume: a last.pt (or best.pt) to continue from, exactly where it stopped; the run goes on
+            writing into that checkpoint's folder.
+        overrides: vars or dotted keys, like `--set` (`{"width": 32, "train.data.split.seed": 1}`).
+        verbose: print progress and the final table.
+        **train_keys: keys of the `train:` section (`epochs=5`, `device="cpu"`).
+
+    Returns:
+        A `TrainResult` (see its fields); `status` says whether the run completed.
+
+    Raises:
+        SpecError: invalid spec, unreadable data or checkpoint (every problem located).
+    """
+    spec = load_train_spec(spec_or_path, {**(overrides or {}), **{f"train.{k}": v for k, v in train_keys.items()}})
+    threads = torch.get_num_threads()
+    if spec.train.threads:
+        torch.set_num_threads(spec.train.threads)
+    try:
+        with ranks.process_group(resolve_device(spec.train.device)) as device:
+            return _train(spec, device, Path(out), resume, verbose and ranks.is_main())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | None, verbose: bool) -> TrainResult:
+    config = spec.train
+    state = ranks.on_main(load_checkpoint, resume) if resume is not None else None
+    if state is not None and config.data.split.kfold:
+        raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
+                                spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
+    compiled = build_model(spec, device, config.seed)
+    prepared = prepare_data(spec, compiled)
+    run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
+    if ranks.is_main():
+        (run_dir / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
+    if config.data.split.kfold:
+        return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
+    result = _train_split(spec, compiled, prepared, 0, device, run_dir, verbose, state, resume)
+    if ranks.is_main():
+        _write_summary(run_dir, result)
+    return result
+
+
+def new_run_dir(out: Path, spec: Spec) -> Path:
+    """`out/<spec name>/<timestamp>/`, with a suffix when two runs start in the same second."""
+    base = out / spec.display_name / time.strftime("%Y%m%d-%H%M%S")
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        run_dir, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _train_split(spec: Spec, compiled, prepared: Prepared, index: int, device: torch.device, run_dir: Path,
+                 verbose: bool, state: dict | None = None, resume: Path | None = None, label: str = "",
+                 show_table: bool = True) -> TrainResult:
+    session = open_session(spec, compiled, prepared, prepared.splits[index], device, run_dir)
+    if state is not None:
+        load_model_state(session.model, state, resume)
+        session.restore(state)
+    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label) if session.is_main else SilentLog()
+    counts = " / ".join(f"{len(data)} {name}" for name, data in session.splits.named().items())
+    start = f" from epoch {session.epoch + 1}" if session.epoch else ""
+    where = f"{session.world_size} processes ({device.type})" if session.world_size > 1 else device
+    log.message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
+                f"{counts} examples, {sum(p.numel() for p in session.model.parameters()):,} parameters -> {run_dir}")
+    try:
+        status, message = fit(session, log)
+        if status in ("completed", "early_stopped"):
+            message = "\n".join(filter(None, [message, _finish_swa(session)]))
+    finally:
+        log.close(session.history)
+    if message:
+        log.message(message)
+    last, best = ranks.on_main(lambda: (_existing(run_dir / "last.pt"), _existing(run_dir / "best.pt")))
+    result = TrainResult(run_dir, status, message, session.history, last_checkpoint=last, best_checkpoint=best)
+    if result.ok and result.best_checkpoint:
+        result.metrics = best_metrics(session, result.best_checkpoint)
+        if show_table and verbose:
+            print_metrics(log.console, f"best checkpoint ({session.best.monitor} "
+                                       f"{session.best.best:.4f}): {result.best_checkpoint}", result.metrics)
+    return result
+
+
+def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:
+    """Every configured metric (matrices too) of the best checkpoint's weights, on each split."""
+    weights = ranks.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
+    load_model_state(session.model, weights, checkpoint)
+    metrics = MetricSet.build(session.config.metrics, session.task, session.device, metric_locator(session.spec))
+    return {name: session.evaluate(session.model, data, metrics) for name, data in session.splits.named().items()}
+
+
+def _finish_swa(session: Session) -> str:
+    """Recompute BatchNorm statistics for the averaged weights; keep them as best.pt if they are better."""
+    if session.swa_model is None:
+        return ""
+    averaged = session.swa_model.module
+    update_batch_norm(averaged, session.splits.train, eval_batch_size(session.config))
+    split, _, name = session.best.monitor.partition("_")
+    values = session.evaluate(averaged, session.splits.named()[split], session.metrics[split])
+    value, best = values[name], session.best.best
+    better = best is None or (value < best if monitor_mode(session.best.monitor, session.best.mode) == "min"
+                              else value > best)
+    if not better:
+        return f"SWA: {session.best.monitor} {value:.4f} of the averaged weights is not better than {best:.4f}"
+    if session.is_main:
+        state = session.checkpoint_state()
+        state["model"] = averaged.state_dict()
+        save_checkpoint({**state, "swa_averaged": True}, session.run_dir / "best.pt")
+    session.best.best = value
+    return f"SWA: the averaged weights ({session.best.monitor} {value:.4f}) are best.pt"
+
+
+def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device, run_dir: Path,
+                 verbose: bool) -> TrainResult:
+    """K runs, one per fold, each in run_dir/fold_<k>; reports every fold and the mean ± std."""
+    folds = []
+    count = len(prepared.splits)
+    for index in range(count):
+        model = compiled if index == 0 else build_model(spec, device, spec.train.seed)
+        fold_dir = run_dir / f"fold_{index + 1}"
+        if ranks.is_main():
+            fold_dir.mkdir()
+        folds.append(_train_split(spec, model, prepared, index, device, fold_dir, verbose,
+                                  label=f"fold {index + 1}/{count}", show_table=False))
+    per_fold = [{f"{split}_{name}": value for split, values in fold.metrics.items() if split != "train"
+                 for name, value in values.items() if name not in MATRIX_METRICS} for fold in folds]
+    names = list(dict.fromkeys(name for values in per_fold for name in values))
+    summary = {name: (float(np.mean([v[name] for v in per_fold if name in v])),
+                      float(np.std([v[name] for v in per_fold if name in v]))) for name in names}
+    statuses = {fold.status for fold in folds}
+    result = TrainResult(run_dir, "completed" if statuses <= {"completed", "early_stopped"} else statuses.pop(),
+                         folds=folds, summary=summary,
+                         metrics=_nest({name: mean for name, (mean, _) in summary.items()}))
+    if verbose and summary:
+        from rich.console import Console
+
+        print_folds(Console(highlight=False), f"{count}-fold cross-validation: {run_dir}", per_fold, summary)
+    if ranks.is_main():
+        _write_summary(run_dir, result)
+    return result
+
+
+def _write_summary(run_dir: Path, result: TrainResult) -> None:
+    summary = {"status": result.status, "message": result.message, "metrics": result.metrics,
+               "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None}
+    if result.folds:
+        summary["folds"] = [fold.metrics for fold in result.folds]
+        summary["summary"] = {name: {"mean": mean, "std": std} for name, (mean, std) in result.summary.items()}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable), encoding="utf-8")
+
+
+def _nest(flat: dict[str, float]) -> dict[str, dict[str, float]]:
+    nested: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        split, _, name = key.partition("_")
+        nested.setdefault(split, {})[name] = value
+    return nested
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _jsonable(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else str(value)
