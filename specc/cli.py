@@ -71,10 +71,13 @@ def check(
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
+        from specc.lang.spec import load
+
+        loaded = load(spec, overrides(set_))  # YAML and schema mistakes are reported before torch loads
         from specc.build.compiler import compile as compile_spec
         from specc.build.expect import count_parameters
 
-        compiled = compile_spec(spec, device="meta", **overrides(set_))
+        compiled = compile_spec(loaded, device="meta")
         params = count_parameters(compiled.module)
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":

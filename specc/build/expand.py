@@ -78,11 +78,14 @@ class Expander:
         return Graph(self.nodes, outputs)
 
     def _global_vars(self) -> dict:
-        try:
-            return resolve_vars(self.spec.vars)
-        except ExpressionError as error:
-            self._fail_var(error, ("vars",))
-            return dict(self.spec.vars)
+        resolved: dict = {}
+        for name, value in self.spec.vars.items():  # one at a time: an error points at its own var
+            try:
+                resolved.update(resolve_vars({name: value}, resolved))
+            except ExpressionError as error:
+                self._fail_var(error, ("vars", name), resolved)
+                resolved[name] = value
+        return resolved
 
     def _input_shape(self, name: str, shape: list, variables: dict) -> list:
         resolved = []

@@ -34,11 +34,11 @@ _NAMED_CONSTANTS = {"true": True, "false": False, "True": True, "False": False}
 # Node types that may appear at all; operators and calls are checked further by the evaluator.
 _ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp,
                   ast.And, ast.Or, ast.Compare, ast.IfExp, ast.Call, *_BINARY, *_UNARY, *_COMPARE)
-_ALLOWED = ("numbers, strings, true/false, vars, + - * / // % **, == != < <= > >=, and/or/not, "
+_ALLOWED = ("numbers, vars, strings, true/false, + - * / // % **, == != < <= > >=, and/or/not, "
             "a if cond else b and min/max/int/round/abs")
 
-# `$name`, `${name}` or `$(expression)`; the expression may hold one level of nested parentheses
-_REFERENCE = re.compile(r"\$(?:\(((?:[^()]|\([^()]*\))*)\)|\{(\w+)\}|(\w+))")
+# `$name` or `${name}`; `$(expression)` is found by counting parentheses (any nesting depth)
+_NAME_REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 class ExpressionError(ValueError):
@@ -96,7 +96,10 @@ def substitute(value: Any, variables: Mapping[str, Any]) -> Any:
 def references(value: Any) -> bool:
     """Whether a value mentions any var."""
     if isinstance(value, str):
-        return bool(_REFERENCE.search(value))
+        try:
+            return bool(_find_references(value))
+        except ExpressionError:
+            return True  # an unbalanced `$(` is still meant as a reference
     if isinstance(value, list):
         return any(references(item) for item in value)
     if isinstance(value, dict):
@@ -118,27 +121,60 @@ def _substitute_string(text: str, variables: Mapping[str, Any]) -> Any:
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"a string using vars may hold at most {MAX_EXPRESSION_LENGTH:,} characters "
                               f"(this one has {len(text):,})")
-    match = _REFERENCE.fullmatch(text.strip())
-    if match:
-        return _resolve_match(match, variables)
-    total = len(text)
-
-    def formatted(found: re.Match) -> str:
-        nonlocal total
-        piece = str(_resolve_match(found, variables))
+    found = _find_references(text)
+    stripped = len(text) - len(text.lstrip()), len(text.rstrip())
+    if len(found) == 1 and (found[0][0], found[0][1]) == stripped:
+        return _resolve(found[0], variables)  # exactly one reference: keep the value's type
+    pieces, position, total = [], 0, len(text)
+    for reference in found:
+        piece = str(_resolve(reference, variables))
         total += len(piece)
         if total > MAX_LENGTH:
             raise ExpressionError(f"formatting vars into '{_shorten(text)}' gives more than {MAX_LENGTH:,} characters")
-        return piece
+        pieces += [text[position:reference[0]], piece]
+        position = reference[1]
+    return "".join(pieces) + text[position:]
 
-    return _REFERENCE.sub(formatted, text)
+
+def _find_references(text: str) -> list[tuple[int, int, str | None, str | None]]:
+    """(start, end, expression, name) of each `$(expr)`, `${name}` and `$name` in `text`."""
+    found, position = [], 0
+    while (start := text.find("$", position)) >= 0:
+        if text.startswith("$(", start):
+            end = _closing_parenthesis(text, start + 1)
+            found.append((start, end, text[start + 2:end - 1], None))
+            position = end
+            continue
+        match = _NAME_REFERENCE.match(text, start)
+        if match:
+            found.append((start, match.end(), None, match.group(1) or match.group(2)))
+        position = match.end() if match else start + 1
+    return found
 
 
-def _resolve_match(match: re.Match, variables: Mapping[str, Any]) -> Any:
-    expression, braced, plain = match.groups()
+def _closing_parenthesis(text: str, opening: int) -> int:
+    """The index just past the `)` matching the `(` at `opening` (parentheses in quotes do not count)."""
+    depth, quote = 0, None
+    for index in range(opening, len(text)):
+        character = text[index]
+        if quote:
+            quote = None if character == quote else quote
+        elif character in "'\"":
+            quote = character
+        elif character == "(":
+            depth += 1
+        elif character == ")":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    raise ExpressionError(f"'{_shorten(text)}': '$(' without its closing ')'")
+
+
+def _resolve(reference: tuple, variables: Mapping[str, Any]) -> Any:
+    _, _, expression, name = reference
     if expression is not None:
         return evaluate(expression, variables)
-    return _lookup(braced or plain, variables)
+    return _lookup(name, variables)
 
 
 def _lookup(name: str, variables: Mapping[str, Any]) -> Any:

@@ -6,20 +6,48 @@ so validation can point at the exact key a user must fix.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
-
-import re
 
 import yaml
 
 from specc.lang.errors import Location, Problem, SpecError
+from specc.lang.limits import limit, raise_hint
 
 DataPath = tuple  # keys and list indices from the document root
 
 
+# Tags a spec may carry (implicitly, or written as `!!int` & co): plain values, lists and mappings.
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map",
+                                                          "timestamp", "merge")}
+_MAX_INT_BITS = 1024  # as in expressions: ~308 digits
+
+
 class SpecLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; people write `1e-3`)."""
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`; people write `1e-3`),
+    and refuses to compose lists/mappings nested past the `MAX_NESTING` limit (PyYAML's composer
+    recurses, so a 1,000-deep document would otherwise end in a RecursionError)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.nesting = 0
+        self.max_nesting = limit("MAX_NESTING")
+
+    def compose_node(self, parent, index):
+        self.nesting += 1
+        try:
+            if self.nesting > self.max_nesting:
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark):
+        super().__init__("nesting too deep")
+        self.mark = mark
 
 
 SpecLoader.add_implicit_resolver(
@@ -49,21 +77,30 @@ class SourceMap:
         return self.values.get((), Location(self.file, 1, 1))
 
     def _mark(self, node: yaml.Node) -> Location:
-        return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
+        return self._mark_at(node.start_mark)
+
+    def _mark_at(self, mark) -> Location:
+        return Location(self.file, mark.line + 1, mark.column + 1)
 
 
 def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus the positions of everything in it."""
     source = SourceMap(file)
-    loader = SpecLoader(text)
+    loader = None
     try:
+        loader = SpecLoader(text)
         root = loader.get_single_node()
     except yaml.YAMLError as error:
-        raise SpecError(_yaml_problem(error, file)) from None
+        raise SpecError(_yaml_problem(error, file, text)) from None
+    except _TooDeep as error:
+        raise SpecError(Problem(f"lists and mappings nest deeper than {limit('MAX_NESTING')} levels "
+                                f"({raise_hint('MAX_NESTING')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         return None, source
+    _check_expanded_size(root, source)
     problems: list[Problem] = []
     data = _construct(loader, root, (), source, problems)
     if problems:
@@ -77,31 +114,111 @@ def read_spec_text(path_or_text: str | Path) -> tuple[str, str]:
         path = Path(path_or_text)
         if not path.is_file():
             raise SpecError(Problem(f"spec file not found: {path}", code="FILE_NOT_FOUND"))
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as error:
+            raise SpecError(Problem(f"the spec is not UTF-8 text (byte {error.start})",
+                                    Location(str(path), 1, 1), "YAML_SYNTAX")) from None
+        except OSError as error:
+            raise SpecError(Problem(f"cannot read the spec: {error.strerror or error}",
+                                    Location(str(path), 1, 1), "FILE_NOT_FOUND")) from None
     return str(path_or_text), "<spec>"
 
 
 def _construct(loader, node: yaml.Node, path: DataPath, source: SourceMap, problems: list) -> Any:
     source.values[path] = source._mark(node)
+    if node.tag not in _PLAIN_TAGS:
+        problems.append(Problem(f"YAML tag '{_short_tag(node.tag)}' is not allowed in a spec: only plain values, "
+                                "lists and mappings", source._mark(node), "YAML_TAG"))
+        return None
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        result: dict = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in result:
-                problems.append(Problem(f"duplicate key '{key}'", source._mark(key_node), "DUPLICATE_NAME"))
-                continue
-            source.keys[path + (key,)] = source._mark(key_node)
-            result[key] = _construct(loader, value_node, path + (key,), source, problems)
-        return result
+        return _construct_mapping(loader, node, path, source, problems)
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, child, path + (index,), source, problems) for index, child in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return _construct_scalar(loader, node, source, problems)
 
 
-def _yaml_problem(error: yaml.YAMLError, file: str) -> Problem:
+def _construct_mapping(loader, node: yaml.MappingNode, path: DataPath, source: SourceMap, problems: list) -> dict:
+    try:
+        loader.flatten_mapping(node)
+    except yaml.YAMLError as error:  # `<<:` merging something that is not a mapping
+        problems.append(_yaml_problem(error, source.file))
+        return {}
+    result: dict = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
+            problems.append(Problem("a key must be a plain value (no list, mapping or tag)", source._mark(key_node),
+                                    "YAML_TAG" if isinstance(key_node, yaml.ScalarNode) else "TYPE_ERROR"))
+            continue
+        key = _construct_scalar(loader, key_node, source, problems)
+        if key in result:
+            problems.append(Problem(f"duplicate key '{key}'", source._mark(key_node), "DUPLICATE_NAME"))
+            continue
+        source.keys[path + (key,)] = source._mark(key_node)
+        result[key] = _construct(loader, value_node, path + (key,), source, problems)
+    return result
+
+
+def _construct_scalar(loader, node: yaml.ScalarNode, source: SourceMap, problems: list) -> Any:
+    try:
+        value = loader.construct_object(node, deep=True)
+    except ValueError:  # an int past Python's 4,300 digits
+        problems.append(Problem(f"integer {node.value[:20]}… is too large (more than {_MAX_INT_BITS} bits, ~308 digits)",
+                                source._mark(node), "LIMIT_EXCEEDED"))
+        return None
+    except yaml.YAMLError as error:
+        problems.append(Problem(f"cannot read '{node.value[:40]}': {getattr(error, 'problem', None) or error}",
+                                source._mark(node), "TYPE_ERROR"))
+        return None
+    if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
+        problems.append(Problem(f"integer {node.value[:20]}… is too large (more than {_MAX_INT_BITS} bits, ~308 digits)",
+                                source._mark(node), "LIMIT_EXCEEDED"))
+        return None
+    return value
+
+
+def _check_expanded_size(root: yaml.Node, source: SourceMap) -> None:
+    """Refuse a document whose aliases expand past MAX_YAML_NODES values (a "billion laughs" bomb)
+    before building anything: sizes are counted per distinct node, so the count itself is cheap."""
+    maximum = limit("MAX_YAML_NODES")
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:  # iterative post-order walk; an alias is the same node object met again
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        size = 1 + sum(sizes.get(id(child), 0) for child in children)
+        sizes[id(node)] = size
+        if size > maximum:
+            raise SpecError(Problem(f"the YAML expands to more than {maximum:,} values once its aliases (*name) are "
+                                    f"repeated ({raise_hint('MAX_YAML_NODES')})", source._mark(node), "LIMIT_EXCEEDED"))
+
+
+def _children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")[:80]
+
+
+def _yaml_problem(error: yaml.YAMLError, file: str, text: str = "") -> Problem:
     mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
     location = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+    if isinstance(error, yaml.reader.ReaderError):  # a NUL or other control character: only a position
+        before = text[:error.position]
+        location = Location(file, before.count("\n") + 1, error.position - (before.rfind("\n") + 1) + 1)
+        code = error.character if isinstance(error.character, int) else ord(error.character[:1] or " ")
+        return Problem(f"YAML syntax error: character {code:#06x} is not allowed in YAML", location, "YAML_SYNTAX")
     reason = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
     message = f"YAML syntax error: {reason}" + (f" ({context})" if context else "")

@@ -163,10 +163,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     """`"width=128"` -> `("width", 128)`; the value is read as YAML, so numbers and lists keep their type."""
     if "=" not in text:
         raise SpecError(Problem(f"--set expects key=value, got '{text}'", None, "TYPE_ERROR"))
-    from specc.lang.source import SpecLoader
-
     key, value = text.split("=", 1)
-    return key.strip(), yaml.load(value, Loader=SpecLoader) if value.strip() else ""
+    if not value.strip():
+        return key.strip(), ""
+    try:  # the same loader as spec files: no tags, no alias bombs, bounded nesting
+        parsed, _ = load_yaml(value, f"--set {key.strip()}")
+    except SpecError as error:
+        problem = error.first
+        raise SpecError(Problem(f"--set {text[:80]}: the value is not valid YAML ({problem.message})", None,
+                                problem.code)) from None
+    return key.strip(), parsed
 
 
 def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:

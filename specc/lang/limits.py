@@ -1,0 +1,42 @@
+"""Bounds on what one spec may ask for, so no input can take minutes or gigabytes to check.
+
+Each bound is far above what real models need; a user who needs more raises it with the
+environment variable named in the error message (e.g. `SPECC_MAX_ITEMS=50000 specc check ...`).
+"""
+from __future__ import annotations
+
+import os
+
+from specc.lang.errors import Problem, SpecError
+
+# name -> default; the environment variable is SPECC_<NAME>
+DEFAULTS = {
+    "MAX_YAML_NODES": 100_000,   # values in the YAML once every alias (*name) is expanded
+    "MAX_NESTING": 100,          # levels of lists/mappings in the YAML
+    "MAX_ITEMS": 10_000,         # graph nodes after blocks and repeats are expanded
+    "MAX_STRUCTURE_DEPTH": 64,   # sequential/parallel/residual/block/repeat scopes inside each other
+}
+
+
+def limit(name: str) -> int:
+    """The bound `name` (a key of `DEFAULTS`), from `SPECC_<name>` when set.
+
+    Raises:
+        SpecError: the environment variable is set but not a positive integer.
+    """
+    variable = f"SPECC_{name}"
+    text = os.environ.get(variable)
+    if text is None or not text.strip():
+        return DEFAULTS[name]
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SpecError(Problem(f"{variable}={text!r} must be a positive integer", None, "LIMIT_EXCEEDED"))
+    return value
+
+
+def raise_hint(name: str) -> str:
+    """The sentence telling a user how to raise a bound."""
+    return f"the limit is {limit(name):,}; set SPECC_{name} to raise it"
