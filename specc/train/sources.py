@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.lang.train_config import DataConfig
+from specc.lang.train_config import DataConfig, check_dataset_path
 
 
 @dataclass
@@ -186,7 +186,7 @@ def _token_sequences(config, layout, shape, dtype, samples, noise, context) -> R
 
 def _dataset(config: DataConfig, layout, context: Context) -> RawData:
     """A user Dataset, read once into arrays; items are (inputs..., target) or a dict of named arrays."""
-    dataset_class = import_object(config.dataset, context.base_dir, context.where)
+    dataset_class = import_dataset_class(config.dataset, context.base_dir, context.where)
     try:
         dataset = dataset_class(**config.args)
         items = [dataset[index] for index in range(len(dataset))]
@@ -205,6 +205,29 @@ def _dataset(config: DataConfig, layout, context: Context) -> RawData:
     columns = list(zip(*items))
     inputs = {name: _stack(column) for name, column in zip(names, columns)}
     return RawData(inputs, _stack(columns[-1]))
+
+
+def import_dataset_class(dotted: str, base_dir: Path, where: Location | None) -> type:
+    """`package.module.Name` -> a `torch.utils.data.Dataset` subclass, checked before anything is called.
+
+    The spec's folder is searched too, for local modules. Importing runs the named module's code
+    (the user's own, as `import` would); the object itself is only used once it is a Dataset class.
+
+    Raises:
+        SpecError: IMPORT_ERROR for a path that is refused, cannot be imported or is no Dataset class.
+    """
+    try:
+        check_dataset_path(dotted)
+    except ValueError as error:
+        raise SpecError(Problem(str(error), where, "IMPORT_ERROR")) from None
+    found = import_object(dotted, base_dir, where)
+    from torch.utils.data import Dataset
+
+    if not (isinstance(found, type) and issubclass(found, Dataset)):
+        kind = "a class" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise SpecError(Problem(f"dataset {dotted} is {kind}, not a subclass of torch.utils.data.Dataset; "
+                                f"it was not called", where, "IMPORT_ERROR"))
+    return found
 
 
 def import_object(dotted: str, base_dir: Path, where: Location | None) -> Any:
