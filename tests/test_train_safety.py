@@ -156,3 +156,75 @@ def test_safe_mode_refuses_datasets_and_compile_options(monkeypatch, workdir):
         load(iris(compile={"backend": "eager"}))
     assert load(iris(compile=True)).train.compile is True
     assert not (workdir / "CANARY").exists()
+
+
+# --- writing outside the output folder ------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/elsewhere", "a/../../b"])
+def test_a_run_directory_never_leaves_out(tmp_path, name):
+    from specc.train.run_dir import new_run_dir
+
+    with pytest.raises(SpecError, match="would write outside --out"):
+        new_run_dir(tmp_path / "runs", name)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "b").exists()
+
+
+def test_run_directories_created_at_once_are_all_different(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from specc.train.run_dir import new_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: new_run_dir(tmp_path, "race"), range(40)))
+    assert len(set(made)) == 40 and all(path.is_dir() and path.parent == tmp_path / "race" for path in made)
+
+
+def test_a_second_writer_into_a_locked_run_is_refused_and_changes_nothing(iris_run):
+    from specc.train.run_dir import lock_run_dir, unlock
+
+    run_dir = iris_run.run_dir
+    before = {name: (run_dir / name).read_bytes() for name in ("spec.yaml", "last.pt", "metrics.csv")}
+    held = lock_run_dir(run_dir)  # another `specc train --resume` is writing here
+    try:
+        result = invoke("train", "--resume", run_dir / "last.pt", "--epochs", 3)
+    finally:
+        unlock(held)
+    assert result.exit_code == 2 and f"{run_dir} is in use by another `specc train`" in result.output
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+def test_a_refused_resume_writes_nothing(iris_run, tmp_path):
+    run_dir = iris_run.run_dir
+    before = (run_dir / "spec.yaml").read_bytes()
+    wider = iris()
+    wider["layers"][0] = {"Linear": {"out_features": 16}}
+    with pytest.raises(SpecError, match="does not fit this spec's model"):
+        train(wider, resume=iris_run.last_checkpoint, verbose=False)
+    assert (run_dir / "spec.yaml").read_bytes() == before
+    assert sorted(path.name for path in run_dir.iterdir() if not path.name.startswith("events")) == [
+        ".lock", "best.pt", "curves.png", "last.pt", "metrics.csv", "spec.yaml", "summary.json"]
+
+
+# --- resource exhaustion ------------------------------------------------------------------------
+def test_weights_that_do_not_fit_are_refused_before_allocating_and_meta_still_compiles(tmp_path):
+    from specc.build.compiler import compile as compile_spec
+
+    path = tmp_path / "huge.yaml"
+    path.write_text("inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 1000000000000}\n")
+    assert compile_spec(path, device="meta").graph["0"].shape == (2, 10 ** 12)
+    with pytest.raises(SpecError) as error:
+        compile_spec(path, device="cpu")
+    problem = error.value.first
+    assert "the model's weights (the largest, 0: 20.0 TB) need 20.0 TB but cpu has" in problem.message
+    assert (problem.location.line, problem.code) == (3, "LAYER_ERROR")
+    result = invoke("train", path)
+    assert result.exit_code == 2
+
+
+def test_synthetic_data_that_does_not_fit_is_refused_before_generating(tmp_path):
+    spec = iris(data={"source": "synthetic:classification", "args": {"samples": 10 ** 12}})
+    with pytest.raises(SpecError) as error:
+        train(spec, out=tmp_path, verbose=False)
+    assert error.value.first.code == "DATA_ERROR"
+    # 4 features + 3 class scores per sample, float64 then float32: 12 bytes a value
+    assert "1,000,000,000,000 synthetic samples need 84.0 TB but cpu has" in error.value.first.message
+    assert not (tmp_path / "iris_safety").exists()

@@ -139,6 +139,7 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
     samples = int(config.args.get("samples", 1000))
     noise = float(config.args.get("noise", 0.1))
     kind = config.location
+    _check_synthetic_fits(samples, math.prod(shape) + max(1, math.prod(layout.output_shape)), context.where)
     if kind == "sequence":
         return _token_sequences(config, layout, shape, dtype, samples, noise, context)
     if dtype.is_floating_point is False:
@@ -153,6 +154,18 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
                            n_targets=outputs, noise=noise, random_state=context.seed)
     y = (y - y.mean(0)) / y.std(0)  # unit-scale targets, so default learning rates work
     return RawData(x.astype(np.float32), y.astype(np.float32))
+
+
+def _check_synthetic_fits(samples: int, values_per_sample: int, where: Location | None) -> None:
+    """Refuse sizes the CPU cannot hold before generating (sklearn makes float64, then a float32 copy)."""
+    import torch
+
+    from specc.build.memory import check_fits
+
+    if samples < 1:
+        _fail(f"synthetic data needs samples >= 1 (got {samples})", where)
+    check_fits(samples * values_per_sample * 12, torch.device("cpu"), f"{samples:,} synthetic samples",
+               where, "DATA_ERROR")
 
 
 def _classification(config: DataConfig, layout, features: int, samples: int, context: Context) -> RawData:
