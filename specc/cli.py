@@ -125,12 +125,16 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda
 
 @app.command()
 def train(
-    spec: SpecPath,
+    spec: Annotated[Optional[Path], typer.Argument(
+        help="Path to the YAML spec; leave it out with --resume to use the checkpoint's own spec.",
+        show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
     out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
-    resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt exactly where it stopped.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue from a last.pt or interrupted.pt exactly where it stopped (with its own spec, unless "
+             "a spec or --set is given: the differences are printed and applied).")] = None,
     nproc: Annotated[int, typer.Option(min=1, help="Train on N processes of this machine (DDP through torchrun's "
                                                    "launcher; batch_size is per process). Several machines: "
                                                    "torchrun, see docs/distributed.md.")] = 1,
@@ -138,7 +142,8 @@ def train(
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
     Exit code 0 when training completes (or stops early), 1 when the loss became nan/inf,
-    2 for spec, data or checkpoint errors, 130 when interrupted (last.pt is saved).
+    2 for spec, data or checkpoint errors, 130 when interrupted by Ctrl-C or SIGTERM (interrupted.pt
+    is saved; last.pt keeps the last complete epoch).
     """
     try:
         with user_errors():

@@ -22,6 +22,7 @@ from specc.build.graph import Graph, Node
 from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_state, load_weights
 from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
+from specc.build.memory import check_weights_fit
 from specc.lang.spec import Spec, load
 
 
@@ -58,9 +59,11 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
         label_symbolic_dims(graph, registry, batch_size)
     device = torch.device(device)
-    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    check_weights_fit(meta_modules, device, dtype, {node.name: node.location for node in graph.nodes})
+    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
+    if dtype is not None:
         for module in modules.values():
             module.to(dtype)
     module = _graph_module(graph, modules, spec)

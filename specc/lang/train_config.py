@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
+import sys
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -36,6 +38,39 @@ UNSUPPORTED_OPTIMIZERS = ("LBFGS", "Optimizer")
 # Scheduler arguments specc fills in from the run when they are left out.
 FILLED_SCHEDULER_ARGS = {"CosineAnnealingLR": ("T_max",), "OneCycleLR": ("total_steps",)}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# `compile:` keys that reach torch.compile, and their allowed values; anything else (`options`
+# with a C++ compiler path, `trace.debug_dir`, ...) could run a program or write anywhere.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+COMPILE_KEYS = ("mode", "fullgraph", "dynamic", "backend")
+
+
+def safe_mode() -> bool:
+    """True when specs are checked as untrusted input: no `dataset:` class, no compiler options.
+
+    `SPECC_SAFE=1` turns it on (the global `--safe` flag sets it).
+    """
+    return os.environ.get("SPECC_SAFE") == "1"
+
+
+def check_dataset_path(dotted: str) -> None:
+    """A `dataset:` path must name a class in the user's own code, checked before importing it.
+
+    Raises:
+        ValueError: not a dotted path, a standard-library or builtin module (which holds no
+            Dataset and may run commands, e.g. `subprocess.getoutput`), or safe mode.
+    """
+    if safe_mode():
+        raise ValueError(f"safe mode: `dataset: {dotted}` would import and run code; safe mode refuses "
+                         f"every user Dataset (use a `source:` instead)")
+    if not isinstance(dotted, str) or not DOTTED_PATH.match(dotted):
+        raise ValueError(f"dataset must be the dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset "
+                         f"(got {dotted!r})")
+    top = dotted.partition(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
+        raise ValueError(f"dataset {dotted}: '{top}' is a standard-library module, not a torch Dataset class; "
+                         f"name a subclass of torch.utils.data.Dataset in your own code")
 
 
 class _Strict(BaseModel):
@@ -99,6 +134,13 @@ class DataConfig(_Strict):
     target: Union[str, int, None] = None  # csv target column (name or index); default: the last column
     split: SplitConfig = Field(default_factory=SplitConfig)
     normalize: Literal["none", "standard", "minmax"] = "none"  # float inputs; fitted on the training split
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_path(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_dataset_path(value)
+        return value
 
     @field_validator("source")
     @classmethod
@@ -177,7 +219,7 @@ class TrainConfig(_Strict):
     swa: Optional[SWAConfig] = None
     grad_clip: Optional[float] = Field(None, gt=0)  # max total gradient norm
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-    compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs {mode, backend, ...}
+    compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs: mode, fullgraph, dynamic, backend
     device: str = "auto"             # auto = cuda > mps > cpu
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
@@ -239,6 +281,13 @@ class TrainConfig(_Strict):
             seen.add(call.name)
         return calls
 
+    @field_validator("compile")
+    @classmethod
+    def _check_compile(cls, value: Union[bool, dict[str, Any]]) -> Union[bool, dict[str, Any]]:
+        if isinstance(value, dict):
+            check_compile_options(value)
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -274,6 +323,29 @@ class TrainConfig(_Strict):
 
     def default_monitor(self) -> str:
         return "val_loss" if self.has_validation else "train_loss"
+
+
+def check_compile_options(options: dict[str, Any]) -> None:
+    """Only `mode`, `fullgraph`, `dynamic` and `backend` (from fixed lists) reach torch.compile.
+
+    Raises:
+        ValueError: any other key or value, or any option at all in safe mode.
+    """
+    if options and safe_mode():
+        raise ValueError("safe mode: compile options reach a compiler; use `compile: true` or false")
+    for key, value in options.items():
+        if key not in COMPILE_KEYS:
+            raise ValueError(f"compile has no option '{key}'{_hint(str(key), COMPILE_KEYS)}; it takes "
+                             f"{', '.join(COMPILE_KEYS)} (other torch.compile options can run programs)")
+    mode, backend = options.get("mode"), options.get("backend")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}{_hint(str(mode), COMPILE_MODES)}")
+    if backend is not None and backend not in COMPILE_BACKENDS:
+        raise ValueError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}"
+                         f"{_hint(str(backend), COMPILE_BACKENDS)}")
+    for key in ("fullgraph", "dynamic"):
+        if key in options and not isinstance(options[key], bool) and not (key == "dynamic" and options[key] is None):
+            raise ValueError(f"compile {key} must be true or false")
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:

@@ -15,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from specc.train.run_dir import write_atomic
+
 NOT_PLOTTED = ("epoch", "seconds", "lr")
 
 
@@ -130,12 +132,17 @@ def tensorboard_tag(key: str) -> str:
 
 
 def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.csv, rewritten atomically (a full disk leaves the previous one)."""
     if not history:
         return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomic(path, write)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -157,7 +164,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.savefig(path, dpi=100)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
 
 
 def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.lang.train_config import DataConfig
+from specc.lang.train_config import DataConfig, check_dataset_path
 
 
 @dataclass
@@ -139,6 +139,7 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
     samples = int(config.args.get("samples", 1000))
     noise = float(config.args.get("noise", 0.1))
     kind = config.location
+    _check_synthetic_fits(samples, math.prod(shape) + max(1, math.prod(layout.output_shape)), context.where)
     if kind == "sequence":
         return _token_sequences(config, layout, shape, dtype, samples, noise, context)
     if dtype.is_floating_point is False:
@@ -153,6 +154,18 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
                            n_targets=outputs, noise=noise, random_state=context.seed)
     y = (y - y.mean(0)) / y.std(0)  # unit-scale targets, so default learning rates work
     return RawData(x.astype(np.float32), y.astype(np.float32))
+
+
+def _check_synthetic_fits(samples: int, values_per_sample: int, where: Location | None) -> None:
+    """Refuse sizes the CPU cannot hold before generating (sklearn makes float64, then a float32 copy)."""
+    import torch
+
+    from specc.build.memory import check_fits
+
+    if samples < 1:
+        _fail(f"synthetic data needs samples >= 1 (got {samples})", where)
+    check_fits(samples * values_per_sample * 12, torch.device("cpu"), f"{samples:,} synthetic samples",
+               where, "DATA_ERROR")
 
 
 def _classification(config: DataConfig, layout, features: int, samples: int, context: Context) -> RawData:
@@ -186,7 +199,7 @@ def _token_sequences(config, layout, shape, dtype, samples, noise, context) -> R
 
 def _dataset(config: DataConfig, layout, context: Context) -> RawData:
     """A user Dataset, read once into arrays; items are (inputs..., target) or a dict of named arrays."""
-    dataset_class = import_object(config.dataset, context.base_dir, context.where)
+    dataset_class = import_dataset_class(config.dataset, context.base_dir, context.where)
     try:
         dataset = dataset_class(**config.args)
         items = [dataset[index] for index in range(len(dataset))]
@@ -205,6 +218,29 @@ def _dataset(config: DataConfig, layout, context: Context) -> RawData:
     columns = list(zip(*items))
     inputs = {name: _stack(column) for name, column in zip(names, columns)}
     return RawData(inputs, _stack(columns[-1]))
+
+
+def import_dataset_class(dotted: str, base_dir: Path, where: Location | None) -> type:
+    """`package.module.Name` -> a `torch.utils.data.Dataset` subclass, checked before anything is called.
+
+    The spec's folder is searched too, for local modules. Importing runs the named module's code
+    (the user's own, as `import` would); the object itself is only used once it is a Dataset class.
+
+    Raises:
+        SpecError: IMPORT_ERROR for a path that is refused, cannot be imported or is no Dataset class.
+    """
+    try:
+        check_dataset_path(dotted)
+    except ValueError as error:
+        raise SpecError(Problem(str(error), where, "IMPORT_ERROR")) from None
+    found = import_object(dotted, base_dir, where)
+    from torch.utils.data import Dataset
+
+    if not (isinstance(found, type) and issubclass(found, Dataset)):
+        kind = "a class" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise SpecError(Problem(f"dataset {dotted} is {kind}, not a subclass of torch.utils.data.Dataset; "
+                                f"it was not called", where, "IMPORT_ERROR"))
+    return found
 
 
 def import_object(dotted: str, base_dir: Path, where: Location | None) -> Any:
