@@ -204,9 +204,10 @@ class Expander:
             return []
         scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
         outputs, labels, prefix = [], [], self._prefix(item, context, qualified)
+        names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
             branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
-            inner = context.child(scope, "").child(branch_scope, f"{prefix}{branch}.")
+            inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
             layers = layers if isinstance(layers, list) else [layers]
             result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
             outputs.append(result[0])
@@ -222,7 +223,7 @@ class Expander:
         outer = context.child(scope, "")
         body_layers = item.args if isinstance(item.args, list) else [item.args]
         body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
-        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context)
+        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
         body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
         shortcut = inputs
         if item.meta.get("shortcut") is not None:
@@ -298,20 +299,21 @@ class Expander:
         if "flat" in item.meta and item.op not in STRUCTURES and item.op not in self.spec.blocks:
             self._problem("flat applies to a block use or a structure (a layer is one path level)",
                           item.path + ("flat",), "INVALID_ITEM")
-        if "names" in item.meta and item.op != "residual":
-            self._problem("names applies to a residual (its body and shortcut)", item.path + ("names",), "INVALID_ITEM")
+        if "names" in item.meta and item.op not in ("residual", "parallel"):
+            self._problem("names applies to a residual (body, shortcut) or a parallel (its branches)",
+                          item.path + ("names",), "INVALID_ITEM")
 
-    def _part_names(self, item: Item, context: Context) -> dict[str, str]:
-        """A residual's `names: {body: "", shortcut: downsample}`: the path levels of its two parts
-        ("" adds none). Default: body, shortcut."""
+    def _part_names(self, item: Item, context: Context, parts: list[str]) -> dict[str, str]:
+        """`names: {body: "", shortcut: downsample}` (a residual) or `{branch: ...}` (a parallel): the
+        path level of each part; "" adds none. Default: the part's own name."""
         given = self._substitute(item.meta.get("names") or {}, context.variables, item.path + ("names",))
-        names = {"body": "body.", "shortcut": "shortcut."}
+        names = {part: f"{part}." for part in parts}
         if not isinstance(given, dict):
             self._problem("names must be a mapping like {body: '', shortcut: downsample}", item.path + ("names",), "TYPE_ERROR")
             return names
         for part, name in given.items():
             if part not in names:
-                self._problem(f"names: a residual has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
+                self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
                               did_you_mean(str(part), names))
             elif name != "" and not (isinstance(name, str) and IDENTIFIER.match(name)):
                 self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
