@@ -12,11 +12,13 @@ from typing import Any
 from specc.lang.errors import Location, Problem, SpecError, did_you_mean
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.graph import Graph, Node, Scope
+from specc.build.input_sizes import Deferred, contains_deferred, needs_input
+from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
 from specc.lang.spec import IDENTIFIER, Spec
 
-META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share")
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if")
 _MAX_BLOCK_DEPTH = 32
 
 
@@ -122,8 +124,12 @@ class Expander:
         if key in context.refs.maps[0]:
             self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
             return current
-        inputs = self._item_inputs(item, context, current)
         repeat = self._repeat_count(item, context)
+        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
+        if item is None:
+            context.refs[key] = current[0] if current else None  # a skipped item passes its input on
+            return current
+        inputs = self._item_inputs(item, context, current)
         qualified = context.prefix + key
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
@@ -147,9 +153,12 @@ class Expander:
         if item.op in self.spec.blocks:
             return self._expand_block(item, context, inputs, qualified, name)
         known_problems = len(self.problems)
-        args = self._substitute(item.args, context.variables, item.path + (item.op,))
+        args = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True,
+                                input_of=inputs[0] if inputs else None)
         if len(self.problems) > known_problems:
             return []  # a bad var in the args: checking the half-substituted kwargs would only add noise
+        if item.op in FREE_TENSORS:
+            return self._add_free_tensor(item, args, context, inputs, qualified, name)
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
         layer = FUNCTION_AS_LAYER.get(item.op, item.op)
@@ -165,7 +174,7 @@ class Expander:
             return self._add_shared(item, context, inputs, qualified, name, info.name)
         node = Node(name=qualified, op="module", target=info.name, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or info.name,
-                    meta={"via": list(context.via)})
+                    meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
     def _add_function(self, item, args, context, inputs, qualified, name) -> list[str]:
@@ -176,7 +185,17 @@ class Expander:
         labels = [str(source) for source in (sources if isinstance(sources, list) else [sources])] if sources else None
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
-                    meta={"via": list(context.via), "from": labels})
+                    meta={"via": list(context.via), "from": labels, **_deferred_args(kwargs)})
+        return [self._add(node)]
+
+    def _add_free_tensor(self, item, args, context, inputs, qualified, name) -> list[str]:
+        """`parameter` / `buffer` / `constant`: a tensor of the model, not computed from an input."""
+        kwargs, problems = free_tensor_args(item.op, args, self._locator(item, context))
+        self.problems.extend(problems)
+        inputs = inputs[:1] if kwargs.get("batch") else []
+        node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
+                    scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
+                    meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
     def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
@@ -243,10 +262,11 @@ class Expander:
             self._problem(f"block '{item.op}' uses itself (nesting deeper than {_MAX_BLOCK_DEPTH})", item.path, "INVALID_ITEM")
             return []
         known_problems = len(self.problems)
-        given = self._substitute(item.args, context.variables, item.path + (item.op,))
+        input_of = inputs[0] if inputs else None   # `$in` in a block's args is the block's input
+        given = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True, input_of=input_of)
         if len(self.problems) > known_problems:
             return []
-        arguments = self._block_arguments(item, block, given, context)
+        arguments = self._block_arguments(item, block, given, context, input_of)
         if arguments is None:
             return []
         location = self._locate(item.path)
@@ -256,7 +276,7 @@ class Expander:
                               via=context.via + (f"in block '{item.op}' used at {location}",))
         return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
 
-    def _block_arguments(self, item, block, given, context) -> dict | None:
+    def _block_arguments(self, item, block, given, context, input_of: str | None) -> dict | None:
         declared = dict(block.args)
         if given is None:
             given = {}
@@ -273,7 +293,8 @@ class Expander:
                 self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
                               did_you_mean(str(key), declared))
                 ok = False
-        defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"))
+        defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"), deferrable=True,
+                                    input_of=input_of)
         arguments = {**(defaults or {}), **given}
         for key, value in arguments.items():
             if value is None and block.args.get(key) is None and key not in given:
@@ -363,10 +384,38 @@ class Expander:
         if "repeat" not in item.meta:
             return None
         count = self._substitute(item.meta["repeat"], context.variables, item.path + ("repeat",))
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self._problem(f"repeat must be a positive int, got {count!r}", item.path + ("repeat",), "TYPE_ERROR")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            self._problem(f"repeat must be a positive int or 0 (0 skips the item), got {count!r}", item.path + ("repeat",),
+                          "TYPE_ERROR")
             return None
         return count
+
+    def _enabled(self, item: Item, context: Context) -> bool:
+        """`if:` — false (or a `$(condition)` that is false) skips the item."""
+        if "if" not in item.meta:
+            return True
+        condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
+        if not isinstance(condition, bool):
+            if condition is not None:  # None: a bad var, reported already
+                self._problem(f"if must be true, false or a $(condition), got {condition!r}", item.path + ("if",),
+                              "TYPE_ERROR")
+            return False
+        return condition
+
+    def _resolve_op(self, item: Item, context: Context) -> Item | None:
+        """`- $act` / `- $act: {inplace: true}`: a var naming a layer, block or function is the item."""
+        if not item.op.startswith("$"):
+            return item
+        value = self._substitute(item.op, context.variables, item.path)
+        args = item.args
+        if isinstance(value, dict) and len(value) == 1 and args is None:   # act: {LeakyReLU: 0.1}
+            value, args = next(iter(value.items()))
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or value.startswith("$"):
+            self._problem(f"'{item.op}' must name a layer, block or function, got {value!r}", item.path, "TYPE_ERROR")
+            return None
+        return replace(item, op=value, args=args)
 
     # ----- helpers -------------------------------------------------------------------------------
     def _add(self, node: Node) -> str:
@@ -377,12 +426,25 @@ class Expander:
         self.by_name[node.name] = node
         return node.name
 
-    def _substitute(self, value: Any, variables: dict, path: tuple) -> Any:
-        """Resolve vars, walking containers here so a bad `$var` is located at its own key."""
+    def _substitute(self, value: Any, variables: dict, path: tuple, deferrable: bool = False,
+                    input_of: str | None = None) -> Any:
+        """Resolve vars, walking containers here so a bad `$var` is located at its own key.
+
+        A value needing an input size (`$in.channels`) becomes a `Deferred` for the dry run where
+        `deferrable` (item and block args, `input_of` being the input); elsewhere it is an error.
+        """
         if isinstance(value, dict):
-            return {key: self._substitute(item, variables, path + (key,)) for key, item in value.items()}
+            return {key: self._substitute(item, variables, path + (key,), deferrable, input_of)
+                    for key, item in value.items()}
         if isinstance(value, list):
-            return [self._substitute(item, variables, path + (index,)) for index, item in enumerate(value)]
+            return [self._substitute(item, variables, path + (index,), deferrable, input_of)
+                    for index, item in enumerate(value)]
+        if needs_input(value, variables):
+            if deferrable:
+                return Deferred(value, variables, input_of)
+            self._problem(f"'{value}' depends on the input's size ($in), which is known only in an item's "
+                          f"arguments and a block's args", path, "EXPRESSION_ERROR")
+            return None
         try:
             return substitute(value, variables)
         except ExpressionError as error:
@@ -405,3 +467,9 @@ class Expander:
 
     def _problem(self, message: str, path: tuple, code: str, suggestion: str | None = None) -> None:
         self.problems.append(Problem(message, self._locate(path), code, suggestion))
+
+
+def _deferred_args(kwargs: dict) -> dict:
+    """Node meta for args that wait for the dry run (`$in`): `{"deferred": {arg: Deferred}}`."""
+    deferred = {key: value for key, value in kwargs.items() if contains_deferred(value)}
+    return {"deferred": deferred} if deferred else {}
