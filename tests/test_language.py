@@ -7,7 +7,6 @@ outputs), and each mistake against its file:line:column.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
