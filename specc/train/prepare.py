@@ -162,7 +162,8 @@ def _check_classes(task: Task, examples: Examples, where: Location) -> None:
 
 def _check_loss_fits(model, loss_fn, task: Task, train, config: TrainConfig, where: Location) -> None:
     """Run the loss once on two examples, so a shape mismatch is an error at the spec's `loss:` line."""
-    inputs, target = tuple(x[:2] for x in train.inputs), train.target[:2]
+    sample = train.head(2)
+    inputs, target = sample.inputs, sample.target
     was_training = model.training
     model.eval()
     try:
