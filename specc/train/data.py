@@ -56,6 +56,14 @@ class TensorData:
         return TensorData(tuple(x.to(device) for x in self.inputs), self.target.to(device))
 
     @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.target.shape[1:])
+
+    @property
     def input_layout(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
         """(shape, dtype) per example of each input."""
         return [(tuple(x.shape[1:]), x.dtype) for x in self.inputs]
@@ -139,7 +147,8 @@ def make_splits(examples: Examples, split: SplitConfig, class_index: bool) -> li
     every class has enough members; otherwise the split is plain random.
     """
     data = examples.data
-    labels = data.target.numpy() if class_index and data.target.dim() == 1 and split.stratify else None
+    target = data.target  # None for a streamed Dataset: its targets are only read while training
+    labels = target.numpy() if target is not None and class_index and target.dim() == 1 and split.stratify else None
     indices = np.arange(len(data))
     rest, test = _divide(indices, split.test, labels, split.seed)
     rest_labels = labels[rest] if labels is not None else None
