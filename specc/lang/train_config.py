@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from specc.lang.errors import did_you_mean
 
-SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic")
+SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 SYNTHETIC_KINDS = ("classification", "regression", "sequence")
 SYNTHETIC_ARGS = ("samples", "classes", "noise", "vocab_size")
@@ -71,6 +71,18 @@ def check_dataset_path(dotted: str) -> None:
     if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
         raise ValueError(f"dataset {dotted}: '{top}' is a standard-library module, not a torch Dataset class; "
                          f"name a subclass of torch.utils.data.Dataset in your own code")
+# Batched, on-device augmentations (specc.train.augment): name -> (required args, optional args).
+AUGMENTATIONS = {
+    "random_crop": (("size",), ("padding",)),
+    "hflip": ((), ("p",)),
+    "vflip": ((), ("p",)),
+    "random_resized_crop": (("size",), ("scale", "ratio")),
+    "color_jitter": ((), ("brightness", "contrast", "saturation")),
+    "cutout": (("size",), ("p",)),
+    "mixup": (("alpha",), ()),
+    "cutmix": (("alpha",), ()),
+}
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
 class _Strict(BaseModel):
@@ -125,15 +137,38 @@ class SplitConfig(_Strict):
         return self
 
 
+class ImageNormalize(_Strict):
+    """Fixed per-channel image scaling: `(x - mean) / std`, e.g. ImageNet's statistics."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "ImageNormalize":
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"normalize mean and std need one value per channel each "
+                             f"(got {len(self.mean)} and {len(self.std)})")
+        if any(value <= 0 for value in self.std):
+            raise ValueError("normalize std values must be positive")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the examples come from and how they are split and scaled."""
 
-    source: Optional[str] = None    # sklearn:<name> | csv:<path> | npz:<path> | synthetic:<kind>
+    source: Optional[str] = None    # sklearn:|csv:|npz:|synthetic:|folder:|parquet:|arrow:|npy:
     dataset: Optional[str] = None   # dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset
     args: dict[str, Any] = Field(default_factory=dict)  # kwargs of `dataset`, or synthetic sizes
-    target: Union[str, int, None] = None  # csv target column (name or index); default: the last column
+    target: Union[str, int, None] = None  # csv/parquet/arrow target column; npy: the targets' .npy file
+    inputs: dict[str, str] = Field(default_factory=dict)  # input name -> parquet/arrow column or .npy file
     split: SplitConfig = Field(default_factory=SplitConfig)
-    normalize: Literal["none", "standard", "minmax"] = "none"  # float inputs; fitted on the training split
+    # float inputs; fitted on the training split; or fixed per-channel image statistics
+    normalize: Union[Literal["none", "standard", "minmax"], ImageNormalize] = "none"
+    streaming: Union[bool, Literal["auto"]] = "auto"  # auto: stream when the data exceed memory_budget
+    memory_budget: Union[int, str, None] = None  # bytes or "4GB"; default a quarter of the RAM
+    num_workers: Optional[int] = Field(None, ge=0)  # DataLoader processes; default from the core count
+    prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead
+    augment: list[Call] = Field(default_factory=list)  # training split only, batched on the device
 
     @field_validator("dataset")
     @classmethod
@@ -156,10 +191,42 @@ class DataConfig(_Strict):
             raise ValueError(f"unknown {kind} data '{rest}'; choose from {', '.join(choices)}{_hint(rest, choices)}")
         return value
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _byte_count(cls, value: Union[int, str, None]) -> Optional[int]:
+        if value is None or isinstance(value, int):
+            if isinstance(value, int) and value <= 0:
+                raise ValueError("memory_budget must be positive")
+            return value
+        match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?B?)\s*", value.upper())
+        if not match:
+            raise ValueError(f"memory_budget must be bytes or a size like 4GB or 512MB (got {value!r})")
+        return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) if match.group(2) in _BYTE_UNITS
+                                                        else match.group(2) + "B"])
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _check_augment(cls, value: Any) -> list[Call]:
+        calls = [Call.parse(item, "augmentation") for item in (value if isinstance(value, list) else [value])]
+        for call in calls:
+            if call.name not in AUGMENTATIONS:
+                raise ValueError(f"unknown augmentation '{call.name}'{_hint(call.name, AUGMENTATIONS)}; "
+                                 f"choose from {', '.join(AUGMENTATIONS)}")
+            required, optional = AUGMENTATIONS[call.name]
+            for key in call.kwargs:
+                if key not in required + optional:
+                    raise ValueError(f"augmentation {call.name} has no argument '{key}'"
+                                     f"{_hint(key, required + optional)}; it takes {', '.join(required + optional)}")
+            missing = [key for key in required if key not in call.kwargs]
+            if missing:
+                raise ValueError(f"augmentation {call.name} needs {', '.join(missing)}")
+        return calls
+
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if (self.source is None) == (self.dataset is None):
-            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:) or `dataset`")
+            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:/folder:/parquet:/arrow:/npy:) "
+                             "or `dataset`")
         if self.source and self.source.startswith("synthetic:"):
             for key in self.args:
                 if key not in SYNTHETIC_ARGS:
@@ -167,6 +234,8 @@ class DataConfig(_Strict):
                                      f"it takes {', '.join(SYNTHETIC_ARGS)}")
         elif self.source and self.args:
             raise ValueError("`args` applies to `dataset` and synthetic sources only")
+        if self.inputs and self.kind not in ("parquet", "arrow", "npy"):
+            raise ValueError("`inputs` applies to parquet:, arrow: and npy: sources only")
         return self
 
     @property

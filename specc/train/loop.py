@@ -104,6 +104,7 @@ class Session:
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
     progress: EpochProgress | None = None  # the epoch being trained, between steps
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
+    augment: Callable | None = None        # (inputs, target) -> (inputs, loss target): training batches only
 
     @property
     def is_main(self) -> bool:
@@ -254,7 +255,12 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     if session.in_swa(epoch) and session.swa_model is None:
         session.start_swa()
     learning_rate = session.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
+    train = session.splits.train
+    streamed = getattr(train, "streamed", False)
+    if streamed:
+        train.load_seconds = 0.0  # a streamed split adds up its waits for batches here
     record: dict[str, Any] = {"epoch": epoch, **train_epoch(session, epoch, log)}
+    loading = train.load_seconds if streamed else 0.0
     if session.splits.val is not None and len(session.splits.val):
         record.update(_prefixed("val", session.evaluate(session.forward, session.splits.val,
                                                         session.metrics["val"])))
@@ -267,6 +273,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
         session.swa_scheduler.step()
     else:
         session.schedulers.step_epoch(record)
+    if streamed:
+        record["data_seconds"] = round(loading, 3)  # time the training loop waited for the loader
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 
@@ -292,7 +300,10 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
             log.step(None)
             continue
         progress.in_step = True
-        output, loss = train_step(session, inputs, target)
+        loss_target = target
+        if session.augment is not None:  # metrics keep the true targets; the loss sees mixed ones
+            inputs, loss_target = session.augment(inputs, target)
+        output, loss = train_step(session, inputs, loss_target)
         losses.append(loss)
         sizes.append(len(target))
         session.metrics["train"].update(output, target)
@@ -350,7 +361,7 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
     was_training = model.training
     model.eval()
     try:
-        loss_sum, count = torch.zeros((), device=data.target.device), 0
+        loss_sum, count = torch.zeros((), device=data.device), 0
         for inputs, target in batches(data, batch_size, rank=rank, world_size=world_size):
             with autocast():
                 output = first_output(model(*inputs))

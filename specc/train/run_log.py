@@ -17,7 +17,7 @@ from rich.table import Table
 
 from specc.train.run_dir import write_atomic
 
-NOT_PLOTTED = ("epoch", "seconds", "lr")
+NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 
 
 class RunLog:
@@ -118,6 +118,8 @@ def format_record(record: dict[str, Any]) -> str:
             parts.append(f"lr {value:.2e}")
         elif key == "seconds":
             parts.append(f"{value:.1f}s")
+        elif key == "data_seconds":  # streamed data: the part of the epoch spent waiting for batches
+            parts.append(f"data {value:.1f}s")
         else:
             parts.append(f"{key} {value:.4f}")
     return "  ".join(parts)
