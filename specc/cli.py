@@ -96,26 +96,36 @@ def schema() -> None:
 def draw(
     spec: SpecPath,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="File to write; the extension picks the format: .svg .png .pdf .dot .mmd "
-                               "(Mermaid). Default: <spec name>.svg next to the spec.")] = None,
+        "-o", "--output", help="File to write (- for stdout); the extension picks the format: .svg .png .pdf "
+                               ".dot .mmd (Mermaid) .html (interactive viewer). Default: <spec name>.svg next "
+                               "to the spec, or outside it when the spec is in a git repository.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
     rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
     autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
     set_: SetOption = None,
+    output_format: Annotated[Optional[str], typer.Option(
+        "--format", help="svg, png, pdf, dot, mmd or html; overrides the extension (needed with -o - "
+                         "unless svg).")] = None,
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
     with user_errors():
-        from specc.draw.drawing import GraphvizNotFound, write_drawing
+        from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
+        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_))
         try:
-            path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
-                                 autograd=autograd, **overrides(set_))
+            if output is not None and str(output) == "-":
+                sys.stdout.buffer.write(drawing_bytes(spec, (output_format or "svg").lower(), **options))
+                sys.stdout.flush()
+                return
+            path = write_drawing(spec, output, output_format=output_format and output_format.lower(), **options)
         except GraphvizNotFound as error:
             raise UsageFailure(str(error), code=1) from None
         except ValueError as error:
             raise UsageFailure(str(error)) from None
-        typer.echo(f"wrote {path}")
+        where = "" if output is not None or path.parent.resolve() == spec.parent.resolve() else \
+            " (outside the spec's git repository; -o chooses the file)"
+        typer.echo(f"wrote {path}{where}")
 
 
 CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt written by `specc train`.",
