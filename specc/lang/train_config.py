@@ -220,6 +220,9 @@ class DataConfig(_Strict):
             missing = [key for key in required if key not in call.kwargs]
             if missing:
                 raise ValueError(f"augmentation {call.name} needs {', '.join(missing)}")
+        if calls:  # refused rather than silently ignored until the batched augmentations land
+            raise ValueError("augment: is not implemented yet in this version of specc (the keys are "
+                             "reserved); remove it to train without augmentation")
         return calls
 
     @model_validator(mode="after")
