@@ -25,9 +25,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
 
+# `make bench BENCH_ARGS=--quick` checks the harness; BENCH_ARGS takes any benchmarks/run.py flag.
+BENCH_ARGS ?=
 bench: venv
 	$(PIP) -e ".[dev,bench]"
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

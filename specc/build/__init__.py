@@ -1,0 +1,13 @@
+"""Stage 2, building: a `Spec` -> a plain `nn.Module`.
+
+`registry` says what a spec can name (torch.nn by introspection, specc's `layers`, `functional`,
+user imports) and `signatures` checks arguments against it; `expand` turns the spec into the
+`graph` IR; `infer` dry-runs it on meta to fill in sizes (`symbolic` labels named dims);
+`compiler` materialises the modules and writes the fx forward, returning a `compiled.Compiled`;
+`expect`, `weights` and `checkpoint` check it and load weights into it.
+
+`specc.build(...)` is also this package called as a function (see specc._callable).
+"""
+from specc._callable import make_callable
+
+make_callable(__name__, "specc.build.compiler", "build")
