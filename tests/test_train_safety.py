@@ -228,3 +228,131 @@ def test_synthetic_data_that_does_not_fit_is_refused_before_generating(tmp_path)
     # 4 features + 3 class scores per sample, float64 then float32: 12 bytes a value
     assert "1,000,000,000,000 synthetic samples need 84.0 TB but cpu has" in error.value.first.message
     assert not (tmp_path / "iris_safety").exists()
+
+
+# --- interrupts: the state saved as what it is ----------------------------------------------------
+# dropout and BatchNorm: every random stream and running statistic matters for an exact resume
+NOISY = {"layers": [{"Linear": {"out_features": 16}}, "BatchNorm1d", "ReLU", {"Dropout": {"p": 0.3}},
+                    {"Linear": {"out_features": 3}}]}
+
+
+def noisy_iris(**train_keys) -> dict:
+    spec = iris(epochs=3, batch_size=8, scheduler={"OneCycleLR": {"max_lr": 0.05}}, **train_keys)
+    spec.update(copy.deepcopy(NOISY))
+    return spec
+
+
+def test_an_interrupt_saves_interrupted_pt_and_resuming_it_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    import specc.train.loop
+
+    straight = train(noisy_iris(), out=tmp_path / "straight", verbose=False)
+    original, calls = specc.train.loop.train_step, []
+
+    def ctrl_c_during_step_16(session, *args):  # 13 steps per epoch: step 3 of epoch 2
+        calls.append(1)
+        if len(calls) == 16:
+            session.stop_requested = True  # what the first Ctrl-C (or SIGTERM) does
+        return original(session, *args)
+
+    monkeypatch.setattr(specc.train.loop, "train_step", ctrl_c_during_step_16)
+    stopped = train(noisy_iris(), out=tmp_path / "stopped", verbose=False)
+    monkeypatch.setattr(specc.train.loop, "train_step", original)
+    run_dir = stopped.run_dir
+    assert stopped.status == "interrupted"
+    assert stopped.message == (f"interrupted during epoch 2 after step 3: saved {run_dir / 'interrupted.pt'} "
+                               f"(--resume it to continue exactly); last.pt keeps epoch 1")
+    state = load_checkpoint(run_dir / "interrupted.pt")
+    assert (state["epoch"], state["interrupted"]["epoch"], state["interrupted"]["step"]) == (1, 2, 3)
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1  # the good end-of-epoch file is intact
+    resumed = train(None, resume=run_dir / "interrupted.pt", verbose=False)
+    assert resumed.ok and not (run_dir / "interrupted.pt").exists()
+    a, b = load_checkpoint(straight.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    assert all(torch.equal(a["model"][key], b["model"][key]) for key in a["model"])
+    without_time = [[{k: v for k, v in record.items() if k != "seconds"} for record in run.history]
+                    for run in (straight, resumed)]
+    assert without_time[0] == without_time[1]
+    assert resumed.metrics == straight.metrics
+
+
+def test_sigterm_stops_like_ctrl_c_and_writes_summary_json(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    spec = iris(epochs=100000)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    process = subprocess.Popen([sys.executable, "-m", "specc", "train", "spec.yaml", "--out", "runs"],
+                               cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch"):
+                break
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "interrupted during epoch" in stdout and "Traceback" not in stderr
+    (run_dir,) = (tmp_path / "runs" / "iris_safety").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "interrupted during epoch" in summary["message"]
+    assert (run_dir / "interrupted.pt").is_file() and load_checkpoint(run_dir / "last.pt")["epoch"] >= 1
+
+
+# --- corrupted checkpoints ------------------------------------------------------------------------
+def flip_tensor_bytes(source: Path, target: Path, count: int = 200) -> None:
+    """Copy `source` with `count` bytes of its largest tensor record inverted (the zip stays valid)."""
+    import zipfile
+
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for offset in range(start, start + min(count, info.file_size)):
+        data[offset] ^= 0xFF
+    target.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_are_found_by_the_checksum(iris_run, tmp_path):
+    broken = tmp_path / "flipped.pt"
+    flip_tensor_bytes(iris_run.best_checkpoint, broken)
+    torch.load(broken, weights_only=True)  # torch itself notices nothing
+    with pytest.raises(SpecError, match=f"{broken}: the checkpoint is corrupted"):
+        load_checkpoint(broken)
+    result = invoke("evaluate", tmp_path / "none.yaml", "--checkpoint", broken)
+    assert result.exit_code == 2
+
+
+def test_a_text_file_or_an_incomplete_checkpoint_is_a_clear_error(tmp_path, iris_run):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, this is text\n")
+    with pytest.raises(SpecError) as error:
+        load_checkpoint(text)
+    message = str(error.value)
+    assert message == f"{text}: not a checkpoint: a torch file is a zip archive, this file starts with b'hell'"
+    incomplete = tmp_path / "incomplete.pt"
+    save_checkpoint({"epoch": 1, "model": load_checkpoint(iris_run.best_checkpoint)["model"]}, incomplete)
+    with pytest.raises(SpecError, match=f"{incomplete}: the checkpoint lacks normalizer, task, spec, which "
+                                        "evaluate and predict need"):
+        evaluate(None, incomplete)
+    with pytest.raises(SpecError, match="the checkpoint lacks spec, optimizer, schedulers"):
+        train(iris(), resume=incomplete, verbose=False)
+
+
+def test_best_pt_is_read_back_when_written(tmp_path, monkeypatch):
+    import specc.build.checkpoint as checkpoint
+
+    original_save = torch.save
+
+    def bit_rot(obj, handle, *args, **kwargs):  # the disk returns other bytes than were written
+        obj = {**obj, "epoch": obj["epoch"] + 1000}
+        original_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", bit_rot)
+    with pytest.raises(SpecError, match="best.pt: the checkpoint is corrupted"):
+        checkpoint.save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}}, tmp_path / "best.pt", verify=True)
+    assert not list(tmp_path.iterdir())

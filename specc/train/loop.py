@@ -254,7 +254,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     started = time.perf_counter()
     if session.in_swa(epoch) and session.swa_model is None:
         session.start_swa()
-    learning_rate = session.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
+    point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
+    learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
     train = session.splits.train
     streamed = getattr(train, "streamed", False)
     if streamed:
@@ -289,7 +290,7 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     session.training_forward.train()
     point, session.resume_point = session.resume_point, None
     progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
-                                                 train.target.device)
+                                                 train.target.device, session.optimizer.param_groups[0]["lr"])
     losses, sizes, skip = progress.losses, progress.sizes, progress.step
     steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])

@@ -39,6 +39,7 @@ class EpochProgress:
 
     epoch: int
     generator: torch.Tensor                # the batch-order generator before this epoch's permutation
+    lr: float                              # the learning rate the epoch started with (its record's lr)
     losses: list[torch.Tensor] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     step: int = 0                          # steps completed
@@ -47,20 +48,20 @@ class EpochProgress:
     def state_dict(self, metrics: MetricSet) -> dict[str, Any]:
         """What interrupted.pt stores under `interrupted`."""
         losses = torch.stack(self.losses[:self.step]).cpu() if self.step else torch.zeros(0)
-        return {"epoch": self.epoch, "step": self.step, "generator": self.generator, "losses": losses,
+        return {"epoch": self.epoch, "step": self.step, "generator": self.generator, "lr": self.lr, "losses": losses,
                 "sizes": self.sizes[:self.step], "metrics": metrics.state_dict()}
 
 
 def epoch_progress(epoch: int, point: dict[str, Any] | None, generator: torch.Generator, metrics: MetricSet,
-                   device: torch.device) -> EpochProgress:
+                   device: torch.device, lr: float) -> EpochProgress:
     """A fresh epoch, or the one `point` (interrupted.pt's `interrupted`) stopped in.
 
     Resuming draws the epoch's permutation again from the saved generator state and restores the
     losses and metric states; the dropout RNG came back with the checkpoint's `rng`.
     """
     if point is None or point["epoch"] != epoch:
-        return EpochProgress(epoch, generator.get_state())
+        return EpochProgress(epoch, generator.get_state(), lr)
     generator.set_state(point["generator"])
     metrics.load_state_dict(point["metrics"])
     losses = list(point["losses"].to(device).unbind()) if point["step"] else []
-    return EpochProgress(epoch, point["generator"], losses, list(point["sizes"]), point["step"])
+    return EpochProgress(epoch, point["generator"], point["lr"], losses, list(point["sizes"]), point["step"])
