@@ -27,7 +27,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet
 from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
-                           resolve_device)
+                           resolve_device, start_from_weights)
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics
 from specc.lang.spec import Spec
 from specc.lang.train_config import MATRIX_METRICS, monitor_mode
@@ -98,6 +98,8 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     compiled = build_model(spec, device, config.seed)
+    if state is None:   # a resumed run has its own weights
+        start_from_weights(spec, compiled)
     prepared = prepare_data(spec, compiled)
     run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
     if ranks.is_main():
