@@ -312,6 +312,56 @@ def codegen(
         typer.echo(f"wrote {output} ({code.count(chr(10))} lines)")
 
 
+@app.command()
+def port(
+    spec: SpecPath,
+    weights: Annotated[Path, typer.Option(help="The weights to bring in: .safetensors, model.safetensors.index.json "
+                                               "(or its folder), .pt/.pth/.bin/.ckpt.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.", show_default=False)],
+    map_: Annotated[str, typer.Option("--map", help="auto (names, then structure), strict (names), or a YAML/JSON "
+                                                    "file of rename rules {pattern: replacement}.")] = "auto",
+    allow_missing: Annotated[Optional[list[str]], typer.Option(
+        "--allow-missing", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
+    check_io: Annotated[Optional[Path], typer.Option(
+        "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
+    set_: SetOption = None,
+) -> None:
+    """Port another library's weights into the spec: pair the tensors, write them as .safetensors, check.
+
+    Prints what was matched by name, by structure, transposed or fused. Exit code 2 when a tensor
+    stays unmatched, 1 when --check finds outputs further apart than --tolerance.
+    """
+    with user_errors():
+        from specc.export.port import port as port_weights
+
+        result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
+                              allow_missing=allow_missing or (), check=check_io, **overrides(set_))
+        typer.echo(result.report.summary())
+        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+        if result.max_difference is not None:
+            ok = result.max_difference <= tolerance
+            typer.echo(f"checked: {result.checked} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                       f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
+            if not ok:
+                raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+
+
+def _weights_map(value: str) -> Any:
+    """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
+    if value in ("auto", "strict"):
+        return value
+    import yaml
+
+    path = Path(value)
+    if not path.is_file():
+        raise UsageFailure(f"--map must be auto, strict or a rules file; {value} is none of them")
+    rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(rules, dict):
+        raise UsageFailure(f"{path}: the rules must be a mapping {{pattern: replacement}}")
+    return rules
+
+
 def main() -> None:
     """Console-script entry point. A bug in specc prints one line (SPECC_DEBUG=1 shows the traceback)."""
     try:

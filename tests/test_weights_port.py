@@ -283,3 +283,72 @@ def test_integer_buffers_missing_from_the_file_are_recomputed(squeezenet_state: 
     del source["1.num_batches_tracked"]
     model = build(spec, weights=source, weights_map="strict")
     assert model.weights_report.recomputed == ["1.num_batches_tracked"] and len(model.weights_report.by_name) == 6
+
+
+# ----- specc port ----------------------------------------------------------------------------------------
+def test_port_cli_writes_the_spec_s_file_and_checks_it_against_the_io_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    sets = [arg for key, value in gpt2_vars().items() for arg in ("--set", f"{key}={value}")]
+    output = tmp_path / "gpt2.safetensors"
+    result = CliRunner().invoke(app, ["port", str(SPECS / "gpt2_small.yaml"), "--weights",
+                                      str(reference("hf_gpt2_tiny.safetensors")), "-o", str(output),
+                                      "--check", str(reference("hf_gpt2_tiny_io.safetensors")), *sets])
+    assert result.exit_code == 0, result.output
+    assert "(auto): 4 matched by name, 24 by structure" in result.output
+    assert "transposed (8): h.0.attention.body.attn.c_attn.weight" in result.output
+    assert "checked: logits [2, 32, 1000] from hf_gpt2_tiny_io.safetensors matches (max |difference|" in result.output
+    rebuilt = build(output).eval()   # the file carries its spec: it rebuilds the ported model
+    io = load_safetensors(reference("hf_gpt2_tiny_io.safetensors"))
+    with torch.no_grad():
+        assert (rebuilt(io["input_ids"]) - io["logits"]).abs().max() <= 1e-4
+    strict = CliRunner().invoke(app, ["port", str(SPECS / "gpt2_small.yaml"), "--weights",
+                                      str(reference("hf_gpt2_tiny.safetensors")), "-o", str(tmp_path / "x.safetensors"),
+                                      "--map", "strict", *sets])
+    assert strict.exit_code == 2 and "error: " in strict.output and "28 model tensors got no weights" in strict.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_port_check_fails_with_exit_1_when_the_outputs_differ(tmp_path: Path, squeezenet_state: dict) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    io = load_safetensors(reference("torchvision_squeezenet1_1_io.safetensors"))
+    save_file({"input": io["input"], "output": io["output"] + 0.01}, tmp_path / "io.safetensors")
+    result = CliRunner().invoke(app, ["port", str(SPECS / "squeezenet1_1.yaml"), "--weights",
+                                      str(reference("torchvision_squeezenet1_1.safetensors")), "--map", "strict",
+                                      "-o", str(tmp_path / "s.safetensors"), "--check", str(tmp_path / "io.safetensors")])
+    assert result.exit_code == 1 and "DIFFERS (max |difference| 1.0e-02" in result.output
+
+
+# ----- fine-tuning: init_from and freeze -----------------------------------------------------------------
+def test_fine_tuning_trains_only_the_head_and_keeps_frozen_batchnorm_statistics(tmp_path: Path) -> None:
+    from specc.build.weights import save_weights
+    from specc.train.training import train
+
+    torch.manual_seed(1)
+    source = compile_spec(SPECS / "digits_cnn.yaml")
+    save_weights(source, tmp_path / "digits_cnn.safetensors")
+    saved = load_safetensors(tmp_path / "digits_cnn.safetensors")
+    init = {"path": str(tmp_path / "digits_cnn.safetensors"), "map": "strict", "allow_missing": ["head.*"]}
+    result = train(SPECS / "digits_finetune.yaml", out=tmp_path / "runs", epochs=2, init_from=init, verbose=False)
+    assert result.ok
+    trained = torch.load(result.last_checkpoint, weights_only=True)["model"]
+    body = [key for key in saved if not key.startswith("head.")]
+    assert "1.running_mean" in body and "9.weight" in body
+    for key in body:   # weights and BatchNorm statistics exactly as loaded
+        assert torch.equal(trained[key], saved[key]), key
+    assert not torch.equal(trained["head.weight"], saved["head.weight"])   # the head learned
+
+
+def test_a_freeze_glob_that_matches_nothing_is_located() -> None:
+    from specc.train.training import train
+
+    with pytest.raises(SpecError) as raised:
+        train(SPECS / "digits_finetune.yaml", init_from=None, freeze=["body.*"], verbose=False)
+    problem = raised.value.problems[0]
+    assert problem.code == "UNKNOWN_REFERENCE" and "freeze: 'body.*' matches no parameter" in problem.message

@@ -275,6 +275,14 @@ class SWAConfig(_Strict):
     anneal_strategy: Literal["cos", "linear"] = "cos"
 
 
+class InitFromConfig(_Strict):
+    """`init_from: {path: ..., map: auto, allow_missing: [...]}`: weights to start training from."""
+
+    path: str
+    map: Union[Literal["auto", "strict"], dict[str, str]] = "auto"   # or rename rules {pattern: replacement}
+    allow_missing: list[str] = Field(default_factory=list)           # globs that may stay unmatched (a new head)
+
+
 class TrainConfig(_Strict):
     """The `train:` section of a spec."""
 
@@ -296,6 +304,8 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
     log_every: int = Field(20, ge=1)  # steps between progress updates (each costs one host sync)
+    init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
+    freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
 
     @field_validator("loss", mode="before")
     @classmethod

@@ -68,6 +68,19 @@ def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
     return compile_spec(spec, device=device, symbolic=False)
 
 
+def start_from_weights(spec: Spec, compiled: Compiled) -> None:
+    """`train: {init_from: ..., freeze: [...]}`: load the weights to fine-tune, freeze what the globs name
+    (see specc.build.freeze)."""
+    from specc.build.freeze import freeze, init_from
+
+    config = spec.train
+    base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
+    if config.init_from is not None:
+        init_from(compiled, config.init_from, base_dir, spec.source.locate(("train", "init_from")))
+    if config.freeze:
+        freeze(compiled.module, config.freeze, lambda index: spec.source.locate(("train", "freeze", index)))
+
+
 def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
     """Read the data source, shape it for the model, infer the task and split (holdout or K folds)."""
     config = spec.train

@@ -27,7 +27,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet
 from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
-                           resolve_device)
+                           resolve_device, start_from_weights)
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
@@ -111,6 +111,8 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     compiled = build_model(spec, device, config.seed)
+    if state is None:   # a resumed run has its own weights
+        start_from_weights(spec, compiled)
     prepared = prepare_data(spec, compiled)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
