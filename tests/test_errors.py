@@ -51,7 +51,7 @@ MISTAKES = [
     Mistake("bad_expression", "inputs:\n  x: {shape: [4]}\nvars: {width: 8}\nlayers:\n  - Linear: {out_features: $(width * )}\n",
             5, 14, "EXPRESSION_ERROR", ("cannot parse expression", "$(width * )")),
     Mistake("expression_is_not_python", "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: \"$(__import__('os'))\"}\n",
-            4, 14, "EXPRESSION_ERROR", ("may only use numbers, vars",)),
+            4, 14, "EXPRESSION_ERROR", ("may only use numbers, strings, true/false, vars",)),
     Mistake("unknown_from_reference",
             "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: 8}\n    name: fc1\n"
             "  - Linear: {out_features: 8}\n    from: fc2\n",
@@ -75,8 +75,9 @@ MISTAKES = [
     Mistake("linear_in_features_wrong",
             "inputs:\n  x: {shape: [3, 8, 8]}\nlayers:\n  - Flatten\n  - Linear: {in_features: 100, out_features: 10}\n",
             5, 5, "SHAPE_MISMATCH", ("in_features=100", "[192]", "drop in_features to infer it")),
-    Mistake("repeat_zero", "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: 4}\n    repeat: 0\n",
-            5, 5, "TYPE_ERROR", ("repeat must be a positive int", "0")),
+    # issue 20: `repeat: 0` skips the item (tests/test_language.py); a negative count is still an error
+    Mistake("repeat_negative", "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: 4}\n    repeat: -1\n",
+            5, 5, "TYPE_ERROR", ("repeat must be a positive int or 0", "-1")),
     Mistake("repeat_not_a_number", "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: 4}\n    repeat: two\n",
             5, 5, "TYPE_ERROR", ("repeat must be a positive int", "'two'")),
     Mistake("unknown_merge",

@@ -20,8 +20,11 @@ from specc.build.compiled import Compiled
 from specc.build.expand import Expander
 from specc.build.graph import Graph, Node
 from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
-from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_state, load_weights
+from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
+from specc.build.memory import check_weights_fit
+from specc.build.functional import batch_expand
+from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.spec import Spec, load
 
 
@@ -58,9 +61,11 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
         label_symbolic_dims(graph, registry, batch_size)
     device = torch.device(device)
-    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    check_weights_fit(meta_modules, device, dtype, {node.name: node.location for node in graph.nodes})
+    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
+    if dtype is not None:
         for module in modules.values():
             module.to(dtype)
     module = _graph_module(graph, modules, spec)
@@ -76,18 +81,28 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, **variables: Any) -> nn.Module:
+          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
+          allow_missing: Any = (), **variables: Any) -> nn.Module:
     """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
 
     `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
     spec, so the trained model is rebuilt from the file alone. `weights` loads a state_dict, a
     `.safetensors` file or a `specc train` checkpoint into the built model.
+
+    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
+    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
+    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
+    unmatched.
     """
     if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
         return build_from_safetensors(spec_or_path, device=device, dtype=dtype, **variables)
-    module = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables).module
-    if weights is not None:
+    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables)
+    module = compiled.module
+    if weights is not None and weights_map is None and not allow_missing:
         apply_weights(module, weights)
+    elif weights is not None:
+        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
+        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
     return module
 
 
@@ -148,6 +163,8 @@ def _materialise(graph: Graph, registry: Registry, device: torch.device) -> dict
         if node.op == "module" and not node.shared_with:
             with torch.device(device):
                 modules[node.name] = registry.layer(node.target).cls(**node.args)
+        elif node.op == "function" and node.target in FREE_TENSORS:
+            modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, device))
     return modules
 
 
@@ -203,6 +220,10 @@ def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx
     fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     fx_graph.lint()
     module = SpecModule(root, fx_graph, class_name=class_name(spec))
+    for name, holder in modules.items():   # fx copies buffers as persistent ones: constants are not
+        if isinstance(holder, FreeTensor) and holder.op == "constant":
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._non_persistent_buffers_set.add(leaf)
     for holder in [module, *module.modules()]:
         if type(holder) is nn.Module:  # fx made the intermediate holders plain Modules
             holder.__class__ = Container
@@ -220,6 +241,9 @@ def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
         args, kwargs = call_inputs(node, inputs)
         result = fx_graph.call_module(node.shared_with or node.name, args, kwargs)
         return fx_graph.call_function(operator.getitem, (result, 0)) if node.target in TUPLE_OUTPUT_LAYERS else result
+    if node.op == "function" and node.target in FREE_TENSORS:   # a parameter/buffer of the model itself
+        tensor = fx_graph.get_attr(node.name)
+        return fx_graph.call_function(batch_expand, (tensor, inputs[0])) if node.args.get("batch") else tensor
     if node.op == "function":
         info = FUNCTIONS[node.target]
         if info.name == "getitem":
@@ -250,7 +274,10 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
         if not hasattr(owner, part):
             owner.add_module(part, nn.Module())
         owner = getattr(owner, part)
-    owner.add_module(leaf, module)
+    if isinstance(module, FreeTensor):
+        module.attach(owner, leaf)
+    else:
+        owner.add_module(leaf, module)
 
 
 def _apply_ties(module: nn.Module, spec: Spec) -> None:

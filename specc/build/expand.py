@@ -12,22 +12,14 @@ from typing import Any
 from specc.lang.errors import Location, Problem, SpecError, did_you_mean
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.graph import Graph, Node, Scope
-from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, Registry
+from specc.build.items import Item, ItemReading
+from specc.build.input_sizes import Deferred, contains_deferred, needs_input
+from specc.build.tensors import FREE_TENSORS, free_tensor_args
+from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
 from specc.lang.spec import IDENTIFIER, Spec
 
-META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share")
 _MAX_BLOCK_DEPTH = 32
-
-
-@dataclass
-class Item:
-    """One parsed spec item: the operation, its args and its meta keys."""
-
-    op: str
-    args: Any
-    meta: dict
-    path: tuple            # data path of the item in the spec (for locations)
 
 
 @dataclass(frozen=True)
@@ -44,7 +36,7 @@ class Context:
         return replace(self, refs=self.refs.new_child(), scopes=self.scopes + (scope,), prefix=prefix, **changes)
 
 
-class Expander:
+class Expander(ItemReading):
     """Walks the spec's layers once, producing `Graph` nodes and collecting problems."""
 
     def __init__(self, spec: Spec, registry: Registry):
@@ -125,8 +117,13 @@ class Expander:
         if key in context.refs.maps[0]:
             self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
             return current
-        inputs = self._item_inputs(item, context, current)
+        self._check_path_keys(item)
         repeat = self._repeat_count(item, context)
+        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
+        if item is None:
+            context.refs[key] = current[0] if current else None  # a skipped item passes its input on
+            return current
+        inputs = self._item_inputs(item, context, current)
         qualified = context.prefix + key
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
@@ -150,9 +147,12 @@ class Expander:
         if item.op in self.spec.blocks:
             return self._expand_block(item, context, inputs, qualified, name)
         known_problems = len(self.problems)
-        args = self._substitute(item.args, context.variables, item.path + (item.op,))
+        args = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True,
+                                input_of=inputs[0] if inputs else None)
         if len(self.problems) > known_problems:
             return []  # a bad var in the args: checking the half-substituted kwargs would only add noise
+        if item.op in FREE_TENSORS:
+            return self._add_free_tensor(item, args, context, inputs, qualified, name)
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
         layer = FUNCTION_AS_LAYER.get(item.op, item.op)
@@ -160,7 +160,7 @@ class Expander:
         if info is None:
             self._unknown_op(item)
             return []
-        if item.op in FUNCTION_AS_LAYER and isinstance(args, (int, float)):
+        if item.op == "dropout" and isinstance(args, (int, float)):
             args = {"p": args}
         kwargs, problems = layer_kwargs(info, args, self._locator(item, context))
         self.problems.extend(problems)
@@ -168,7 +168,7 @@ class Expander:
             return self._add_shared(item, context, inputs, qualified, name, info.name)
         node = Node(name=qualified, op="module", target=info.name, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or info.name,
-                    meta={"via": list(context.via)})
+                    meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
     def _add_function(self, item, args, context, inputs, qualified, name) -> list[str]:
@@ -179,7 +179,17 @@ class Expander:
         labels = [str(source) for source in (sources if isinstance(sources, list) else [sources])] if sources else None
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
-                    meta={"via": list(context.via), "from": labels})
+                    meta={"via": list(context.via), "from": labels, **_deferred_args(kwargs)})
+        return [self._add(node)]
+
+    def _add_free_tensor(self, item, args, context, inputs, qualified, name) -> list[str]:
+        """`parameter` / `buffer` / `constant`: a tensor of the model, not computed from an input."""
+        kwargs, problems = free_tensor_args(item.op, args, self._locator(item, context))
+        self.problems.extend(problems)
+        inputs = inputs[:1] if kwargs.get("batch") else []
+        node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
+                    scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
+                    meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
     def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
@@ -204,10 +214,11 @@ class Expander:
                           item.path + ("parallel",), "TYPE_ERROR")
             return []
         scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
-        outputs, labels = [], []
+        outputs, labels, prefix = [], [], self._prefix(item, context, qualified)
+        names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
             branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
-            inner = context.child(scope, "").child(branch_scope, f"{qualified}.{branch}.")
+            inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
             layers = layers if isinstance(layers, list) else [layers]
             result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
             outputs.append(result[0])
@@ -223,13 +234,14 @@ class Expander:
         outer = context.child(scope, "")
         body_layers = item.args if isinstance(item.args, list) else [item.args]
         body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
-        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, f"{qualified}.body."), inputs)
+        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
         shortcut = inputs
         if item.meta.get("shortcut") is not None:
             layers = item.meta["shortcut"]
             layers = layers if isinstance(layers, list) else [layers]
             short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)))
-            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, f"{qualified}.shortcut."), inputs)
+            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, prefix + names["shortcut"]), inputs)
         node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
                     meta={"branches": ["body", "shortcut"], "via": list(context.via), "item": name or "residual"})
@@ -238,7 +250,7 @@ class Expander:
     def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
         scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path))
         layers = item.args if isinstance(item.args, list) else [item.args]
-        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, f"{qualified}."), inputs)
+        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, self._prefix(item, context, qualified)), inputs)
 
     def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
         block = self.spec.blocks[item.op]
@@ -246,105 +258,58 @@ class Expander:
             self._problem(f"block '{item.op}' uses itself (nesting deeper than {_MAX_BLOCK_DEPTH})", item.path, "INVALID_ITEM")
             return []
         known_problems = len(self.problems)
-        given = self._substitute(item.args, context.variables, item.path + (item.op,))
+        input_of = inputs[0] if inputs else None   # `$in` in a block's args is the block's input
+        given = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True, input_of=input_of)
         if len(self.problems) > known_problems:
             return []
-        arguments = self._block_arguments(item, block, given, context)
+        arguments = self._block_arguments(item, block, given, context, input_of)
         if arguments is None:
             return []
         location = self._locate(item.path)
         scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location)
         inner_vars = {**context.variables, **arguments}
-        inner = context.child(scope, f"{qualified}.", variables=inner_vars,
+        inner = context.child(scope, self._prefix(item, context, qualified), variables=inner_vars,
                               via=context.via + (f"in block '{item.op}' used at {location}",))
         return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
 
-    def _block_arguments(self, item, block, given, context) -> dict | None:
-        declared = dict(block.args)
-        if given is None:
-            given = {}
-        elif isinstance(given, list):
-            if len(given) > len(declared):
-                self._problem(f"block '{item.op}' takes {len(declared)} args, got {len(given)}", item.path + (item.op,), "TYPE_ERROR")
-                return None
-            given = dict(zip(declared, given))
-        elif not isinstance(given, dict):
-            given = dict(zip(declared, [given])) if declared else {}
-        ok = True
-        for key in given:
-            if key not in declared:
-                self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
-                              did_you_mean(str(key), declared))
-                ok = False
-        defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"))
-        arguments = {**(defaults or {}), **given}
-        for key, value in arguments.items():
-            if value is None and block.args.get(key) is None and key not in given:
-                self._problem(f"block '{item.op}' needs arg '{key}'", item.path + (item.op,), "MISSING_ARGUMENT")
-                ok = False
-        return arguments if ok else None
+    def _prefix(self, item: Item, context: Context, qualified: str) -> str:
+        """The path prefix of an item's layers: `qualified.`, or with `flat: true` the enclosing
+        one (a repeat keeps its index), so a structure or block use adds no state_dict level."""
+        flat = self._substitute(item.meta.get("flat", False), context.variables, item.path + ("flat",))
+        if not isinstance(flat, bool):
+            self._problem(f"flat must be true or false, got {flat!r}", item.path + ("flat",), "TYPE_ERROR")
+        if flat is not True:
+            return f"{qualified}."
+        return context.prefix + (qualified.rpartition(".")[2] + "." if "repeat" in item.meta else "")
 
-    def _merge(self, item, context) -> tuple[str, dict]:
-        raw = self._substitute(item.meta.get("merge"), context.variables, item.path + ("merge",))
-        if raw is None:
-            return "cat", {"dim": 1}
-        if isinstance(raw, dict) and len(raw) == 1:
-            op, args = next(iter(raw.items()))
-        else:
-            op, args = raw, None
-        if not isinstance(op, str) or op not in MERGES:
-            self._problem(f"unknown merge '{op}'; use one of {', '.join(MERGES)}", item.path + ("merge",),
-                          "UNKNOWN_KEY", did_you_mean(str(op), MERGES))
-            return "cat", {"dim": 1}
-        if isinstance(args, int):
-            args = {"dim": args}
-        args = dict(args or {})
-        if op in ("cat", "stack"):
-            args.setdefault("dim", 1)
-        unknown = [key for key in args if key != "dim" or op not in ("cat", "stack")]
-        for key in unknown:
-            self._problem(f"merge '{op}' takes no arg '{key}'", item.path + ("merge",), "UNKNOWN_KWARG",
-                          "dim" if op in ("cat", "stack") else None)
-        return op, {key: value for key, value in args.items() if key not in unknown}
+    def _check_path_keys(self, item: Item) -> None:
+        if "flat" in item.meta and item.op not in STRUCTURES and item.op not in self.spec.blocks:
+            self._problem("flat applies to a block use or a structure (a layer is one path level)",
+                          item.path + ("flat",), "INVALID_ITEM")
+        if "names" in item.meta and item.op not in ("residual", "parallel"):
+            self._problem("names applies to a residual (body, shortcut) or a parallel (its branches)",
+                          item.path + ("names",), "INVALID_ITEM")
+
+    def _part_names(self, item: Item, context: Context, parts: list[str]) -> dict[str, str]:
+        """`names: {body: "", shortcut: downsample}` (a residual) or `{branch: ...}` (a parallel): the
+        path level of each part; "" adds none. Default: the part's own name."""
+        given = self._substitute(item.meta.get("names") or {}, context.variables, item.path + ("names",))
+        names = {part: f"{part}." for part in parts}
+        if not isinstance(given, dict):
+            self._problem("names must be a mapping like {body: '', shortcut: downsample}", item.path + ("names",), "TYPE_ERROR")
+            return names
+        for part, name in given.items():
+            if part not in names:
+                self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
+                              did_you_mean(str(part), names))
+            elif name != "" and not (isinstance(name, str) and IDENTIFIER.match(name)):
+                self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
+                              item.path + ("names", part), "TYPE_ERROR")
+            else:
+                names[part] = f"{name}." if name else ""
+        return names
 
     # ----- parsing and references ---------------------------------------------------------------
-    def _parse_item(self, raw: Any, path: tuple) -> Item | None:
-        if isinstance(raw, str):
-            return Item(raw, None, {}, path)
-        if not isinstance(raw, dict):
-            self._problem(f"an item must be a layer name or a mapping like 'Linear: {{out_features: 10}}', got {raw!r}",
-                          path, "INVALID_ITEM")
-            return None
-        meta = {key: value for key, value in raw.items() if key in META_KEYS}
-        ops = [key for key in raw if key not in META_KEYS]
-        if len(ops) == 1:
-            return Item(str(ops[0]), raw[ops[0]], meta, path)
-        if not ops:
-            self._problem("item has no layer: add a layer name next to its meta keys", path, "INVALID_ITEM")
-            return None
-        misspelled_meta = [op for op in ops if not self._is_known(str(op)) and did_you_mean(str(op), META_KEYS)]
-        for key in misspelled_meta:
-            self._problem(f"unknown key '{key}' in an item", path + (key,), "UNKNOWN_KEY", did_you_mean(str(key), META_KEYS))
-        layers = [op for op in ops if op not in misspelled_meta]
-        if len(layers) > 1:
-            self._problem(f"item has several layers: {', '.join(map(str, layers))} (one per list entry)",
-                          path + (layers[1],), "INVALID_ITEM")
-            return None
-        if not layers:
-            return None
-        # a misspelled meta key is reported; still check the layer itself
-        return Item(str(layers[0]), raw[layers[0]], meta, path)
-
-    def _is_known(self, op: str) -> bool:
-        return (op in STRUCTURES or op in self.spec.blocks or op in FUNCTIONS or op in FUNCTION_AS_LAYER
-                or self.registry.layer(op) is not None)
-
-    def _unknown_op(self, item: Item) -> None:
-        choices = [*self.registry.names(), *self.spec.blocks, *STRUCTURES]
-        kind = "layer" if item.op[:1].isupper() else "layer, function or block"
-        location_path = item.path + (item.op,) if item.args is not None else item.path
-        self._problem(f"unknown {kind} '{item.op}'", location_path, "UNKNOWN_LAYER", did_you_mean(item.op, choices))
-
     def _item_inputs(self, item: Item, context: Context, current: list[str]) -> list[str]:
         sources = self._substitute(item.meta.get("from"), context.variables, item.path + ("from",))
         if sources is None:
@@ -366,8 +331,9 @@ class Expander:
         if "repeat" not in item.meta:
             return None
         count = self._substitute(item.meta["repeat"], context.variables, item.path + ("repeat",))
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self._problem(f"repeat must be a positive int, got {count!r}", item.path + ("repeat",), "TYPE_ERROR")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            self._problem(f"repeat must be a positive int or 0 (0 skips the item), got {count!r}", item.path + ("repeat",),
+                          "TYPE_ERROR")
             return None
         return count
 
@@ -376,16 +342,39 @@ class Expander:
         if node.name in self.by_name:
             self.problems.append(Problem(f"two items resolve to the same name '{node.name}'; give one a `name:`",
                                          node.location, "DUPLICATE_NAME"))
+        elif node.op == "module" and self._path_clash(node.name):
+            self.problems.append(Problem(f"'{node.name}' would sit inside another layer's path (after `flat:`); "
+                                         f"give one a `name:`", node.location, "DUPLICATE_NAME"))
         self.nodes.append(node)
         self.by_name[node.name] = node
         return node.name
 
-    def _substitute(self, value: Any, variables: dict, path: tuple) -> Any:
-        """Resolve vars, walking containers here so a bad `$var` is located at its own key."""
+    def _path_clash(self, path: str) -> bool:
+        """A layer's path nested in another layer's, or around one ("0" and "0.0")."""
+        parts = path.split(".")
+        above = (".".join(parts[:end]) for end in range(1, len(parts)))
+        return (any(self.by_name.get(prefix) is not None and self.by_name[prefix].op == "module" for prefix in above)
+                or any(name.startswith(path + ".") and other.op == "module" for name, other in self.by_name.items()))
+
+    def _substitute(self, value: Any, variables: dict, path: tuple, deferrable: bool = False,
+                    input_of: str | None = None) -> Any:
+        """Resolve vars, walking containers here so a bad `$var` is located at its own key.
+
+        A value needing an input size (`$in.channels`) becomes a `Deferred` for the dry run where
+        `deferrable` (item and block args, `input_of` being the input); elsewhere it is an error.
+        """
         if isinstance(value, dict):
-            return {key: self._substitute(item, variables, path + (key,)) for key, item in value.items()}
+            return {key: self._substitute(item, variables, path + (key,), deferrable, input_of)
+                    for key, item in value.items()}
         if isinstance(value, list):
-            return [self._substitute(item, variables, path + (index,)) for index, item in enumerate(value)]
+            return [self._substitute(item, variables, path + (index,), deferrable, input_of)
+                    for index, item in enumerate(value)]
+        if needs_input(value, variables):
+            if deferrable:
+                return Deferred(value, variables, input_of)
+            self._problem(f"'{value}' depends on the input's size ($in), which is known only in an item's "
+                          f"arguments and a block's args", path, "EXPRESSION_ERROR")
+            return None
         try:
             return substitute(value, variables)
         except ExpressionError as error:
@@ -408,3 +397,9 @@ class Expander:
 
     def _problem(self, message: str, path: tuple, code: str, suggestion: str | None = None) -> None:
         self.problems.append(Problem(message, self._locate(path), code, suggestion))
+
+
+def _deferred_args(kwargs: dict) -> dict:
+    """Node meta for args that wait for the dry run (`$in`): `{"deferred": {arg: Deferred}}`."""
+    deferred = {key: value for key, value in kwargs.items() if contains_deferred(value)}
+    return {"deferred": deferred} if deferred else {}

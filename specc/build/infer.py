@@ -14,6 +14,8 @@ from torch.overrides import TorchFunctionMode
 
 from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Graph, Node
+from specc.build.input_sizes import resolve_node_args
+from specc.build.tensors import FREE_TENSORS, FreeTensor, free_tensor_value, make_free_tensor
 from specc.build.registry import FUNCTIONS, INFERABLE, TUPLE_OUTPUT_LAYERS, Registry
 
 DTYPES = {
@@ -52,6 +54,8 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
     modules: dict[str, nn.Module] = {}
     seen_outputs: dict[tuple, Any] = {}
     for node in graph.nodes:
+        if node.meta.get("deferred"):
+            _resolve_input_sizes(node, values)
         try:
             value = _run_node(node, values, modules, registry, batch_size, input_shapes or {}, seen_outputs)
         except SpecError:
@@ -63,12 +67,25 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
     return modules
 
 
+def _resolve_input_sizes(node: Node, values: dict) -> None:
+    """`$in.channels` and friends in the node's args, now that its input has arrived (input_sizes.py)."""
+    def shape_of(name: str) -> tuple | None:
+        value = values.get(name)
+        return tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
+
+    message = resolve_node_args(node, shape_of)
+    if message:
+        raise SpecError(Problem(message, node.location, "EXPRESSION_ERROR", notes=node.meta.get("via", [])))
+
+
 def call_inputs(node: Node, inputs: list) -> tuple[tuple, dict]:
     """Positional and keyword args a module node is called with (self-attention takes x three times)."""
     if node.target == "MultiheadAttention":
         if len(inputs) == 1:
             inputs = inputs * 3
         return tuple(inputs), {"need_weights": False}
+    if node.target == "TransformerEncoderLayer" and len(inputs) == 2:   # `from: [x, key_padding_mask]`
+        return (inputs[0],), {"src_key_padding_mask": inputs[1]}
     return tuple(inputs), {}
 
 
@@ -85,6 +102,9 @@ def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch
     inputs = [values[name] for name in node.inputs]
     if node.op == "module":
         return _run_module(node, inputs, modules, registry, seen_outputs)
+    if node.op == "function" and node.target in FREE_TENSORS:
+        holder = modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, "meta"))
+        return free_tensor_value(holder.tensor, node.args, inputs)
     if node.op == "function":
         return run_function(node, inputs)
     return run_merge(node, inputs)

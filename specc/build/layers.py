@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specc.build.functional import attention
+
 __all__ = [
     "PositionalEmbedding", "CausalSelfAttention", "MLP", "SwiGLU",
-    "ClassToken", "LayerScale", "DropPath",
+    "ClassToken", "LayerScale", "DropPath", "Attention", "LayerNorm2d",
 ]
 
 ACTIVATIONS = {
@@ -260,3 +262,58 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class Attention(nn.Module):
+    """The `attention` item: multi-head scaled dot-product attention on `[B, T, H*d]` q, k, v.
+
+    No weights: the projections are the spec's own `Linear` items. A module (not a function) so
+    attention dropout follows `model.train()` / `model.eval()`.
+
+    Args:
+        heads: number of heads; must divide the inputs' last dim.
+        causal: mask out future keys.
+        scale: multiplies q·k; null is 1/sqrt(head dim).
+        dropout: dropout on the attention weights, during training.
+
+    Shapes: q (B, T, H*d), k (B, S, H*d), v (B, S, H*dv)[, mask/bias broadcastable to (B, H, T, S)
+    or (B, T, S)] -> (B, T, H*dv).
+    """
+
+    def __init__(self, heads: int, causal: bool = False, scale: float | None = None, dropout: float = 0.0):
+        super().__init__()
+        if heads < 1:
+            raise ValueError(f"heads must be positive, got {heads}")
+        self.heads, self.causal, self.scale, self.dropout = heads, causal, scale, dropout
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        for name, tensor in (("q", q), ("k", k), ("v", v)):
+            if tensor.dim() != 3 or tensor.shape[-1] % self.heads:
+                raise ValueError(f"{name} must be [B, T, heads*d] with heads={self.heads} dividing its last dim, "
+                                 f"got {list(tensor.shape[1:])}")
+        dropout = self.dropout if self.training else 0.0
+        return attention(q, k, v, mask, heads=self.heads, causal=self.causal, scale=self.scale, dropout=dropout)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, causal={self.causal}, scale={self.scale}, dropout={self.dropout}"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of channels-first maps `[B, C, H, W]` (ConvNeXt, Swin V2 stages).
+
+    Each position's C values are normalised, as `permute -> LayerNorm -> permute` would, without
+    the permutes in the spec. Weights are `weight`/`bias` of size C, like nn.LayerNorm's.
+
+    Args:
+        num_channels: C (inferred from dim 1).
+        eps, elementwise_affine, bias: as in nn.LayerNorm.
+
+    Shapes: (B, C, ...) -> (B, C, ...).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)

@@ -65,8 +65,12 @@ class LayerInfo:
         return [p.name for p in self.parameters if p.default is inspect.Parameter.empty]
 
     def inferable(self) -> list[str]:
-        """Args the dry run may fill in: known size names that the constructor requires."""
-        return [name for name in self.required() if name in INFERABLE]
+        """Args the dry run may fill in: known size names that the constructor requires.
+
+        `dim` is a size only in specc's and the user's layers; torch's `dim` is an axis (Unflatten).
+        """
+        torch_layer = self.cls.__module__.startswith("torch.")
+        return [name for name in self.required() if name in INFERABLE and not (name == "dim" and torch_layer)]
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,29 @@ FUNCTIONS: dict[str, FunctionInfo] = {info.name: info for info in [
     FunctionInfo("sigmoid", torch.sigmoid),
     FunctionInfo("tanh", torch.tanh),
     FunctionInfo("contiguous", specc_functional.contiguous),
+    FunctionInfo("roll", torch.roll, ("shifts", "dims")),
+    FunctionInfo("expand", specc_functional.expand, ("shape",)),
+    FunctionInfo("repeat_interleave", torch.repeat_interleave, ("repeats", "dim")),
+    FunctionInfo("where", torch.where, ("other",), min_inputs=2, max_inputs=3),
+    FunctionInfo("masked_fill", torch.masked_fill, ("value",), min_inputs=2, max_inputs=2),
+    FunctionInfo("gather", specc_functional.gather, ("dim",), min_inputs=2, max_inputs=2),
+    FunctionInfo("einsum", specc_functional.einsum, ("equation",), max_inputs=None),
+    FunctionInfo("clamp", torch.clamp, ("min", "max")),
+    FunctionInfo("exp", torch.exp),
+    FunctionInfo("log", torch.log),
+    FunctionInfo("abs", torch.abs),
+    FunctionInfo("neg", torch.neg),
+    FunctionInfo("pow", torch.pow, ("exponent",), max_inputs=2),
+    FunctionInfo("rsqrt", torch.rsqrt),
+    FunctionInfo("minimum", torch.minimum, ("other",), max_inputs=2),
+    FunctionInfo("maximum", torch.maximum, ("other",), max_inputs=2),
+    FunctionInfo("floor", torch.floor),
+    FunctionInfo("to", specc_functional.to_dtype, ("dtype",)),
+    *(FunctionInfo(name, getattr(torch, name), ("other",), max_inputs=2) for name in ("eq", "ne", "lt", "le", "gt", "ge")),
 ]}
 
 # Functions that need the module's train/eval state become modules instead.
-FUNCTION_AS_LAYER = {"dropout": "Dropout"}
+FUNCTION_AS_LAYER = {"dropout": "Dropout", "attention": "Attention"}
 
 MERGES = ("cat", "add", "mul", "stack", "mean", "max", "list")
 STRUCTURES = ("parallel", "residual", "sequential")

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from pydantic import TypeAdapter, ValidationError
 
 from specc.lang.errors import Problem, did_you_mean
+from specc.build.input_sizes import contains_deferred
 from specc.build.registry import FunctionInfo, LayerInfo
 
 Locate = Callable[..., Problem]
@@ -101,12 +102,21 @@ def _index_part(part: str, text: str) -> Any:
         raise ValueError(f"cannot read index '{text}': use ints, ':', '...' and None, like \"[:, -1]\"") from None
 
 
+_WORDS = {1: "one", 2: "two", 3: "three"}
+
+
 def _input_count_problems(info: FunctionInfo, kwargs: dict, count: int, locate: Locate) -> list[Problem]:
-    if info.max_inputs == 2:
-        if count == 1 and "other" not in kwargs:
-            return [locate(f"{info.name} needs two inputs (`from: [a, b]`) or an `other:` value", (info.name,), "MISSING_ARGUMENT")]
-        if count == 2 and "other" in kwargs:
-            return [locate(f"{info.name} has two inputs already; drop `other:`", (info.name, "other"), "TYPE_ERROR")]
+    if info.max_inputs is not None and info.max_inputs == info.min_inputs + 1 and info.parameters:
+        # the last operand is an input or an arg: `add` with `from: [a, b]` or `other: 1`
+        operand, inputs = info.parameters[0], _WORDS[info.max_inputs]
+        if count == info.max_inputs - 1 and operand not in kwargs:
+            return [locate(f"{info.name} needs {inputs} inputs (`from: [...]`) or an `{operand}:` value", (info.name,),
+                           "MISSING_ARGUMENT")]
+        if count == info.max_inputs and operand in kwargs:
+            return [locate(f"{info.name} has {inputs} inputs already; drop `{operand}:`", (info.name, operand), "TYPE_ERROR")]
+    if count < info.min_inputs:
+        return [locate(f"{info.name} needs at least {_WORDS[info.min_inputs]} inputs (`from: [...]`), got {count}",
+                       ("from",), "MISSING_ARGUMENT")]
     if info.max_inputs is not None and count > info.max_inputs:
         return [locate(f"{info.name} takes {info.max_inputs} input(s), got {count} from `from:`", ("from",), "TYPE_ERROR")]
     return []
@@ -114,7 +124,7 @@ def _input_count_problems(info: FunctionInfo, kwargs: dict, count: int, locate: 
 
 def _type_problem(info: LayerInfo, key: str, value: Any) -> str | None:
     adapter = _adapter(info.cls, key)
-    if adapter is None or value is None:
+    if adapter is None or value is None or contains_deferred(value):  # `$in` values are checked when built
         return None
     try:
         adapter.validate_python(value)

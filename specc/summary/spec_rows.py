@@ -6,6 +6,7 @@ items (`matmul`, ...) count too. The sum equals FlopCounterMode on the whole com
 """
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.build.infer import DTYPES, run_function, run_merge, call_inputs
+from specc.build.tensors import FREE_TENSORS, free_tensor_value
 from specc.build.registry import TUPLE_OUTPUT_LAYERS
 from specc.lang.spec import load
 from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
@@ -86,6 +88,8 @@ def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.devic
             return torch.randn(node.shape, dtype=dtype, device=device)
         return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
     inputs = [values[name] for name in node.inputs]
+    if node.op == "function" and node.target in FREE_TENSORS:
+        return free_tensor_value(operator.attrgetter(node.name)(module), node.args, inputs)
     if node.op == "function":
         return run_function(node, inputs)
     if node.op == "merge":
@@ -119,6 +123,8 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
                        flops=flops[node.name], output_bytes=output_bytes)
         if node.op == "module":
             count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
+        elif node.target == "parameter" and node.op == "function":
+            count_parameters(row, [operator.attrgetter(node.name)(module)], counted)
         chain[-1].children.append(row)
     return root
 

@@ -1,0 +1,140 @@
+"""How the expander reads one item: its parts (`Item`), its layer name (`- $act`), `if:`, block args
+and `merge:` — the checks on what an item says, apart from the walk over the spec in expand.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from specc.lang.errors import did_you_mean
+from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES
+
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
+             "flat", "names")  # flat/names: path levels, so state_dict keys can match another library's
+
+
+@dataclass
+class Item:
+    """One parsed spec item: the operation, its args and its meta keys."""
+
+    op: str
+    args: Any
+    meta: dict
+    path: tuple            # data path of the item in the spec (for locations)
+
+
+class ItemReading:
+    """Mixin of `Expander`: reading items. Uses the expander's `spec`, `registry` and `_problem`."""
+
+    def _block_arguments(self, item, block, given, context, input_of: str | None) -> dict | None:
+        declared = dict(block.args)
+        if given is None:
+            given = {}
+        elif isinstance(given, list):
+            if len(given) > len(declared):
+                self._problem(f"block '{item.op}' takes {len(declared)} args, got {len(given)}", item.path + (item.op,), "TYPE_ERROR")
+                return None
+            given = dict(zip(declared, given))
+        elif not isinstance(given, dict):
+            given = dict(zip(declared, [given])) if declared else {}
+        ok = True
+        for key in given:
+            if key not in declared:
+                self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
+                              did_you_mean(str(key), declared))
+                ok = False
+        defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"), deferrable=True,
+                                    input_of=input_of)
+        arguments = {**(defaults or {}), **given}
+        for key, value in arguments.items():
+            if value is None and block.args.get(key) is None and key not in given:
+                self._problem(f"block '{item.op}' needs arg '{key}'", item.path + (item.op,), "MISSING_ARGUMENT")
+                ok = False
+        return arguments if ok else None
+
+    def _merge(self, item, context) -> tuple[str, dict]:
+        raw = self._substitute(item.meta.get("merge"), context.variables, item.path + ("merge",))
+        if raw is None:
+            return "cat", {"dim": 1}
+        if isinstance(raw, dict) and len(raw) == 1:
+            op, args = next(iter(raw.items()))
+        else:
+            op, args = raw, None
+        if not isinstance(op, str) or op not in MERGES:
+            self._problem(f"unknown merge '{op}'; use one of {', '.join(MERGES)}", item.path + ("merge",),
+                          "UNKNOWN_KEY", did_you_mean(str(op), MERGES))
+            return "cat", {"dim": 1}
+        if isinstance(args, int):
+            args = {"dim": args}
+        args = dict(args or {})
+        if op in ("cat", "stack"):
+            args.setdefault("dim", 1)
+        unknown = [key for key in args if key != "dim" or op not in ("cat", "stack")]
+        for key in unknown:
+            self._problem(f"merge '{op}' takes no arg '{key}'", item.path + ("merge",), "UNKNOWN_KWARG",
+                          "dim" if op in ("cat", "stack") else None)
+        return op, {key: value for key, value in args.items() if key not in unknown}
+
+    def _parse_item(self, raw: Any, path: tuple) -> Item | None:
+        if isinstance(raw, str):
+            return Item(raw, None, {}, path)
+        if not isinstance(raw, dict):
+            self._problem(f"an item must be a layer name or a mapping like 'Linear: {{out_features: 10}}', got {raw!r}",
+                          path, "INVALID_ITEM")
+            return None
+        meta = {key: value for key, value in raw.items() if key in META_KEYS}
+        ops = [key for key in raw if key not in META_KEYS]
+        if len(ops) == 1:
+            return Item(str(ops[0]), raw[ops[0]], meta, path)
+        if not ops:
+            self._problem("item has no layer: add a layer name next to its meta keys", path, "INVALID_ITEM")
+            return None
+        misspelled_meta = [op for op in ops if not self._is_known(str(op)) and did_you_mean(str(op), META_KEYS)]
+        for key in misspelled_meta:
+            self._problem(f"unknown key '{key}' in an item", path + (key,), "UNKNOWN_KEY", did_you_mean(str(key), META_KEYS))
+        layers = [op for op in ops if op not in misspelled_meta]
+        if len(layers) > 1:
+            self._problem(f"item has several layers: {', '.join(map(str, layers))} (one per list entry)",
+                          path + (layers[1],), "INVALID_ITEM")
+            return None
+        if not layers:
+            return None
+        # a misspelled meta key is reported; still check the layer itself
+        return Item(str(layers[0]), raw[layers[0]], meta, path)
+
+    def _is_known(self, op: str) -> bool:
+        return (op in STRUCTURES or op in self.spec.blocks or op in FUNCTIONS or op in FUNCTION_AS_LAYER
+                or self.registry.layer(op) is not None)
+
+    def _unknown_op(self, item: Item) -> None:
+        choices = [*self.registry.names(), *self.spec.blocks, *STRUCTURES]
+        kind = "layer" if item.op[:1].isupper() else "layer, function or block"
+        location_path = item.path + (item.op,) if item.args is not None else item.path
+        self._problem(f"unknown {kind} '{item.op}'", location_path, "UNKNOWN_LAYER", did_you_mean(item.op, choices))
+
+    def _enabled(self, item: Item, context) -> bool:
+        """`if:` — false (or a `$(condition)` that is false) skips the item."""
+        if "if" not in item.meta:
+            return True
+        condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
+        if not isinstance(condition, bool):
+            if condition is not None:  # None: a bad var, reported already
+                self._problem(f"if must be true, false or a $(condition), got {condition!r}", item.path + ("if",),
+                              "TYPE_ERROR")
+            return False
+        return condition
+
+    def _resolve_op(self, item: Item, context) -> Item | None:
+        """`- $act` / `- $act: {inplace: true}`: a var naming a layer, block or function is the item."""
+        if not item.op.startswith("$"):
+            return item
+        value = self._substitute(item.op, context.variables, item.path)
+        args = item.args
+        if isinstance(value, dict) and len(value) == 1 and args is None:   # act: {LeakyReLU: 0.1}
+            value, args = next(iter(value.items()))
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or value.startswith("$"):
+            self._problem(f"'{item.op}' must name a layer, block or function, got {value!r}", item.path, "TYPE_ERROR")
+            return None
+        return replace(item, op=value, args=args)

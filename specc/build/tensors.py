@@ -1,0 +1,125 @@
+"""Free tensors: `- parameter:`, `- buffer:` and `- constant:` items.
+
+A free tensor is a tensor of the model rather than a function of an input: a class token, a
+position embedding, a relative-position index. It is registered under the item's qualified name
+(`class_token`, `blocks.0.attn.index`) so that is its state_dict key, and its value has a leading
+1 as the batch dim (`[1, *shape]`), so it broadcasts against batched tensors; `batch: true`
+repeats it (as a view) over the batch of its input.
+
+  parameter  learnable (`shape`, `init` as in the spec's `init:`, default zeros)
+  buffer     not learnable, saved in the state_dict
+  constant   not learnable, not saved (rebuilt from the spec)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from specc.lang.errors import Problem, did_you_mean
+from specc.build.functional import DTYPES, batch_expand
+from specc.build.input_sizes import contains_deferred
+
+FREE_TENSORS = ("parameter", "buffer", "constant")
+_VALUE_FORMS = ("value", "arange", "zeros", "ones")
+_KEYS = {"parameter": ("shape", "init", "batch"), "buffer": (*_VALUE_FORMS, "dtype", "batch"),
+         "constant": (*_VALUE_FORMS, "dtype", "batch")}
+
+
+def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tuple[dict, list[Problem]]:
+    """The checked args of a free-tensor item, with every problem found in them."""
+    if not isinstance(args, dict):
+        example = "{shape: [1, 768], init: zeros}" if op == "parameter" else "{arange: 7} or {value: [0, 1]}"
+        return {}, [locate(f"{op} needs a mapping like {example}", (op,), "TYPE_ERROR")]
+    problems = [locate(f"{op} has no argument '{key}'", (op, key), "UNKNOWN_KWARG", did_you_mean(str(key), _KEYS[op]))
+                for key in args if key not in _KEYS[op]]
+    if op == "parameter":
+        problems += _shape_problems(args.get("shape"), "shape", op, locate, required=True)
+        if "init" in args and not _init_ok(args["init"]):
+            problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...) or "
+                                   f"{{name: {{kwargs}}}}, got {args['init']!r}", (op, "init"), "TYPE_ERROR"))
+    else:
+        forms = [key for key in _VALUE_FORMS if key in args]
+        if len(forms) != 1:
+            problems.append(locate(f"{op} needs exactly one of {', '.join(_VALUE_FORMS)}", (op,), "MISSING_ARGUMENT"))
+        for form in forms:
+            if form in ("zeros", "ones"):
+                problems += _shape_problems(args[form], form, op, locate, required=True)
+            elif form == "arange" and not contains_deferred(args[form]) and not _ints(args[form], allow_scalar=True):
+                problems.append(locate(f"{op}: arange is N or [start, end(, step)] of ints, got {args[form]!r}",
+                                       (op, form), "TYPE_ERROR"))
+        if "dtype" in args and args["dtype"] not in DTYPES:
+            problems.append(locate(f"{op}: unknown dtype {args['dtype']!r}", (op, "dtype"), "TYPE_ERROR",
+                                   did_you_mean(str(args["dtype"]), DTYPES)))
+    if not isinstance(args.get("batch", False), bool):
+        problems.append(locate(f"{op}: batch must be true or false", (op, "batch"), "TYPE_ERROR"))
+    return dict(args), problems
+
+
+def _shape_problems(shape: Any, key: str, op: str, locate, required: bool) -> list[Problem]:
+    if shape is None and required:
+        return [locate(f"{op} needs '{key}' (the shape without the batch dim, e.g. [1, 768])", (op,), "MISSING_ARGUMENT")]
+    if contains_deferred(shape) or _ints(shape, positive=True):
+        return []
+    return [locate(f"{op}: {key} must be a list of positive ints, got {shape!r}", (op, key), "TYPE_ERROR")]
+
+
+def _ints(value: Any, positive: bool = False, allow_scalar: bool = False) -> bool:
+    values = [value] if allow_scalar and not isinstance(value, list) else value
+    return (isinstance(values, list) and 0 < len(values) <= 8
+            and all(isinstance(v, int) and not isinstance(v, bool) and (v > 0 or not positive) for v in values))
+
+
+def _init_ok(how: Any) -> bool:
+    name = how if isinstance(how, str) else next(iter(how)) if isinstance(how, dict) and len(how) == 1 else None
+    return isinstance(name, str) and hasattr(nn.init, name.rstrip("_") + "_")
+
+
+def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.Tensor:
+    """The tensor of a free-tensor item, `[1, *shape]`, on `device` (initialised unless on meta)."""
+    with torch.device(device):
+        if op == "parameter":
+            tensor = torch.zeros(1, *args["shape"])
+            if "init" in args and tensor.device.type != "meta":
+                _initialise(tensor, args["init"])
+            return nn.Parameter(tensor)
+        dtype = DTYPES[args["dtype"]] if "dtype" in args else None
+        if "value" in args:
+            tensor = torch.tensor(args["value"], dtype=dtype)
+        elif "arange" in args:
+            bounds = args["arange"] if isinstance(args["arange"], list) else [args["arange"]]
+            tensor = torch.arange(*bounds, dtype=dtype)
+        else:
+            tensor = (torch.zeros if "zeros" in args else torch.ones)(*args.get("zeros", args.get("ones")), dtype=dtype)
+        return tensor.unsqueeze(0)
+
+
+def _initialise(tensor: torch.Tensor, how: str | dict) -> None:
+    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
+    getattr(nn.init, name.rstrip("_") + "_")(tensor, **(kwargs or {}))
+
+
+def free_tensor_value(tensor: torch.Tensor, args: dict, inputs: list) -> torch.Tensor:
+    """What the item outputs: the tensor, or with `batch: true` a view over its input's batch."""
+    return batch_expand(tensor, inputs[0]) if args.get("batch") else tensor
+
+
+class FreeTensor(nn.Module):
+    """Carries a free tensor from the build to the compiled module, where `attach` registers the
+    tensor itself (not this holder) under the item's name."""
+
+    def __init__(self, op: str, tensor: torch.Tensor):
+        super().__init__()
+        self.op = op
+        if op == "parameter":
+            self.tensor = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor)
+        else:
+            self.register_buffer("tensor", tensor, persistent=op == "buffer")
+
+    def attach(self, owner: nn.Module, name: str) -> None:
+        """Register the tensor on `owner` as `name`: a parameter, a buffer or a non-persistent buffer."""
+        if self.op == "parameter":
+            owner.register_parameter(name, self.tensor)
+        else:
+            owner.register_buffer(name, self.tensor, persistent=self.op == "buffer")
