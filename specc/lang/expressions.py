@@ -34,7 +34,7 @@ _NAMED_CONSTANTS = {"true": True, "false": False, "True": True, "False": False}
 # Node types that may appear at all; operators and calls are checked further by the evaluator.
 _ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp,
                   ast.And, ast.Or, ast.Compare, ast.IfExp, ast.Call, *_BINARY, *_UNARY, *_COMPARE)
-_ALLOWED = ("numbers, vars, strings, true/false, + - * / // % **, == != < <= > >=, and/or/not, "
+_ALLOWED = ("numbers, strings, true/false, vars, + - * / // % **, == != < <= > >=, and/or/not, "
             "a if cond else b and min/max/int/round/abs")
 
 # `$name` or `${name}`; `$(expression)` is found by counting parentheses (any nesting depth)
