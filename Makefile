@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip install -q -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean shapes
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/specc summary specs/digits_cnn.yaml
 	$(BIN)/specc train specs/digits_cnn.yaml --out runs
+
+# the synthetic image folder of specs/folder_cnn.yaml (no download)
+shapes: venv
+	$(BIN)/python specs/make_shapes.py
 
 test: venv
 	$(BIN)/python -m pytest -n 2 -q

@@ -96,26 +96,36 @@ def schema() -> None:
 def draw(
     spec: SpecPath,
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="File to write; the extension picks the format: .svg .png .pdf .dot .mmd "
-                               "(Mermaid). Default: <spec name>.svg next to the spec.")] = None,
+        "-o", "--output", help="File to write (- for stdout); the extension picks the format: .svg .png .pdf "
+                               ".dot .mmd (Mermaid) .html (interactive viewer). Default: <spec name>.svg next "
+                               "to the spec, or outside it when the spec is in a git repository.")] = None,
     depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
     rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
     autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
     set_: SetOption = None,
+    output_format: Annotated[Optional[str], typer.Option(
+        "--format", help="svg, png, pdf, dot, mmd or html; overrides the extension (needed with -o - "
+                         "unless svg).")] = None,
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
     with user_errors():
-        from specc.draw.drawing import GraphvizNotFound, write_drawing
+        from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
+        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_))
         try:
-            path = write_drawing(spec, output, depth=depth, expand=expand, rankdir=rankdir,
-                                 autograd=autograd, **overrides(set_))
+            if output is not None and str(output) == "-":
+                sys.stdout.buffer.write(drawing_bytes(spec, (output_format or "svg").lower(), **options))
+                sys.stdout.flush()
+                return
+            path = write_drawing(spec, output, output_format=output_format and output_format.lower(), **options)
         except GraphvizNotFound as error:
             raise UsageFailure(str(error), code=1) from None
         except ValueError as error:
             raise UsageFailure(str(error)) from None
-        typer.echo(f"wrote {path}")
+        where = "" if output is not None or path.parent.resolve() == spec.parent.resolve() else \
+            " (outside the spec's git repository; -o chooses the file)"
+        typer.echo(f"wrote {path}{where}")
 
 
 CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt written by `specc train`.",
@@ -125,12 +135,16 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda
 
 @app.command()
 def train(
-    spec: SpecPath,
+    spec: Annotated[Optional[Path], typer.Argument(
+        help="Path to the YAML spec; leave it out with --resume to use the checkpoint's own spec.",
+        show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
     out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
-    resume: Annotated[Optional[Path], typer.Option(help="Continue from a last.pt exactly where it stopped.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue from a last.pt or interrupted.pt exactly where it stopped (with its own spec, unless "
+             "a spec or --set is given: the differences are printed and applied).")] = None,
     nproc: Annotated[int, typer.Option(min=1, help="Train on N processes of this machine (DDP through torchrun's "
                                                    "launcher; batch_size is per process). Several machines: "
                                                    "torchrun, see docs/distributed.md.")] = 1,
@@ -138,7 +152,8 @@ def train(
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
     Exit code 0 when training completes (or stops early), 1 when the loss became nan/inf,
-    2 for spec, data or checkpoint errors, 130 when interrupted (last.pt is saved).
+    2 for spec, data or checkpoint errors, 130 when interrupted by Ctrl-C or SIGTERM (interrupted.pt
+    is saved; last.pt keeps the last complete epoch).
     """
     try:
         with user_errors():
@@ -295,6 +310,56 @@ def codegen(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(code, encoding="utf-8")
         typer.echo(f"wrote {output} ({code.count(chr(10))} lines)")
+
+
+@app.command()
+def port(
+    spec: SpecPath,
+    weights: Annotated[Path, typer.Option(help="The weights to bring in: .safetensors, model.safetensors.index.json "
+                                               "(or its folder), .pt/.pth/.bin/.ckpt.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.", show_default=False)],
+    map_: Annotated[str, typer.Option("--map", help="auto (names, then structure), strict (names), or a YAML/JSON "
+                                                    "file of rename rules {pattern: replacement}.")] = "auto",
+    allow_missing: Annotated[Optional[list[str]], typer.Option(
+        "--allow-missing", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
+    check_io: Annotated[Optional[Path], typer.Option(
+        "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
+    set_: SetOption = None,
+) -> None:
+    """Port another library's weights into the spec: pair the tensors, write them as .safetensors, check.
+
+    Prints what was matched by name, by structure, transposed or fused. Exit code 2 when a tensor
+    stays unmatched, 1 when --check finds outputs further apart than --tolerance.
+    """
+    with user_errors():
+        from specc.export.port import port as port_weights
+
+        result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
+                              allow_missing=allow_missing or (), check=check_io, **overrides(set_))
+        typer.echo(result.report.summary())
+        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+        if result.max_difference is not None:
+            ok = result.max_difference <= tolerance
+            typer.echo(f"checked: {result.checked} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                       f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
+            if not ok:
+                raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+
+
+def _weights_map(value: str) -> Any:
+    """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
+    if value in ("auto", "strict"):
+        return value
+    import yaml
+
+    path = Path(value)
+    if not path.is_file():
+        raise UsageFailure(f"--map must be auto, strict or a rules file; {value} is none of them")
+    rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(rules, dict):
+        raise UsageFailure(f"{path}: the rules must be a mapping {{pattern: replacement}}")
+    return rules
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ TESTS = Path(__file__).resolve().parent
 # full size is still generated and built on meta).
 SHRINK = {
     "gpt2_small": {"n_layers": 2, "dim": 32, "n_heads": 4, "vocab_size": 100, "block_size": 16},
+    "vit_b_16": {"image_size": 32, "n_layers": 2, "dim": 64, "n_heads": 4, "mlp_dim": 128, "n_classes": 10},
     "llama2_7b": {"n_layers": 2, "dim": 64, "n_heads": 4, "hidden_dim": 96, "vocab_size": 100, "max_len": 16},
 }
 CPU_PARAMETER_LIMIT = 50_000_000
@@ -73,7 +74,13 @@ def assert_clean(path: Path) -> None:
     assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
 
 
-@pytest.mark.parametrize("spec_path", SPECS, ids=[path.stem for path in SPECS])
+# codegen does not yet write free tensors (parameter/constant), `attention:` or `if:` items (issue 20)
+CODEGEN_PENDING = {"mobilenet_v3_small", "swin_t", "vit_b_16"}
+
+
+@pytest.mark.parametrize("spec_path", [pytest.param(path, marks=pytest.mark.xfail(
+    strict=True, reason="codegen of the issue-20 items is not written yet")) if path.stem in CODEGEN_PENDING else path
+    for path in SPECS], ids=[path.stem for path in SPECS])
 def test_every_example_spec_round_trips(spec_path: Path, tmp_path: Path) -> None:
     full = compile(spec_path, device="meta")
     full_code = codegen(full)
@@ -102,7 +109,7 @@ def test_sizes_are_written_out_and_blocks_become_classes() -> None:
     assert "self.fc = nn.Linear(512, 1000)" in code
     assert "DownBlock(in_channels=64, channels=128)" in code
     assert "x = self.layer2(x)  # (B, 128, 8, 8)" in code
-    assert "h = self[\"0\"].body.conv1(x)  # (B, channels, ?, ?)" in code   # a dim that differs per use
+    assert "h = self.conv1(x)  # (B, channels, ?, ?)" in code   # a dim that differs per use; torchvision names
 
 
 def test_plain_chains_become_sequentials_and_skips_keep_their_names() -> None:

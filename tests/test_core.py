@@ -19,13 +19,20 @@ from specc.lang.spec import parse_override
     ("width * 4", 256), ("width / 2", 32), ("width // 3", 21), ("width % 10", 4), ("2 ** 3", 8),
     ("-width + 1", -63), ("max(width, 100) // 2", 50), ("min(3, 4) * 2", 6), ("round(2.6)", 3),
     ("(width + 2) * 2", 132), ("width / 3", 64 / 3),
+    # comparisons, and/or/not and conditionals (issue 20)
+    ("width == 64", True), ("width != 64", False), ("1 < width <= 64", True), ("width > 64", False),
+    ("width >= 65 or width < 0", False), ("width > 1 and width % 2 == 0", True), ("not width", False),
+    ("width if width > 100 else 100", 100), ("8 if true else 4", 8), ("false", False),
+    ("'gelu' if width > 32 else 'relu'", "gelu"), ("'a' * 3 == 'aaa'", True), ("0 or width", 64),
 ])
 def test_expressions_evaluate_arithmetic(expression, expected):
     assert evaluate(expression, {"width": 64}) == expected
 
 
 @pytest.mark.parametrize("expression", [
-    "__import__('os')", "width.bit_length()", "[1, 2]", "open('x')", "lambda: 1", "width if 1 else 2", "'a' * 3",
+    "__import__('os')", "width.bit_length()", "[1, 2]", "open('x')", "lambda: 1",
+    "width if 1 else open('x')",  # the whole expression is checked, not only the branch taken
+    "'%d' % width",               # % formats strings: numbers only
 ])
 def test_expressions_refuse_anything_but_arithmetic(expression):
     with pytest.raises(ExpressionError):

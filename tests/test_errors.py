@@ -51,7 +51,7 @@ MISTAKES = [
     Mistake("bad_expression", "inputs:\n  x: {shape: [4]}\nvars: {width: 8}\nlayers:\n  - Linear: {out_features: $(width * )}\n",
             5, 14, "EXPRESSION_ERROR", ("cannot parse expression", "$(width * )")),
     Mistake("expression_is_not_python", "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: \"$(__import__('os'))\"}\n",
-            4, 14, "EXPRESSION_ERROR", ("may only use numbers, vars",)),
+            4, 14, "EXPRESSION_ERROR", ("may only use numbers, strings, true/false, vars",)),
     Mistake("unknown_from_reference",
             "inputs:\n  x: {shape: [4]}\nlayers:\n  - Linear: {out_features: 8}\n    name: fc1\n"
             "  - Linear: {out_features: 8}\n    from: fc2\n",

@@ -14,9 +14,16 @@ so `torch.load(..., weights_only=True)` reads it and a run can be rebuilt from t
     normalizer  input scaling fitted on the training split
     classes     names of text labels (csv), or None
     fold        0-based K-fold index, or None
+    checksum    "sha256:<hex>" of every tensor and value above, verified on load
+    interrupted {"epoch": e, "step": s, ...} in interrupted.pt only: the state after step s of epoch e
+
+Writing checks the disk: a full disk is a CHECKPOINT_ERROR naming the file, and the previous
+file stays intact. Reading checks the checksum, so flipped bytes are an error, not wrong weights.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -28,42 +35,134 @@ from specc.lang.errors import Problem, SpecError
 FORMAT = "specc-checkpoint/1"
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then os.replace.
+ZIP_MAGIC = b"PK\x03\x04"
 
-    An interruption at any moment leaves either the old file or the new one, never half a file.
+
+def save_checkpoint(state: dict[str, Any], path: Path, *, verify: bool = False) -> None:
+    """Write `state` (with its checksum) to `path` atomically: a temp file in the same folder,
+    fsync, then os.replace. An interruption at any moment leaves either the old file or the new one.
+
+    Args:
+        state: the checkpoint's keys (see the module docstring); `format` and `checksum` are added.
+        path: the file to (re)write.
+        verify: read the written file back and check its checksum (best.pt: the file kept longest).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR when the disk is full or the written file does not read back.
     """
     path = Path(path)
+    state = {key: value for key, value in state.items() if key not in ("format", "checksum")}
+    content = {"format": FORMAT, **state, "checksum": checksum(state)}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
+            torch.save(content, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify:
+            load_checkpoint(temporary, shown_as=path)
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path) from None
+        raise
+    except RuntimeError as error:  # torch's zip writer reports a full disk as "file write failed"
+        if "write failed" in str(error) or "No space left" in str(error):
+            raise _no_space(path) from None
+        raise
     finally:
         if temporary.exists():
             temporary.unlink()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a specc checkpoint on the CPU with `weights_only=True`.
+def _no_space(path: Path) -> SpecError:
+    return SpecError(Problem(f"no space left while writing {path}; the previous checkpoint is intact",
+                             None, "CHECKPOINT_ERROR"))
+
+
+def checksum(state: dict[str, Any]) -> str:
+    """sha256 of every tensor's bytes, dtype and shape and every other value, in key order."""
+    digest = hashlib.sha256()
+    _digest(state, digest)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _digest(value: Any, digest) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _digest(value[key], digest)
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _digest(item, digest)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
+
+
+def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> dict[str, Any]:
+    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum.
+
+    Args:
+        path: the file.
+        shown_as: the name errors use (a temp file being verified is reported as its target).
 
     Raises:
         SpecError: CHECKPOINT_ERROR when the file is missing, corrupted or not a specc checkpoint.
     """
-    path = Path(path)
+    path, shown = Path(path), Path(shown_as or path)
     if not path.is_file():
-        raise SpecError(Problem(f"checkpoint not found: {path}", None, "CHECKPOINT_ERROR"))
+        raise SpecError(Problem(f"checkpoint not found: {shown}", None, "CHECKPOINT_ERROR"))
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    if head != ZIP_MAGIC:
+        raise SpecError(Problem(f"{shown}: not a checkpoint: a torch file is a zip archive, this file starts "
+                                f"with {head!r}", None, "CHECKPOINT_ERROR"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SpecError(Problem(f"{path}: cannot read the checkpoint (corrupted or not a torch file): {reason}",
-                                None, "CHECKPOINT_ERROR")) from None
+        raise SpecError(Problem(f"{shown}: cannot read the checkpoint (corrupted or not a torch file): "
+                                f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SpecError(Problem(f"{path}: not a specc checkpoint (written by `specc train`)", None, "CHECKPOINT_ERROR"))
+        raise SpecError(Problem(f"{shown}: not a specc checkpoint (written by `specc train`)", None, "CHECKPOINT_ERROR"))
+    stored = state.get("checksum")
+    if stored is not None:
+        body = {key: value for key, value in state.items() if key not in ("format", "checksum")}
+        if checksum(body) != stored:
+            raise SpecError(Problem(f"{shown}: the checkpoint is corrupted (its checksum does not match its "
+                                    f"contents)", None, "CHECKPOINT_ERROR"))
     return state
+
+
+def _reason(error: Exception) -> str:
+    """torch's first line, without its advice to load with weights_only=False (which runs pickles)."""
+    lines = [line.strip() for line in str(error).strip().splitlines()
+             if line.strip() and "weights_only" not in line and "WeightsUnpickler" not in line]
+    return lines[0] if lines else type(error).__name__
+
+
+def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path, use: str) -> None:
+    """The checkpoint holds what `use` needs (a file with keys missing is reported, not a KeyError).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR naming the missing keys.
+    """
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise SpecError(Problem(f"{path}: the checkpoint lacks {', '.join(missing)}, which {use} needs "
+                                f"(was it written by `specc train`?)", None, "CHECKPOINT_ERROR"))
+    if "model" in keys and not (isinstance(state["model"], dict)
+                                and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
+        raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
+                                "CHECKPOINT_ERROR"))
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:

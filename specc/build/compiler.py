@@ -20,8 +20,9 @@ from specc.build.compiled import Compiled
 from specc.build.expand import Expander
 from specc.build.graph import Graph, Node
 from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
-from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_state, load_weights
+from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
+from specc.build.memory import check_weights_fit
 from specc.build.functional import batch_expand
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.spec import Spec, load
@@ -60,9 +61,11 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
         label_symbolic_dims(graph, registry, batch_size)
     device = torch.device(device)
-    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    check_weights_fit(meta_modules, device, dtype, {node.name: node.location for node in graph.nodes})
+    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
+    if dtype is not None:
         for module in modules.values():
             module.to(dtype)
     module = _graph_module(graph, modules, spec)
@@ -78,18 +81,28 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, **variables: Any) -> nn.Module:
+          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
+          allow_missing: Any = (), **variables: Any) -> nn.Module:
     """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
 
     `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
     spec, so the trained model is rebuilt from the file alone. `weights` loads a state_dict, a
     `.safetensors` file or a `specc train` checkpoint into the built model.
+
+    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
+    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
+    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
+    unmatched.
     """
     if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
         return build_from_safetensors(spec_or_path, device=device, dtype=dtype, **variables)
-    module = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables).module
-    if weights is not None:
+    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables)
+    module = compiled.module
+    if weights is not None and weights_map is None and not allow_missing:
         apply_weights(module, weights)
+    elif weights is not None:
+        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
+        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
     return module
 
 

@@ -114,6 +114,7 @@ class Expander(ItemReading):
         if key in context.refs.maps[0]:
             self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
             return current
+        self._check_path_keys(item)
         repeat = self._repeat_count(item, context)
         item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
         if item is None:
@@ -210,10 +211,11 @@ class Expander(ItemReading):
                           item.path + ("parallel",), "TYPE_ERROR")
             return []
         scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
-        outputs, labels = [], []
+        outputs, labels, prefix = [], [], self._prefix(item, context, qualified)
+        names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
             branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
-            inner = context.child(scope, "").child(branch_scope, f"{qualified}.{branch}.")
+            inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
             layers = layers if isinstance(layers, list) else [layers]
             result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
             outputs.append(result[0])
@@ -229,13 +231,14 @@ class Expander(ItemReading):
         outer = context.child(scope, "")
         body_layers = item.args if isinstance(item.args, list) else [item.args]
         body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
-        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, f"{qualified}.body."), inputs)
+        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
         shortcut = inputs
         if item.meta.get("shortcut") is not None:
             layers = item.meta["shortcut"]
             layers = layers if isinstance(layers, list) else [layers]
             short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)))
-            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, f"{qualified}.shortcut."), inputs)
+            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, prefix + names["shortcut"]), inputs)
         node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
                     meta={"branches": ["body", "shortcut"], "via": list(context.via), "item": name or "residual"})
@@ -244,7 +247,7 @@ class Expander(ItemReading):
     def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
         scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path))
         layers = item.args if isinstance(item.args, list) else [item.args]
-        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, f"{qualified}."), inputs)
+        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, self._prefix(item, context, qualified)), inputs)
 
     def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
         block = self.spec.blocks[item.op]
@@ -262,9 +265,46 @@ class Expander(ItemReading):
         location = self._locate(item.path)
         scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location)
         inner_vars = {**context.variables, **arguments}
-        inner = context.child(scope, f"{qualified}.", variables=inner_vars,
+        inner = context.child(scope, self._prefix(item, context, qualified), variables=inner_vars,
                               via=context.via + (f"in block '{item.op}' used at {location}",))
         return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
+
+    def _prefix(self, item: Item, context: Context, qualified: str) -> str:
+        """The path prefix of an item's layers: `qualified.`, or with `flat: true` the enclosing
+        one (a repeat keeps its index), so a structure or block use adds no state_dict level."""
+        flat = self._substitute(item.meta.get("flat", False), context.variables, item.path + ("flat",))
+        if not isinstance(flat, bool):
+            self._problem(f"flat must be true or false, got {flat!r}", item.path + ("flat",), "TYPE_ERROR")
+        if flat is not True:
+            return f"{qualified}."
+        return context.prefix + (qualified.rpartition(".")[2] + "." if "repeat" in item.meta else "")
+
+    def _check_path_keys(self, item: Item) -> None:
+        if "flat" in item.meta and item.op not in STRUCTURES and item.op not in self.spec.blocks:
+            self._problem("flat applies to a block use or a structure (a layer is one path level)",
+                          item.path + ("flat",), "INVALID_ITEM")
+        if "names" in item.meta and item.op not in ("residual", "parallel"):
+            self._problem("names applies to a residual (body, shortcut) or a parallel (its branches)",
+                          item.path + ("names",), "INVALID_ITEM")
+
+    def _part_names(self, item: Item, context: Context, parts: list[str]) -> dict[str, str]:
+        """`names: {body: "", shortcut: downsample}` (a residual) or `{branch: ...}` (a parallel): the
+        path level of each part; "" adds none. Default: the part's own name."""
+        given = self._substitute(item.meta.get("names") or {}, context.variables, item.path + ("names",))
+        names = {part: f"{part}." for part in parts}
+        if not isinstance(given, dict):
+            self._problem("names must be a mapping like {body: '', shortcut: downsample}", item.path + ("names",), "TYPE_ERROR")
+            return names
+        for part, name in given.items():
+            if part not in names:
+                self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
+                              did_you_mean(str(part), names))
+            elif name != "" and not (isinstance(name, str) and IDENTIFIER.match(name)):
+                self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
+                              item.path + ("names", part), "TYPE_ERROR")
+            else:
+                names[part] = f"{name}." if name else ""
+        return names
 
     # ----- parsing and references ---------------------------------------------------------------
     def _item_inputs(self, item: Item, context: Context, current: list[str]) -> list[str]:
@@ -299,9 +339,19 @@ class Expander(ItemReading):
         if node.name in self.by_name:
             self.problems.append(Problem(f"two items resolve to the same name '{node.name}'; give one a `name:`",
                                          node.location, "DUPLICATE_NAME"))
+        elif node.op == "module" and self._path_clash(node.name):
+            self.problems.append(Problem(f"'{node.name}' would sit inside another layer's path (after `flat:`); "
+                                         f"give one a `name:`", node.location, "DUPLICATE_NAME"))
         self.nodes.append(node)
         self.by_name[node.name] = node
         return node.name
+
+    def _path_clash(self, path: str) -> bool:
+        """A layer's path nested in another layer's, or around one ("0" and "0.0")."""
+        parts = path.split(".")
+        above = (".".join(parts[:end]) for end in range(1, len(parts)))
+        return (any(self.by_name.get(prefix) is not None and self.by_name[prefix].op == "module" for prefix in above)
+                or any(name.startswith(path + ".") and other.op == "module" for name, other in self.by_name.items()))
 
     def _substitute(self, value: Any, variables: dict, path: tuple, deferrable: bool = False,
                     input_of: str | None = None) -> Any:

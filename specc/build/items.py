@@ -9,7 +9,8 @@ from typing import Any
 from specc.lang.errors import did_you_mean
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES
 
-META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if")
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
+             "flat", "names")  # flat/names: path levels, so state_dict keys can match another library's
 
 
 @dataclass

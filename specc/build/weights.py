@@ -17,6 +17,7 @@ from specc.lang.errors import Problem, SpecError
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
+    from specc.build.weight_report import WeightsReport
 
 SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
 ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
@@ -125,3 +126,90 @@ def load_state(module: nn.Module, state: dict, origin: Any) -> None:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
         raise SpecError(Problem(f"{origin}: the weights do not fit this spec's model: {detail}",
                                 None, "CHECKPOINT_ERROR")) from None
+
+
+def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow_missing: Any = (),
+              order: list[str] | None = None) -> "WeightsReport":
+    """Load another library's (or specc's) weights into `module`, pairing tensors as `weights_map` says.
+
+    Args:
+        module: the model to fill (on a real device).
+        source: a state_dict, `.safetensors`, `model.safetensors.index.json` (or its folder),
+            `.pt/.pth/.bin/.ckpt` (read with weights_only=True; Lightning and `{"state_dict"}` /
+            `{"model"}` wrappers are unwrapped).
+        weights_map: "strict" (names must match), "auto" (names, then structure; see
+            `specc.build.weight_map`) or a mapping of rename rules (then names must match).
+        allow_missing: globs of model or file keys that may stay unmatched (they are reported).
+        order: module paths in the order the model uses them (the compiler passes its graph's);
+            by default the state_dict order.
+
+    Returns:
+        The `WeightsReport` of what was matched how.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR when a tensor on either side stays unmatched (and is not
+        allowed), or the file cannot be read; TYPE_ERROR for a bad `weights_map`.
+    """
+    import torch
+
+    from specc.build.weight_files import read_weight_file
+    from specc.build.weight_map import plan_load
+
+    if isinstance(allow_missing, str):
+        allow_missing = [allow_missing]
+    tensors = _unique_state(module)
+    plan = plan_load(_targets(module, tensors, order), read_weight_file(source), weights_map, allow_missing)
+    plan.report.raise_if_unmatched()
+    with torch.no_grad():
+        for assignment in plan.assignments:
+            value = _assigned_value(assignment, plan.sources)
+            target = tensors[assignment.target]
+            if tuple(value.shape) != tuple(target.shape):
+                raise SpecError(Problem(f"{plan.report.origin}: {assignment.target}: model {list(target.shape)}, "
+                                        f"file {list(value.shape)}", None, "CHECKPOINT_ERROR"))
+            target.copy_(value)
+    return plan.report
+
+
+def _unique_state(module: nn.Module) -> dict:
+    """The state_dict's tensors (parameters themselves), a tied weight under its first name only."""
+    seen, tensors = set(), {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            tensors[key] = tensor
+    return tensors
+
+
+def _targets(module: nn.Module, tensors: dict, order: list[str] | None) -> list:
+    from specc.build.weight_map import Target
+
+    rank = {path: index for index, path in enumerate(order or [])}
+
+    def use_rank(key: str) -> int:
+        path = key
+        while path:
+            path = path.rpartition(".")[0]
+            if path in rank:
+                return rank[path]
+        return len(rank)
+
+    targets = []
+    for key in sorted(tensors, key=use_rank):
+        owner = key.rpartition(".")[0]
+        layer = type(module.get_submodule(owner)).__name__ if owner else type(module).__name__
+        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point()))
+    return targets
+
+
+def _assigned_value(assignment, sources: dict):
+    import torch
+
+    values = [sources[key] for key in assignment.sources]
+    if assignment.how == "transpose":
+        return values[0].t()
+    if assignment.how == "fuse":
+        return torch.cat(values, dim=0)
+    if assignment.how == "split":
+        return values[0].chunk(3, dim=0)[assignment.part]
+    return values[0]

@@ -98,6 +98,16 @@ def build_diagram(graph: Graph, name: str, depth: int | None = None, expand: boo
     return diagram
 
 
+def compiled_diagram(compiled, depth: int | None = None, expand: bool = False) -> Diagram:
+    """The `Diagram` of a `Compiled` spec, with `tie:`d parameters noted on their boxes."""
+    diagram = build_diagram(compiled.graph, compiled.spec.display_name, depth=depth, expand=expand)
+    for target, source in compiled.spec.tie.items():   # `tie:` shares a parameter: say so on the box
+        owner, _, parameter = target.rpartition(".")
+        if owner in diagram.boxes:
+            diagram.boxes[owner].details.append(f"{parameter} tied to {source}")
+    return diagram
+
+
 def shape_text(node: Node) -> str:
     """`B×12×32×32` (named dims shown by name: `B×seq×512`); "" when the value is not a tensor."""
     shape = node.meta.get("symbolic_shape") or (None if node.shape is None else ["B", *node.shape[1:]])
@@ -106,12 +116,12 @@ def shape_text(node: Node) -> str:
 
 def argument_texts(node: Node) -> list[str]:
     """The arguments written in the spec (not the ones the dry run inferred), as `key=value`."""
-    return [f"{key}={_value_text(value)}" for key, value in node.args.items() if key not in node.inferred]
+    return [f"{key}={value_text(value)}" for key, value in node.args.items() if key not in node.inferred]
 
 
 def merge_text(node: Node) -> str:
     """`cat dim=1`, `add`, `stack dim=0` ..."""
-    return " ".join([node.target, *(f"{key}={_value_text(value)}" for key, value in node.args.items())])
+    return " ".join([node.target, *(f"{key}={value_text(value)}" for key, value in node.args.items())])
 
 
 def detail_lines(details: list[str], width: int = 40, most: int = 4) -> list[str]:
@@ -120,7 +130,7 @@ def detail_lines(details: list[str], width: int = 40, most: int = 4) -> list[str
     return lines if len(lines) <= most else [*lines[:most - 1], lines[most - 1][:width - 1] + "…"]
 
 
-def _value_text(value) -> str:
+def value_text(value) -> str:
     """Values as a person writes them: `[3, 3]`, and indexes as `[:, -1]` rather than `slice(None, ...)`."""
     if isinstance(value, slice):
         parts = ["" if part is None else str(part) for part in (value.start, value.stop, value.step)]
@@ -128,7 +138,7 @@ def _value_text(value) -> str:
     if value is Ellipsis:
         return "..."
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value_text(item) for item in value) + "]"
+        return "[" + ", ".join(value_text(item) for item in value) + "]"
     return str(value)
 
 

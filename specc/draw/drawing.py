@@ -16,7 +16,7 @@ from typing import Any
 
 import graphviz
 
-from specc.draw.diagram import BRANCH_COLORS, Box, Cluster, Diagram, build_diagram, detail_lines
+from specc.draw.diagram import BRANCH_COLORS, Box, Cluster, Diagram, compiled_diagram, detail_lines
 
 RANKDIRS = ("TB", "LR", "BT", "RL")
 RENDERED_FORMATS = ("svg", "png", "pdf")
@@ -42,6 +42,28 @@ CLUSTER_STYLES = {
 }
 
 
+FORMATS = ("svg", "png", "pdf", "dot", "gv", "mmd", "html")
+
+
+class Drawing(graphviz.Digraph):
+    """The graphviz drawing of a spec (shown inline in Jupyter), which can also become the HTML viewer."""
+
+    source_spec: Any = None          # what `to_html` compiles again: (spec, depth, expand, vars)
+
+    def to_html(self) -> str:
+        """The interactive viewer of the same spec as one self-contained HTML page (see docs/draw.md).
+
+        Raises:
+            ValueError: the drawing is not of a spec (an autograd graph has no viewer).
+        """
+        from specc.draw.html import spec_html
+
+        if self.source_spec is None:
+            raise ValueError("only a spec drawing has an HTML viewer (not the autograd graph)")
+        spec, depth, expand, variables = self.source_spec
+        return spec_html(spec, depth=depth, expand=expand, **variables)
+
+
 class GraphvizNotFound(graphviz.ExecutableNotFound):
     """graphviz's `dot` program is missing; the `.dot` source was written to `source_path` instead."""
 
@@ -64,7 +86,8 @@ def draw(spec_or_path: Any, *, depth: int | None = None, expand: bool = False, r
         **variables: overrides of the spec's vars (`width=128`).
 
     Returns:
-        A `graphviz.Digraph`: shown inline in Jupyter, `.render(...)` / `.pipe(...)` to save it.
+        A `Drawing` (a `graphviz.Digraph`): shown inline in Jupyter, `.render(...)` / `.pipe(...)` to
+        save it, `.to_html()` for the interactive viewer. The autograd graph is a plain `Digraph`.
 
     Raises:
         SpecError: the spec does not compile.
@@ -73,7 +96,9 @@ def draw(spec_or_path: Any, *, depth: int | None = None, expand: bool = False, r
     rankdir = _check_rankdir(rankdir)
     if autograd:
         return draw_autograd(spec_or_path, rankdir=rankdir, **variables)
-    return to_graphviz(spec_diagram(spec_or_path, depth=depth, expand=expand, **variables), rankdir)
+    drawing = to_graphviz(spec_diagram(spec_or_path, depth=depth, expand=expand, **variables), rankdir)
+    drawing.source_spec = (spec_or_path, depth, expand, variables)
+    return drawing
 
 
 def spec_diagram(spec_or_path: Any, *, depth: int | None = None, expand: bool = False, **variables: Any) -> Diagram:
@@ -81,12 +106,7 @@ def spec_diagram(spec_or_path: Any, *, depth: int | None = None, expand: bool = 
     from specc.build.compiler import compile as compile_spec
 
     compiled = compile_spec(spec_or_path, device="meta", **variables)
-    diagram = build_diagram(compiled.graph, compiled.spec.display_name, depth=depth, expand=expand)
-    for target, source in compiled.spec.tie.items():   # `tie:` shares a parameter: say so on the box
-        owner, _, parameter = target.rpartition(".")
-        if owner in diagram.boxes:
-            diagram.boxes[owner].details.append(f"{parameter} tied to {source}")
-    return diagram
+    return compiled_diagram(compiled, depth=depth, expand=expand)
 
 
 def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2, **variables: Any) -> graphviz.Digraph:
@@ -119,9 +139,9 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
     return digraph
 
 
-def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> graphviz.Digraph:
+def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> Drawing:
     """Write a `Diagram` as a graphviz `Digraph` (clusters nested as in the spec)."""
-    digraph = graphviz.Digraph(
+    digraph = Drawing(
         name=diagram.name,
         graph_attr=dict(rankdir=_check_rankdir(rankdir), label=f"<<b>{escape(diagram.name)}</b>>", labelloc="t",
                         fontname="Helvetica", fontsize="14", nodesep="0.3", ranksep="0.35", newrank="true"),
@@ -139,39 +159,77 @@ def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> graphviz.Digraph:
 
 
 def write_drawing(spec_or_path: Any, output: str | Path | None = None, *, depth: int | None = None,
-                  expand: bool = False, rankdir: str = "TB", autograd: bool = False, **variables: Any) -> Path:
-    """Draw a spec into a file whose extension picks the format: .svg .png .pdf .dot .gv or .mmd (Mermaid).
+                  expand: bool = False, rankdir: str = "TB", autograd: bool = False,
+                  output_format: str | None = None, **variables: Any) -> Path:
+    """Draw a spec into a file whose extension (or `output_format`) picks the format: one of FORMATS.
 
     Args:
         spec_or_path: YAML path or text, a parsed dict, or a `Spec`.
-        output: where to write; default `<spec name>.svg` (`<spec name>_autograd.svg`) next to the spec.
+        output: where to write; default `default_output(...)`.
         depth, expand, rankdir, autograd, **variables: as for `draw`.
+        output_format: svg, png, pdf, dot, gv, mmd (Mermaid) or html (the viewer); default: the
+            extension of `output`, or svg.
 
     Returns:
         The path written.
 
     Raises:
         SpecError: the spec does not compile.
-        ValueError: an unknown extension, or Mermaid asked for the autograd graph.
+        ValueError: an unknown format, or Mermaid or HTML asked for the autograd graph.
         GraphvizNotFound: `dot` is missing; the `.dot` source was written next to `output`.
     """
-    from specc.draw.mermaid import to_mermaid
     from specc.lang.spec import load
 
     spec = load(spec_or_path, variables)
-    path = Path(output) if output is not None else default_output(spec.file, spec.display_name, autograd)
-    suffix = path.suffix.lstrip(".").lower()
-    if suffix not in (*RENDERED_FORMATS, *SOURCE_FORMATS, "mmd"):
-        raise ValueError(f"cannot tell the format from '{path.name}': use .svg, .png, .pdf, .dot or .mmd")
-    if suffix == "mmd":
-        if autograd:
-            raise ValueError("Mermaid output draws the spec graph; "
-                             "write the autograd graph as .svg, .png, .pdf or .dot")
-        path.write_text(to_mermaid(spec_diagram(spec, depth=depth, expand=expand), _check_rankdir(rankdir)))
+    suffix = output_format or (Path(output).suffix.lstrip(".").lower() if output is not None else "svg")
+    path = Path(output) if output is not None else default_output(spec.file, spec.display_name, autograd, suffix)
+    if suffix in ("mmd", "html") or suffix in SOURCE_FORMATS:
+        atomic_write(path, drawing_bytes(spec, suffix, depth=depth, expand=expand, rankdir=rankdir, autograd=autograd))
         return path
-    digraph = draw(spec, depth=depth, expand=expand, rankdir=rankdir, autograd=autograd)
-    save(digraph, path)
+    _check_format(suffix, path.name)
+    save(draw(spec, depth=depth, expand=expand, rankdir=rankdir, autograd=autograd), path)
     return path
+
+
+def drawing_bytes(spec_or_path: Any, output_format: str, *, depth: int | None = None, expand: bool = False,
+                  rankdir: str = "TB", autograd: bool = False, **variables: Any) -> bytes:
+    """The drawing in `output_format` (one of FORMATS) as bytes, for `-o -` (stdout).
+
+    Raises:
+        SpecError, ValueError, GraphvizNotFound: as for `write_drawing` (no source is written).
+    """
+    _check_format(output_format, f"--format {output_format}")
+    if output_format in ("mmd", "html") and autograd:
+        raise ValueError(f"{'Mermaid' if output_format == 'mmd' else 'HTML'} output draws the spec graph; "
+                         "write the autograd graph as .svg, .png, .pdf or .dot")
+    if output_format == "html":
+        from specc.draw.html import spec_html
+
+        return spec_html(spec_or_path, depth=depth, expand=expand, **variables).encode()
+    if output_format == "mmd":
+        from specc.draw.mermaid import to_mermaid
+
+        return to_mermaid(spec_diagram(spec_or_path, depth=depth, expand=expand, **variables),
+                          _check_rankdir(rankdir)).encode()
+    digraph = draw(spec_or_path, depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **variables)
+    if output_format in SOURCE_FORMATS:
+        return digraph.source.encode()
+    try:
+        return _png_dpi(digraph, output_format).pipe(format=output_format, quiet=True)
+    except graphviz.ExecutableNotFound:
+        raise GraphvizNotFound(Path("-")) from None
+
+
+def _check_format(output_format: str, what: str) -> None:
+    if output_format not in FORMATS:
+        raise ValueError(f"cannot tell the format from '{what}': use one of {', '.join(FORMATS)}")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file beside `path`, so a failure never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    temporary.replace(path)
 
 
 def save(digraph: graphviz.Digraph, path: str | Path) -> Path:
@@ -183,25 +241,53 @@ def save(digraph: graphviz.Digraph, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lstrip(".").lower()
     if suffix in SOURCE_FORMATS:
-        path.write_text(digraph.source)
+        atomic_write(path, digraph.source.encode())
         return path
-    if suffix == "png" and "dpi" not in digraph.graph_attr:
-        digraph = digraph.copy()
-        digraph.graph_attr["dpi"] = "144"   # graphviz's 96 dpi looks blurry in docs and slides
     try:
-        data = digraph.pipe(format=suffix, quiet=True)
+        data = _png_dpi(digraph, suffix).pipe(format=suffix, quiet=True)
     except graphviz.ExecutableNotFound:
         source_path = path.with_suffix(".dot")
         source_path.write_text(digraph.source)
         raise GraphvizNotFound(source_path) from None
-    path.write_bytes(data)
+    atomic_write(path, data)
     return path
 
 
-def default_output(spec_file: str, name: str, autograd: bool = False) -> Path:
-    """`<spec name>.svg` next to the spec file (in the working directory for specs given as text)."""
+def _png_dpi(digraph: graphviz.Digraph, output_format: str) -> graphviz.Digraph:
+    if output_format != "png" or "dpi" in digraph.graph_attr:
+        return digraph
+    digraph = digraph.copy()
+    digraph.graph_attr["dpi"] = "144"   # graphviz's 96 dpi looks blurry in docs and slides
+    return digraph
+
+
+def default_output(spec_file: str, name: str, autograd: bool = False, output_format: str = "svg") -> Path:
+    """`<spec name>.<format>` next to the spec file (in the working directory for specs given as text).
+
+    When that folder is inside a git work tree, the drawing would land in the user's sources: it
+    goes to the working directory instead if that is outside any git work tree, else to
+    `~/.cache/specc/drawings/` (the command prints where).
+    """
     folder = Path(spec_file).parent if spec_file != "<spec>" else Path.cwd()
-    return folder / f"{name}{'_autograd' if autograd else ''}.svg"
+    file_name = f"{name}{'_autograd' if autograd else ''}.{output_format}"
+    repository = _git_root(folder)
+    if repository is not None:
+        folder = Path.cwd() if _git_root(Path.cwd()) is None else _cache_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / file_name
+
+
+def _git_root(folder: Path) -> Path | None:
+    for candidate in [folder.resolve(), *folder.resolve().parents]:
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def _cache_folder() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "specc" / "drawings"
 
 
 def _check_rankdir(rankdir: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from specc.build.graph import Node
 from specc.build.registry import TUPLE_OUTPUT_LAYERS
 
-_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share")
+_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names")
 
 
 @dataclass(eq=False)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
+import sys
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from specc.lang.errors import did_you_mean
 
-SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic")
+SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 SYNTHETIC_KINDS = ("classification", "regression", "sequence")
 SYNTHETIC_ARGS = ("samples", "classes", "noise", "vocab_size")
@@ -36,6 +38,51 @@ UNSUPPORTED_OPTIMIZERS = ("LBFGS", "Optimizer")
 # Scheduler arguments specc fills in from the run when they are left out.
 FILLED_SCHEDULER_ARGS = {"CosineAnnealingLR": ("T_max",), "OneCycleLR": ("total_steps",)}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+# `compile:` keys that reach torch.compile, and their allowed values; anything else (`options`
+# with a C++ compiler path, `trace.debug_dir`, ...) could run a program or write anywhere.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+COMPILE_KEYS = ("mode", "fullgraph", "dynamic", "backend")
+
+
+def safe_mode() -> bool:
+    """True when specs are checked as untrusted input: no `dataset:` class, no compiler options.
+
+    `SPECC_SAFE=1` turns it on (the global `--safe` flag sets it).
+    """
+    return os.environ.get("SPECC_SAFE") == "1"
+
+
+def check_dataset_path(dotted: str) -> None:
+    """A `dataset:` path must name a class in the user's own code, checked before importing it.
+
+    Raises:
+        ValueError: not a dotted path, a standard-library or builtin module (which holds no
+            Dataset and may run commands, e.g. `subprocess.getoutput`), or safe mode.
+    """
+    if safe_mode():
+        raise ValueError(f"safe mode: `dataset: {dotted}` would import and run code; safe mode refuses "
+                         f"every user Dataset (use a `source:` instead)")
+    if not isinstance(dotted, str) or not DOTTED_PATH.match(dotted):
+        raise ValueError(f"dataset must be the dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset "
+                         f"(got {dotted!r})")
+    top = dotted.partition(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
+        raise ValueError(f"dataset {dotted}: '{top}' is a standard-library module, not a torch Dataset class; "
+                         f"name a subclass of torch.utils.data.Dataset in your own code")
+# Batched, on-device augmentations (specc.train.augment): name -> (required args, optional args).
+AUGMENTATIONS = {
+    "random_crop": (("size",), ("padding",)),
+    "hflip": ((), ("p",)),
+    "vflip": ((), ("p",)),
+    "random_resized_crop": (("size",), ("scale", "ratio")),
+    "color_jitter": ((), ("brightness", "contrast", "saturation")),
+    "cutout": (("size",), ("p",)),
+    "mixup": (("alpha",), ()),
+    "cutmix": (("alpha",), ()),
+}
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
 class _Strict(BaseModel):
@@ -90,15 +137,45 @@ class SplitConfig(_Strict):
         return self
 
 
+class ImageNormalize(_Strict):
+    """Fixed per-channel image scaling: `(x - mean) / std`, e.g. ImageNet's statistics."""
+
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "ImageNormalize":
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"normalize mean and std need one value per channel each "
+                             f"(got {len(self.mean)} and {len(self.std)})")
+        if any(value <= 0 for value in self.std):
+            raise ValueError("normalize std values must be positive")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the examples come from and how they are split and scaled."""
 
-    source: Optional[str] = None    # sklearn:<name> | csv:<path> | npz:<path> | synthetic:<kind>
+    source: Optional[str] = None    # sklearn:|csv:|npz:|synthetic:|folder:|parquet:|arrow:|npy:
     dataset: Optional[str] = None   # dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset
     args: dict[str, Any] = Field(default_factory=dict)  # kwargs of `dataset`, or synthetic sizes
-    target: Union[str, int, None] = None  # csv target column (name or index); default: the last column
+    target: Union[str, int, None] = None  # csv/parquet/arrow target column; npy: the targets' .npy file
+    inputs: dict[str, str] = Field(default_factory=dict)  # input name -> parquet/arrow column or .npy file
     split: SplitConfig = Field(default_factory=SplitConfig)
-    normalize: Literal["none", "standard", "minmax"] = "none"  # float inputs; fitted on the training split
+    # float inputs; fitted on the training split; or fixed per-channel image statistics
+    normalize: Union[Literal["none", "standard", "minmax"], ImageNormalize] = "none"
+    streaming: Union[bool, Literal["auto"]] = "auto"  # auto: stream when the data exceed memory_budget
+    memory_budget: Union[int, str, None] = None  # bytes or "4GB"; default a quarter of the RAM
+    num_workers: Optional[int] = Field(None, ge=0)  # DataLoader processes; default from the core count
+    prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead
+    augment: list[Call] = Field(default_factory=list)  # training split only, batched on the device
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_path(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_dataset_path(value)
+        return value
 
     @field_validator("source")
     @classmethod
@@ -114,10 +191,45 @@ class DataConfig(_Strict):
             raise ValueError(f"unknown {kind} data '{rest}'; choose from {', '.join(choices)}{_hint(rest, choices)}")
         return value
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _byte_count(cls, value: Union[int, str, None]) -> Optional[int]:
+        if value is None or isinstance(value, int):
+            if isinstance(value, int) and value <= 0:
+                raise ValueError("memory_budget must be positive")
+            return value
+        match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?B?)\s*", value.upper())
+        if not match:
+            raise ValueError(f"memory_budget must be bytes or a size like 4GB or 512MB (got {value!r})")
+        return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) if match.group(2) in _BYTE_UNITS
+                                                        else match.group(2) + "B"])
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _check_augment(cls, value: Any) -> list[Call]:
+        calls = [Call.parse(item, "augmentation") for item in (value if isinstance(value, list) else [value])]
+        for call in calls:
+            if call.name not in AUGMENTATIONS:
+                raise ValueError(f"unknown augmentation '{call.name}'{_hint(call.name, AUGMENTATIONS)}; "
+                                 f"choose from {', '.join(AUGMENTATIONS)}")
+            required, optional = AUGMENTATIONS[call.name]
+            for key in call.kwargs:
+                if key not in required + optional:
+                    raise ValueError(f"augmentation {call.name} has no argument '{key}'"
+                                     f"{_hint(key, required + optional)}; it takes {', '.join(required + optional)}")
+            missing = [key for key in required if key not in call.kwargs]
+            if missing:
+                raise ValueError(f"augmentation {call.name} needs {', '.join(missing)}")
+        if calls:  # refused rather than silently ignored until the batched augmentations land
+            raise ValueError("augment: is not implemented yet in this version of specc (the keys are "
+                             "reserved); remove it to train without augmentation")
+        return calls
+
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if (self.source is None) == (self.dataset is None):
-            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:) or `dataset`")
+            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:/folder:/parquet:/arrow:/npy:) "
+                             "or `dataset`")
         if self.source and self.source.startswith("synthetic:"):
             for key in self.args:
                 if key not in SYNTHETIC_ARGS:
@@ -125,6 +237,8 @@ class DataConfig(_Strict):
                                      f"it takes {', '.join(SYNTHETIC_ARGS)}")
         elif self.source and self.args:
             raise ValueError("`args` applies to `dataset` and synthetic sources only")
+        if self.inputs and self.kind not in ("parquet", "arrow", "npy"):
+            raise ValueError("`inputs` applies to parquet:, arrow: and npy: sources only")
         return self
 
     @property
@@ -161,6 +275,14 @@ class SWAConfig(_Strict):
     anneal_strategy: Literal["cos", "linear"] = "cos"
 
 
+class InitFromConfig(_Strict):
+    """`init_from: {path: ..., map: auto, allow_missing: [...]}`: weights to start training from."""
+
+    path: str
+    map: Union[Literal["auto", "strict"], dict[str, str]] = "auto"   # or rename rules {pattern: replacement}
+    allow_missing: list[str] = Field(default_factory=list)           # globs that may stay unmatched (a new head)
+
+
 class TrainConfig(_Strict):
     """The `train:` section of a spec."""
 
@@ -177,11 +299,13 @@ class TrainConfig(_Strict):
     swa: Optional[SWAConfig] = None
     grad_clip: Optional[float] = Field(None, gt=0)  # max total gradient norm
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
-    compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs {mode, backend, ...}
+    compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs: mode, fullgraph, dynamic, backend
     device: str = "auto"             # auto = cuda > mps > cpu
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
     log_every: int = Field(20, ge=1)  # steps between progress updates (each costs one host sync)
+    init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
+    freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -239,6 +363,13 @@ class TrainConfig(_Strict):
             seen.add(call.name)
         return calls
 
+    @field_validator("compile")
+    @classmethod
+    def _check_compile(cls, value: Union[bool, dict[str, Any]]) -> Union[bool, dict[str, Any]]:
+        if isinstance(value, dict):
+            check_compile_options(value)
+        return value
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -274,6 +405,29 @@ class TrainConfig(_Strict):
 
     def default_monitor(self) -> str:
         return "val_loss" if self.has_validation else "train_loss"
+
+
+def check_compile_options(options: dict[str, Any]) -> None:
+    """Only `mode`, `fullgraph`, `dynamic` and `backend` (from fixed lists) reach torch.compile.
+
+    Raises:
+        ValueError: any other key or value, or any option at all in safe mode.
+    """
+    if options and safe_mode():
+        raise ValueError("safe mode: compile options reach a compiler; use `compile: true` or false")
+    for key, value in options.items():
+        if key not in COMPILE_KEYS:
+            raise ValueError(f"compile has no option '{key}'{_hint(str(key), COMPILE_KEYS)}; it takes "
+                             f"{', '.join(COMPILE_KEYS)} (other torch.compile options can run programs)")
+    mode, backend = options.get("mode"), options.get("backend")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}{_hint(str(mode), COMPILE_MODES)}")
+    if backend is not None and backend not in COMPILE_BACKENDS:
+        raise ValueError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}"
+                         f"{_hint(str(backend), COMPILE_BACKENDS)}")
+    for key in ("fullgraph", "dynamic"):
+        if key in options and not isinstance(options[key], bool) and not (key == "dynamic" and options[key] is None):
+            raise ValueError(f"compile {key} must be true or false")
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:

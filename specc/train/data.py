@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.train.sources import read_source
+from specc.train.columns import check_finite, materialize
+from specc.train.sources import RawData, read_source
 from specc.lang.train_config import DataConfig, SplitConfig
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
@@ -53,6 +54,23 @@ class TensorData:
 
     def to(self, device: torch.device | str) -> "TensorData":
         return TensorData(tuple(x.to(device) for x in self.inputs), self.target.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.target.shape[1:])
+
+    @property
+    def input_layout(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """(shape, dtype) per example of each input."""
+        return [(tuple(x.shape[1:]), x.dtype) for x in self.inputs]
+
+    def head(self, count: int) -> "TensorData":
+        """The first `count` examples (the loss check before training runs on them)."""
+        return TensorData(tuple(x[:count] for x in self.inputs), self.target[:count])
 
 
 @dataclass
@@ -102,9 +120,21 @@ def load_examples(config: DataConfig, layout: Layout, *, base_dir: Path, where: 
     Raises:
         SpecError: DATA_ERROR when the source cannot be read or does not fit the model.
     """
-    raw = read_source(config, layout, base_dir=base_dir, where=where, seed=seed)
-    inputs = shape_inputs(raw.inputs, layout, where)
-    target, classes = _shape_target(raw.target, layout, where)
+    return examples_from_raw(read_source(config, layout, base_dir=base_dir, where=where, seed=seed), layout, where)
+
+
+def examples_from_raw(raw: RawData, layout: Layout, where: Location | None) -> Examples:
+    """Read every column whole (images are decoded once here), check and shape them as tensors.
+
+    Raises:
+        SpecError: DATA_ERROR for nan/inf inputs (naming the row), mismatched counts or shapes.
+    """
+    columns = raw.inputs if isinstance(raw.inputs, dict) else {None: raw.inputs}
+    arrays = {name: materialize(column) for name, column in columns.items()}
+    for name, array in arrays.items():
+        check_finite(name or next(iter(layout.inputs)), array, None, where)
+    inputs = shape_inputs(arrays if isinstance(raw.inputs, dict) else arrays[None], layout, where)
+    target, classes = shape_target(raw.target, layout, where)
     if len({len(x) for x in inputs} | {len(target)}) != 1:
         _fail(f"the source has {[len(x) for x in inputs]} input examples but {len(target)} targets", where)
     return Examples(TensorData(inputs, target), classes)
@@ -117,7 +147,8 @@ def make_splits(examples: Examples, split: SplitConfig, class_index: bool) -> li
     every class has enough members; otherwise the split is plain random.
     """
     data = examples.data
-    labels = data.target.numpy() if class_index and data.target.dim() == 1 and split.stratify else None
+    target = data.target  # None for a streamed Dataset: its targets are only read while training
+    labels = target.numpy() if target is not None and class_index and target.dim() == 1 and split.stratify else None
     indices = np.arange(len(data))
     rest, test = _divide(indices, split.test, labels, split.seed)
     rest_labels = labels[rest] if labels is not None else None
@@ -137,7 +168,14 @@ class Normalizer:
         self.stats = stats  # per input: (shift, scale), or None to leave it as is (tokens, kind none)
 
     @classmethod
-    def fit(cls, kind: str, train: TensorData) -> "Normalizer":
+    def fit(cls, kind: Any, train: Any) -> "Normalizer":
+        """Fit on the training split; `kind` none/standard/minmax, or fixed `{mean, std}` per channel.
+
+        A streamed split (specc.train.streaming) computes its statistics in one pass of batches."""
+        if not isinstance(kind, str):
+            return cls._per_channel(kind, train)
+        if not isinstance(train, TensorData):
+            return cls(kind, train.normalizer_stats(kind))
         stats = []
         for x in train.inputs:
             if kind == "none" or not x.is_floating_point():
@@ -149,7 +187,21 @@ class Normalizer:
                 stats.append((low, _nonzero(x.amax(0) - low)))
         return cls(kind, stats)
 
-    def __call__(self, data: TensorData) -> TensorData:
+    @classmethod
+    def _per_channel(cls, config: Any, train: Any) -> "Normalizer":
+        """`normalize: {mean, std}`: every float input [C, ...] with C channels is scaled per channel."""
+        stats = []
+        for shape, dtype in train.input_layout:
+            if not dtype.is_floating_point or not shape or shape[0] != len(config.mean):
+                stats.append(None)
+                continue
+            view = (len(config.mean),) + (1,) * (len(shape) - 1)
+            stats.append((torch.tensor(config.mean).reshape(view), torch.tensor(config.std).reshape(view)))
+        return cls("image", stats)
+
+    def __call__(self, data: Any) -> Any:
+        if not isinstance(data, TensorData):
+            return data.normalized(self)  # a streamed split scales each batch on the device
         return TensorData(self.inputs(data.inputs), data.target)
 
     def inputs(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -185,6 +237,10 @@ def batches(data: TensorData, batch_size: int, *, generator: torch.Generator | N
         rank, world_size: distributed training: each rank takes every world_size-th example.
         pad: give every rank the same number of examples (see `shard`); training needs it.
     """
+    if not isinstance(data, TensorData):  # a streamed split: a DataLoader (specc.train.streaming)
+        yield from data.batches(batch_size, generator=generator, drop_single=drop_single, rank=rank,
+                                world_size=world_size, pad=pad)
+        return
     count = len(data)
     if generator is None and world_size == 1:
         for start in range(0, count, batch_size):  # slices are views: no copy for evaluation
@@ -250,10 +306,13 @@ def _reshape(name: str, array: np.ndarray, shape: tuple[int, ...], dtype: torch.
               f"are {list(per_example)} ({math.prod(per_example)} values)", where)
     if dtype in (torch.long, torch.int32) and not _integral(array):
         _fail(f"input {name} has dtype long but the data are not whole numbers", where)
-    return torch.as_tensor(np.ascontiguousarray(array)).reshape(len(array), *shape).to(dtype)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # zero-copy table columns are read-only; torch wants writable memory
+        array = array.copy()
+    return torch.as_tensor(array).reshape(len(array), *shape).to(dtype)
 
 
-def _shape_target(target: np.ndarray, layout: Layout, where) -> tuple[torch.Tensor, list[str] | None]:
+def shape_target(target: np.ndarray, layout: Layout, where) -> tuple[torch.Tensor, list[str] | None]:
     classes = None
     if target.dtype.kind in "OUS":  # string labels (csv): encode them, keep the names for predictions
         if not layout.class_index:
@@ -264,7 +323,7 @@ def _shape_target(target: np.ndarray, layout: Layout, where) -> tuple[torch.Tens
         if not _integral(target):
             _fail("the loss expects class indices but the targets are not whole numbers; "
                   "use a regression loss such as MSELoss", where)
-        return torch.as_tensor(target).long(), classes
+        return torch.as_tensor(np.array(target)).long(), classes  # a copy: table columns are read-only
     tensor = torch.as_tensor(np.asarray(target, dtype=np.float32))
     if tensor.dim() == 1 or math.prod(tensor.shape[1:]) == math.prod(layout.output_shape):
         tensor = tensor.reshape(len(tensor), *layout.output_shape)  # (N,) -> (N, 1) for one output

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from specc.build.checkpoint import load_checkpoint, load_model_state
+from specc.build.checkpoint import load_checkpoint, load_model_state, require_keys
 from specc.train.data import Normalizer, TensorData, batches, layout_of, shape_inputs
 from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output
@@ -99,6 +99,9 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
 
 
 def _restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
+    """The spec (given, or the checkpoint's: validated just the same) and its model with the weights."""
+    require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
+                 checkpoint, "evaluate and predict")
     spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, overrides)
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)

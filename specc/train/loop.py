@@ -28,13 +28,10 @@ from specc.build.checkpoint import restore_rng, rng_state, save_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
+from specc.train.progress import INTERRUPTED, EpochProgress, NonFiniteLoss, check_finite, epoch_progress
 from specc.train.run_log import RunLog
 from specc.lang.spec import Spec
 from specc.lang.train_config import TrainConfig, monitor_mode
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became nan or inf."""
 
 
 class Tracker:
@@ -49,7 +46,7 @@ class Tracker:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is a new best."""
-        if math.isnan(value):
+        if not math.isfinite(value):  # a nan/inf epoch is never the best
             improved = False
         elif self.best is None:
             improved = True
@@ -105,6 +102,9 @@ class Session:
     rank: int = 0
     world_size: int = 1
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
+    progress: EpochProgress | None = None  # the epoch being trained, between steps
+    resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
+    augment: Callable | None = None        # (inputs, target) -> (inputs, loss target): training batches only
 
     @property
     def is_main(self) -> bool:
@@ -163,6 +163,7 @@ class Session:
         if self.early is not None and state["trackers"]["early"] is not None:
             self.early.load_state_dict(state["trackers"]["early"])
         self.history, self.epoch = list(state["history"]), state["epoch"]
+        self.resume_point = state.get("interrupted")
 
     def start_swa(self) -> None:
         """Begin averaging (at the start of `swa.start_epoch`, before its optimizer steps)."""
@@ -186,9 +187,23 @@ def fit(session: Session, log: RunLog) -> tuple[str, str]:
                 if session.epoch else "")
         return "diverged", f"{error}{kept}"
     except KeyboardInterrupt:
-        if session.is_main:
-            save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
-        return "interrupted", f"interrupted during epoch {session.epoch + 1}: saved {session.run_dir / 'last.pt'}"
+        return "interrupted", _save_interrupted(session)
+
+
+def _save_interrupted(session: Session) -> str:
+    """interrupted.pt holds the state after the last completed step, labelled with its epoch and step;
+    last.pt (the last complete epoch) is left as it is."""
+    progress, kept = session.progress, (f"; last.pt keeps epoch {session.epoch}" if session.epoch else "")
+    epoch = session.epoch + 1
+    if progress is None or progress.in_step or progress.step == 0:
+        return f"interrupted during epoch {epoch} (not between two steps: nothing new saved){kept}"
+    path = session.run_dir / INTERRUPTED
+    if session.is_main:
+        state = session.checkpoint_state()
+        state["interrupted"] = progress.state_dict(session.metrics["train"])
+        save_checkpoint(state, path)
+    return (f"interrupted during epoch {epoch} after step {progress.step}: saved {path} "
+            f"(--resume it to continue exactly){kept}")
 
 
 def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
@@ -201,8 +216,9 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
             session.early.update(record[session.early.monitor], epoch)
         if session.is_main:
             if improved:
-                save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt")
+                save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt", verify=True)
             save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
+            (session.run_dir / INTERRUPTED).unlink(missing_ok=True)  # last.pt has moved past it
             log.epoch_finished(record, session.history)
         if session.early is not None and ranks.any_rank(session.early.should_stop):
             return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
@@ -222,13 +238,15 @@ def _ctrl_c_requests_stop(session: Session):
     def request_stop(signum, frame):
         session.stop_requested = True
         if session.world_size == 1:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signum, previous[signum])
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    # SIGTERM (a scheduler or `kill`) stops the same way, so summary.json and interrupted.pt are written
+    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
@@ -236,17 +254,28 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     started = time.perf_counter()
     if session.in_swa(epoch) and session.swa_model is None:
         session.start_swa()
-    learning_rate = session.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
+    point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
+    learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
+    train = session.splits.train
+    streamed = getattr(train, "streamed", False)
+    if streamed:
+        train.load_seconds = 0.0  # a streamed split adds up its waits for batches here
     record: dict[str, Any] = {"epoch": epoch, **train_epoch(session, epoch, log)}
+    loading = train.load_seconds if streamed else 0.0
     if session.splits.val is not None and len(session.splits.val):
         record.update(_prefixed("val", session.evaluate(session.forward, session.splits.val,
                                                         session.metrics["val"])))
+    # the validation loss and every monitor decide something: a nan there would pick a bad checkpoint
+    check_finite(record, {"val_loss", session.best.monitor, *(e.monitor for e in session.schedulers.entries),
+                          *([session.early.monitor] if session.early else [])}, epoch)
     record["lr"] = learning_rate
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()
     else:
         session.schedulers.step_epoch(record)
+    if streamed:
+        record["data_seconds"] = round(loading, 3)  # time the training loop waited for the loader
     record["seconds"] = round(time.perf_counter() - started, 3)
     return record
 
@@ -259,22 +288,33 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     """
     config, train = session.config, session.splits.train
     session.training_forward.train()
-    losses: list[torch.Tensor] = []
-    sizes: list[int] = []
+    point, session.resume_point = session.resume_point, None
+    progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
+                                                 train.target.device, session.optimizer.param_groups[0]["lr"])
+    losses, sizes, skip = progress.losses, progress.sizes, progress.step
     steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
                                                     drop_single=True, rank=session.rank,
                                                     world_size=session.world_size, pad=True), start=1):
-        output, loss = train_step(session, inputs, target)
+        if step <= skip:  # done before the interruption this epoch resumes from
+            log.step(None)
+            continue
+        progress.in_step = True
+        loss_target = target
+        if session.augment is not None:  # metrics keep the true targets; the loss sees mixed ones
+            inputs, loss_target = session.augment(inputs, target)
+        output, loss = train_step(session, inputs, loss_target)
         losses.append(loss)
         sizes.append(len(target))
         session.metrics["train"].update(output, target)
         if not session.in_swa(epoch):
             session.schedulers.step_batch()
+        progress.step, progress.in_step = step, False
         if _stop_requested(session, step % config.log_every == 0 or step == steps):
             raise KeyboardInterrupt
         log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
+    session.progress = None
     ranks.share_buffers(session.model)
     return {"train_loss": _checked_mean(losses, sizes, epoch),
             **_prefixed("train", session.metrics["train"].compute())}
@@ -322,7 +362,7 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
     was_training = model.training
     model.eval()
     try:
-        loss_sum, count = torch.zeros((), device=data.target.device), 0
+        loss_sum, count = torch.zeros((), device=data.device), 0
         for inputs, target in batches(data, batch_size, rank=rank, world_size=world_size):
             with autocast():
                 output = first_output(model(*inputs))

@@ -167,6 +167,20 @@ class MetricSet:
             else:
                 metric.update(preds, labels)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running states of an epoch in progress (for a mid-epoch checkpoint)."""
+        return {name: {"state": {key: (value.clone() if isinstance(value, torch.Tensor) else list(value))
+                                 for key, value in metric.metric_state.items()},
+                       "updates": metric._update_count} for name, metric in self.metrics.items()}
+
+    def load_state_dict(self, states: dict[str, Any]) -> None:
+        """Continue an epoch from `state_dict()`'s running states."""
+        for name, metric in self.metrics.items():
+            for key, value in states[name]["state"].items():
+                setattr(metric, key, value.to(metric.device) if isinstance(value, torch.Tensor) else list(value))
+            metric._update_count = states[name]["updates"]
+            metric._computed = None
+
     def compute(self) -> dict[str, Any]:
         """Numbers for scalar metrics, nested lists for matrices; resets for the next epoch."""
         values = {}

@@ -13,8 +13,8 @@ import torch
 from specc.train import ranks
 from specc.build.compiled import Compiled
 from specc.build.compiler import compile as compile_spec
-from specc.train.data import (DataSplits, Examples, Layout, Normalizer, layout_of, load_examples, make_splits,
-                        shard_size)
+from specc.train.data import DataSplits, Examples, Layout, Normalizer, layout_of, make_splits, shard_size
+from specc.train.streaming import load_data
 from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
@@ -68,6 +68,19 @@ def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
     return compile_spec(spec, device=device, symbolic=False)
 
 
+def start_from_weights(spec: Spec, compiled: Compiled) -> None:
+    """`train: {init_from: ..., freeze: [...]}`: load the weights to fine-tune, freeze what the globs name
+    (see specc.build.freeze)."""
+    from specc.build.freeze import freeze, init_from
+
+    config = spec.train
+    base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
+    if config.init_from is not None:
+        init_from(compiled, config.init_from, base_dir, spec.source.locate(("train", "init_from")))
+    if config.freeze:
+        freeze(compiled.module, config.freeze, lambda index: spec.source.locate(("train", "freeze", index)))
+
+
 def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
     """Read the data source, shape it for the model, infer the task and split (holdout or K folds)."""
     config = spec.train
@@ -76,8 +89,8 @@ def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
     layout = layout_of(spec, compiled.input_shapes(), output_shape, class_index)
     where = data_location(spec)
     base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
-    examples = load_examples(config.data, layout, base_dir=base_dir, where=where, seed=config.data.split.seed)
-    task = Task.infer(config.loss.name, output_shape, tuple(examples.data.target.shape[1:]))
+    examples = load_data(config.data, layout, base_dir=base_dir, where=where, seed=config.data.split.seed)
+    task = Task.infer(config.loss.name, output_shape, examples.data.target_shape)
     _check_classes(task, examples, where)
     return Prepared(layout, task, examples, make_splits(examples, config.data.split, class_index))
 
@@ -154,15 +167,16 @@ class TrainedOutput(torch.nn.Module):
 
 
 def _check_classes(task: Task, examples: Examples, where: Location) -> None:
-    target = examples.data.target
-    if task.kind == "multiclass" and target.numel() and (target.min() < 0 or target.max() >= task.num_classes):
+    target = examples.data.target  # None for a streamed Dataset: its batches are checked as they are read
+    if target is not None and task.kind == "multiclass" and target.numel() and (target.min() < 0 or target.max() >= task.num_classes):
         raise SpecError(Problem(f"the targets are classes {int(target.min())}..{int(target.max())} but the model "
                                 f"outputs {task.num_classes} class scores", where, "DATA_ERROR"))
 
 
 def _check_loss_fits(model, loss_fn, task: Task, train, config: TrainConfig, where: Location) -> None:
     """Run the loss once on two examples, so a shape mismatch is an error at the spec's `loss:` line."""
-    inputs, target = tuple(x[:2] for x in train.inputs), train.target[:2]
+    sample = train.head(2)
+    inputs, target = sample.inputs, sample.target
     was_training = model.training
     model.eval()
     try:

@@ -15,7 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-NOT_PLOTTED = ("epoch", "seconds", "lr")
+from specc.train.run_dir import write_atomic
+
+NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 
 
 class RunLog:
@@ -116,6 +118,8 @@ def format_record(record: dict[str, Any]) -> str:
             parts.append(f"lr {value:.2e}")
         elif key == "seconds":
             parts.append(f"{value:.1f}s")
+        elif key == "data_seconds":  # streamed data: the part of the epoch spent waiting for batches
+            parts.append(f"data {value:.1f}s")
         else:
             parts.append(f"{key} {value:.4f}")
     return "  ".join(parts)
@@ -130,12 +134,17 @@ def tensorboard_tag(key: str) -> str:
 
 
 def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.csv, rewritten atomically (a full disk leaves the previous one)."""
     if not history:
         return
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomic(path, write)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -157,7 +166,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.savefig(path, dpi=100)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
 
 
 def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any]]) -> None:

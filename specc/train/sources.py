@@ -1,7 +1,9 @@
-"""Readers for `train.data`: sklearn, csv, npz, synthetic and user Datasets, each to numpy arrays.
+"""Readers for `train.data`: sklearn, csv, npz, synthetic, image folders, parquet/arrow tables, npy
+files and user Datasets, each to columns (numpy arrays, or columns read on demand: specc.train.columns).
 
-Every reader returns `RawData`; `specc.train.data` then shapes, splits and batches it. The sklearn
-datasets are the ones bundled with scikit-learn, so nothing is downloaded.
+Every reader returns `RawData`; `specc.train.data` then shapes, splits and batches it (or
+`specc.train.streaming` streams it). The sklearn datasets are the ones bundled with scikit-learn,
+so nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from typing import Any, Callable
 import numpy as np
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.lang.train_config import DataConfig
+from specc.lang.train_config import DataConfig, check_dataset_path
+from specc.train.columns import IMAGE_SUFFIXES, ImageBytes, ImageFiles, NpyFile
 
 
 @dataclass
 class RawData:
-    """Features (one array, or one per input name) and targets, first axis = examples."""
+    """Features (one array, or one per input name) and targets, first axis = examples.
 
-    inputs: np.ndarray | dict[str, np.ndarray]
+    An input may be a column read on demand (specc.train.columns) instead of an array."""
+
+    inputs: np.ndarray | dict[str, Any]
     target: np.ndarray
 
 
@@ -37,16 +42,19 @@ class Context:
 def read_source(config: DataConfig, layout: Any, *, base_dir: Path, where: Location | None, seed: int) -> RawData:
     """Read the examples named by `config` (see docs/train.md for every source)."""
     readers: dict[str, Callable[..., RawData]] = {
-        "sklearn": _sklearn, "csv": _csv, "npz": _npz, "synthetic": _synthetic, "dataset": _dataset}
+        "sklearn": _sklearn, "csv": _csv, "npz": _npz, "synthetic": _synthetic, "dataset": _dataset,
+        "folder": _folder, "parquet": _table, "arrow": _table, "npy": _npy}
     return readers[config.kind](config, layout, Context(base_dir, where, seed))
 
 
-def resolve_path(text: str, base_dir: Path, where: Location | None = None) -> Path:
-    """A data path: next to the spec file first, then relative to the current directory."""
+def resolve_path(text: str, base_dir: Path, where: Location | None = None, folder: bool = False) -> Path:
+    """A data path (a file, or a folder with `folder`): next to the spec file first, then relative to
+    the current directory."""
     for candidate in (base_dir / text, Path(text)):
-        if candidate.is_file():
+        if candidate.is_dir() if folder else candidate.is_file():
             return candidate
-    raise SpecError(Problem(f"data file not found: {text} (looked in {base_dir} and the current directory)",
+    what = "data folder" if folder else "data file"
+    raise SpecError(Problem(f"{what} not found: {text} (looked in {base_dir} and the current directory)",
                             where, "DATA_ERROR"))
 
 
@@ -139,6 +147,7 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
     samples = int(config.args.get("samples", 1000))
     noise = float(config.args.get("noise", 0.1))
     kind = config.location
+    _check_synthetic_fits(samples, math.prod(shape) + max(1, math.prod(layout.output_shape)), context.where)
     if kind == "sequence":
         return _token_sequences(config, layout, shape, dtype, samples, noise, context)
     if dtype.is_floating_point is False:
@@ -153,6 +162,18 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
                            n_targets=outputs, noise=noise, random_state=context.seed)
     y = (y - y.mean(0)) / y.std(0)  # unit-scale targets, so default learning rates work
     return RawData(x.astype(np.float32), y.astype(np.float32))
+
+
+def _check_synthetic_fits(samples: int, values_per_sample: int, where: Location | None) -> None:
+    """Refuse sizes the CPU cannot hold before generating (sklearn makes float64, then a float32 copy)."""
+    import torch
+
+    from specc.build.memory import check_fits
+
+    if samples < 1:
+        _fail(f"synthetic data needs samples >= 1 (got {samples})", where)
+    check_fits(samples * values_per_sample * 12, torch.device("cpu"), f"{samples:,} synthetic samples",
+               where, "DATA_ERROR")
 
 
 def _classification(config: DataConfig, layout, features: int, samples: int, context: Context) -> RawData:
@@ -186,25 +207,202 @@ def _token_sequences(config, layout, shape, dtype, samples, noise, context) -> R
 
 def _dataset(config: DataConfig, layout, context: Context) -> RawData:
     """A user Dataset, read once into arrays; items are (inputs..., target) or a dict of named arrays."""
-    dataset_class = import_object(config.dataset, context.base_dir, context.where)
+    dataset = open_dataset(config, context.base_dir, context.where)
     try:
-        dataset = dataset_class(**config.args)
         items = [dataset[index] for index in range(len(dataset))]
     except Exception as error:  # the user's code: report any failure at the spec line
         _fail(f"{config.dataset}({config.args}) failed: {type(error).__name__}: {error}", context.where)
+    return dataset_items(items, config.dataset, list(layout.inputs), context.where)
+
+
+def open_dataset(config: DataConfig, base_dir: Path, where: Location | None) -> Any:
+    """The `dataset:` class instantiated with `args` (its items are read later, or streamed)."""
+    dataset_class = import_dataset_class(config.dataset, base_dir, where)
+    try:
+        dataset = dataset_class(**config.args)
+        count = len(dataset)
+    except Exception as error:  # the user's code: report any failure at the spec line
+        _fail(f"{config.dataset}({config.args}) failed: {type(error).__name__}: {error}", where)
+    if not count:
+        _fail(f"{config.dataset} is empty", where)
+    return dataset
+
+
+def dataset_items(items: list, dataset: str, names: list[str], where: Location | None) -> RawData:
+    """Stack Dataset items, `(input..., target)` tuples or dicts keyed by input name and `target`."""
     if not items:
-        _fail(f"{config.dataset} is empty", context.where)
-    names = list(layout.inputs)
+        _fail(f"{dataset} is empty", where)
     if isinstance(items[0], dict):
         key = "target" if "target" in items[0] else "y"
         inputs = {name: _stack([item[name] for item in items]) for name in names if name in items[0]}
         return RawData(inputs, _stack([item[key] for item in items]))
     if not isinstance(items[0], (tuple, list)) or len(items[0]) != len(names) + 1:
-        _fail(f"{config.dataset} items must be (input{'s...' if len(names) > 1 else ''}, target) tuples "
-              f"or dicts keyed by input name and 'target'", context.where)
+        _fail(f"{dataset} items must be (input{'s...' if len(names) > 1 else ''}, target) tuples "
+              f"or dicts keyed by input name and 'target'", where)
     columns = list(zip(*items))
     inputs = {name: _stack(column) for name, column in zip(names, columns)}
     return RawData(inputs, _stack(columns[-1]))
+
+
+def import_dataset_class(dotted: str, base_dir: Path, where: Location | None) -> type:
+    """`package.module.Name` -> a `torch.utils.data.Dataset` subclass, checked before anything is called.
+
+    The spec's folder is searched too, for local modules. Importing runs the named module's code
+    (the user's own, as `import` would); the object itself is only used once it is a Dataset class.
+
+    Raises:
+        SpecError: IMPORT_ERROR for a path that is refused, cannot be imported or is no Dataset class.
+    """
+    try:
+        check_dataset_path(dotted)
+    except ValueError as error:
+        raise SpecError(Problem(str(error), where, "IMPORT_ERROR")) from None
+    found = import_object(dotted, base_dir, where)
+    from torch.utils.data import Dataset
+
+    if not (isinstance(found, type) and issubclass(found, Dataset)):
+        kind = "a class" if isinstance(found, type) else f"a {type(found).__name__}"
+        raise SpecError(Problem(f"dataset {dotted} is {kind}, not a subclass of torch.utils.data.Dataset; "
+                                f"it was not called", where, "IMPORT_ERROR"))
+    return found
+
+
+def _folder(config: DataConfig, layout, context: Context) -> RawData:
+    """One subfolder per class, like torchvision's ImageFolder: classes in sorted order (the targets
+    are their names, numbered in that order by specc.train.data), files sorted within each."""
+    root = resolve_path(config.location, context.base_dir, context.where, folder=True)
+    names = list(layout.inputs)
+    if len(names) != 1:
+        _fail(f"folder: feeds one image input; the spec has {', '.join(names)}", context.where)
+    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    if len(classes) < 2:
+        found = f"one class folder ({classes[0]})" if classes else "no class folders"
+        _fail(f"{root}: has {found}; a folder source needs one subfolder per class, at least two", context.where)
+    paths, labels = [], []
+    for name in classes:
+        files = sorted(path for path in (root / name).rglob("*")
+                       if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        if not files:
+            _fail(f"{root / name}: the class folder '{name}' has no png or jpg images", context.where)
+        paths += files
+        labels += [name] * len(files)
+    shape = layout.inputs[names[0]][0]
+    return RawData({names[0]: ImageFiles(paths, shape, names[0], context.where)}, np.asarray(labels, dtype=str))
+
+
+def _table(config: DataConfig, layout, context: Context) -> RawData:
+    """A parquet or arrow (IPC/feather) table: a column per input (images as encoded bytes) + the target."""
+    path = resolve_path(config.location, context.base_dir, context.where)
+    table = _read_table(path, config.kind, context.where)
+    columns = table.column_names
+    target = _table_target(config.target, columns, path, context.where)
+    names = list(layout.inputs)
+    for name in config.inputs:
+        if name not in names:
+            _fail(f"`inputs` names '{name}', which is not a spec input ({', '.join(names)})", context.where)
+    wanted = {name: config.inputs.get(name, name) for name in names}
+    if len(names) == 1 and not config.inputs and names[0] not in columns:
+        wanted = {names[0]: [column for column in columns if column != target]}
+    inputs = {}
+    for name, column in wanted.items():
+        for label in column if isinstance(column, list) else [column]:
+            if label not in columns:
+                _fail(f"{path}: no column named '{label}' (for input {name}); the columns are "
+                      f"{', '.join(columns)}", context.where)
+        inputs[name] = _table_input(table, column, layout.inputs[name][0], name, path, context.where)
+    return RawData(inputs, _table_values(table.column(target), path, target, context.where))
+
+
+def _read_table(path: Path, kind: str, where: Location | None):
+    import pyarrow as pa
+
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path, memory_map=True)
+        source = pa.memory_map(str(path))
+        try:
+            return pa.ipc.open_file(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException) as error:
+        _fail(f"{path}: not a readable {kind} file ({error})", where)
+
+
+def _table_target(target: str | int | None, columns: list[str], path: Path, where) -> str:
+    if isinstance(target, int):
+        if not -len(columns) <= target < len(columns):
+            _fail(f"{path}: target column {target} is out of range ({len(columns)} columns)", where)
+        return columns[target]
+    if target is None:
+        return "target" if "target" in columns else columns[-1]
+    if target not in columns:
+        _fail(f"{path}: no column named '{target}' (the target); the columns are {', '.join(columns)}", where)
+    return target
+
+
+def _table_input(table, column: str | list[str], shape, name: str, path: Path, where) -> Any:
+    """One column of images (binary) or of arrays (lists), or several numeric columns side by side."""
+    import pyarrow as pa
+
+    if isinstance(column, list) and len(column) == 1:
+        column = column[0]
+    if isinstance(column, list):
+        return np.stack([_table_values(table.column(label), path, label, where) for label in column], axis=1)
+    values = table.column(column).combine_chunks()
+    kind = values.type
+    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+        values, kind = values.field("bytes"), kind.field("bytes").type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return ImageBytes(values, shape, name, f"{path} column '{column}'", where)
+    return _table_values(values, path, column, where)
+
+
+def _table_values(values, path: Path, column: str, where) -> np.ndarray:
+    import pyarrow as pa
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    kind = values.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        lengths = set(values.value_lengths().to_pylist()) if not pa.types.is_fixed_size_list(kind) else {kind.list_size}
+        if len(lengths) > 1:
+            _fail(f"{path}: column '{column}' holds lists of different lengths {sorted(lengths)[:5]}", where)
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
+        return np.asarray(values.to_pylist(), dtype=str)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        _fail(f"{path}: column '{column}' has type {kind}; use numbers, lists of numbers or image bytes", where)
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _npy(config: DataConfig, layout, context: Context) -> RawData:
+    """`npy:x.npy` (target y.npy beside it) or `npy:<folder>` holding `<input>.npy` per input and y.npy;
+    the inputs are read row by row on demand (specc.train.columns.NpyFile), never mapped whole."""
+    location, names = Path(config.location), list(layout.inputs)
+    folder = (context.base_dir / location if (context.base_dir / location).is_dir() else location)
+    if folder.is_dir():
+        files = {name: config.inputs.get(name, str(folder / f"{name}.npy")) for name in names}
+        beside = folder
+    else:
+        path = resolve_path(config.location, context.base_dir, context.where)
+        files, beside = {names[0]: str(path), **config.inputs}, path.parent
+        if any(name not in files for name in names):
+            _fail(f"the spec has inputs {', '.join(names)}: name a .npy file for each under `inputs`, "
+                  f"or use npy:<folder> with one <input>.npy per input", context.where)
+    inputs = {name: _npy_file(text, beside, context) for name, text in files.items()}
+    target_file = _npy_file(str(config.target) if config.target is not None else "y.npy", beside, context)
+    return RawData(inputs, target_file[:])
+
+
+def _npy_file(text: str, beside: Path, context: Context) -> NpyFile:
+    path = beside / text if (beside / text).is_file() else resolve_path(text, context.base_dir, context.where)
+    try:
+        return NpyFile(path)
+    except (OSError, ValueError) as error:
+        _fail(f"{path}: not a readable .npy array ({error})", context.where)
 
 
 def import_object(dotted: str, base_dir: Path, where: Location | None) -> Any:

@@ -11,9 +11,9 @@ metrics.csv, TensorBoard events, curves.png and summary.json (K-fold: one folder
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,10 @@ from specc.lang.errors import Problem, SpecError
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet
 from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
-                           resolve_device)
+                           resolve_device, start_from_weights)
+from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
+from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
+from specc.train.run_dir import new_run_dir as make_run_dir
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics
 from specc.lang.spec import Spec
 from specc.lang.train_config import MATRIX_METRICS, monitor_mode
@@ -56,8 +59,9 @@ class TrainResult:
         return self.status in ("completed", "early_stopped")
 
 
-def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", resume: str | Path | None = None,
-          overrides: dict[str, Any] | None = None, verbose: bool = True, **train_keys: Any) -> TrainResult:
+def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Path = "runs",
+          resume: str | Path | None = None, overrides: dict[str, Any] | None = None, verbose: bool = True,
+          **train_keys: Any) -> TrainResult:
     """Train the spec's model as its `train:` section says.
 
     This process trains; `specc.train(..., nproc=N)` (specc.train.launch) starts N processes that
@@ -66,10 +70,12 @@ def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", r
     run directory.
 
     Args:
-        spec_or_path: a spec path, YAML text, dict or `Spec`.
+        spec_or_path: a spec path, YAML text, dict or `Spec`; None with `resume` = the resolved
+            spec stored in the checkpoint.
         out: parent folder of run directories.
-        resume: a last.pt (or best.pt) to continue from, exactly where it stopped; the run goes on
-            writing into that checkpoint's folder.
+        resume: a last.pt (the last complete epoch) or interrupted.pt (the step a Ctrl-C stopped
+            at) to continue from exactly; the run goes on writing into that checkpoint's folder.
+            A spec or overrides that differ from the checkpoint's are printed and applied.
         overrides: vars or dotted keys, like `--set` (`{"width": 32, "train.data.split.seed": 1}`).
         verbose: print progress and the final table.
         **train_keys: keys of the `train:` section (`epochs=5`, `device="cpu"`).
@@ -78,58 +84,99 @@ def train(spec_or_path: str | Path | dict | Spec, *, out: str | Path = "runs", r
         A `TrainResult` (see its fields); `status` says whether the run completed.
 
     Raises:
-        SpecError: invalid spec, unreadable data or checkpoint (every problem located).
+        SpecError: invalid spec, unreadable data or checkpoint, a run directory in use (every
+            problem located); nothing is written before the spec, data and checkpoint are checked.
     """
-    spec = load_train_spec(spec_or_path, {**(overrides or {}), **{f"train.{k}": v for k, v in train_keys.items()}})
+    keys = {**(overrides or {}), **{f"train.{k}": v for k, v in train_keys.items()}}
+    state = read_resume_checkpoint(resume) if resume is not None else None
+    if spec_or_path is None and state is None:
+        raise SpecError(Problem("give a spec, or --resume a checkpoint (its spec is used)", None, "MISSING_KEY"))
+    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, keys)
+    if state is not None:
+        check_resumable(state["spec"], spec.raw, state, resume)
     threads = torch.get_num_threads()
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
     try:
         with ranks.process_group(resolve_device(spec.train.device)) as device:
-            return _train(spec, device, Path(out), resume, verbose and ranks.is_main())
+            return _train(spec, device, Path(out), resume, state, verbose and ranks.is_main())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | None, verbose: bool) -> TrainResult:
+def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | None, state: dict | None,
+           verbose: bool) -> TrainResult:
     config = spec.train
-    state = ranks.on_main(load_checkpoint, resume) if resume is not None else None
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     compiled = build_model(spec, device, config.seed)
+    if state is None:   # a resumed run has its own weights
+        start_from_weights(spec, compiled)
     prepared = prepare_data(spec, compiled)
-    run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
-    if ranks.is_main():
-        (run_dir / "spec.yaml").write_text(spec.to_yaml(), encoding="utf-8")
     if config.data.split.kfold:
-        return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
-    result = _train_split(spec, compiled, prepared, 0, device, run_dir, verbose, state, resume)
-    if ranks.is_main():
-        _write_summary(run_dir, result)
+        run_dir = ranks.on_main(new_run_dir, out, spec)
+        with _locked(run_dir):
+            _write_spec(run_dir, spec)
+            return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
+    session = _open_split(spec, compiled, prepared, 0, device, state, resume)  # refuses before any write
+    session.run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
+    with _locked(session.run_dir):
+        if state is not None and verbose:
+            for change in spec_changes(state["spec"], spec.raw):
+                print(f"resume: {change}", flush=True)
+        _write_spec(session.run_dir, spec)
+        result = _run_split(session, verbose)
+        if ranks.is_main():
+            _write_summary(session.run_dir, result)
     return result
 
 
 def new_run_dir(out: Path, spec: Spec) -> Path:
-    """`out/<spec name>/<timestamp>/`, with a suffix when two runs start in the same second."""
-    base = out / spec.display_name / time.strftime("%Y%m%d-%H%M%S")
-    run_dir, suffix = base, 1
-    while run_dir.exists():
-        run_dir, suffix = base.with_name(f"{base.name}-{suffix}"), suffix + 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    """`out/<spec name>/<timestamp>/`, created atomically, with a suffix when two runs start in the
+    same second (see `specc.train.run_dir.new_run_dir`)."""
+    return make_run_dir(out, spec.display_name)
 
 
-def _train_split(spec: Spec, compiled, prepared: Prepared, index: int, device: torch.device, run_dir: Path,
-                 verbose: bool, state: dict | None = None, resume: Path | None = None, label: str = "",
-                 show_table: bool = True) -> TrainResult:
+@contextlib.contextmanager
+def _locked(run_dir: Path):
+    """Hold the run directory's lock (rank 0) while the run writes into it."""
+    held = {}
+    ranks.on_main(lambda: held.update(lock=lock_run_dir(run_dir)))
+    try:
+        yield
+    finally:
+        unlock(held.get("lock"))
+
+
+def _write_spec(run_dir: Path, spec: Spec) -> None:
+    if ranks.is_main():
+        write_text_atomic(run_dir / "spec.yaml", spec.to_yaml())
+
+
+def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: torch.device,
+                state: dict | None = None, resume: Path | None = None, run_dir: Path | None = None) -> Session:
+    """The session of one split, restored from `state` (with the spec's changes applied) if given."""
     session = open_session(spec, compiled, prepared, prepared.splits[index], device, run_dir)
     if state is not None:
         load_model_state(session.model, state, resume)
-        session.restore(state)
+        try:
+            session.restore(state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise SpecError(Problem(f"{resume}: the checkpoint's training state does not fit this spec "
+                                    f"(optimizer, schedulers, SWA or AMP changed?): {error}", None,
+                                    "CHECKPOINT_ERROR")) from None
+        apply_changes(session.optimizer, session.schedulers, state["spec"], spec.raw)
+    return session
+
+
+def _run_split(session: Session, verbose: bool, label: str = "", show_table: bool = True) -> TrainResult:
+    spec, run_dir, device = session.spec, session.run_dir, session.device
     log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label) if session.is_main else SilentLog()
     counts = " / ".join(f"{len(data)} {name}" for name, data in session.splits.named().items())
     start = f" from epoch {session.epoch + 1}" if session.epoch else ""
+    if session.resume_point:
+        start = f" from epoch {session.resume_point['epoch']}, step {session.resume_point['step'] + 1}"
     where = f"{session.world_size} processes ({device.type})" if session.world_size > 1 else device
     log.message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
                 f"{counts} examples, {sum(p.numel() for p in session.model.parameters()):,} parameters -> {run_dir}")
@@ -190,8 +237,8 @@ def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device,
         fold_dir = run_dir / f"fold_{index + 1}"
         if ranks.is_main():
             fold_dir.mkdir()
-        folds.append(_train_split(spec, model, prepared, index, device, fold_dir, verbose,
-                                  label=f"fold {index + 1}/{count}", show_table=False))
+        session = _open_split(spec, model, prepared, index, device, run_dir=fold_dir)
+        folds.append(_run_split(session, verbose, label=f"fold {index + 1}/{count}", show_table=False))
     per_fold = [{f"{split}_{name}": value for split, values in fold.metrics.items() if split != "train"
                  for name, value in values.items() if name not in MATRIX_METRICS} for fold in folds]
     names = list(dict.fromkeys(name for values in per_fold for name in values))
@@ -216,7 +263,7 @@ def _write_summary(run_dir: Path, result: TrainResult) -> None:
     if result.folds:
         summary["folds"] = [fold.metrics for fold in result.folds]
         summary["summary"] = {name: {"mean": mean, "std": std} for name, (mean, std) in result.summary.items()}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable), encoding="utf-8")
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_jsonable))
 
 
 def _nest(flat: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -1,0 +1,324 @@
+"""Pairing a weight file's tensors with a model's: by name, by rename rules, or by structure.
+
+`strict`: every name must match. Rename rules (`{"transformer.h.*.ln_1.*": "h.*.attention.norm.*"}`
+globs, or `"re:..."` regexes with `\\1` groups) rename the file's keys first, then names must match.
+`auto`: names where they agree (after dropping or adding a common prefix such as `transformer.`);
+the rest by structure. Structure means: tensors are grouped by the module that owns them, each
+module is summed up by its tensors' leaf names and shapes (a 2-D shape up to transposition) and
+the layer type, and modules with the same summary are paired in the order the model uses them
+and the file lists them. A tensor stored transposed (Hugging Face `Conv1D`, `[in, out]`) is
+transposed back; separate q/k/v projections are concatenated into a fused one (`in_proj_weight`,
+`c_attn`) or a fused one is split. Nothing is guessed silently: every pairing is in the report.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from specc.build.weight_files import WeightFile
+from specc.build.weight_report import WeightsReport
+from specc.lang.errors import Problem, SpecError
+
+MODES = ("auto", "strict")
+_ROLE = re.compile(r"^(?:(?:to_|w_?)?(q|k|v)(?:_proj|_lin)?|(query|key|value))$")
+_ROLE_ORDER = {"q": 0, "k": 1, "v": 2, "query": 0, "key": 1, "value": 2}
+_SOURCE_RECOMPUTED = ("masked_bias", "inv_freq")
+
+
+@dataclass
+class Target:
+    """A model tensor to fill: its key, shape, the class of the module owning it, parameter or buffer."""
+
+    key: str
+    shape: tuple
+    layer: str
+    floating: bool = True
+
+
+@dataclass
+class Assignment:
+    """Where one model tensor's values come from: file keys and how to turn them into it."""
+
+    target: str
+    sources: list[str]
+    how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
+    part: int = 0
+
+
+@dataclass
+class Plan:
+    """The assignments, the report, and the file's tensors under the names the assignments use."""
+
+    assignments: list[Assignment]
+    report: WeightsReport
+    sources: dict[str, torch.Tensor]
+
+
+def plan_load(targets: list[Target], weights: WeightFile, weights_map, allow_missing=()) -> Plan:
+    """Pair `targets` (in the order the model uses them) with the file's tensors.
+
+    Returns:
+        The assignments and the report; unmatched tensors are in the report, not raised here.
+
+    Raises:
+        SpecError: TYPE_ERROR for an unknown mode or a malformed rename rule.
+    """
+    mode = weights_map if isinstance(weights_map, str) else "rules"
+    if isinstance(weights_map, str) and weights_map not in MODES:
+        raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, "
+                                f"got {weights_map!r}", None, "TYPE_ERROR"))
+    sources = dict(weights.tensors)
+    if mode == "rules":
+        sources = _rename(sources, weights_map)
+    elif mode == "auto":
+        sources = _align_prefix(sources, {target.key for target in targets})
+    original_names = dict(zip(sources, weights.tensors))   # renaming keeps the order
+    if not weights.registration_order:
+        sources = dict(sorted(sources.items(), key=lambda item: _natural(item[0])))
+    state = _State(targets, sources, WeightsReport(weights.origin, mode))
+    state.match_names(transposed_ok=mode == "auto")
+    if mode == "auto":
+        state.match_fused()
+        state.match_structure()
+    state.finish(allow_missing, original_names)
+    return Plan(state.assignments, state.report, sources)
+
+
+class _State:
+    def __init__(self, targets: list[Target], sources: dict[str, torch.Tensor], report: WeightsReport):
+        self.targets = {target.key: target for target in targets}
+        self.sources = sources
+        self.report = report
+        self.assignments: list[Assignment] = []
+        self.free_targets = list(self.targets)
+        self.free_sources = list(sources)
+
+    def take(self, assignment: Assignment, by: str) -> None:
+        self.assignments.append(assignment)
+        self.free_targets.remove(assignment.target)
+        for source in assignment.sources:
+            if source in self.free_sources:
+                self.free_sources.remove(source)
+        pairs = self.report.by_name if by == "name" else self.report.by_structure
+        pairs.append((assignment.target, ", ".join(assignment.sources)))
+        if assignment.how == "transpose":
+            self.report.transposed.append(assignment.target)
+        elif assignment.how in ("fuse", "split"):
+            self.report.fused.append(assignment.target)
+
+    # ----- by name -------------------------------------------------------------------------------
+    def match_names(self, transposed_ok: bool) -> None:
+        for key in list(self.free_targets):
+            if key not in self.sources:
+                continue
+            want, have = self.targets[key].shape, tuple(self.sources[key].shape)
+            if have == want:
+                self.take(Assignment(key, [key]), "name")
+            elif transposed_ok and len(have) == 2 and have[::-1] == want:
+                self.take(Assignment(key, [key], "transpose"), "name")
+            else:
+                self.report.notes[key] = f"model {list(want)}, file {list(have)}"
+
+    # ----- fused q/k/v ---------------------------------------------------------------------------
+    def match_fused(self) -> None:
+        """Separate q, k, v in the file -> one fused model tensor, and the other way round."""
+        source_triples = _triples(self.free_sources, {k: tuple(v.shape) for k, v in self.sources.items()})
+        singles = [key for key in self.free_targets if not _role_stem(key)]
+        self._pair_fused(source_triples, singles, {k: self.targets[k].shape for k in singles}, fuse=True)
+        target_triples = _triples(self.free_targets, {k: t.shape for k, t in self.targets.items()})
+        fused_sources = [key for key in self.free_sources if not _role_stem(key)]
+        self._pair_fused(target_triples, fused_sources, {k: tuple(self.sources[k].shape) for k in fused_sources},
+                         fuse=False)
+
+    def _pair_fused(self, triples: list[list[str]], singles: list[str], single_shapes: dict, fuse: bool) -> None:
+        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: self.targets[key].shape)
+        by_shape: dict[tuple, list] = defaultdict(list)
+        for triple in triples:
+            first = shape_of(triple[0])
+            by_shape[(_leaf_kind(triple[0]), (first[0] * 3, *first[1:]))].append(triple)
+        for (leaf, shape), group in by_shape.items():
+            candidates = [key for key in singles if single_shapes[key] == shape and _leaf_kind(key) == leaf]
+            if len(candidates) != len(group):
+                continue
+            for single, triple in zip(candidates, group):
+                if fuse:
+                    self.take(Assignment(single, triple, "fuse"), "structure")
+                else:
+                    for part, target in enumerate(triple):
+                        self.take(Assignment(target, [single], "split", part), "structure")
+
+    # ----- by structure --------------------------------------------------------------------------
+    def match_structure(self) -> None:
+        target_groups = _owners(self.free_targets, lambda key: self.targets[key].shape)
+        source_groups = _owners(self.free_sources, lambda key: tuple(self.sources[key].shape))
+        pairs: list[tuple[str, str]] = []
+        for signature, owners in target_groups.items():
+            found = source_groups.get(signature, [])
+            if len(found) != len(owners):
+                continue   # a different number of such modules: pairing by order would be a guess
+            for target_owner, source_owner in zip(owners, found):
+                pairs.extend(zip(target_owner[1], source_owner[1]))
+        transposed_layers = self._transposed_layers(pairs)
+        for target_key, source_key in pairs:
+            want, have = self.targets[target_key].shape, tuple(self.sources[source_key].shape)
+            square = len(want) == 2 and want[0] == want[1]
+            flip = have != want or (square and self.targets[target_key].layer in transposed_layers)
+            self.take(Assignment(target_key, [source_key], "transpose" if flip else "copy"), "structure")
+
+    def _transposed_layers(self, pairs: list[tuple[str, str]]) -> set[str]:
+        """Layer types whose non-square weights all came transposed: their square ones are too."""
+        seen: dict[str, set[bool]] = defaultdict(set)
+        for target_key, source_key in pairs:
+            want, have = self.targets[target_key].shape, tuple(self.sources[source_key].shape)
+            if len(want) == 2 and want[0] != want[1]:
+                seen[self.targets[target_key].layer].add(have != want)
+        return {layer for layer, flips in seen.items() if flips == {True}}
+
+    # ----- what is left ----------------------------------------------------------------------------
+    def finish(self, allow_missing, original_names: dict[str, str]) -> None:
+        used = [self.sources[key] for assignment in self.assignments for key in assignment.sources]
+        for key in list(self.free_targets):
+            if not self.targets[key].floating:
+                self.free_targets.remove(key)
+                self.report.recomputed.append(key)
+        for key in list(self.free_sources):
+            tensor = self.sources[key]
+            if _recomputable_source(key, tensor):
+                self.report.recomputed.append(key)
+            elif any(other.shape == tensor.shape and torch.equal(other, tensor) for other in used):
+                self.report.tied.append(key)
+            else:
+                continue
+            self.free_sources.remove(key)
+        patterns = list(allow_missing or ())
+        for free, unmatched in ((self.free_targets, self.report.unmatched_model),
+                                (self.free_sources, self.report.unmatched_file)):
+            for key in free:
+                names = {key, original_names.get(key, key)}
+                allowed = any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in patterns)
+                (self.report.allowed if allowed else unmatched).append(key)
+
+
+def _owners(keys: list[str], shape_of) -> dict[tuple, list[tuple[str, list[str]]]]:
+    """Free tensors grouped by owning module, then modules grouped by their signature, in order."""
+    members: dict[str, list[str]] = {}
+    for key in keys:
+        members.setdefault(key.rpartition(".")[0], []).append(key)
+    groups: dict[tuple, list] = defaultdict(list)
+    for owner, owned in members.items():
+        owned = sorted(owned, key=lambda key: key.rpartition(".")[2])
+        signature = tuple((key.rpartition(".")[2], _canonical(shape_of(key))) for key in owned)
+        groups[signature].append((owner, owned))
+    return groups
+
+
+def _leaf_kind(key: str) -> str:
+    """`in_proj_weight` (nn.MultiheadAttention's fused q/k/v) is a `weight`."""
+    return key.rpartition(".")[2].removeprefix("in_proj_")
+
+
+def _canonical(shape: tuple) -> tuple:
+    return tuple(sorted(shape)) if len(shape) == 2 else tuple(shape)
+
+
+def _role_stem(key: str) -> tuple[str, int] | None:
+    """`attn.q_proj.weight` -> ("attn.{}.weight", 0): the key with its q/k/v part marked."""
+    parts = key.split(".")
+    for index, part in enumerate(parts):
+        match = _ROLE.match(part)
+        if match:
+            role = match.group(1) or match.group(2)
+            return ".".join(parts[:index] + ["{" + part.replace(role, "", 1) + "}"] + parts[index + 1:]), _ROLE_ORDER[role]
+    return None
+
+
+def _triples(keys: list[str], shapes: dict[str, tuple]) -> list[list[str]]:
+    """Keys that are the q, k and v of the same projection, each triple in q, k, v order."""
+    stems: dict[str, dict[int, str]] = defaultdict(dict)
+    for key in keys:
+        found = _role_stem(key)
+        if found:
+            stems[found[0]][found[1]] = key
+    triples = []
+    for roles in stems.values():
+        if set(roles) == {0, 1, 2} and len({shapes[key] for key in roles.values()}) == 1:
+            triples.append([roles[0], roles[1], roles[2]])
+    return triples
+
+
+def _recomputable_source(key: str, tensor: torch.Tensor) -> bool:
+    """Buffers a model recomputes: integer tables and counters, rotary frequencies, GPT-2's causal
+    mask (`attn.bias`, [1, 1, T, T])."""
+    leaf = key.rpartition(".")[2]
+    causal_mask = leaf == "bias" and tensor.dim() == 4 and tensor.shape[:2] == (1, 1)
+    return not tensor.is_floating_point() or leaf in _SOURCE_RECOMPUTED or causal_mask
+
+
+def _align_prefix(sources: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Drop (or add) the prefix that makes most file keys equal model keys: `transformer.`, `module.`."""
+    def matches(rename) -> int:
+        return sum(rename(key) in target_keys for key in sources)
+
+    candidates = {".".join(key.split(".")[:depth]) + "." for key in sources for depth in (1, 2) if key.count(".") >= depth}
+    best, best_count = (lambda key: key), matches(lambda key: key)
+    for prefix in candidates:
+        def strip(key, prefix=prefix):
+            return key[len(prefix):] if key.startswith(prefix) else key
+        count = matches(strip)
+        if count > best_count:
+            best, best_count = strip, count
+    added = {key.split(".")[0] + "." for key in target_keys if "." in key}
+    for prefix in added:
+        count = matches(lambda key, prefix=prefix: prefix + key)
+        if count > best_count:
+            best, best_count = (lambda key, prefix=prefix: prefix + key), count
+    renamed = {best(key): value for key, value in sources.items()}
+    return renamed if len(renamed) == len(sources) else sources
+
+
+def _rename(sources: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
+    if not isinstance(rules, dict):
+        raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, got {rules!r}",
+                                None, "TYPE_ERROR"))
+    compiled = [(_rule_pattern(pattern), _rule_replacement(pattern, str(replacement)))
+                for pattern, replacement in rules.items()]
+    renamed = {}
+    for key, value in sources.items():
+        new = key
+        for pattern, replacement in compiled:
+            if pattern.fullmatch(key):
+                new = pattern.sub(replacement, key)
+                break
+        renamed[new] = value
+    return renamed
+
+
+def _rule_pattern(pattern: str) -> re.Pattern:
+    try:
+        if pattern.startswith("re:"):
+            return re.compile(pattern[3:])
+        return re.compile("".join("(.+?)" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
+    except re.error as error:
+        raise SpecError(Problem(f"weights_map: bad rename rule {pattern!r}: {error}", None, "TYPE_ERROR")) from None
+
+
+def _rule_replacement(pattern: str, replacement: str) -> str:
+    """A glob rule's `*`s become the groups its pattern captured, in order (`re:` rules use `\\1`)."""
+    if pattern.startswith("re:"):
+        return replacement
+    pieces = replacement.split("*")
+    out = []
+    for index, piece in enumerate(pieces):
+        out.append(piece.replace("\\", "\\\\"))
+        if index < len(pieces) - 1:
+            out.append(f"\\g<{index + 1}>")
+    return "".join(out)
+
+
+def _natural(key: str) -> tuple:
+    """Sort key: numbers as numbers (`h.2` before `h.10`)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))

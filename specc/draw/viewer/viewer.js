@@ -1,0 +1,337 @@
+// specc's model viewer: lays out boxes nested in frames, top to bottom, with no library.
+// Each frame lays its children out in rows by longest path from the frame's entry; a collapsed
+// frame is one box. Pan and zoom move one <g> transform, so they cost nothing per node.
+(function () {
+  "use strict";
+  const DATA = JSON.parse(document.getElementById("specc-data").textContent);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const GAP_X = 22, GAP_Y = 30, PAD = 12, HEADER = 20, LINE = 13;
+
+  const boxes = new Map(DATA.boxes.map((b, i) => [b.id, Object.assign(b, {order: i})]));
+  const clusters = new Map(DATA.clusters.map(c => [c.id, c]));
+  const collapsed = new Set(DATA.collapsed);
+  const changes = DATA.changes || {};
+  const view = {x: 20, y: 20, k: 1};
+  let selected = null, matches = [], matchIndex = -1, positions = new Map();
+
+  // ----- structure: the children of each frame and the order key of each item -------------------
+  const children = new Map([[null, []]]);
+  for (const c of clusters.values()) children.set(c.id, []);
+  for (const c of clusters.values()) children.get(c.parent).push({cluster: c.id});
+  for (const b of boxes.values()) children.get(b.cluster).push({box: b.id});
+  const orderOf = new Map();
+  function order(item) {
+    const key = item.box || item.cluster;
+    if (orderOf.has(key)) return orderOf.get(key);
+    let value = item.box ? boxes.get(item.box).order : Infinity;
+    if (item.cluster) for (const child of children.get(item.cluster)) value = Math.min(value, order(child));
+    orderOf.set(key, value);
+    return value;
+  }
+  for (const list of children.values()) list.sort((a, b) => order(a) - order(b));
+
+  function chain(boxId) {            // the frames around a box, innermost first
+    const result = [];
+    for (let c = boxes.get(boxId).cluster; c !== null; c = clusters.get(c).parent) result.push(c);
+    return result;
+  }
+  const chains = new Map([...boxes.keys()].map(id => [id, chain(id)]));
+
+  // Each arrow orders two items inside the innermost frame holding both ends.
+  const dependencies = new Map();    // frame id -> [[source item key, target item key]]
+  for (const arrow of DATA.arrows) {
+    const sourceChain = chains.get(arrow.s), targetChain = chains.get(arrow.t);
+    const common = sourceChain.find(c => targetChain.includes(c)) ?? null;
+    // the item of `common` that holds the box: the box itself, or the frame just inside `common`
+    const itemIn = (boxId, frames) => { const i = common === null ? frames.length : frames.indexOf(common); return i === 0 ? boxId : frames[i - 1]; };
+    const source = itemIn(arrow.s, sourceChain), target = itemIn(arrow.t, targetChain);
+    if (source === target) continue;
+    if (!dependencies.has(common)) dependencies.set(common, []);
+    dependencies.get(common).push([source, target]);
+  }
+
+  // ----- sizes and layout -----------------------------------------------------------------------
+  const measure = document.createElement("canvas").getContext("2d");
+  function textWidth(text, font) { measure.font = font; return measure.measureText(text).width; }
+  function boxLines(b) {
+    const head = b.title + (b.subtitle ? "  " + b.subtitle : "");
+    return {head, details: b.details || []};
+  }
+  function boxSize(b) {
+    const {head, details} = boxLines(b);
+    let w = textWidth(head, "bold 12px sans-serif");
+    for (const line of details) w = Math.max(w, textWidth(line, "10px sans-serif"));
+    return {w: Math.max(60, w + 20), h: 24 + LINE * details.length};
+  }
+  function collapsedSize(c) {
+    const w = Math.max(textWidth(c.label, "bold 12px sans-serif"), textWidth(collapsedNote(c), "10px sans-serif"));
+    return {w: w + 28, h: 24 + LINE};
+  }
+  function collapsedNote(c) {
+    return [c.kind, `${c.layers} layer${c.layers === 1 ? "" : "s"}`, `${readable(c.params)} params`].join(" · ");
+  }
+  const sizeCache = new Map();
+  function size(item) {
+    if (item.box) { if (!sizeCache.has(item.box)) sizeCache.set(item.box, boxSize(boxes.get(item.box))); return sizeCache.get(item.box); }
+    const c = clusters.get(item.cluster);
+    return collapsed.has(c.id) ? collapsedSize(c) : layoutFrame(c.id);
+  }
+
+  // Lays out the items of `frameId` relative to its top-left; returns its size.
+  const frames = new Map();
+  function layoutFrame(frameId) {
+    const items = children.get(frameId), rank = new Map();
+    const key = item => item.box || item.cluster, ordinal = new Map(items.map((item, i) => [key(item), i]));
+    const preds = new Map();
+    for (const [s, t] of dependencies.get(frameId) || []) {
+      if (!ordinal.has(s) || !ordinal.has(t) || ordinal.get(s) >= ordinal.get(t)) continue;  // a back edge (shared module)
+      if (!preds.has(t)) preds.set(t, []);
+      preds.get(t).push(s);
+    }
+    const rows = [];
+    for (const item of items) {
+      let r = 0;
+      for (const p of preds.get(key(item)) || []) r = Math.max(r, rank.get(p) + 1);
+      rank.set(key(item), r);
+      (rows[r] = rows[r] || []).push(item);
+    }
+    const top = frameId === null ? 0 : HEADER + 4, side = frameId === null ? 0 : PAD;
+    const measured = rows.filter(Boolean).map(row => {
+      const sizes = row.map(size);
+      return {row, sizes, w: sizes.reduce((sum, s) => sum + s.w, 0) + GAP_X * (row.length - 1),
+              h: Math.max(...sizes.map(s => s.h))};
+    });
+    const inner = Math.max(0, ...measured.map(m => m.w));
+    const placed = [];
+    let y = top;
+    for (const m of measured) {
+      let x = side + (inner - m.w) / 2;
+      m.row.forEach((item, i) => { placed.push({item, x, y: y + (m.h - m.sizes[i].h) / 2, w: m.sizes[i].w, h: m.sizes[i].h}); x += m.sizes[i].w + GAP_X; });
+      y += m.h + GAP_Y;
+    }
+    const result = {w: Math.max(inner + 2 * side, frameId === null ? 0 : textWidth(clusters.get(frameId).label, "bold 11px sans-serif") + 40),
+                    h: y - GAP_Y + (frameId === null ? 0 : PAD), placed};
+    frames.set(frameId, result);
+    return result;
+  }
+
+  function place(frameId, ox, oy) {   // absolute positions of everything visible
+    for (const p of frames.get(frameId).placed) {
+      const id = p.item.box || p.item.cluster, x = ox + p.x, y = oy + p.y;
+      positions.set(id, {x, y, w: p.w, h: p.h});
+      if (p.item.cluster && !collapsed.has(id)) place(id, x, y);
+    }
+  }
+
+  function visible(boxId) {         // the box itself, or its outermost collapsed frame
+    const frames = chains.get(boxId);
+    for (let i = frames.length - 1; i >= 0; i--) if (collapsed.has(frames[i])) return frames[i];
+    return boxId;
+  }
+
+  // ----- drawing ---------------------------------------------------------------------------------
+  function el(name, attributes, parent, text) {
+    const node = document.createElementNS(SVG_NS, name);
+    for (const k in attributes) node.setAttribute(k, attributes[k]);
+    if (text !== undefined) node.textContent = text;
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function render() {
+    frames.clear(); positions = new Map();
+    const root = layoutFrame(null);
+    place(null, 0, 0);
+    const layerFrames = el("g", {}), layerEdges = el("g", {}), layerNodes = el("g", {});
+    const drawnFrames = [...positions.keys()].filter(id => clusters.has(id) && !collapsed.has(id));
+    for (const id of drawnFrames) drawFrame(clusters.get(id), positions.get(id), layerFrames);
+    drawEdges(layerEdges);
+    for (const [id, p] of positions) {
+      if (boxes.has(id)) drawBox(boxes.get(id), p, layerNodes);
+      else if (collapsed.has(id)) drawCollapsed(clusters.get(id), p, layerNodes);
+    }
+    viewport.replaceChildren(layerFrames, layerEdges, layerNodes);
+    const margin = 40;   // room for edges that bend out to the right
+    svg.setAttribute("width", root.w + margin); svg.setAttribute("height", root.h + margin);
+    document.getElementById("count").textContent =
+      `${layerNodes.childElementCount} nodes shown · ${boxes.size} in all · ${root.w.toFixed(0)}×${root.h.toFixed(0)} px`;
+    highlight();
+  }
+
+  function drawFrame(c, p, parent) {
+    const g = el("g", {class: `frame frame-${c.kind}` + changeClass(c.id), "data-id": c.id}, parent);
+    const style = c.color ? `fill:${c.color[0]};stroke:${c.color[1]}` : "";
+    el("rect", {x: p.x, y: p.y, width: p.w, height: p.h, rx: 8, style}, g);
+    const header = el("g", {class: "frame-header", "data-id": c.id}, g);
+    el("rect", {x: p.x, y: p.y, width: p.w, height: HEADER, rx: 8, class: "header-hit"}, header);
+    el("text", {x: p.x + 8, y: p.y + 14}, header, `▾ ${c.label}`);
+  }
+
+  function drawBox(b, p, parent) {
+    const classes = `node kind-${b.kind}` + (b.id === selected ? " selected" : "") + changeClass(b.id);
+    const g = el("g", {class: classes, "data-id": b.id}, parent);
+    el("rect", {x: p.x, y: p.y, width: p.w, height: p.h, rx: b.kind === "merge" ? p.h / 2 : 5}, g);
+    const {head, details} = boxLines(b);
+    el("text", {x: p.x + p.w / 2, y: p.y + 16, class: "head"}, g, head);
+    details.forEach((line, i) => el("text", {x: p.x + p.w / 2, y: p.y + 29 + i * LINE, class: "detail"}, g, line));
+  }
+
+  function drawCollapsed(c, p, parent) {
+    const g = el("g", {class: "node collapsed" + (c.id === selected ? " selected" : "") + changeClass(c.id), "data-id": c.id}, parent);
+    el("rect", {x: p.x + 4, y: p.y + 4, width: p.w - 4, height: p.h - 4, rx: 5, class: "stack"}, g);
+    el("rect", {x: p.x, y: p.y, width: p.w - 4, height: p.h - 4, rx: 5}, g);
+    el("text", {x: p.x + p.w / 2 - 2, y: p.y + 16, class: "head"}, g, `▸ ${c.label}`);
+    el("text", {x: p.x + p.w / 2 - 2, y: p.y + 29, class: "detail"}, g, collapsedNote(c));
+  }
+
+  function drawEdges(parent) {
+    const seen = new Set();
+    for (const a of DATA.arrows) {
+      const s = visible(a.s), t = visible(a.t), key = `${s}>${t}>${a.shape}`;
+      if (s === t || seen.has(key)) continue;
+      seen.add(key);
+      const from = positions.get(s), to = positions.get(t);
+      if (!from || !to) continue;
+      const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
+      let d;
+      const frame = a.skip && positions.get(chains.get(a.t)[0]);
+      if (frame && y2 > y1) {   // a residual's skip runs down the right side of its frame
+        const side = frame.x + frame.w - 8, m = (y1 + y2) / 2;
+        d = `M${x1},${y1} C${x1},${y1 + 16} ${side},${y1 + 8} ${side},${y1 + 30} L${side},${y2 - 30} C${side},${y2 - 8} ${x2},${y2 - 16} ${x2},${y2}`;
+      } else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
+      else { const side = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${side},${y1 + 40} ${side},${y2 - 40} ${x2},${y2}`; }
+      el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
+      if (a.shape) el("text", {x: (x1 + x2) / 2 + 4, y: y2 > y1 ? y2 - 6 : (y1 + y2) / 2, class: "edge-label"}, parent, a.shape);
+    }
+  }
+
+  function changeClass(id) { return changes[id] ? ` change-${changes[id]}` : ""; }
+
+  // ----- details panel ---------------------------------------------------------------------------
+  const number = n => (n || 0).toLocaleString("en-US");
+  function readable(n) {
+    const units = ["", " K", " M", " G", " T", " P"]; let u = 0, v = n || 0;
+    while (Math.abs(v) >= 1000 && u < units.length - 1) { v /= 1000; u++; }
+    return u ? `${v.toFixed(2)}${units[u]}` : number(n);
+  }
+  function showDetails(id) {
+    const rows = [];
+    if (boxes.has(id)) {
+      const b = boxes.get(id);
+      rows.push(["name", b.title], ["path", b.path || b.tooltip], ["type", b.type || b.kind]);
+      if (b.kwargs) for (const [k, v] of Object.entries(b.kwargs)) rows.push([k, v + (b.inferred.includes(k) ? "  (inferred)" : "")]);
+      if (b.shape) rows.push(["output shape", b.shape]);
+      if (b.dtype && b.kind === "input") rows.push(["dtype", b.dtype]);
+      if (b.kind === "module") rows.push(["params", number(b.params) + (b.shared_params ? ` (+${number(b.shared_params)} shared)` : "")]);
+      if (b.flops !== undefined) rows.push(["FLOPs (batch 1)", readable(b.flops)]);
+      if (b.shared_with) rows.push(["shares weights of", b.shared_with]);
+      if (b.location) rows.push(["spec", b.location]);
+    } else if (clusters.has(id)) {
+      const c = clusters.get(id);
+      rows.push(["frame", c.label], ["kind", c.kind], ["path", c.path || c.id], ["layers", number(c.layers)],
+                ["params", number(c.params)], ["FLOPs (batch 1)", readable(c.flops)]);
+      if (c.count) rows.push(["repetitions", c.count]);
+      if (c.location) rows.push(["spec", c.location]);
+    }
+    if (changes[id]) rows.push(["diff", changes[id]]);
+    const table = document.getElementById("details");
+    table.replaceChildren(...rows.map(([k, v]) => {
+      const tr = document.createElement("tr");
+      tr.append(Object.assign(document.createElement("th"), {textContent: k}), Object.assign(document.createElement("td"), {textContent: v}));
+      return tr;
+    }));
+  }
+
+  // ----- interaction -----------------------------------------------------------------------------
+  function toggle(id) { collapsed.has(id) ? collapsed.delete(id) : collapsed.add(id); render(); }
+  // The <svg> is drawn once at full size; panning and zooming move it as one composited layer.
+  function applyView() { svg.style.transform = `translate(${view.x}px,${view.y}px) scale(${view.k})`; }
+  function fit() {
+    const root = frames.get(null), area = stage.getBoundingClientRect();
+    view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w));
+    view.x = (area.width - root.w * view.k) / 2; view.y = 20; applyView();
+  }
+  function centerOn(id) {
+    const p = positions.get(id), area = stage.getBoundingClientRect();
+    if (!p) return;
+    view.k = Math.max(view.k, 0.8);
+    view.x = area.width / 2 - (p.x + p.w / 2) * view.k; view.y = area.height / 2 - (p.y + p.h / 2) * view.k; applyView();
+  }
+  function search(query) {
+    query = query.trim().toLowerCase();
+    matches = !query ? [] : [...boxes.values()].filter(b =>
+      [b.title, b.path, b.type, b.subtitle].some(t => t && t.toLowerCase().includes(query))).map(b => b.id);
+    matchIndex = -1;
+    document.getElementById("matches").textContent = query ? `${matches.length} found` : "";
+    highlight();
+  }
+  function nextMatch() {
+    if (!matches.length) return;
+    matchIndex = (matchIndex + 1) % matches.length;
+    const id = matches[matchIndex];
+    for (const c of chains.get(id)) collapsed.delete(c);   // open every frame around it
+    selected = id; render(); showDetails(id); centerOn(id);
+  }
+  function highlight() {
+    const found = new Set(matches.map(visible));
+    for (const node of viewport.querySelectorAll(".node")) node.classList.toggle("match", found.has(node.dataset.id));
+  }
+  function setAll(close) {
+    collapsed.clear();
+    if (close) for (const c of clusters.values()) if (c.parent === null || clusters.get(c.parent).kind === "repeat") collapsed.add(c.id);
+    render(); fit();
+  }
+
+  // ----- page --------------------------------------------------------------------------------------
+  document.body.innerHTML = `
+    <header><b>${escapeHtml(DATA.name)}</b>
+      <input id="search" type="search" placeholder="search by name, path or type  (Enter: next)">
+      <span id="matches"></span>
+      <button id="fit">fit</button><button id="open-all">open all</button><button id="close-all">close all</button>
+      <span id="count"></span></header>
+    <main><div id="stage"><svg id="canvas"><defs><marker id="arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#666"/></marker></defs><g id="viewport"></g></svg></div>
+      <aside><h3>details</h3><table id="details"><tr><td>hover or click a box</td></tr></table>
+      <div id="removed"></div>
+      <p class="help">click a frame's title or a ▸ box to close or open it · drag to pan · wheel to zoom</p></aside></main>`;
+  const stage = document.getElementById("stage"), svg = document.getElementById("canvas"), viewport = document.getElementById("viewport");
+  if (DATA.removed && DATA.removed.length)
+    document.getElementById("removed").innerHTML = "<h3>removed</h3>" + DATA.removed.map(p => `<div class="change-removed">${escapeHtml(p)}</div>`).join("");
+
+  function escapeHtml(text) { return String(text).replace(/[&<>"]/g, ch => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[ch])); }
+
+  let drag = null, moved = false;
+  stage.addEventListener("mousedown", e => { drag = {x: e.clientX - view.x, y: e.clientY - view.y}; moved = false; });
+  window.addEventListener("mousemove", e => {
+    if (!drag) return;
+    moved = true; view.x = e.clientX - drag.x; view.y = e.clientY - drag.y; applyView();
+  });
+  window.addEventListener("mouseup", () => { drag = null; });
+  stage.addEventListener("wheel", e => {
+    e.preventDefault();
+    const factor = Math.exp(-e.deltaY * 0.0015), area = stage.getBoundingClientRect();
+    const mx = e.clientX - area.left, my = e.clientY - area.top, k = Math.min(4, Math.max(0.02, view.k * factor));
+    view.x = mx - (mx - view.x) * (k / view.k); view.y = my - (my - view.y) * (k / view.k); view.k = k; applyView();
+  }, {passive: false});
+  svg.addEventListener("click", e => {
+    if (moved) return;
+    const header = e.target.closest(".frame-header"), node = e.target.closest(".node");
+    if (header) toggle(header.dataset.id);
+    else if (node && node.classList.contains("collapsed")) { selected = null; toggle(node.dataset.id); }
+    else if (node) { selected = node.dataset.id; showDetails(selected); render(); }
+  });
+  svg.addEventListener("mouseover", e => {
+    const node = e.target.closest(".node, .frame-header");
+    if (node) showDetails(node.dataset.id);
+  });
+  svg.addEventListener("mouseout", e => { if (selected && !e.relatedTarget?.closest?.(".node")) showDetails(selected); });
+  document.getElementById("search").addEventListener("input", e => search(e.target.value));
+  document.getElementById("search").addEventListener("keydown", e => { if (e.key === "Enter") nextMatch(); });
+  document.getElementById("fit").addEventListener("click", fit);
+  document.getElementById("open-all").addEventListener("click", () => setAll(false));
+  document.getElementById("close-all").addEventListener("click", () => setAll(true));
+
+  render(); fit();
+  // For scripts and tests: the same actions the mouse and keyboard take.
+  window.speccViewer = {toggle, search, nextMatch, fit, render, collapsed, view, applyView,
+                        nodeCount: () => viewport.querySelectorAll(".node").length};
+})();

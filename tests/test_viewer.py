@@ -1,0 +1,126 @@
+"""The interactive HTML viewer (`specc draw spec.yaml -o model.html`): a self-contained page whose
+figures match the summary's, driven in a real headless Chromium (skipped without one, never in CI)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specc.cli import app
+from specc.draw.drawing import draw
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import Browser, find_chromium  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(html: str) -> dict:
+    payload = re.search(r'<script type="application/json" id="specc-data">(.*?)</script>', html, re.S).group(1)
+    return json.loads(payload.replace("<\\/", "</"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no chromium is installed (.ci/run installs it)")
+        pytest.skip("no chromium/chrome browser installed: the viewer's browser tests need one")
+    instance = Browser(executable)
+    yield instance
+    instance.close()
+
+
+def test_page_is_self_contained_and_carries_the_summary_figures(tmp_path):
+    result = CliRunner().invoke(app, ["draw", str(ROOT / "specs/resnet18.yaml"), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "r.html").read_text()
+    # nothing is fetched: no external script, stylesheet, image or font
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)=', html)
+    assert "@import" not in html and "url(http" not in html
+    data = _data(html)
+    boxes = {box["id"]: box for box in data["boxes"]}
+    assert sum(box.get("params", 0) for box in boxes.values()) == 11_689_512     # specc summary's total
+    assert sum(box.get("flops", 0) for box in boxes.values()) == 3_628_146_688    # at batch 1
+    conv1 = boxes["conv1"]
+    assert conv1["type"] == "Conv2d" and conv1["params"] == 9408 and conv1["shape"] == "B×64×112×112"
+    assert conv1["kwargs"]["kernel_size"] == "7" and "in_channels" in conv1["inferred"]
+    assert re.fullmatch(r".*resnet18\.yaml:\d+:\d+", conv1["location"])
+    # the repeated layer1 starts closed; its frame sums what is inside it
+    layer1 = next(c for c in data["clusters"] if c["id"] == "repeat:layer1")
+    assert layer1["id"] in data["collapsed"] and layer1["label"] == "layer1 ×2"
+    assert layer1["params"] == 147_968 and layer1["layers"] == 12   # 2 × (conv, bn, relu, conv, bn, relu)
+
+
+def test_depth_and_expand_choose_what_starts_closed():
+    spec = ROOT / "specs/gpt2_small.yaml"
+    opened = _data(draw(spec, expand=True).to_html())
+    assert opened["collapsed"] == []
+    top_only = _data(draw(spec, depth=0, expand=True).to_html())
+    assert "block:h.0" in top_only["collapsed"] and "block:h.11" in top_only["collapsed"]
+
+
+def test_writes_to_stdout_and_by_format(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["draw", str(ROOT / "specs/parallel_cnn.yaml"), "-o", "-", "--format", "html"])
+    assert result.exit_code == 0 and result.stdout.startswith("<!DOCTYPE html>")
+    result = runner.invoke(app, ["draw", str(ROOT / "specs/parallel_cnn.yaml"), "-o", str(tmp_path / "x"),
+                                 "--format", "mmd"])
+    assert result.exit_code == 0 and (tmp_path / "x").read_text().startswith("---\ntitle: parallel_cnn")
+    result = runner.invoke(app, ["draw", str(ROOT / "specs/parallel_cnn.yaml"), "-o", "-", "--format", "gif"])
+    assert result.exit_code == 2 and "html" in result.output
+
+
+def test_clicking_a_repeat_opens_gpt2s_twelve_blocks(browser, tmp_path):
+    page = tmp_path / "gpt2_small.html"
+    page.write_text(draw(ROOT / "specs/gpt2_small.yaml").to_html())
+    browser.open(page)
+    data = _data(page.read_text())
+    closed = browser.evaluate("window.speccViewer.nodeCount()")
+    assert closed == len(data["boxes"]) - 12 * 6 + 1   # h: 12 × (norm, attn, add, norm, mlp, add) as one box
+    box = browser.evaluate("""(() => { const r = document.querySelector('.node.collapsed[data-id="repeat:h"]')
+                              .getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()""")
+    browser.click(*box)
+    assert browser.evaluate("window.speccViewer.nodeCount()") == len(data["boxes"])
+    assert browser.evaluate("document.querySelectorAll('.frame-block').length") == 12
+    # hovering a box shows its type, kwargs, shape, params, FLOPs and where the spec says it
+    browser.evaluate("""document.querySelector('.node[data-id="h.3.attention.body.attn"]')
+                        .dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))""")
+    details = browser.evaluate("document.getElementById('details').innerText")
+    assert "CausalSelfAttention" in details and "n_heads\t12" in details and "B×block_size×768" in details
+    assert "2,362,368" in details and re.search(r"gpt2_small\.yaml:\d+:\d+", details)
+    browser.evaluate("window.speccViewer.search('ln_f')")
+    assert browser.evaluate("document.getElementById('matches').textContent") == "1 found"
+    shot = browser.screenshot(tmp_path / "gpt2_small_open.png")
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 10_000
+
+
+def test_a_thousand_item_spec_pans_and_zooms(browser, tmp_path):
+    items = "\n".join(f"  - Linear: {{out_features: {16 + index % 7}}}\n    name: fc{index}" if index % 2 == 0
+                      else "  - ReLU: {}" for index in range(1000))
+    spec = tmp_path / "wide.yaml"
+    spec.write_text(f"name: thousand\ninputs:\n  x: {{shape: [32]}}\nlayers:\n{items}\n")
+    page = tmp_path / "thousand.html"
+    assert CliRunner().invoke(app, ["draw", str(spec), "-o", str(page)]).exit_code == 0
+    started = time.perf_counter()
+    browser.open(page)
+    assert browser.evaluate("window.speccViewer.nodeCount()") == 1002      # 1000 items, input, output
+    # pan and zoom: the time per painted frame (headless Chromium paints at most 60 frames a second)
+    frame_ms = browser.evaluate("""(async () => { const v = window.speccViewer, t = performance.now();
+        for (let i = 0; i < 30; i++) { v.view.k *= (i % 2 ? 1.1 : 0.9); v.view.x += 3; v.applyView();
+                                       await new Promise(done => requestAnimationFrame(done)); }
+        return (performance.now() - t) / 30; })()""")
+    layout_ms = browser.evaluate("(() => { const t = performance.now(); window.speccViewer.render(); "
+                                 "return performance.now() - t; })()")
+    print(f"1,000 items: open {time.perf_counter() - started:.2f} s, a pan/zoom frame {frame_ms:.1f} ms, "
+          f"a relayout {layout_ms:.0f} ms")
+    assert browser.evaluate("window.speccViewer.nodeCount()") == 1002
+    browser.screenshot(tmp_path / "thousand.png")
