@@ -355,3 +355,19 @@ def test_layer_norm_2d_normalises_channels_like_permute_layer_norm_permute():
 def test_torch_layers_dim_is_an_axis_not_an_inferred_size():
     model = build("inputs: {x: {shape: [6]}}\nlayers:\n  - Unflatten: {dim: 1, unflattened_size: [2, 3]}\n")
     assert model(torch.arange(12.0).view(2, 6)).shape == (2, 2, 3)
+
+
+# --- imports next to the spec --------------------------------------------------------------------
+
+def test_imports_find_a_module_in_the_spec_folder_first(tmp_path):
+    (tmp_path / "lang_features_local_layers.py").write_text(
+        "import torch\nclass Double(torch.nn.Module):\n    def forward(self, x):\n        return 2 * x\n"
+        "def not_a_layer():\n    return 1\n")
+    spec = tmp_path / "model.yaml"
+    spec.write_text("inputs: {x: {shape: [3]}}\nimports: [lang_features_local_layers.Double]\nlayers:\n  - Double\n")
+    model = build(spec)
+    assert torch.equal(model(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    spec.write_text("inputs: {x: {shape: [3]}}\nimports: [lang_features_local_layers.not_a_layer]\nlayers:\n  - ReLU\n")
+    problem = first_problem(spec)
+    assert where(problem) == (2, 11, "IMPORT_ERROR")
+    assert "not an nn.Module subclass" in problem.message

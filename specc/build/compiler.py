@@ -144,9 +144,10 @@ def class_name(spec: Spec) -> str:
 
 def _imports(spec: Spec) -> dict[str, type]:
     imported, problems = {}, []
+    folder = Path(spec.file).parent if spec.file != "<spec>" else None   # my_layers.py next to the spec
     for index, dotted in enumerate(spec.imports):
         try:
-            cls = import_layer(dotted)
+            cls = import_layer(dotted, folder)
         except (ImportError, TypeError) as error:
             problems.append(Problem(str(error), spec.source.locate(("imports", index)), "IMPORT_ERROR"))
             continue

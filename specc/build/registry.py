@@ -5,10 +5,14 @@ kwargs and to decide which sizes the dry run fills in.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import operator
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import torch
@@ -204,8 +208,12 @@ def _builtin_layers() -> dict[str, type]:
     return found
 
 
-def import_layer(dotted: str) -> type:
+def import_layer(dotted: str, folder: str | Path | None = None) -> type:
     """Import `pkg.module.Class`; only nn.Module subclasses are accepted.
+
+    Args:
+        dotted: the module path and class name, as written in `imports:`.
+        folder: the spec's folder: `my_layers.py` there is found before `sys.path`.
 
     Raises:
         ImportError / TypeError with a message fit for the user.
@@ -214,7 +222,7 @@ def import_layer(dotted: str) -> type:
     if not module_name:
         raise ImportError(f"'{dotted}' is not a dotted path like my_pkg.layers.SwiGLU")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name, folder)
     except ImportError as error:
         raise ImportError(f"cannot import '{module_name}': {error}") from None
     value = getattr(module, attribute, None)
@@ -223,3 +231,28 @@ def import_layer(dotted: str) -> type:
     if not (inspect.isclass(value) and issubclass(value, nn.Module)):
         raise TypeError(f"'{dotted}' is not an nn.Module subclass; only layers can be imported")
     return value
+
+
+def _import_module(module_name: str, folder: str | Path | None) -> ModuleType:
+    """The module from `folder/<module_name as a path>.py` (or its package) if there, else `sys.path`."""
+    if folder is not None:
+        relative = Path(*module_name.split("."))
+        for candidate in (Path(folder) / relative.with_suffix(".py"), Path(folder) / relative / "__init__.py"):
+            if candidate.is_file():
+                return _load_file(module_name, candidate)
+    return importlib.import_module(module_name)
+
+
+def _load_file(module_name: str, path: Path) -> ModuleType:
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+        return loaded
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module   # classes defined there pickle and print as `my_layers.Swin`
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - the user's file failing to import is their error to read
+        sys.modules.pop(module_name, None)
+        raise ImportError(f"{path}: {type(error).__name__}: {error}") from None
+    return module
