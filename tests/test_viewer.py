@@ -124,3 +124,11 @@ def test_a_thousand_item_spec_pans_and_zooms(browser, tmp_path):
           f"a relayout {layout_ms:.0f} ms")
     assert browser.evaluate("window.speccViewer.nodeCount()") == 1002
     browser.screenshot(tmp_path / "thousand.png")
+
+
+def test_a_spec_with_free_tensors_draws_as_html(tmp_path):
+    """parameter/constant items (ViT's class token, position table) carry their figures into the page."""
+    result = CliRunner().invoke(app, ["draw", str(ROOT / "specs/vit_b_16.yaml"), "-o", str(tmp_path / "vit.html")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "vit.html").read_text()
+    assert "class_token" in page and "pos_embedding" in page

@@ -6,6 +6,7 @@ spec line of the item that caused it, with the shapes involved.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -193,6 +194,20 @@ def list_argument(inputs: list) -> list:
     if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
         return list(inputs[0])
     return list(inputs)
+
+
+def run_compiled_node(node: Node, inputs: list, module: nn.Module) -> Any:
+    """One non-input node of a compiled spec on `inputs`, with `module`'s own layers and free tensors
+    (what summaries and drawings run per item to see each item's output and FLOPs)."""
+    if node.op == "function" and node.target in FREE_TENSORS:
+        return free_tensor_value(operator.attrgetter(node.name)(module), node.args, inputs)
+    if node.op == "function":
+        return run_function(node, inputs)
+    if node.op == "merge":
+        return run_merge(node, inputs)
+    args, kwargs = call_inputs(node, inputs)
+    output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
+    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
 
 
 def run_merge(node: Node, inputs: list):

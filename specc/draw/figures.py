@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, call_inputs, run_function, run_merge
-from specc.build.registry import TUPLE_OUTPUT_LAYERS
+from specc.build.infer import DTYPES, run_compiled_node
 
 
 def node_figures(graph: Graph, module: nn.Module) -> dict[str, dict[str, int]]:
@@ -50,14 +49,7 @@ def _run(node: Node, values: dict, module: nn.Module) -> Any:
     if node.op == "input":
         shape = [1, *node.shape[1:]]
         return torch.zeros(shape, dtype=DTYPES[node.dtype or "float32"], device="meta")
-    inputs = [values[name] for name in node.inputs]
-    if node.op == "function":
-        return run_function(node, inputs)
-    if node.op == "merge":
-        return run_merge(node, inputs)
-    args, kwargs = call_inputs(node, inputs)
-    output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
-    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    return run_compiled_node(node, [values[name] for name in node.inputs], module)
 
 
 def _flop_counter():

@@ -14,9 +14,7 @@ from torch import nn
 
 from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
-from specc.build.infer import DTYPES, run_function, run_merge, call_inputs
-from specc.build.tensors import FREE_TENSORS, free_tensor_value
-from specc.build.registry import TUPLE_OUTPUT_LAYERS
+from specc.build.infer import DTYPES, run_compiled_node
 from specc.lang.spec import load
 from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
 
@@ -87,16 +85,7 @@ def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.devic
         if device.type != "meta" and dtype.is_floating_point:
             return torch.randn(node.shape, dtype=dtype, device=device)
         return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
-    inputs = [values[name] for name in node.inputs]
-    if node.op == "function" and node.target in FREE_TENSORS:
-        return free_tensor_value(operator.attrgetter(node.name)(module), node.args, inputs)
-    if node.op == "function":
-        return run_function(node, inputs)
-    if node.op == "merge":
-        return run_merge(node, inputs)
-    args, kwargs = call_inputs(node, inputs)
-    output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
-    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    return run_compiled_node(node, [values[name] for name in node.inputs], module)
 
 
 def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) -> LayerRow:
