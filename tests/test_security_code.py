@@ -62,3 +62,88 @@ def test_the_users_own_module_still_imports(monkeypatch, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(HEADER + "imports: [own_layers_for_security.Twice]\nlayers: [Twice]\n")
     assert type(specc.build(path).get_submodule("0")).__name__ == "Twice"
+
+
+# ----- safe mode ---------------------------------------------------------------------------------
+STRANGER = HEADER + """imports: [canary_layers.Layer]
+layers: [ReLU]
+train:
+  data: {dataset: canary_layers.Data}
+  compile: {backend: eager}
+  loss: MSELoss
+"""
+
+
+@pytest.fixture
+def stranger(tmp_path) -> tuple[Path, Path]:
+    """A spec whose imports and dataset would create `canary` when imported."""
+    canary = tmp_path / "canary"
+    (tmp_path / "canary_layers.py").write_text(
+        f"open({str(canary)!r}, 'w').close()\nfrom torch import nn\nfrom torch.utils.data import Dataset\n\n"
+        "class Layer(nn.Module):\n    pass\n\nclass Data(Dataset):\n    pass\n")
+    path = tmp_path / "stranger.yaml"
+    path.write_text(STRANGER)
+    return path, canary
+
+
+def _located_codes(error: SpecError) -> list[tuple[str, int]]:
+    return [(problem.code, problem.location.line) for problem in error.problems]
+
+
+def test_safe_flag_refuses_everything_that_runs_code(stranger, monkeypatch):
+    path, canary = stranger
+    monkeypatch.delenv("SPECC_SAFE", raising=False)
+    result = CliRunner().invoke(app, ["--safe", "check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:2:1: safe mode: `imports:` would import and run" in result.output
+    assert f"{path}:5:10: safe mode: `dataset: canary_layers.Data` would import and run code" in result.output
+    assert f"{path}:6:3: safe mode: compile options reach a compiler (backend)" in result.output
+    assert not canary.exists()
+    assert "SPECC_SAFE" not in __import__("os").environ   # the flag lasts for its command only
+
+
+def test_safe_flag_gives_the_safe_mode_code_in_json(stranger):
+    path, canary = stranger
+    result = CliRunner().invoke(app, ["--safe", "check", str(path), "--format", "json"])
+    assert result.exit_code == 2
+    assert {error["code"] for error in __import__("json").loads(result.output)["errors"]} == {"SAFE_MODE"}
+    assert not canary.exists()
+
+
+def test_safe_true_in_load_and_build(stranger):
+    path, canary = stranger
+    with pytest.raises(SpecError) as raised:
+        specc.load(path, safe=True)
+    assert _located_codes(raised.value) == [("SAFE_MODE", 2), ("SAFE_MODE", 5), ("SAFE_MODE", 6)]
+    for call in (specc.build, specc.compile):
+        with pytest.raises(SpecError) as raised:
+            call(path, safe=True, device="meta")
+        assert raised.value.first.code == "SAFE_MODE"
+    with pytest.raises(SpecError, match="safe mode"):
+        specc.compile(specc.load(path), safe=True)   # an already loaded Spec is checked again
+    assert specc.load(path).imports == ["canary_layers.Layer"]   # loading imports nothing
+    assert not canary.exists()
+
+
+def test_safe_mode_from_the_environment(stranger, monkeypatch):
+    path, canary = stranger
+    monkeypatch.setenv("SPECC_SAFE", "1")
+    with pytest.raises(SpecError) as raised:
+        specc.build(path, device="meta")
+    assert _located_codes(raised.value)[0] == ("SAFE_MODE", 2)
+    assert not canary.exists()
+
+
+def test_safe_mode_accepts_plain_specs():
+    model = specc.build(HEADER + "layers:\n  - Linear: [4]\ntrain: {data: {source: 'sklearn:iris'}, compile: true, loss: MSELoss}\n",
+                        safe=True)
+    assert model(__import__("torch").ones(2, 8)).shape == (2, 4)
+
+
+def test_safe_mode_refuses_an_import_even_past_load(monkeypatch, stranger):
+    """The registry refuses by itself too, for callers that build from an already validated Spec."""
+    path, canary = stranger
+    monkeypatch.setenv("SPECC_SAFE", "1")
+    with pytest.raises(ImportError, match="safe mode: imports: canary_layers.Layer"):
+        import_layer("canary_layers.Layer", path.parent)
+    assert not canary.exists()

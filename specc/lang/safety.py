@@ -5,7 +5,8 @@ import the named module, which runs its code exactly as `import` would: they are
 user's own code. Their dotted paths are checked here before anything is imported, so a spec can
 never reach the standard library (`os.system`, `subprocess.getoutput`, even `this`, which prints on
 import). Safe mode (`specc --safe`, `SPECC_SAFE=1`, `safe=True` in the API) goes further and
-refuses both keys and `train.compile` outright, like Keras's `safe_mode` refuses lambdas.
+refuses both keys and every `train.compile` option (a mapping; `compile: true` stays allowed) outright,
+like Keras's `safe_mode` refuses lambdas.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def safe_mode_problems(data: dict, locate) -> list[Problem]:
         problems.append(Problem(f"safe mode: `dataset: {data_section['dataset']}` would import and run code; safe "
                                 f"mode refuses every user Dataset (use a `source:` instead)",
                                 locate(("train", "data", "dataset")), "SAFE_MODE"))
-    if isinstance(train, dict) and train.get("compile") not in (None, False):
-        problems.append(Problem("safe mode: `compile:` hands the model to torch.compile, which runs a C++ compiler; "
-                                "safe mode refuses it (set train.compile=false)", locate(("train", "compile")),
-                                "SAFE_MODE"))
+    options = train.get("compile") if isinstance(train, dict) else None
+    if isinstance(options, dict) and options:   # `compile: true` names nothing the compiler runs
+        problems.append(Problem(f"safe mode: compile options reach a compiler ({', '.join(map(str, options))}); "
+                                f"use `compile: true` or false", locate(("train", "compile")), "SAFE_MODE"))
     return problems
