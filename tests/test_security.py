@@ -117,6 +117,12 @@ HOSTILE = [
     Hostile("block_chain", _block_chain(70), 132, ("structures nest more than 64 levels deep",), "LIMIT_EXCEEDED", at_load=False),
     Hostile("repeated_sequentials", HEADER + "layers:\n  - " + "{repeat: 1, sequential: [" * 40 + "ReLU" + "]}" * 40
             + "\n", 3, ("structures nest more than 64 levels deep",), "LIMIT_EXCEEDED", at_load=False),
+    # ----- the name becomes runs/<name>/: an identifier, so no run can be written elsewhere -----
+    Hostile("name_absolute", "name: /tmp/elsewhere\n" + HEADER + "layers: [ReLU]\n", 1,
+            ("name: the name must be an identifier", "(got '/tmp/elsewhere')"), "TYPE_ERROR"),
+    Hostile("name_parent", HEADER + "name: ../x\nlayers: [ReLU]\n", 2, ("must be an identifier", "(got '../x')"),
+            "TYPE_ERROR"),
+    Hostile("name_with_space", HEADER + "name: my model\nlayers: [ReLU]\n", 2, ("(got 'my model')",), "TYPE_ERROR"),
     Hostile("set_tag", HEADER + "vars: {a: !!set {1: null}}\nlayers: [ReLU]\n", 2, ("'!!set'",), "YAML_TAG"),
     Hostile("custom_tag", HEADER + "vars: {a: !foo 1}\nlayers: [ReLU]\n", 2, ("'!foo'",), "YAML_TAG"),
 ]
@@ -273,3 +279,15 @@ def test_yaml_nesting_raised_past_the_reader_is_still_located(monkeypatch):
     with pytest.raises(SpecError) as raised:
         specc.load(deep)
     assert raised.value.first.code == "LIMIT_EXCEEDED" and "SPECC_MAX_NESTING=5000" in raised.value.first.message
+
+
+def test_a_file_named_unlike_an_identifier_still_round_trips_through_safetensors(tmp_path):
+    """Only an explicit `name:` must be an identifier; the file stem is stored as the name only when it is one."""
+    from specc.build.weights import save_weights
+
+    path = tmp_path / "my-model.yaml"
+    path.write_text(HEADER + "layers:\n  - Linear: [3]\n")
+    compiled = specc.compile(path)
+    save_weights(compiled, tmp_path / "weights.safetensors")
+    rebuilt = specc.build(tmp_path / "weights.safetensors")
+    assert rebuilt.get_submodule("0").weight.equal(compiled.module.get_submodule("0").weight)

@@ -76,6 +76,15 @@ class Spec(_Strict):
                 raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit)")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_identifier(cls, value: str | None) -> str | None:
+        # the name becomes the run folder (runs/<name>/) and the class name: no `/`, `..` or spaces
+        if value is not None and not IDENTIFIER.match(value):
+            raise ValueError("the name must be an identifier (letters, digits and _; not starting with a digit), "
+                             "like an item's name")
+        return value
+
     @property
     def source(self) -> SourceMap:
         return self._source or SourceMap("<spec>")
