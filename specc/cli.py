@@ -21,6 +21,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def global_options(ctx: typer.Context, safe: Annotated[bool, typer.Option(
+        "--safe", help="Safe mode, for specs from strangers: refuse imports:, train.data.dataset: and "
+                       "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False) -> None:
+    # SPECC_SAFE reaches every stage and the torchrun workers; restored when the command ends
+    if safe:
+        previous = os.environ.get("SPECC_SAFE")
+        os.environ["SPECC_SAFE"] = "1"
+        ctx.call_on_close(lambda: _restore_environment("SPECC_SAFE", previous))
+
+
+def _restore_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False)]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]

@@ -120,7 +120,7 @@ def test_plain_chains_become_sequentials_and_skips_keep_their_names() -> None:
 
 
 FEATURES = """
-name: features tour
+name: features_tour
 imports: [user_layers.Scale]
 inputs:
   a: {shape: [8, 16]}

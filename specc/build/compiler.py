@@ -25,13 +25,14 @@ from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, impor
 from specc.build.memory import check_weights_fit
 from specc.build.functional import batch_expand
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
+from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
 
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
             dtype: torch.dtype | str | None = None, batch_size: int = 2,
             input_shapes: dict[str, list[int]] | None = None, symbolic: bool = True,
-            **variables: Any) -> Compiled:
+            safe: bool | None = None, **variables: Any) -> Compiled:
     """Validate, expand, dry-run and build a spec.
 
     Args:
@@ -41,6 +42,8 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         batch_size: batch size of the dry run (shapes in `graph` carry it as dim 0).
         input_shapes: override the spec's input shapes (without batch dim), by input name.
         symbolic: label output dims that follow named input dims (`seq/2`) with a second dry run.
+        safe: True refuses `imports:`, `dataset:` and compile options (SAFE_MODE), for strangers' specs;
+            default: safe when SPECC_SAFE=1.
         **variables: overrides of the spec's `vars` (`width=128`) or dotted keys (`train.epochs`).
 
     Returns:
@@ -49,6 +52,11 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     Raises:
         SpecError: every problem found, each at file:line:column.
     """
+    with safe_scope(safe):
+        return _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables)
+
+
+def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables) -> Compiled:
     spec = load(spec_or_path, variables)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
@@ -82,7 +90,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
           dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), **variables: Any) -> nn.Module:
+          allow_missing: Any = (), safe: bool | None = None, **variables: Any) -> nn.Module:
     """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
 
     `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
@@ -92,11 +100,11 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
     With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
     PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
     module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
-    unmatched.
+    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
     """
     if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
-        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, **variables)
-    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, **variables)
+        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, **variables)
+    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, safe=safe, **variables)
     module = compiled.module
     if weights is not None and weights_map is None and not allow_missing:
         apply_weights(module, weights)
@@ -114,7 +122,7 @@ def _meta_twin(graph: Graph, meta_modules: dict[str, nn.Module], spec: Spec) -> 
 
 
 def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cpu", dtype: Any = None,
-                           **variables: Any) -> nn.Module:
+                           safe: bool | None = None, **variables: Any) -> nn.Module:
     """Rebuild a trained model from a `.safetensors` file written by `specc export`.
 
     Args:
@@ -130,7 +138,8 @@ def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cp
     """
     spec, state = load_weights(path)
     input_shapes = spec.pop(INPUT_SHAPES_KEY, None)
-    module = compile(spec, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, **variables).module
+    module = compile(spec, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, safe=safe,
+                     **variables).module
     load_state(module, state, path)
     return module.eval()
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from specc.build import functional as specc_functional
+from specc.lang.safety import check_code_path, safe_mode
 
 # Containers that make no sense as a spec item (a spec *is* the container).
 _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Sequential", "Container"}
@@ -216,11 +217,16 @@ def import_layer(dotted: str, folder: str | Path | None = None) -> type:
         folder: the spec's folder: `my_layers.py` there is found before `sys.path`.
 
     Raises:
-        ImportError / TypeError with a message fit for the user.
+        ImportError / TypeError with a message fit for the user: also for a standard-library
+            module (refused before importing it) and in safe mode.
     """
+    if safe_mode():
+        raise ImportError(f"safe mode: imports: {dotted} would import and run code; safe mode refuses every import")
+    try:  # the path is checked before anything is imported: `this.X` must not print the Zen of Python
+        check_code_path(dotted, "imports", "an nn.Module subclass")
+    except ValueError as error:
+        raise ImportError(str(error)) from None
     module_name, _, attribute = dotted.rpartition(".")
-    if not module_name:
-        raise ImportError(f"'{dotted}' is not a dotted path like my_pkg.layers.SwiGLU")
     try:
         module = _import_module(module_name, folder)
     except ImportError as error:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from specc.lang.errors import Problem, SpecError
+from specc.lang.spec import IDENTIFIER
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
@@ -38,7 +39,8 @@ def save_weights(compiled: "Compiled", path: str | Path, input_shapes: dict | No
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
     raw = dict(compiled.spec.raw)
-    raw.setdefault("name", compiled.spec.display_name)   # a spec without `name:` was named after its file
+    if IDENTIFIER.match(compiled.spec.display_name):      # a spec without `name:` was named after its file
+        raw.setdefault("name", compiled.spec.display_name)
     metadata = {SPEC_KEY: yaml.safe_dump(raw, sort_keys=False), ALIASES_KEY: json.dumps(aliases)}
     if input_shapes:
         metadata[INPUT_SHAPES_KEY] = json.dumps(input_shapes)

@@ -83,6 +83,12 @@ class SourceMap:
         return Location(self.file, mark.line + 1, mark.column + 1)
 
 
+def _too_deep_to_read(file: str) -> Problem:
+    return Problem(f"lists and mappings nest too deeply to be read (SPECC_MAX_NESTING={limit('MAX_NESTING')} is "
+                   f"past what the YAML reader can follow; keep it at 300 or less)", Location(file, 1, 1),
+                   "LIMIT_EXCEEDED")
+
+
 def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus the positions of everything in it."""
     source = SourceMap(file)
@@ -95,6 +101,8 @@ def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     except _TooDeep as error:
         raise SpecError(Problem(f"lists and mappings nest deeper than {limit('MAX_NESTING')} levels "
                                 f"({raise_hint('MAX_NESTING')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
+    except RecursionError:  # SPECC_MAX_NESTING raised past what PyYAML's recursive composer can read
+        raise SpecError(_too_deep_to_read(file)) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -102,7 +110,10 @@ def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
         return None, source
     _check_expanded_size(root, source)
     problems: list[Problem] = []
-    data = _construct(loader, root, (), source, problems)
+    try:
+        data = _construct(loader, root, (), source, problems)
+    except RecursionError:
+        raise SpecError(_too_deep_to_read(file)) from None
     if problems:
         raise SpecError(problems)
     return data, source

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from specc.lang.errors import Problem, SpecError, did_you_mean
+from specc.lang.safety import safe_mode_problems, safe_scope
 from specc.lang.source import SourceMap, load_yaml, read_spec_text
 from specc.lang.train_config import TrainConfig
 
@@ -75,6 +76,15 @@ class Spec(_Strict):
                 raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit)")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_identifier(cls, value: str | None) -> str | None:
+        # the name becomes the run folder (runs/<name>/) and the class name: no `/`, `..` or spaces
+        if value is not None and not IDENTIFIER.match(value):
+            raise ValueError("the name must be an identifier (letters, digits and _; not starting with a digit), "
+                             "like an item's name")
+        return value
+
     @property
     def source(self) -> SourceMap:
         return self._source or SourceMap("<spec>")
@@ -98,12 +108,15 @@ class Spec(_Strict):
         return yaml.safe_dump(self._raw, sort_keys=False)
 
 
-def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | None = None) -> Spec:
+def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | None = None, *,
+         safe: bool | None = None) -> Spec:
     """Read and validate a spec.
 
     Args:
         path_or_text: a path to a YAML file, YAML text, an already parsed dict, or a `Spec`.
         overrides: `{"width": 128}` sets a var; a dotted key (`"train.epochs"`) sets any spec key.
+        safe: True refuses `imports:`, `train.data.dataset:` and `train.compile` options (SAFE_MODE), for
+            specs from strangers; default: safe when SPECC_SAFE=1 (`specc --safe`).
 
     Returns:
         The validated `Spec`.
@@ -111,8 +124,14 @@ def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | Non
     Raises:
         SpecError: with every problem found, each located at file:line:column.
     """
+    with safe_scope(safe):
+        return _load(path_or_text, overrides)
+
+
+def _load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | None) -> Spec:
     if isinstance(path_or_text, Spec):
         if not overrides:
+            _refuse_in_safe_mode(path_or_text.raw, path_or_text.source)
             return path_or_text
         data, source = _copy(path_or_text.raw), path_or_text.source
     elif isinstance(path_or_text, dict):
@@ -124,7 +143,14 @@ def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | Non
         raise SpecError(Problem("a spec must be a YAML mapping with at least `inputs:` and `layers:`",
                                 source.locate(()), "TYPE_ERROR"))
     apply_overrides(data, overrides or {}, source)
+    _refuse_in_safe_mode(data, source)
     return validate(data, source)
+
+
+def _refuse_in_safe_mode(data: dict, source: SourceMap) -> None:
+    problems = safe_mode_problems(data, source.locate)
+    if problems:
+        raise SpecError(problems)
 
 
 def validate(data: dict, source: SourceMap) -> Spec:

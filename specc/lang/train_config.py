@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import re
-import sys
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from specc.lang.errors import did_you_mean
+from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -38,7 +37,6 @@ UNSUPPORTED_OPTIMIZERS = ("LBFGS", "Optimizer")
 # Scheduler arguments specc fills in from the run when they are left out.
 FILLED_SCHEDULER_ARGS = {"CosineAnnealingLR": ("T_max",), "OneCycleLR": ("total_steps",)}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 # `compile:` keys that reach torch.compile, and their allowed values; anything else (`options`
 # with a C++ compiler path, `trace.debug_dir`, ...) could run a program or write anywhere.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -46,31 +44,19 @@ COMPILE_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
 COMPILE_KEYS = ("mode", "fullgraph", "dynamic", "backend")
 
 
-def safe_mode() -> bool:
-    """True when specs are checked as untrusted input: no `dataset:` class, no compiler options.
-
-    `SPECC_SAFE=1` turns it on (the global `--safe` flag sets it).
-    """
-    return os.environ.get("SPECC_SAFE") == "1"
-
-
 def check_dataset_path(dotted: str) -> None:
     """A `dataset:` path must name a class in the user's own code, checked before importing it.
 
     Raises:
-        ValueError: not a dotted path, a standard-library or builtin module (which holds no
-            Dataset and may run commands, e.g. `subprocess.getoutput`), or safe mode.
+        ValueError: safe mode, not a dotted path, or a standard-library or builtin module (which
+            holds no Dataset and may run commands, e.g. `subprocess.getoutput`).
     """
     if safe_mode():
         raise ValueError(f"safe mode: `dataset: {dotted}` would import and run code; safe mode refuses "
                          f"every user Dataset (use a `source:` instead)")
-    if not isinstance(dotted, str) or not DOTTED_PATH.match(dotted):
-        raise ValueError(f"dataset must be the dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset "
-                         f"(got {dotted!r})")
-    top = dotted.partition(".")[0]
-    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "builtins":
-        raise ValueError(f"dataset {dotted}: '{top}' is a standard-library module, not a torch Dataset class; "
-                         f"name a subclass of torch.utils.data.Dataset in your own code")
+    check_code_path(dotted, "dataset", "a subclass of torch.utils.data.Dataset")
+
+
 # Batched, on-device augmentations (specc.train.augment): name -> (required args, optional args).
 AUGMENTATIONS = {
     "random_crop": (("size",), ("padding",)),
