@@ -169,9 +169,6 @@ def test_vit_b_16_matches_its_twin_at_32x32():
 # the bias table is an Embedding indexed by the relative-position index the spec computes
 swin_rename = substitutions((r"^features\.(\d+)\.(\d+)\.[01]\.body\.", r"features.\1.\2."),
                             (r"\.relative_position_bias_table\.weight$", ".relative_position_bias_table"))
-# torchvision_swin_tiny_config.json as vars (a `variants:` entry once lang-features has them)
-SWIN_TINY = dict(image_size=32, embed_dim=32, window=4, depth3=0, depth4=0, heads1=2, heads2=4, n_classes=10,
-                 **{"expect.params": 136_822})
 SWIN_COMPUTED = (r"features\.\d+\.\d+\.attn\.relative_position_index",)   # torchvision's buffer
 
 
@@ -192,7 +189,7 @@ def test_swin_matches_its_twin_with_three_stages():
 def test_swin_tiny_variant_reproduces_torchvision_with_its_weights():
     state = reference_file("torchvision_swin_tiny.safetensors")
     io = reference_file("torchvision_swin_tiny_io.safetensors")
-    model = build(SPECS / "swin_t.yaml", **SWIN_TINY)      # expect: params 136,822 is checked on the way
+    model = build(SPECS / "swin_t.yaml", variant="tiny")  # torchvision_swin_tiny_config.json; expect: 136,822
     load_renamed(model, state, swin_rename, SWIN_COMPUTED)
     with torch.no_grad():
         output = model.eval()(io["input"])
@@ -200,15 +197,13 @@ def test_swin_tiny_variant_reproduces_torchvision_with_its_weights():
 
 
 # ----- T5-small ---------------------------------------------------------------------------------------
-# hf_t5_tiny_config.json as vars; the spec's names are Hugging Face's, so its weights load strictly
-T5_TINY = dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
-               **{"expect.params": 44_800})
+# the spec's names are Hugging Face's, so its weights load strictly
 
 
 def test_t5_tiny_reproduces_transformers_with_its_weights():
     state = reference_file("hf_t5_tiny.safetensors")
     io = reference_file("hf_t5_tiny_io.safetensors")
-    model = build(SPECS / "t5_small.yaml", **T5_TINY)
+    model = build(SPECS / "t5_small.yaml", variant="tiny")   # hf_t5_tiny_config.json; expect: 44,800
     model.load_state_dict(state, strict=True)      # every HF key, no renaming
     with torch.no_grad():
         decoded, encoded = model.eval()(io["input_ids"], io["decoder_input_ids"])
@@ -218,9 +213,8 @@ def test_t5_tiny_reproduces_transformers_with_its_weights():
 
 def test_t5_matches_its_twin_past_the_max_distance():
     # 150 / 140 tokens: relative distances past max_distance (128) reach the last, shared bucket
-    sizes = dict(T5_TINY, src_len=150, tgt_len=140, max_distance=128, num_layers=3, num_decoder_layers=2)
-    sizes.pop("expect.params")
-    model = build(SPECS / "t5_small.yaml", **sizes, **{"expect.params": None})
+    model = build(SPECS / "t5_small.yaml", variant="tiny", src_len=150, tgt_len=140, num_layers=3,
+                  **{"expect.params": None})
     twin = T5Model(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=2, num_heads=4)
     generator = torch.Generator().manual_seed(0)
     for parameter in twin.parameters():         # norms and bias tables not at their fresh values
