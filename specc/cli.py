@@ -95,7 +95,7 @@ def check(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
-    from specc.lang.schema import json_schema
+    from specc.build.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
