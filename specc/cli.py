@@ -42,7 +42,8 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     from specc.lang.errors import SpecError
 
     try:
-        yield
+        with _spec_warnings_as_lines():
+            yield
     except SpecError as error:
         if output_format == "json":
             typer.echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
@@ -56,6 +57,26 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     except FileNotFoundError as error:
         typer.echo(f"error: file not found: {error.filename or error}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _spec_warnings_as_lines() -> Iterator[None]:
+    """Spec warnings (an unused item) print as `warning: file:line:col: ...`, not as Python warnings."""
+    import warnings
+
+    from specc.lang.errors import SpecWarning
+
+    with warnings.catch_warnings():
+        python_style = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:
+            if issubclass(category, SpecWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                python_style(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:
@@ -86,7 +107,9 @@ def check(
         params = count_parameters(compiled.module)
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": []}, indent=2))
+            warned = [problem.to_dict() for problem in compiled.warnings]
+            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
+                                  indent=2))
         else:
             shapes = ", ".join(f"{name} {shape}" for name, shape in outputs.items())
             typer.echo(f"OK {spec}: {params:,} parameters, output {shapes}")
