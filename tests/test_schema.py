@@ -64,8 +64,10 @@ def test_kwarg_types_come_from_the_constructor(validator):
     found = errors(validator, spec_with("  - Conv2d: {out_channels: 8, kernel_size: three}\n",
                                         "  - Conv2d: {out_channels: $(k * 2), kernel_size: $k, padding: same}\n",
                                         "  - Conv2d: [8, 3]\n  - Dropout: 0.5\n  - ReLU:\n",
-                                        "  - Linear: {out_features: 4, bias: maybe}\n"))
-    assert set(found) == {("layers", 0, "Conv2d", "kernel_size"), ("layers", 5, "Linear", "bias")}
+                                        "  - Linear: {out_features: 4, bias: maybe}\n",
+                                        "  - LayerNorm: {dim: 1}\n  - LayerNorm: {dim: 2}\n"))
+    assert set(found) == {("layers", 0, "Conv2d", "kernel_size"), ("layers", 5, "Linear", "bias"),
+                          ("layers", 7, "LayerNorm", "dim")}
 
 
 def test_meta_values_functions_and_free_tensors_are_checked(validator):

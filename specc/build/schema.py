@@ -25,6 +25,8 @@ def item_catalogue(registry: Registry | None = None) -> ItemCatalogue:
     """Every name an item can use, with the JSON Schema of its kwargs."""
     registry = registry or Registry()
     layers = {name: layer_kwargs_schema(registry.layer(name)) for name in registry.layers}
+    if "LayerNorm" in layers:     # `LayerNorm: {dim: 1}` is LayerNorm2d (specc.build.items)
+        layers["LayerNorm"]["properties"]["dim"] = {"anyOf": [{"enum": [1, -1]}, _VAR]}
     functions = {name: _closed({key: {} for key in info.parameters}) for name, info in FUNCTIONS.items()}
     functions.update({name: layers[layer] for name, layer in FUNCTION_AS_LAYER.items()})
     functions.update({name: _closed({key: {} for key in keys}) for name, keys in FREE_TENSOR_KEYS.items()})
