@@ -22,7 +22,7 @@ _EXPORTS = {
     "Spec": "specc.lang.spec",
     "SpecError": "specc.lang.errors",
     "Problem": "specc.lang.errors",
-    "json_schema": "specc.lang.schema",
+    "json_schema": "specc.build.schema",
     "compile": "specc.build.compiler",
     "Compiled": "specc.build.compiled",
     "evaluate": "specc.train.evaluation",

@@ -42,6 +42,8 @@ def _restore_environment(name: str, value: str | None) -> None:
 SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False)]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
+VariantOption = Annotated[Optional[str], typer.Option(
+    "--variant", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
 
 
 class UsageFailure(Exception):
@@ -58,7 +60,8 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     from specc.lang.errors import SpecError
 
     try:
-        yield
+        with _spec_warnings_as_lines():
+            yield
     except SpecError as error:
         if output_format == "json":
             typer.echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
@@ -74,24 +77,47 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def overrides(values: list[str] | None) -> dict[str, Any]:
-    """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`."""
-    from specc.lang.spec import parse_override
+@contextmanager
+def _spec_warnings_as_lines() -> Iterator[None]:
+    """Spec warnings (an unused item) print as `warning: file:line:col: ...`, not as Python warnings."""
+    import warnings
 
-    return dict(parse_override(value) for value in values or [])
+    from specc.lang.errors import SpecWarning
+
+    with warnings.catch_warnings():
+        python_style = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:
+            if issubclass(category, SpecWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                python_style(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
+
+
+def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:
+    """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`, plus the chosen
+    `--variant` under the reserved key `variant` (which `load` reads)."""
+    from specc.lang.spec import VARIANT, parse_override
+
+    chosen = {VARIANT: variant} if variant is not None else {}
+    return {**chosen, **dict(parse_override(value) for value in values or [])}
 
 
 @app.command()
 def check(
     spec: SpecPath,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json (machine-readable errors).")] = "text",
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
         from specc.lang.spec import load
 
-        loaded = load(spec, overrides(set_))  # YAML and schema mistakes are reported before torch loads
+        loaded = load(spec, overrides(set_, variant))  # YAML and schema mistakes are reported before torch loads
         from specc.build.compiler import compile as compile_spec
         from specc.build.expect import count_parameters
 
@@ -99,7 +125,9 @@ def check(
         params = count_parameters(compiled.module)
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": []}, indent=2))
+            warned = [problem.to_dict() for problem in compiled.warnings]
+            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
+                                  indent=2))
         else:
             shapes = ", ".join(f"{name} {shape}" for name, shape in outputs.items())
             typer.echo(f"OK {spec}: {params:,} parameters, output {shapes}")
@@ -108,7 +136,7 @@ def check(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
-    from specc.lang.schema import json_schema
+    from specc.build.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -125,6 +153,7 @@ def draw(
     rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
     autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[Optional[str], typer.Option(
         "--format", help="svg, png, pdf, dot, mmd or html; overrides the extension (needed with -o - "
                          "unless svg).")] = None,
@@ -133,7 +162,7 @@ def draw(
     with user_errors():
         from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
-        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_))
+        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_, variant))
         try:
             if output is not None and str(output) == "-":
                 sys.stdout.buffer.write(drawing_bytes(spec, (output_format or "svg").lower(), **options))
@@ -162,6 +191,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue from a last.pt or interrupted.pt exactly where it stopped (with its own spec, unless "
@@ -183,13 +213,13 @@ def train(
                 from specc.train.launch import LaunchError, launch_training
 
                 try:
-                    result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_), **keys)
+                    result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
                 except LaunchError as error:
                     raise UsageFailure(str(error), code=1) from None
             else:
                 from specc.train.training import train as run_training
 
-                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
+                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -206,13 +236,14 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test (rebuilt from the spec's data and split seed).")] = "test",
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
 ) -> None:
     """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
     with user_errors(output_format):
         from specc.train.evaluation import evaluate as run_evaluation
 
-        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_))
+        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
         if output_format == "json":
             typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:
@@ -233,12 +264,13 @@ def predict(
         "-o", "--output", help=".csv or .npz to write. Default: <input>.predictions.csv (.npz for npz input).")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Run a checkpoint on new examples; write predicted classes and probabilities, or regression outputs."""
     with user_errors():
         from specc.train.evaluation import predict as run_prediction
 
-        path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_))
+        path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
         typer.echo(f"wrote {path}")
 
 
@@ -255,6 +287,7 @@ def summary(
                               "single input); repeatable.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
@@ -265,7 +298,7 @@ def summary(
             raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
         try:
             result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
-                               input_shapes=parse_input_shapes(input_shape), backward=backward, **overrides(set_))
+                               input_shapes=parse_input_shapes(input_shape), backward=backward, **overrides(set_, variant))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)
@@ -279,6 +312,7 @@ def export(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Trained weights: a best.pt / last.pt from `specc train`, or a .safetensors file.")] = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     check_output: Annotated[bool, typer.Option(
         "--check/--no-check", help="Run the written file at batch sizes 1 and 3 and compare with the model.")] = True,
 ) -> None:
@@ -291,7 +325,7 @@ def export(
         from specc.export.exporter import check_export, prepare, write
 
         try:
-            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_))
+            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_, variant))
             path = write(prepared, output)
         except ValueError as error:
             raise UsageFailure(str(error)) from None
@@ -316,6 +350,7 @@ def codegen(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the code here (default: print it).", show_default=False)] = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Write the model as standalone PyTorch code: one class named after the spec, every size written out.
 
@@ -324,7 +359,7 @@ def codegen(
     with user_errors():
         from specc.export.eject import codegen as generate
 
-        code = generate(spec, **overrides(set_))
+        code = generate(spec, **overrides(set_, variant))
         if output is None:
             typer.echo(code, nl=False)
             return
@@ -347,6 +382,7 @@ def port(
         "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Port another library's weights into the spec: pair the tensors, write them as .safetensors, check.
 
@@ -357,7 +393,7 @@ def port(
         from specc.export.port import port as port_weights
 
         result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
-                              allow_missing=allow_missing or (), check=check_io, **overrides(set_))
+                              allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
         typer.echo(result.report.summary())
         typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
         if result.max_difference is not None:

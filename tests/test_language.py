@@ -352,6 +352,26 @@ def test_layer_norm_2d_normalises_channels_like_permute_layer_norm_permute():
     assert model.norm.normalized_shape == (6,)
 
 
+def test_layer_norm_dim_1_is_the_channels_first_layer_norm():
+    model = build("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: 1, eps: 1.0e-6}\n    name: norm\n")
+    assert type(model.norm).__name__ == "LayerNorm2d" and list(model.state_dict()) == ["norm.weight", "norm.bias"]
+    with torch.no_grad():
+        model.norm.weight.normal_()
+        model.norm.bias.normal_()
+    reference = nn.LayerNorm(6, eps=1e-6)
+    reference.load_state_dict(model.norm.state_dict())
+    x = torch.randn(2, 6, 5, 4)
+    torch.testing.assert_close(model(x), reference(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    last = build("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: -1}\n")
+    assert getattr(last, "0").normalized_shape == (4,)                  # the default: the last dim
+
+
+def test_layer_norm_over_another_dim_is_a_located_error():
+    problem = first_problem("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: 2}\n")
+    assert where(problem) == (3, 17, "TYPE_ERROR")
+    assert problem.message.startswith("LayerNorm: dim must be 1 (the channels of channels-first maps")
+
+
 def test_torch_layers_dim_is_an_axis_not_an_inferred_size():
     model = build("inputs: {x: {shape: [6]}}\nlayers:\n  - Unflatten: {dim: 1, unflattened_size: [2, 3]}\n")
     assert model(torch.arange(12.0).view(2, 6)).shape == (2, 2, 3)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from specc.lang.errors import Problem, SpecError, did_you_mean
+from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
 from specc.build.graph import Graph, Node
@@ -80,12 +81,22 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
     _apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(graph, meta_modules, spec))
+                        meta_builder=lambda: _meta_twin(graph, meta_modules, spec), warnings=unused_items(graph))
+    for problem in compiled.warnings:
+        warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
         from specc.build.expect import check_expectations
 
         check_expectations(compiled)
     return compiled
+
+
+def unused_items(graph: Graph) -> list[Problem]:
+    """A warning per item whose output nothing uses (no later item, not an output): it is still built,
+    run in forward and counted, which is rarely meant — a missing `from:` or `outputs:` entry."""
+    return [Problem(f"the output of '{node.name}' ({node.target}) is never used: no later item takes it and it "
+                    f"is not an output, yet it is built, run and counted; use it (`from:`), list it in `outputs:`, "
+                    f"or remove it", node.location, "UNUSED_ITEM") for node in graph.unused()]
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",

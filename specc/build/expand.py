@@ -164,7 +164,8 @@ class Expander(ItemReading):
             return self._add_free_tensor(item, args, context, inputs, qualified, name)
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
-        layer = FUNCTION_AS_LAYER.get(item.op, item.op)
+        op, args = self._layer_norm_axis(item, args)   # `LayerNorm: {dim: 1}` is LayerNorm2d
+        layer = FUNCTION_AS_LAYER.get(op, op)
         info = self.registry.layer(layer)
         if info is None:
             self._unknown_op(item)

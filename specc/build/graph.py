@@ -68,3 +68,14 @@ class Graph:
     @property
     def inputs(self) -> list[Node]:
         return [node for node in self.nodes if node.op == "input"]
+
+    def unused(self) -> list[Node]:
+        """Items whose output reaches no model output: built, run and counted for nothing."""
+        inputs_of = {node.name: node.inputs for node in self.nodes}
+        live, pending = set(), list(self.outputs)
+        while pending:
+            name = pending.pop()
+            if name not in live:
+                live.add(name)
+                pending.extend(inputs_of.get(name, ()))
+        return [node for node in self.nodes if node.name not in live and node.op != "input"]

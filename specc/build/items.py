@@ -138,3 +138,18 @@ class ItemReading:
             self._problem(f"'{item.op}' must name a layer, block or function, got {value!r}", item.path, "TYPE_ERROR")
             return None
         return replace(item, op=value, args=args)
+
+    def _layer_norm_axis(self, item: Item, args: Any) -> tuple[str, Any]:
+        """`LayerNorm: {dim: 1}` normalises the channels of `[C, H, W]` maps: it is `LayerNorm2d`
+        (same `weight`/`bias`); `dim: -1` is the default, the last dim. Other layers pass through."""
+        if item.op != "LayerNorm" or not isinstance(args, dict) or "dim" not in args:
+            return item.op, args
+        args = dict(args)
+        dim = args.pop("dim")
+        if dim == 1 and not isinstance(dim, bool):
+            return "LayerNorm2d", args
+        if dim != -1 or isinstance(dim, bool):
+            self._problem(f"LayerNorm: dim must be 1 (the channels of channels-first maps, as LayerNorm2d) or -1 "
+                          f"(the last dim, the default), got {dim!r}", item.path + ("LayerNorm", "dim"), "TYPE_ERROR")
+        return item.op, args
+

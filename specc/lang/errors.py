@@ -24,7 +24,8 @@ CODES = (
     "UNKNOWN_LAYER", "UNKNOWN_KWARG", "MISSING_ARGUMENT", "UNKNOWN_REFERENCE", "UNKNOWN_VAR",
     "EXPRESSION_ERROR", "DUPLICATE_NAME", "INVALID_ITEM", "IMPORT_ERROR", "SHAPE_MISMATCH",
     "LAYER_ERROR", "EXPECT_FAILED", "EXPORT_ERROR", "DATA_ERROR", "CHECKPOINT_ERROR",
-    "YAML_TAG", "LIMIT_EXCEEDED", "SAFE_MODE",
+    "YAML_TAG", "LIMIT_EXCEEDED", "SAFE_MODE", "UNKNOWN_VARIANT",
+    "UNUSED_ITEM",   # a warning: compiling goes on
 )
 
 
@@ -66,6 +67,14 @@ class SpecError(Exception):
     @property
     def first(self) -> Problem:
         return self.problems[0]
+
+
+class SpecWarning(UserWarning):
+    """A located remark that does not stop the build (`UNUSED_ITEM`); `problem` holds its location."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        super().__init__(str(problem))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -81,7 +81,7 @@ def table(result: "ModelSummary") -> "Table":
 
 def cells(row: "LayerRow", indent: str = "  ") -> tuple[str, ...]:
     """One row's six cells, as the table and markdown show them."""
-    kind = row.type + (f" ×{row.count}" if row.count > 1 else "")
+    kind = row.type + (f" ×{row.count}" if row.count > 1 else "") + (" (unused)" if row.unused else "")
     return (indent * row.depth + row.name, kind, shape_text(row.shape), params_text(row),
             trainable_text(row), readable(row.flops))
 

@@ -39,6 +39,7 @@ class LayerRow:
     flops: int = 0                # forward FLOPs for the whole batch
     output_bytes: int = 0         # outputs of the items inside, for the forward/backward memory estimate
     count: int = 1                # how many repetitions this row stands for
+    unused: bool = False          # its output reaches no model output (the compiler warns: UNUSED_ITEM)
     children: list["LayerRow"] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -92,6 +92,7 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
     """Rows nested the way the spec is written; a merge's figures go to its container's row."""
     root = LayerRow(path="", name="", type="model", kind="model")
     containers, counted = {"": root}, set()
+    unused = {node.name for node in graph.unused()}
     for node in graph.nodes:
         if node.op == "input":
             continue
@@ -109,7 +110,7 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             continue
         row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
-                       flops=flops[node.name], output_bytes=output_bytes)
+                       flops=flops[node.name], output_bytes=output_bytes, unused=node.name in unused)
         if node.op == "module":
             count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
         elif node.target == "parameter" and node.op == "function":
