@@ -303,7 +303,8 @@ FUNCTION_CASES = [
     ("einsum: \"bij,bkj->bik\"\n    from: [x, y]", lambda x, y: torch.einsum("bij,bkj->bik", x, y)),
     ("where: {other: 0.0}\n    from: [mask, x]", lambda x, y: torch.where(x > 0, x, 0.0)),
     ("masked_fill: -1.0\n    from: [x, mask]", lambda x, y: x.masked_fill(x > 0, -1.0)),
-    ("gather: 1\n    from: [x, index]", lambda x, y: x.gather(1, torch.zeros(1, 4, 6, dtype=torch.long))),
+    # the index is a batchless constant [1, 4, 6], so the output has no batch dim: declared
+    ("gather: 1\n    from: [x, index]\n    batch_dim: false", lambda x, y: x.gather(1, torch.zeros(1, 4, 6, dtype=torch.long))),
 ]
 
 

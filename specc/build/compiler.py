@@ -17,12 +17,13 @@ import torch
 from torch import fx, nn
 
 from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean
+from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
 from specc.build.graph import Graph, Node
 from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
-from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
+from specc.build.registry import FUNCTIONS, Registry, import_layer, passes_first_output
 from specc.build.memory import check_weights_fit
 from specc.build.functional import batch_expand
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
@@ -64,7 +65,9 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
     for node in graph.inputs:  # overridden shapes become the model's own (example_inputs, summaries)
         if input_shapes and node.name in input_shapes:
             node.meta["shape"] = list(input_shapes[node.name])
-    meta_modules = dry_run(graph, registry, batch_size, input_shapes)
+    batch_watch = BatchWatch(batch_size)   # the batch dim stays the batch (batch_check.py)
+    meta_modules = dry_run(graph, registry, batch_size, input_shapes, on_node=batch_watch.observe)
+    batch_watch.confirm(graph, meta_modules)
     if symbolic and any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
         from specc.build.symbolic import label_symbolic_dims
 
@@ -261,7 +264,7 @@ def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
     if node.op == "module":
         args, kwargs = call_inputs(node, inputs)
         result = fx_graph.call_module(node.shared_with or node.name, args, kwargs)
-        return fx_graph.call_function(operator.getitem, (result, 0)) if node.target in TUPLE_OUTPUT_LAYERS else result
+        return fx_graph.call_function(operator.getitem, (result, 0)) if passes_first_output(node) else result
     if node.op == "function" and node.target in FREE_TENSORS:   # a parameter/buffer of the model itself
         tensor = fx_graph.get_attr(node.name)
         return fx_graph.call_function(batch_expand, (tensor, inputs[0])) if node.args.get("batch") else tensor

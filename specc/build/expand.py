@@ -136,6 +136,7 @@ class Expander(ItemReading):
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
             output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+        self._declare_output(item, context, output)
         context.refs[key] = output[0] if output else None
         return output or current
 

@@ -18,9 +18,11 @@ def forward_flops(compiled: "Compiled", batch_size: int = 1) -> int:
     """Forward FLOPs for `batch_size` samples, counted by torch's FlopCounterMode on meta tensors."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from specc.build.infer import evaluating
+
     module = compiled.meta_module()
     inputs = compiled.example_inputs(batch_size, device="meta")
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, evaluating(module):   # batch norm at batch 1
         module(*inputs)
     return counter.get_total_flops()
 

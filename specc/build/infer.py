@@ -7,7 +7,8 @@ spec line of the item that caused it, with the shapes involved.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Graph, Node
 from specc.build.input_sizes import resolve_node_args
 from specc.build.tensors import FREE_TENSORS, FreeTensor, free_tensor_value, make_free_tensor
-from specc.build.registry import FUNCTIONS, INFERABLE, TUPLE_OUTPUT_LAYERS, Registry
+from specc.build.registry import FUNCTIONS, INFERABLE, Registry, passes_first_output
 
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -42,8 +43,10 @@ class SkipInitOnMeta(TorchFunctionMode):
 
 
 def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
-            input_shapes: dict[str, list[int]] | None = None) -> dict[str, nn.Module]:
+            input_shapes: dict[str, list[int]] | None = None,
+            on_node: Callable[[Node], None] | None = None) -> dict[str, nn.Module]:
     """Run the graph on meta tensors; set each node's `shape`, `dtype` and inferred args.
+    `on_node` sees each node once its shape is set (batch_check.BatchWatch.observe).
 
     Returns:
         The layers built on the meta device, by node name.
@@ -65,6 +68,8 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
             raise SpecError(_failure(node, error, values)) from None
         values[node.name] = value
         _record(node, value)
+        if on_node is not None:
+            on_node(node)
     return modules
 
 
@@ -133,18 +138,31 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     if key is not None and key in seen_outputs:
         return _fresh_meta(seen_outputs[key])
     args, kwargs = call_inputs(node, inputs)
-    output = module(*args, **kwargs)
-    output = output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    with evaluating(module):   # shapes as at inference: BatchNorm after a global pool works at batch 1
+        output = module(*args, **kwargs)
+    output = output[0] if passes_first_output(node) else output
     if key is not None:
         seen_outputs[key] = output
     return output
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode for one call, then each layer's own mode back (the dry run's layers become the model on meta)."""
+    modes = [(layer, layer.training) for layer in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for layer, mode in modes:
+            layer.training = mode
 
 
 def _memo_key(node: Node, inputs: list) -> tuple | None:
     if not all(isinstance(value, torch.Tensor) for value in inputs):
         return None
     shapes = tuple((tuple(value.shape), value.dtype) for value in inputs)
-    return node.target, repr(sorted(node.args.items())), shapes
+    return node.target, repr(sorted(node.args.items())), node.meta.get("outputs"), shapes
 
 
 def _fresh_meta(value: Any) -> Any:
@@ -207,7 +225,7 @@ def run_compiled_node(node: Node, inputs: list, module: nn.Module) -> Any:
         return run_merge(node, inputs)
     args, kwargs = call_inputs(node, inputs)
     output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
-    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    return output[0] if passes_first_output(node) else output
 
 
 def run_merge(node: Node, inputs: list):

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Node
-from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS
+from specc.build.registry import FUNCTIONS, passes_first_output
 
 _OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 
@@ -96,7 +96,7 @@ def module_call(node: Node, target: str, arguments: list[str]) -> str:
     if node.target == "MultiheadAttention":      # self-attention: query = key = value
         arguments = (arguments * 3 if len(arguments) == 1 else arguments) + ["need_weights=False"]
     call = f"{target}({', '.join(arguments)})"
-    return f"{call}[0]" if node.target in TUPLE_OUTPUT_LAYERS else call   # (output, state) -> output
+    return f"{call}[0]" if passes_first_output(node) else call   # (output, state) -> output
 
 
 def free_tensor_use(tensor: str, batch: bool, arguments: list[str]) -> str:

@@ -265,6 +265,7 @@ def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:
     problems = []
     for entry in error.errors():
         path = tuple(part for part in entry["loc"] if not _is_union_tag(part))
+        path += getattr((entry.get("ctx") or {}).get("error"), "subpath", ())   # call_args.ArgumentError
         kind = entry["type"]
         if kind == "extra_forbidden":
             model_fields = _fields_at(path[:-1])

@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
 from specc.lang.safety import check_code_path, safe_mode
 
@@ -464,19 +465,23 @@ def _check_call(call: Call, classes: dict[str, Any], what: str, skip: tuple, fil
                and name not in call.kwargs and name not in filled]
     if missing:
         raise ValueError(f"{what} {call.name} needs {', '.join(missing)}")
+    check_argument_types(classes[call.name], call.name, call.kwargs, what, skip)
 
 
 def _check_groups(optimizer: str, groups: Any) -> None:
     """`groups: [{params: "head.*", lr: 0.01}]`: each needs a name pattern plus optimizer arguments."""
     if not isinstance(groups, list):
         raise ValueError("optimizer groups must be a list like [{params: 'head.*', lr: 0.01}]")
-    for group in groups:
+    for index, group in enumerate(groups):
         if not isinstance(group, dict) or not isinstance(group.get("params"), (str, list)):
             raise ValueError("each optimizer group needs `params`: a parameter name pattern such as 'head.*'")
         options = {key: item for key, item in group.items() if key != "params"}
         # a group inherits every argument it leaves out from the optimizer itself
-        _check_call(Call(name=optimizer, kwargs=options), _torch_classes("optimizer"), "optimizer group",
-                    skip=("params",), check_missing=False)
+        try:
+            _check_call(Call(name=optimizer, kwargs=options), _torch_classes("optimizer"), "optimizer group",
+                        skip=("params",), check_missing=False)
+        except ArgumentError as error:   # located at the group's own key
+            raise ArgumentError(str(error), (optimizer, "groups", index, error.subpath[-1])) from None
 
 
 @functools.lru_cache(maxsize=None)
