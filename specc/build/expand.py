@@ -45,6 +45,7 @@ class Expander(ItemReading):
         self.source = spec.source
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}
+        self._module_prefixes: set[str] = set()  # every "a", "a.b" above a layer's path "a.b.c"
         self.problems: list[Problem] = []
 
     # ----- entry point -------------------------------------------------------------------------
@@ -347,6 +348,9 @@ class Expander(ItemReading):
                                          f"give one a `name:`", node.location, "DUPLICATE_NAME"))
         self.nodes.append(node)
         self.by_name[node.name] = node
+        if node.op == "module":
+            parts = node.name.split(".")
+            self._module_prefixes.update(".".join(parts[:end]) for end in range(1, len(parts)))
         return node.name
 
     def _path_clash(self, path: str) -> bool:
@@ -354,7 +358,7 @@ class Expander(ItemReading):
         parts = path.split(".")
         above = (".".join(parts[:end]) for end in range(1, len(parts)))
         return (any(self.by_name.get(prefix) is not None and self.by_name[prefix].op == "module" for prefix in above)
-                or any(name.startswith(path + ".") and other.op == "module" for name, other in self.by_name.items()))
+                or path in self._module_prefixes)
 
     def _substitute(self, value: Any, variables: dict, path: tuple, deferrable: bool = False,
                     input_of: str | None = None) -> Any:
