@@ -28,7 +28,7 @@ from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E4
 FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "forward": (forward.run, {}, {"repeats": 2, "turn_seconds": 0.0005, "turns": 4}),
     "compile": (compile_cost.run, {}, {"repeats": 1, "small": True}),
-    "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml", "references": False}),
+    "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml"}),
     "train": (training.run, {}, {"repeats": 1, "models": ("mlp",)}),
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
 }

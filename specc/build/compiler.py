@@ -243,7 +243,17 @@ def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx
     outputs = [values[name] for name in graph.outputs]
     fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     fx_graph.lint()
-    module = SpecModule(root, fx_graph, class_name=class_name(spec))
+    # GraphModule(root, graph) would rebuild every holder module on the way to each layer (a
+    # third of a warm 7B build); starting empty and adopting root's top-level children keeps them.
+    module = SpecModule(root, fx.Graph(), class_name=class_name(spec))
+    for name, child in root._modules.items():
+        module.add_module(name, child)
+    for name, tensor in [*root._parameters.items(), *root._buffers.items()]:  # free tensors at the top level
+        if name in root._parameters:
+            module.register_parameter(name, tensor)
+        else:
+            module.register_buffer(name, tensor, persistent=name not in root._non_persistent_buffers_set)
+    module.graph = fx_graph
     for name, holder in modules.items():   # fx copies buffers as persistent ones: constants are not
         if isinstance(holder, FreeTensor) and holder.op == "constant":
             owner, _, leaf = name.rpartition(".")
@@ -295,9 +305,9 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     *parents, leaf = path.split(".")
     owner = root
     for part in parents:
-        if not hasattr(owner, part):
+        if part not in owner._modules:
             owner.add_module(part, nn.Module())
-        owner = getattr(owner, part)
+        owner = owner._modules[part]
     if isinstance(module, FreeTensor):
         module.attach(owner, leaf)
     else:

@@ -19,6 +19,8 @@ from specc.build.graph import Graph, Node
 from specc.build.input_sizes import resolve_node_args
 from specc.build.tensors import FREE_TENSORS, FreeTensor, free_tensor_value, make_free_tensor
 from specc.build.registry import FUNCTIONS, INFERABLE, Registry, passes_first_output
+from specc.build.shape_functions import function_output, merge_output
+from specc.build.shape_rules import module_output
 
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -111,6 +113,10 @@ def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch
     if node.op == "function" and node.target in FREE_TENSORS:
         holder = modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, "meta"))
         return free_tensor_value(holder.tensor, node.args, inputs)
+    # shape rules first (shape_rules.py): the common items need no meta kernel, whose set-up costs ~1 s
+    predicted = (function_output if node.op == "function" else merge_output)(node.target, inputs, node.args)
+    if predicted is not None:
+        return predicted
     if node.op == "function":
         return run_function(node, inputs)
     return run_merge(node, inputs)
@@ -139,7 +145,9 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
         return _fresh_meta(seen_outputs[key])
     args, kwargs = call_inputs(node, inputs)
     with evaluating(module):   # shapes as at inference: BatchNorm after a global pool works at batch 1
-        output = module(*args, **kwargs)
+        output = module_output(module, args, kwargs)  # a shape rule, else the layer itself on meta
+        if output is None:
+            output = module(*args, **kwargs)
     output = output[0] if passes_first_output(node) else output
     if key is not None:
         seen_outputs[key] = output

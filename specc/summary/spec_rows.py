@@ -14,7 +14,8 @@ from torch import nn
 
 from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
-from specc.build.infer import DTYPES, run_compiled_node
+from specc.build.flop_rules import run_counted
+from specc.build.infer import DTYPES
 from specc.lang.spec import load
 from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
 
@@ -66,26 +67,26 @@ def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple
     values, outputs, flops = {}, {}, {}
     # Grad stays on: under no_grad, eval-mode MultiheadAttention and TransformerEncoderLayer take
     # PyTorch's fused inference fast path, whose kernels FlopCounterMode cannot count.
-    with flop_counter() as counter:
-        for index, node in enumerate(graph.nodes):
-            before = counter.get_total_flops()
-            value = _run_node(node, values, module, device)
-            flops[node.name] = counter.get_total_flops() - before
-            outputs[node.name] = (_shape_of(value), _bytes_of(value))
-            values[node.name] = value
-            for name in set(node.inputs):
-                if last_use[name] == index:
-                    del values[name]  # on a real device, keep only the activations still needed
+    for index, node in enumerate(graph.nodes):
+        if node.op == "input":
+            value, flops[node.name] = _input_value(node, device), 0
+        else:  # FLOP formulas on meta where the layer has one (flop_rules.py), else FlopCounterMode
+            value, flops[node.name] = run_counted(node, [values[name] for name in node.inputs], module, flop_counter)
+        outputs[node.name] = (_shape_of(value), _bytes_of(value))
+        values[node.name] = value
+        for name in set(node.inputs):
+            if last_use[name] == index:
+                del values[name]  # on a real device, keep only the activations still needed
     return outputs, flops
 
 
-def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.device) -> Any:
-    if node.op == "input":
-        dtype = DTYPES[node.dtype]
-        if device.type != "meta" and dtype.is_floating_point:
-            return torch.randn(node.shape, dtype=dtype, device=device)
-        return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
-    return run_compiled_node(node, [values[name] for name in node.inputs], module)
+def _input_value(node: "Node", device: torch.device) -> torch.Tensor:
+    dtype = DTYPES[node.dtype]
+    if device.type == "meta":
+        return torch.empty(node.shape, dtype=dtype, device=device)  # no values; zeros on meta costs a decomposition
+    if dtype.is_floating_point:
+        return torch.randn(node.shape, dtype=dtype, device=device)
+    return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
 
 
 def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) -> LayerRow:
