@@ -7,7 +7,6 @@ state_dict save/load.
 from __future__ import annotations
 
 import fnmatch
-import operator
 import re
 import warnings
 from pathlib import Path
@@ -20,12 +19,12 @@ from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
-from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
+from specc.build.graph import Graph
+from specc.build.forward import build_spec_module
+from specc.build.infer import DTYPES, dry_run
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
-from specc.build.registry import FUNCTIONS, Registry, import_layer, passes_first_output
+from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.functional import batch_expand
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
@@ -192,126 +191,8 @@ def _materialise(graph: Graph, registry: Registry, device: torch.device) -> dict
     return modules
 
 
-class _DirectChildren:
-    """Mixin: child modules are also plain instance attributes.
-
-    The generated forward reaches a layer as `getattr(self, "3").body.conv`; through
-    nn.Module.__getattr__ each step costs about a microsecond, which made a 4-layer MLP 15% slower
-    than the same model written by hand. With the children in `__dict__` each step is a dict hit.
-    Every way a child can change (setattr, delattr, add_module) keeps the copy in sync.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        self._sync_child(name)
-
-    def __delattr__(self, name: str) -> None:
-        was_child = name in self._modules
-        super().__delattr__(name)
-        if was_child:
-            self.__dict__.pop(name, None)
-
-    def add_module(self, name: str, module: nn.Module | None) -> None:
-        super().add_module(name, module)
-        self._sync_child(name)
-
-    def register_module(self, name: str, module: nn.Module | None) -> None:
-        self.add_module(name, module)
-
-    def _sync_child(self, name: str) -> None:
-        children = self.__dict__.get("_modules")
-        if children is not None and name in children:
-            self.__dict__[name] = children[name]
-
-
-class Container(_DirectChildren, nn.Module):
-    """Holds the layers of one spec item (a block use, a branch, a repeat) under its name."""
-
-
-class SpecModule(_DirectChildren, fx.GraphModule):
-    """The compiled model: a torch.fx GraphModule whose forward is generated from the spec."""
-
-
 def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx.GraphModule:
-    root = nn.Module()
-    for name, module in modules.items():
-        _set_submodule(root, name, module)
-    fx_graph = fx.Graph()
-    values: dict[str, Any] = {}
-    for node in graph.nodes:
-        values[node.name] = _emit(fx_graph, node, values)
-    outputs = [values[name] for name in graph.outputs]
-    fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
-    fx_graph.lint()
-    # GraphModule(root, graph) would rebuild every holder module on the way to each layer (a
-    # third of a warm 7B build); starting empty and adopting root's top-level children keeps them.
-    module = SpecModule(root, fx.Graph(), class_name=class_name(spec))
-    for name, child in root._modules.items():
-        module.add_module(name, child)
-    for name, tensor in [*root._parameters.items(), *root._buffers.items()]:  # free tensors at the top level
-        if name in root._parameters:
-            module.register_parameter(name, tensor)
-        else:
-            module.register_buffer(name, tensor, persistent=name not in root._non_persistent_buffers_set)
-    module.graph = fx_graph
-    for name, holder in modules.items():   # fx copies buffers as persistent ones: constants are not
-        if isinstance(holder, FreeTensor) and holder.op == "constant":
-            owner, _, leaf = name.rpartition(".")
-            module.get_submodule(owner)._non_persistent_buffers_set.add(leaf)
-    for holder in [module, *module.modules()]:
-        if type(holder) is nn.Module:  # fx made the intermediate holders plain Modules
-            holder.__class__ = Container
-        if isinstance(holder, _DirectChildren):
-            for name in list(holder._modules):
-                holder._sync_child(name)
-    return module
-
-
-def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
-    inputs = [values[name] for name in node.inputs]
-    if node.op == "input":
-        return fx_graph.placeholder(node.name)
-    if node.op == "module":
-        args, kwargs = call_inputs(node, inputs)
-        result = fx_graph.call_module(node.shared_with or node.name, args, kwargs)
-        return fx_graph.call_function(operator.getitem, (result, 0)) if passes_first_output(node) else result
-    if node.op == "function" and node.target in FREE_TENSORS:   # a parameter/buffer of the model itself
-        tensor = fx_graph.get_attr(node.name)
-        return fx_graph.call_function(batch_expand, (tensor, inputs[0])) if node.args.get("batch") else tensor
-    if node.op == "function":
-        info = FUNCTIONS[node.target]
-        if info.name == "getitem":
-            return fx_graph.call_function(operator.getitem, (inputs[0], node.args["index"]))
-        args = (list_argument(inputs),) if info.takes_list else tuple(inputs)
-        return fx_graph.call_function(info.call, args, dict(node.args))
-    return _emit_merge(fx_graph, node, inputs)
-
-
-def _emit_merge(fx_graph: fx.Graph, node: Node, inputs: list) -> Any:
-    if node.target == "list":
-        return tuple(inputs)
-    if node.target in ("cat", "stack"):
-        return fx_graph.call_function(getattr(torch, node.target), (list(inputs),), {"dim": node.args["dim"]})
-    combine = {"add": operator.add, "mean": operator.add, "mul": operator.mul, "max": torch.maximum}[node.target]
-    result = inputs[0]
-    for value in inputs[1:]:
-        result = fx_graph.call_function(combine, (result, value))
-    if node.target == "mean":
-        result = fx_graph.call_function(operator.truediv, (result, len(inputs)))
-    return result
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, leaf = path.split(".")
-    owner = root
-    for part in parents:
-        if part not in owner._modules:
-            owner.add_module(part, nn.Module())
-        owner = owner._modules[part]
-    if isinstance(module, FreeTensor):
-        module.attach(owner, leaf)
-    else:
-        owner.add_module(leaf, module)
+    return build_spec_module(graph, modules, class_name(spec))
 
 
 def _apply_ties(module: nn.Module, spec: Spec) -> None:

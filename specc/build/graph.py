@@ -23,6 +23,7 @@ class Scope:
     location: Location | None = None
     index: int | None = None  # for "repeat": which repetition (0-based)
     count: int | None = None  # for "repeat": how many repetitions
+    module: str | None = None # the module path holding its layers; None when it adds no path level (flat:, names: "")
 
 
 @dataclass
