@@ -290,7 +290,7 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     session.training_forward.train()
     point, session.resume_point = session.resume_point, None
     progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
-                                                 train.target.device, session.optimizer.param_groups[0]["lr"])
+                                                 train.device, session.optimizer.param_groups[0]["lr"])
     losses, sizes, skip = progress.losses, progress.sizes, progress.step
     steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
