@@ -1,7 +1,6 @@
 """Streaming data through a DataLoader: same batches as in memory, resume, ranks, bounded memory."""
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import shutil
