@@ -117,7 +117,8 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     scalar_calls = [call for call in config.metrics if call.name not in MATRIX_METRICS]
     metrics = {name: MetricSet.build(scalar_calls, prepared.task, device, metric_locator(spec))
                for name in ("train", "val")}
-    optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")))
+    optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")), lambda index: locate(
+        ("train", "optimizer", config.optimizer.name, "groups", index, "params")))
     scheduler_path = ("train", "scheduler")
     schedulers = Schedulers.build(
         config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
