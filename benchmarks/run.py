@@ -7,7 +7,8 @@
     python benchmarks/run.py --quick               # tiny repeat counts: checks the harness, not the speed
 
 Families: forward (per-call overhead of the compiled module), compile (Llama 2 7B on meta),
-cli (`specc --help`, `specc summary`), train (per-epoch loop cost), draw (1,000-item spec to SVG).
+cli (`specc --help`, `specc summary`), train (per-epoch loop cost), draw (1,000-item spec to SVG),
+stream (a streamed epoch against a hand-written DataLoader loop, and against the in-memory path).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, training  # noqa: E402
+from benchmarks import cli_cost, compile_cost, draw_cost, forward, streaming, training  # noqa: E402
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -31,6 +32,7 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml"}),
     "train": (training.run, {}, {"repeats": 1, "models": ("mlp",)}),
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
+    "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
 }
 
 

@@ -291,6 +291,8 @@ def _is_union_tag(part: Any) -> bool:
 def _fields_at(path: tuple) -> list[str]:
     model: Any = Spec
     for part in path:
+        if isinstance(part, int):  # an item of a list of models: the item's model, as for a trailing index
+            continue
         field_info = getattr(model, "model_fields", {}).get(part)
         if field_info is None:
             break
