@@ -236,6 +236,9 @@ def summary(
         "--input-shape", help="An input's shape without the batch dim: x=3,64,64 (or 3,64,64 for a "
                               "single input); repeatable.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
+    columns: Annotated[Optional[str], typer.Option(
+        help="Extra columns, comma-separated: input_shape, kernel_size, params_percent (or all).",
+        show_default=False)] = None,
     set_: SetOption = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
@@ -247,7 +250,9 @@ def summary(
             raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
         try:
             result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
-                               input_shapes=parse_input_shapes(input_shape), backward=backward, **overrides(set_))
+                               input_shapes=parse_input_shapes(input_shape), backward=backward,
+                               columns=[name.strip() for name in (columns or "").split(",") if name.strip()],
+                               **overrides(set_))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)

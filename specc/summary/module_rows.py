@@ -17,7 +17,7 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter, kernel_size
 
 
 def collect_module(model: nn.Module, input_size: Any, input_data: Any,
@@ -85,6 +85,8 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
         row = LayerRow(path, layer.var_name, layer.class_name,
                        "model" if parent is None else "layer" if layer.is_leaf_layer else "module",
                        shape=list(layer.output_size) if layer.executed else None,
+                       input_shape=list(layer.input_size) if layer.executed and layer.input_size else None,
+                       kernel_size=kernel_size(layer.module),
                        output_bytes=layer.output_bytes if layer.is_leaf_layer else 0)
         count_parameters(row, layer.module.parameters(recurse=False), counted)
         made = call_flops.get(layer.layer_id, [])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from specc.summary import render as rendering
+from specc.summary.layout import DEFAULT_COLUMNS
 
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
@@ -33,6 +34,8 @@ class LayerRow:
     #                               sequential | repeat | module | model
     depth: int = 0
     shape: list | None = None     # output shape with the batch dim; a list of shapes for tuple outputs
+    input_shape: list | None = None   # the first input's shape (a list of shapes for several inputs)
+    kernel_size: list | None = None   # a convolution's or pool's kernel_size, as a list
     params: int = 0               # parameters counted here: each parameter once, at its first use
     shared_params: int = 0        # parameters used here but counted at an earlier row (tie:, share:)
     trainable_params: int = 0     # the trainable part of `params`
@@ -74,6 +77,7 @@ class ModelSummary:
     batch_size: int | None
     device: str
     show_backward: bool = False   # the table adds the backward estimate (json/csv always carry it)
+    columns: tuple[str, ...] = DEFAULT_COLUMNS  # the table's columns (summary.layout.COLUMNS keys)
 
     @property
     def non_trainable_params(self) -> int:
@@ -109,6 +113,13 @@ class ModelSummary:
     def __str__(self) -> str:
         return self.render("table")
 
+    def __repr__(self) -> str:
+        """The table, so a notebook or REPL echoing the result shows it rather than the dataclass fields."""
+        return self.render("table")
+
+    def _repr_html_(self) -> str:
+        return rendering.html(self)
+
 
 @dataclass
 class Collected:
@@ -133,6 +144,18 @@ def count_parameters(row: LayerRow, parameters: Any, counted: set[int]) -> None:
         row.params += parameter.numel()
         if parameter.requires_grad:
             row.trainable_params += parameter.numel()
+
+
+def kernel_size(layer: nn.Module) -> list | None:
+    """`kernel_size` of a convolution or pooling layer as a list (`2` -> `[2, 2]` for MaxPool2d)."""
+    size = getattr(layer, "kernel_size", None)
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        return list(size)
+    name = type(layer).__name__
+    dims = int(name[-2]) if name[-1:] == "d" and name[-2:-1].isdigit() else 1
+    return [size] * dims
 
 
 def flop_counter() -> "FlopCounterMode":

@@ -16,7 +16,7 @@ from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.build.infer import DTYPES, run_compiled_node
 from specc.lang.spec import load
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter, kernel_size
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -109,9 +109,11 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             continue
         row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
-                       flops=flops[node.name], output_bytes=output_bytes)
+                       input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes)
         if node.op == "module":
-            count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
+            layer = module.get_submodule(node.shared_with or node.name)
+            row.kernel_size = kernel_size(layer)
+            count_parameters(row, layer.parameters(), counted)
         elif node.target == "parameter" and node.op == "function":
             count_parameters(row, [operator.attrgetter(node.name)(module)], counted)
         chain[-1].children.append(row)
@@ -123,6 +125,12 @@ def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
     if not labels or not isinstance(shape, list) or len(shape) != len(labels):
         return shape
     return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
+
+
+def _input_shape(node: "Node", outputs: dict) -> list | None:
+    """The shape of the node's input; a list of shapes when it takes several."""
+    shapes = [outputs[name][0] for name in node.inputs if name in outputs]
+    return shapes[0] if len(shapes) == 1 else (shapes or None)
 
 
 def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from specc.summary.layout import chosen_columns
 from specc.summary.rows import FIGURES, LayerRow, ModelSummary
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
             expand: bool = False, device: str | torch.device = "meta",
             input_shapes: dict[str, Sequence[int]] | Sequence[int] | None = None,
             input_size: Any = None, input_data: Any = None, dtypes: list[torch.dtype] | None = None,
-            backward: bool = False, **variables: Any) -> ModelSummary:
+            backward: bool = False, columns: Sequence[str] = (), **variables: Any) -> ModelSummary:
     """Summarize a spec (per spec item) or any `nn.Module` (per submodule call, via torchinfo).
 
     Args:
@@ -44,6 +45,8 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
         input_data: for a module: example input tensor(s), instead of `input_size`.
         dtypes: for a module: the dtypes of the `input_size` inputs (default float32).
         backward: render the backward FLOPs estimate too.
+        columns: optional columns to add to the table: "input_shape", "kernel_size",
+            "params_percent" (or "all").
         **variables: overrides of the spec's vars (`width=128`).
 
     Returns:
@@ -51,8 +54,9 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
 
     Raises:
         SpecError: the spec does not compile (located problems).
-        ValueError: a module without `input_size` / `input_data`, or a misnamed input shape.
+        ValueError: a module without `input_size` / `input_data`, a misnamed input shape, an unknown column.
     """
+    shown_columns = chosen_columns(columns)
     if isinstance(model, nn.Module):
         from specc.summary.module_rows import collect_module
 
@@ -69,7 +73,8 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
     total, trainable, param_bytes = _unique_parameters(collected.module)
     input_bytes = sum(torch.Size(info.shape).numel() * getattr(torch, info.dtype).itemsize for info in collected.inputs)
     return ModelSummary(root.name, _flatten(top_rows, depth), collected.inputs, total, trainable, collected.flops,
-                        input_bytes, 2 * root.output_bytes, param_bytes, collected.batch_size, collected.device, backward)
+                        input_bytes, 2 * root.output_bytes, param_bytes, collected.batch_size, collected.device, backward,
+                        shown_columns)
 
 
 def parse_input_shapes(texts: list[str] | None) -> dict[str, list[int]] | list[int] | None:
