@@ -239,6 +239,7 @@ def summary(
     columns: Annotated[Optional[str], typer.Option(
         help="Extra columns, comma-separated: input_shape, kernel_size, params_percent (or all).",
         show_default=False)] = None,
+    units: Annotated[str, typer.Option(help="Memory in MiB (2**20 bytes, as torchsummary) or MB (10**6, as torchinfo).")] = "MiB",
     set_: SetOption = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
@@ -251,7 +252,7 @@ def summary(
         try:
             result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
                                input_shapes=parse_input_shapes(input_shape), backward=backward,
-                               columns=[name.strip() for name in (columns or "").split(",") if name.strip()],
+                               columns=[name.strip() for name in (columns or "").split(",") if name.strip()], units=units,
                                **overrides(set_))
         except ValueError as error:
             raise UsageFailure(str(error)) from None

@@ -114,7 +114,7 @@ def test_repr_is_the_table_and_html_has_every_row():
     result = specc.summary(ROOT / "specs" / "resnet18.yaml", depth=1)
     assert repr(result) == str(result) == result.render("table")
     page = result._repr_html_()
-    assert page.startswith("<div>") and page.count("<tr>") == len(result.rows) + 1 + 8  # header, rows, totals
+    assert page.startswith("<div>") and page.count("<tr>") == len(result.rows) + 1 + 9  # header, rows, totals and memory
     for row in result.rows:
         assert f">{row.name}</span>" in page and f">{row.params:,}</td>" in page
     assert "Total params</td><td style=\"text-align:right\">11,689,512" in page

@@ -164,12 +164,13 @@ def totals(result: "ModelSummary") -> list[tuple[str, str]]:
 
 
 def memory(result: "ModelSummary") -> list[tuple[str, str]]:
-    """torchsummary's memory lines, in MB (2**20 bytes)."""
-    sizes = result.memory_mb()
-    return [("Input size (MB)", f"{sizes['input']:.2f}"),
-            ("Forward/backward pass size (MB)", f"{sizes['forward_backward']:.2f}"),
-            ("Params size (MB)", f"{sizes['params']:.2f}"),
-            ("Estimated Total Size (MB)", f"{sizes['total']:.2f}")]
+    """The memory of a training step, torchsummary's lines plus the gradients, in MiB or MB."""
+    sizes, unit = result.memory_in(result.memory_unit), result.memory_unit
+    return [(f"Input size ({unit})", f"{sizes['input']:.2f}"),
+            (f"Forward/backward pass size ({unit})", f"{sizes['forward_backward']:.2f}"),
+            (f"Params size ({unit})", f"{sizes['params']:.2f}"),
+            (f"Gradients size ({unit})", f"{sizes['gradients']:.2f}"),
+            (f"Estimated Total Size ({unit})", f"{sizes['total']:.2f}")]
 
 
 def markdown(result: "ModelSummary") -> str:

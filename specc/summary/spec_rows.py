@@ -7,7 +7,8 @@ items (`matmul`, ...) count too. The sum equals FlopCounterMode on the whole com
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.build.infer import DTYPES, run_compiled_node
 from specc.lang.spec import load
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter, kernel_size
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
+                                kernel_size, train_mode)
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -33,12 +35,53 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
     loaded = load(spec, variables)
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
-    with eval_mode(compiled.module):
-        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device)
+    with _training_step_mode(compiled.module), SavedForBackward(compiled.module) as saved, \
+            _fused_attention(compiled.device):
+        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device, saved)
     root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
     root.name = compiled.spec.display_name
     inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
-    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size)
+    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size,
+                     saved_bytes=saved.bytes)
+
+
+@contextmanager
+def _training_step_mode(module: nn.Module) -> Iterator[None]:
+    """Training mode, so the count of what autograd saves includes dropout's masks, as in a training
+    step; batch norms stay in eval mode, so a batch of one still runs (they save the same input)."""
+    with train_mode(module):
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        yield
+
+
+@contextmanager
+def _fused_attention(device: torch.device) -> Iterator[None]:
+    """On meta, `scaled_dot_product_attention` takes the math path, which saves the T x T attention
+    weights for backward; a real CPU or GPU runs a fused kernel that saves the output and its
+    log-sum-exp only. Send it to CPU's fused kernel (same output, same FLOPs) so the count of what
+    autograd saves is what a real device keeps."""
+    if device.type != "meta":
+        yield
+        return
+    from torch.overrides import TorchFunctionMode
+
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    class FusedAttention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.scaled_dot_product_attention and not kwargs.get("enable_gqa") \
+                    and all(tensor.dim() == 4 for tensor in args[:3]):
+                names = ("attn_mask", "dropout_p", "is_causal", "scale")
+                given = dict(zip(names, args[3:]), **kwargs)
+                return fused(*args[:3], given.get("dropout_p", 0.0), given.get("is_causal", False),
+                             attn_mask=given.get("attn_mask"), scale=given.get("scale"))[0]
+            return func(*args, **kwargs)
+
+    with FusedAttention():
+        yield
 
 
 def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] | None:
@@ -55,7 +98,8 @@ def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] |
     return {name: [int(size) for size in shape] for name, shape in shapes.items()}
 
 
-def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict[str, tuple], dict[str, int]]:
+def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device,
+               saved: SavedForBackward) -> tuple[dict[str, tuple], dict[str, int]]:
     """Run the graph one node at a time under one FlopCounterMode, so each node gets the FLOPs of its
     own call (a module reused with `share:` is counted at each call, function items count too).
 
@@ -70,6 +114,8 @@ def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple
         for index, node in enumerate(graph.nodes):
             before = counter.get_total_flops()
             value = _run_node(node, values, module, device)
+            if node.op == "input":
+                saved.exclude(value)
             flops[node.name] = counter.get_total_flops() - before
             outputs[node.name] = (_shape_of(value), _bytes_of(value))
             values[node.name] = value
