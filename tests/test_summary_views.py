@@ -133,3 +133,9 @@ def test_train_result_repr_is_short(tmp_path):
     result = TrainResult(tmp_path / "run", "completed", history=[{"epoch": 1}, {"epoch": 2}],
                          metrics={"train": {"loss": 0.5}, "val": {"loss": 0.25, "accuracy": 0.9123456}})
     assert repr(result) == f"TrainResult(completed, 2 epochs, val: loss 0.25, accuracy 0.9123, {tmp_path / 'run'})"
+
+
+def test_collapsed_repeats_keep_their_input_shape_and_kernel():
+    result = specc.summary(ROOT / "specs" / "resnet18.yaml", columns=["all"])
+    conv = next(row for row in result.rows if row.path == "layer1.*.conv1")
+    assert conv.count == 2 and conv.input_shape == [1, 64, 56, 56] and conv.kernel_size == [3, 3]

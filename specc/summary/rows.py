@@ -42,6 +42,7 @@ class LayerRow:
     flops: int = 0                # forward FLOPs for the whole batch
     output_bytes: int = 0         # outputs of the items inside, for the forward/backward memory estimate
     count: int = 1                # how many repetitions this row stands for
+    args: dict[str, Any] = field(default_factory=dict, repr=False)  # a layer's constructor / a function's call kwargs
     children: list["LayerRow"] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             continue
         row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
-                       input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes)
+                       input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes,
+                       args=dict(node.args))
         if node.op == "module":
             layer = module.get_submodule(node.shared_with or node.name)
             row.kernel_size = kernel_size(layer)

@@ -140,7 +140,8 @@ def _sum_rows(rows: list[LayerRow], first_prefix: str, merged_prefix: str) -> La
     """Add up rows position by position; paths become patterns (`h.*.attention`) matching every repetition."""
     first = rows[0]
     path = merged_prefix + first.path.removeprefix(first_prefix) if first.path.startswith(first_prefix) else first.path
-    merged = LayerRow(path, first.name, first.type, first.kind, shape=first.shape, count=sum(row.count for row in rows))
+    merged = LayerRow(path, first.name, first.type, first.kind, shape=first.shape, count=sum(row.count for row in rows),
+                      input_shape=first.input_shape, kernel_size=first.kernel_size, args=first.args)
     for name in FIGURES:
         setattr(merged, name, sum(getattr(row, name) for row in rows))
     merged.children = [_sum_rows(list(group), first_prefix, merged_prefix)
