@@ -286,6 +286,10 @@ def summary(
         "--input-shape", help="An input's shape without the batch dim: x=3,64,64 (or 3,64,64 for a "
                               "single input); repeatable.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
+    columns: Annotated[Optional[str], typer.Option(
+        help="Extra columns, comma-separated: input_shape, kernel_size, params_percent (or all).",
+        show_default=False)] = None,
+    units: Annotated[str, typer.Option(help="Memory in MiB (2**20 bytes, as torchsummary) or MB (10**6, as torchinfo).")] = "MiB",
     set_: SetOption = None,
     variant: VariantOption = None,
 ) -> None:
@@ -298,10 +302,52 @@ def summary(
             raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
         try:
             result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
-                               input_shapes=parse_input_shapes(input_shape), backward=backward, **overrides(set_, variant))
+                               input_shapes=parse_input_shapes(input_shape), backward=backward,
+                               columns=[name.strip() for name in (columns or "").split(",") if name.strip()], units=units,
+                               **overrides(set_, variant))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)
+
+
+@app.command()
+def diff(
+    spec: SpecPath,
+    other: Annotated[Optional[Path], typer.Argument(
+        help="The spec to compare with; leave it out to compare SPEC with itself under --set.", show_default=False)] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a var of the second spec (of SPEC itself when OTHER is left out); repeatable.")] = None,
+    set_a: Annotated[Optional[list[str]], typer.Option("--set-a", help="Override a var of SPEC; repeatable.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the example input.")] = 1,
+    output_format: Annotated[str, typer.Option("--format", help="table, markdown or json.")] = "table",
+    draw_path: Annotated[Optional[Path], typer.Option(
+        "--draw", help="Also write one drawing of the second spec with the changes coloured (.svg .png .pdf .dot).",
+        show_default=False)] = None,
+) -> None:
+    """Compare two specs item by item: added, removed and changed items, their shapes, params and FLOPs."""
+    with user_errors("json" if output_format == "json" else "text"):
+        from specc.summary.diff import FORMATS, diff as compare, side_spec
+
+        if output_format not in FORMATS:
+            raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
+        if other is None and not set_:
+            raise UsageFailure("give a second spec, or --set to compare the spec with a variant of itself")
+        b_variables = overrides(set_)
+        result = compare(spec, other, a_variables=overrides(set_a), b_variables=b_variables, batch_size=batch_size)
+        typer.echo(result.render(output_format))
+        if draw_path is not None:
+            from specc.draw.changes import changes_drawing, write_changes_drawing
+            from specc.draw.drawing import GraphvizNotFound
+
+            drawing = changes_drawing(side_spec(other or spec, b_variables), result.statuses(), result.removed(),
+                                      f"{result.a_name} → {result.b_name}")
+            try:
+                path = write_changes_drawing(drawing, draw_path)
+            except GraphvizNotFound as error:
+                raise UsageFailure(str(error), code=1) from None
+            except ValueError as error:
+                raise UsageFailure(str(error)) from None
+            typer.echo(f"wrote {path}", err=output_format == "json")
 
 
 @app.command()

@@ -42,6 +42,16 @@ def run_counted(node: Node, inputs: list, module: nn.Module, counter: Callable[[
     return value, flop_counter.get_total_flops()
 
 
+def run_measured(node: Node, inputs: list, module: nn.Module, counter: Callable[[], Any]) -> tuple[Any, int]:
+    """`(output, forward FLOPs)` like `run_counted`, but always running the node's kernels, so hooks
+    around the run (summary's saved_tensors_hooks) see what autograd saves; the formula, where there
+    is one, replaces only the FlopCounterMode."""
+    predicted = predicted_node(node, inputs, module)
+    if predicted is None:
+        return run_counted(node, inputs, module, counter)
+    return run_compiled_node(node, inputs, module), predicted[1]
+
+
 def predicted_node(node: Node, inputs: list, module: nn.Module) -> tuple[Any, int] | None:
     """`(output, FLOPs)` from the rules, or None where a rule is missing (or the inputs are not meta)."""
     if not all(isinstance(value, Tensor) and value.is_meta for value in _tensors(inputs)):

@@ -139,8 +139,11 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
     return digraph
 
 
-def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> Drawing:
-    """Write a `Diagram` as a graphviz `Digraph` (clusters nested as in the spec)."""
+def to_graphviz(diagram: Diagram, rankdir: str = "TB", marks: dict[str, dict] | None = None) -> Drawing:
+    """Write a `Diagram` as a graphviz `Digraph` (clusters nested as in the spec).
+
+    `marks` restyles some boxes and clusters (by id) with graphviz attributes (`specc diff --draw`).
+    """
     digraph = Drawing(
         name=diagram.name,
         graph_attr=dict(rankdir=_check_rankdir(rankdir), label=f"<<b>{escape(diagram.name)}</b>>", labelloc="t",
@@ -151,7 +154,7 @@ def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> Drawing:
     identifiers = {box_id: f"n{index}" for index, box_id in enumerate(diagram.boxes)}
     identifiers.update({cluster_id: f"cluster_{index}_{_dot_name(cluster_id)}"   # graphviz frames names cluster*
                         for index, cluster_id in enumerate(diagram.clusters)})
-    _add_contents(digraph, diagram, None, identifiers)
+    _add_contents(digraph, diagram, None, identifiers, marks or {})
     for arrow in diagram.arrows:
         style = dict(style="dashed", color="#b85450", fontcolor="#b85450", penwidth="1.3") if arrow.skip else {}
         digraph.edge(identifiers[arrow.source], identifiers[arrow.target], label=f" {arrow.shape} ", **style)
@@ -296,17 +299,18 @@ def _check_rankdir(rankdir: str) -> str:
     return rankdir.upper()
 
 
-def _add_contents(graph: graphviz.Digraph, diagram: Diagram, cluster_id: str | None, identifiers: dict) -> None:
+def _add_contents(graph: graphviz.Digraph, diagram: Diagram, cluster_id: str | None, identifiers: dict,
+                  marks: dict[str, dict]) -> None:
     """Add the boxes directly in `cluster_id`, then its child clusters, recursively."""
     boxes, clusters = diagram.children(cluster_id)
     for box in boxes:
         style = dict(BOX_STYLES[box.kind], peripheries="2") if box.repeat else BOX_STYLES[box.kind]
-        graph.node(identifiers[box.id], label=box_label(box), tooltip=box.tooltip, **style)
+        graph.node(identifiers[box.id], label=box_label(box), tooltip=box.tooltip, **{**style, **marks.get(box.id, {})})
     for cluster in clusters:
         with graph.subgraph(name=identifiers[cluster.id]) as subgraph:
             subgraph.attr(label=f"<<b>{escape(cluster.label)}</b>>", labeljust="l", fontsize="11",
-                          fontname="Helvetica", margin="10", **_cluster_style(cluster))
-            _add_contents(subgraph, diagram, cluster.id, identifiers)
+                          fontname="Helvetica", margin="10", **{**_cluster_style(cluster), **marks.get(cluster.id, {})})
+            _add_contents(subgraph, diagram, cluster.id, identifiers, marks)
 
 
 def box_label(box: Box) -> str:

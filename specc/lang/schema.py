@@ -12,7 +12,6 @@ layer from `imports:` is flagged by the editor (specc itself accepts it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 # Item keys that are not the operation (specc.build.items.META_KEYS; a test keeps them equal).
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names")

@@ -7,17 +7,19 @@ items (`matmul`, ...) count too. The sum equals FlopCounterMode on the whole com
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
 
 from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
-from specc.build.flop_rules import run_counted
+from specc.build.flop_rules import run_measured
 from specc.build.infer import DTYPES
 from specc.lang.spec import load
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
+                                kernel_size, train_mode)
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -34,12 +36,53 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
     loaded = load(spec, variables)
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
-    with eval_mode(compiled.module):
-        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device)
+    with _training_step_mode(compiled.module), SavedForBackward(compiled.module) as saved, \
+            _fused_attention(compiled.device):
+        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device, saved)
     root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
     root.name = compiled.spec.display_name
     inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
-    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size)
+    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size,
+                     saved_bytes=saved.bytes)
+
+
+@contextmanager
+def _training_step_mode(module: nn.Module) -> Iterator[None]:
+    """Training mode, so the count of what autograd saves includes dropout's masks, as in a training
+    step; batch norms stay in eval mode, so a batch of one still runs (they save the same input)."""
+    with train_mode(module):
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        yield
+
+
+@contextmanager
+def _fused_attention(device: torch.device) -> Iterator[None]:
+    """On meta, `scaled_dot_product_attention` takes the math path, which saves the T x T attention
+    weights for backward; a real CPU or GPU runs a fused kernel that saves the output and its
+    log-sum-exp only. Send it to CPU's fused kernel (same output, same FLOPs) so the count of what
+    autograd saves is what a real device keeps."""
+    if device.type != "meta":
+        yield
+        return
+    from torch.overrides import TorchFunctionMode
+
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    class FusedAttention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.scaled_dot_product_attention and not kwargs.get("enable_gqa") \
+                    and all(tensor.dim() == 4 for tensor in args[:3]):
+                names = ("attn_mask", "dropout_p", "is_causal", "scale")
+                given = dict(zip(names, args[3:]), **kwargs)
+                return fused(*args[:3], given.get("dropout_p", 0.0), given.get("is_causal", False),
+                             attn_mask=given.get("attn_mask"), scale=given.get("scale"))[0]
+            return func(*args, **kwargs)
+
+    with FusedAttention():
+        yield
 
 
 def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] | None:
@@ -56,9 +99,10 @@ def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] |
     return {name: [int(size) for size in shape] for name, shape in shapes.items()}
 
 
-def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict[str, tuple], dict[str, int]]:
-    """Run the graph one node at a time under one FlopCounterMode, so each node gets the FLOPs of its
-    own call (a module reused with `share:` is counted at each call, function items count too).
+def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device,
+               saved: SavedForBackward) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Run the graph one node at a time, so each node gets the FLOPs of its own call (a module reused
+    with `share:` is counted at each call, function items count too).
 
     Returns:
         `{node: (output shape, output bytes)}` and `{node: FLOPs}`.
@@ -70,8 +114,9 @@ def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple
     for index, node in enumerate(graph.nodes):
         if node.op == "input":
             value, flops[node.name] = _input_value(node, device), 0
-        else:  # FLOP formulas on meta where the layer has one (flop_rules.py), else FlopCounterMode
-            value, flops[node.name] = run_counted(node, [values[name] for name in node.inputs], module, flop_counter)
+            saved.exclude(value)
+        else:  # run for real (autograd saves what it saves), FLOPs by formula where flop_rules.py has one
+            value, flops[node.name] = run_measured(node, [values[name] for name in node.inputs], module, flop_counter)
         outputs[node.name] = (_shape_of(value), _bytes_of(value))
         values[node.name] = value
         for name in set(node.inputs):
@@ -111,9 +156,12 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             continue
         row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
-                       flops=flops[node.name], output_bytes=output_bytes, unused=node.name in unused)
+                       input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes,
+                       args=dict(node.args), unused=node.name in unused)
         if node.op == "module":
-            count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
+            layer = module.get_submodule(node.shared_with or node.name)
+            row.kernel_size = kernel_size(layer)
+            count_parameters(row, layer.parameters(), counted)
         elif node.target == "parameter" and node.op == "function":
             count_parameters(row, [operator.attrgetter(node.name)(module)], counted)
         chain[-1].children.append(row)
@@ -125,6 +173,12 @@ def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
     if not labels or not isinstance(shape, list) or len(shape) != len(labels):
         return shape
     return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
+
+
+def _input_shape(node: "Node", outputs: dict) -> list | None:
+    """The shape of the node's input; a list of shapes when it takes several."""
+    shapes = [outputs[name][0] for name in node.inputs if name in outputs]
+    return shapes[0] if len(shapes) == 1 else (shapes or None)
 
 
 def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:

@@ -58,6 +58,20 @@ class TrainResult:
     def ok(self) -> bool:
         return self.status in ("completed", "early_stopped")
 
+    def __repr__(self) -> str:
+        """One line: status, epochs, the best checkpoint's val (or train) figures, the run directory."""
+        figures = self.metrics.get("val") or self.metrics.get("train") or {}
+        shown = ", ".join(f"{name} {_short_number(value)}" for name, value in figures.items()
+                          if isinstance(value, (int, float)))
+        split = "val" if self.metrics.get("val") else "train"
+        return (f"TrainResult({self.status}, {len(self.history)} epochs"
+                + (f", {split}: {shown}" if shown else "") + (f", {len(self.folds)} folds" if self.folds else "")
+                + f", {self.run_dir})")
+
+
+def _short_number(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
 
 def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Path = "runs",
           resume: str | Path | None = None, overrides: dict[str, Any] | None = None, verbose: bool = True,
