@@ -38,7 +38,7 @@ def problem_of(train_lines: str):
     ("  optimizer: {Adam: {betas: [0.9, 1.5]}}\n", 10,
      "train.optimizer.Adam.betas: optimizer Adam: betas must be in [0, 1), got [0.9, 1.5]; the default is [0.9, 0.999]"),
     ("  optimizer: {Adam: {lr: -0.1}}\n", 10,
-     "train.optimizer.Adam.lr: optimizer Adam: lr must be > 0, got -0.1; the default is 0.001"),
+     "train.optimizer.Adam.lr: optimizer Adam: lr must be >= 0, got -0.1; the default is 0.001"),
     ("  optimizer: {SGD: {lr: fast}}\n", 10,
      "train.optimizer.SGD.lr: optimizer SGD: lr must be a number, got 'fast'; the default is 0.001"),
     ("  optimizer: {AdamW: {lr: 0.01, amsgrad: 'yes'}}\n", 10,

@@ -18,8 +18,7 @@ from torch import nn
 
 from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, call_inputs, evaluating, run_function, run_merge
-from specc.build.registry import passes_first_output
+from specc.build.infer import DTYPES, call_layer_on_meta, run_on_meta
 from specc.build.tensors import FREE_TENSORS, free_tensor_value
 
 # What a value's batch is known to be: at dim 0 (checked), absent (free tensors), or elsewhere (declared).
@@ -151,18 +150,12 @@ def _run(node: Node, values: dict, modules: dict, batch_size: int, seen: dict) -
     inputs = [values[name] for name in node.inputs]
     if node.op == "function" and node.target in FREE_TENSORS:
         return free_tensor_value(modules[node.name].tensor, node.args, inputs)
-    if node.op == "function":
-        return run_function(node, inputs)
-    if node.op == "merge":
-        return run_merge(node, inputs)
+    if node.op in ("function", "merge"):
+        return run_on_meta(node, inputs)
     key = _memo_key(node, inputs)
     if key is not None and key in seen:
         return seen[key]
-    module = modules[node.shared_with or node.name]
-    args, kwargs = call_inputs(node, inputs)
-    with evaluating(module):
-        output = module(*args, **kwargs)
-    output = output[0] if passes_first_output(node) else output
+    output = call_layer_on_meta(node, modules[node.shared_with or node.name], inputs)
     if key is not None:
         seen[key] = output
     return output

@@ -113,7 +113,12 @@ def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch
     if node.op == "function" and node.target in FREE_TENSORS:
         holder = modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, "meta"))
         return free_tensor_value(holder.tensor, node.args, inputs)
-    # shape rules first (shape_rules.py): the common items need no meta kernel, whose set-up costs ~1 s
+    return run_on_meta(node, inputs)
+
+
+def run_on_meta(node: Node, inputs: list):
+    """A function or merge item on meta inputs: its shape rule (shape_functions.py), else the op."""
+    # the common items need no meta kernel, whose set-up (sympy, torch._dynamo) costs ~1 s
     predicted = (function_output if node.op == "function" else merge_output)(node.target, inputs, node.args)
     if predicted is not None:
         return predicted
@@ -143,15 +148,21 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     key = _memo_key(node, inputs)
     if key is not None and key in seen_outputs:
         return _fresh_meta(seen_outputs[key])
-    args, kwargs = call_inputs(node, inputs)
-    with evaluating(module):   # shapes as at inference: BatchNorm after a global pool works at batch 1
-        output = module_output(module, args, kwargs)  # a shape rule, else the layer itself on meta
-        if output is None:
-            output = module(*args, **kwargs)
-    output = output[0] if passes_first_output(node) else output
+    output = call_layer_on_meta(node, module, inputs)
     if key is not None:
         seen_outputs[key] = output
     return output
+
+
+def call_layer_on_meta(node: Node, module: nn.Module, inputs: list):
+    """A layer item's output on meta inputs: its shape rule (shape_rules.py), else the layer itself,
+    in eval mode (shapes as at inference: BatchNorm after a global pool works at batch 1)."""
+    args, kwargs = call_inputs(node, inputs)
+    with evaluating(module):
+        output = module_output(module, args, kwargs)
+        if output is None:
+            output = module(*args, **kwargs)
+    return output[0] if passes_first_output(node) else output
 
 
 @contextmanager

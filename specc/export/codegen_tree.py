@@ -15,7 +15,7 @@ from specc.build.graph import Node
 from specc.build.registry import TUPLE_OUTPUT_LAYERS
 from specc.build.tensors import FREE_TENSORS
 
-_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names")
+_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs")
 
 
 @dataclass(eq=False)

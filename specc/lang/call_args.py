@@ -13,8 +13,9 @@ import re
 from typing import Any
 
 # Bounds torch checks only when the optimizer is built, at the first step of training.
-POSITIVE = ("lr", "max_lr", "eps")
-NON_NEGATIVE = ("weight_decay", "momentum", "dampening", "label_smoothing")
+POSITIVE = ("max_lr", "eps")
+# lr 0 is allowed, as torch.optim allows it: a parameter group at lr 0 stays where it is
+NON_NEGATIVE = ("lr", "weight_decay", "momentum", "dampening", "label_smoothing")
 
 
 class ArgumentError(ValueError):

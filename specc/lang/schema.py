@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Item keys that are not the operation (specc.build.items.META_KEYS; a test keeps them equal).
-META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names")
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs")
 
 _VAR = {"type": "string", "pattern": r"^\$"}          # `$width`, `$(width * 2)`, `$in.channels`
 _NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
@@ -99,6 +99,9 @@ def _meta_properties(catalogue: ItemCatalogue, item_list: dict) -> dict:
         "flat": {"description": "add no path level for this structure or block use", "anyOf": [{"type": "boolean"}, _VAR]},
         "names": {"type": "object", "additionalProperties": {"type": "string"},
                   "description": "path level of a residual's body/shortcut or of a parallel's branches"},
+        "batch_dim": {"description": "where this item's output has the batch dim, or false for none (the dry run checks it)",
+                      "anyOf": [{"type": "integer"}, {"const": False}, _VAR]},
+        "outputs": {"const": "all", "description": "keep the layer's whole output tuple (LSTM: output, (h, c))"},
         "shortcut": {**item_list, "description": "a residual's shortcut (default: the identity)"},
         "merge": {"description": f"how a parallel's branches combine: {', '.join(catalogue.merges)}",
                   "type": ["string", "object"],
