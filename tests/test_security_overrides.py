@@ -38,9 +38,9 @@ def test_a_near_miss_suggests_the_var():
 
 
 def test_an_unknown_set_through_the_cli_exits_2():
-    result = CliRunner().invoke(app, ["check", str(MLP), "--set", "width=128"])
+    result = CliRunner().invoke(app, ["check", str(MLP), "--set", "depth=3"])
     assert result.exit_code == 2
-    assert f"error: {MLP}:16:1: --set width: no var named 'width'" in result.output
+    assert f"error: {MLP}:16:1: --set depth: no var named 'depth'" in result.output
 
 
 def test_a_var_and_a_dotted_key_still_work():
@@ -76,3 +76,10 @@ def test_a_misspelled_key_under_train_is_located():
     with pytest.raises(SpecError) as raised:
         specc.load(IRIS, {"train.epoch": 5})
     assert raised.value.first.code == "UNKNOWN_KEY" and raised.value.first.suggestion == "epochs"
+
+
+def test_a_var_the_spec_uses_without_declaring_it_may_be_given():
+    spec = "inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: [$(width * 2)]\n"
+    assert specc.build(spec, width=3).get_submodule("0").out_features == 6
+    with pytest.raises(SpecError, match="no var named 'depth'"):
+        specc.build(spec, width=3, depth=2)

@@ -168,8 +168,8 @@ def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) ->
     """Set vars (`width=128`), top-level keys (`name=run2`, `train={...}`) or dotted spec keys
     (`train.epochs=5`, `vars.extra=3`) in place.
 
-    A bare name is a var of the spec when it has one, else a top-level key; anything else is
-    refused (a typo must not be ignored), listing the vars and keys it could have meant.
+    A bare name is a var the spec declares or uses (`$name`, or a name inside `$(...)`), else a
+    top-level key; anything else is refused (a typo must not be ignored), listing the vars.
 
     Raises:
         SpecError: UNKNOWN_VAR / UNKNOWN_KEY for a name the spec has no place for.
@@ -177,7 +177,7 @@ def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) ->
     for key, value in overrides.items():
         key = str(key)
         known = data.get("vars") if isinstance(data.get("vars"), dict) else {}
-        if "." not in key and key in known:
+        if "." not in key and (key in known or key in _used_names(data)):
             data["vars"] = {**known, key: value}
         elif "." not in key and key in Spec.model_fields:
             data[key] = value
@@ -185,6 +185,25 @@ def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) ->
             raise SpecError(_unknown_override(key, known, source))
         else:
             _set_dotted(data, key, value, source)
+
+
+def _used_names(data: Any) -> set[str]:
+    """Every name a `$...` string of the spec could refer to: a var may be used without being
+    declared, then it must be given (`specc.build(spec, causal=True)`)."""
+    names: set[str] = set()
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "$" in value:
+            names.update(_WORD.findall(value))
+    return names
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _unknown_override(key: str, known: dict, source: SourceMap) -> Problem:
