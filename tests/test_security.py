@@ -93,9 +93,13 @@ HOSTILE = [
     Hostile("unclosed_parenthesis", _var("$(max(1, 2)"), 5, ("without its closing",)),
     Hostile("dunder", _var("$(s.__class__)"), 5, ("may only use",)),
     # ----- YAML -----
-    Hostile("alias_bomb_in_vars", _alias_bomb("vars"), 8, ("more than 100,000 values", "SPECC_MAX_YAML_NODES"),
+    Hostile("alias_bomb_in_vars", _alias_bomb("vars"), 7, ("more than 50,000 values", "SPECC_MAX_YAML_NODES"),
             "LIMIT_EXCEEDED"),
-    Hostile("alias_bomb_at_top", _alias_bomb("top"), 8, ("more than 100,000 values",), "LIMIT_EXCEEDED"),
+    Hostile("alias_bomb_at_top", _alias_bomb("top"), 7, ("more than 50,000 values",), "LIMIT_EXCEEDED"),
+    Hostile("many_values", HEADER + "vars: {a: [" + ", ".join(["1"] * 60_000) + "]}\nlayers: [ReLU]\n", 2,
+            ("the YAML holds more than 50,000 values", "SPECC_MAX_YAML_NODES"), "LIMIT_EXCEEDED"),
+    Hostile("huge_file", HEADER + "#" * 1_100_000 + "\nlayers: [ReLU]\n", 1,
+            ("1,100,042 characters long, more than 1,000,000", "SPECC_MAX_SPEC_BYTES"), "LIMIT_EXCEEDED"),
     Hostile("deep_lists", HEADER + "layers:\n  - " + "[" * 1000 + "]" * 1000 + "\n", 3,
             ("nest deeper than 100 levels", "SPECC_MAX_NESTING"), "LIMIT_EXCEEDED"),
     Hostile("deep_sequential", HEADER + "layers:\n  - " + "{sequential: [" * 1000 + "ReLU" + "]}" * 1000 + "\n", 3,
@@ -194,8 +198,8 @@ def test_hostile_yaml_is_refused_by_load_with_its_code(case, tmp_path):
     assert raised.value.first.location.line == case.line
 
 
-@pytest.mark.parametrize("case_id", [case.id for case in HOSTILE if not case.at_load])
-def test_expansion_bombs_answer_within_5_seconds(checked, case_id):
+@pytest.mark.parametrize("case_id", [case.id for case in HOSTILE if not case.at_load or case.id in ("many_values", "huge_file")])
+def test_size_bombs_answer_within_5_seconds(checked, case_id):
     assert checked[1][case_id]["seconds"] < 5, checked[1][case_id]
 
 

@@ -5,6 +5,8 @@ bound the expansion stops at once with a located LIMIT_EXCEEDED naming the varia
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from specc.lang.errors import Location, Problem
 from specc.lang.limits import limit, raise_hint
 
@@ -24,13 +26,15 @@ class ExpansionBudget:
         return Problem(f"repeat: {count:,} repetitions would expand to more than {self.max_items:,} items; "
                        f"{raise_hint('MAX_ITEMS')}", location, "LIMIT_EXCEEDED")
 
-    def item_problem(self, depth: int, location: Location, blocks: tuple = (), via: tuple = ()) -> Problem | None:
+    def item_problem(self, depth: int, locate: Callable[[], Location], blocks: tuple = (),
+                     via: tuple = ()) -> Problem | None:
         """Count one expanded item at `depth` scopes inside the block uses `blocks`; a problem once
-        either bound is passed (`via`: the block-use notes of the item)."""
+        either bound is passed (`locate`: the item's location, computed only then; `via`: its
+        block-use notes)."""
         self.items += 1
         if self.items > self.max_items:
             return Problem(f"the spec expands to more than {self.max_items:,} items (blocks and repeats multiplied "
-                           f"out); {raise_hint('MAX_ITEMS')}", location, "LIMIT_EXCEEDED", notes=list(via[-3:]))
+                           f"out); {raise_hint('MAX_ITEMS')}", locate(), "LIMIT_EXCEEDED", notes=list(via[-3:]))
         if depth <= self.max_depth:
             return None
         # a block name seen twice: a recursion rather than deep nesting
@@ -39,4 +43,5 @@ class ExpansionBudget:
                 f"use ends the recursion)" if recursive_block else
                 f"structures nest more than {self.max_depth} levels deep (sequential, parallel, residual, blocks "
                 f"and repeats inside each other)")
-        return Problem(f"{what}; {raise_hint('MAX_STRUCTURE_DEPTH')}", location, "LIMIT_EXCEEDED", notes=list(via[-3:]))
+        return Problem(f"{what}; {raise_hint('MAX_STRUCTURE_DEPTH')}", locate(), "LIMIT_EXCEEDED",
+                       notes=list(via[-3:]))

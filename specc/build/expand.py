@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import ChainMap
 from dataclasses import dataclass, replace
+from itertools import accumulate
 from typing import Any
 
 from specc.lang.errors import Location, Problem, SpecError, did_you_mean
@@ -150,7 +151,7 @@ class Expander(ItemReading):
 
     def _expand_single(self, item: Item, context: Context, inputs: list[str], qualified: str,
                        name: str | None) -> list[str]:
-        self._stop_at(self.budget.item_problem(len(context.scopes), self._locate(item.path),
+        self._stop_at(self.budget.item_problem(len(context.scopes), lambda: self._locate(item.path),
                                                (*context.blocks, item.op), context.via))
         if item.op in STRUCTURES:
             return getattr(self, f"_expand_{item.op}")(item, context, inputs, qualified, name)
@@ -369,8 +370,7 @@ class Expander(ItemReading):
     def _path_clash(self, path: str) -> bool:
         """A layer's path nested in another layer's, or around one ("0" and "0.0"); sets, so 10,000
         layers cost 10,000 look-ups rather than 10,000²."""
-        parts = path.split(".")
-        above = [".".join(parts[:end]) for end in range(1, len(parts))]
+        above = list(accumulate(path.split("."), lambda prefix, part: f"{prefix}.{part}"))[:-1]
         clash = path in self.module_prefixes or any(prefix in self.module_paths for prefix in above)
         self.module_paths.add(path)
         self.module_prefixes.update(above)

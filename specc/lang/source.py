@@ -33,12 +33,17 @@ class SpecLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.nesting = 0
         self.max_nesting = limit("MAX_NESTING")
+        self.composed = 0     # nodes as written (an alias counts once): PyYAML reads ~20,000 a second
+        self.max_nodes = limit("MAX_YAML_NODES")
 
     def compose_node(self, parent, index):
         self.nesting += 1
+        self.composed += 1
         try:
             if self.nesting > self.max_nesting:
                 raise _TooDeep(self.peek_event().start_mark)
+            if self.composed > self.max_nodes:
+                raise _TooMany(self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self.nesting -= 1
@@ -48,6 +53,10 @@ class _TooDeep(Exception):
     def __init__(self, mark):
         super().__init__("nesting too deep")
         self.mark = mark
+
+
+class _TooMany(_TooDeep):
+    pass
 
 
 SpecLoader.add_implicit_resolver(
@@ -92,12 +101,18 @@ def _too_deep_to_read(file: str) -> Problem:
 def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus the positions of everything in it."""
     source = SourceMap(file)
+    if len(text) > limit("MAX_SPEC_BYTES"):   # reading costs ~1 s per MB before any other bound applies
+        raise SpecError(Problem(f"the spec is {len(text):,} characters long, more than {limit('MAX_SPEC_BYTES'):,} "
+                                f"({raise_hint('MAX_SPEC_BYTES')})", Location(file, 1, 1), "LIMIT_EXCEEDED"))
     loader = None
     try:
         loader = SpecLoader(text)
         root = loader.get_single_node()
     except yaml.YAMLError as error:
         raise SpecError(_yaml_problem(error, file, text)) from None
+    except _TooMany as error:
+        raise SpecError(Problem(f"the YAML holds more than {limit('MAX_YAML_NODES'):,} values "
+                                f"({raise_hint('MAX_YAML_NODES')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
     except _TooDeep as error:
         raise SpecError(Problem(f"lists and mappings nest deeper than {limit('MAX_NESTING')} levels "
                                 f"({raise_hint('MAX_NESTING')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None

@@ -180,24 +180,66 @@ def validate(data: dict, source: SourceMap) -> Spec:
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any], source: SourceMap) -> None:
-    """Set vars (`width=128`) or dotted spec keys (`train.epochs=5`) in place."""
+    """Set vars (`width=128`), top-level keys (`name=run2`, `train={...}`) or dotted spec keys
+    (`train.epochs=5`, `vars.extra=3`) in place.
+
+    A bare name is a var the spec declares or uses (`$name`, or a name inside `$(...)`), else a
+    top-level key; anything else is refused (a typo must not be ignored), listing the vars.
+
+    Raises:
+        SpecError: UNKNOWN_VAR / UNKNOWN_KEY for a name the spec has no place for.
+    """
     for key, value in overrides.items():
-        if "." not in key:
-            known = data.get("vars") or {}
-            # a new var is allowed (a block or expression may use it), a near-miss of an existing one is not
-            suggestion = did_you_mean(key, known) if key not in known else None
-            if suggestion:
-                raise SpecError(Problem(f"--set {key}: no var named '{key}'", source.locate(("vars",)),
-                                        "UNKNOWN_VAR", suggestion))
+        key = str(key)
+        known = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+        if "." not in key and (key in known or key in _used_names(data)):
             data["vars"] = {**known, key: value}
-            continue
-        target = data
-        *parents, last = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise SpecError(Problem(f"--set {key}: '{part}' is not a mapping", None, "TYPE_ERROR"))
-        target[last] = value
+        elif "." not in key and key in Spec.model_fields:
+            data[key] = value
+        elif "." not in key:
+            raise SpecError(_unknown_override(key, known, source))
+        else:
+            _set_dotted(data, key, value, source)
+
+
+def _used_names(data: Any) -> set[str]:
+    """Every name a `$...` string of the spec could refer to: a var may be used without being
+    declared, then it must be given (`specc.build(spec, causal=True)`)."""
+    names: set[str] = set()
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "$" in value:
+            names.update(_WORD.findall(value))
+    return names
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _unknown_override(key: str, known: dict, source: SourceMap) -> Problem:
+    variables = ", ".join(map(str, known)) or "none"
+    return Problem(f"--set {key}: no var named '{key}' (the spec's vars: {variables}; a spec key is set by its "
+                   f"path, e.g. train.epochs=5)", source.locate(("vars",)), "UNKNOWN_VAR",
+                   did_you_mean(key, [*map(str, known), *Spec.model_fields]))
+
+
+def _set_dotted(data: dict, key: str, value: Any, source: SourceMap) -> None:
+    *parents, last = key.split(".")
+    if parents[0] not in Spec.model_fields:
+        raise SpecError(Problem(f"--set {key}: a spec has no key '{parents[0]}' (its keys: "
+                                f"{', '.join(Spec.model_fields)})", None, "UNKNOWN_KEY",
+                                did_you_mean(parents[0], list(Spec.model_fields))))
+    target = data
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise SpecError(Problem(f"--set {key}: '{part}' is not a mapping", None, "TYPE_ERROR"))
+    target[last] = value
 
 
 def check_variants(data: dict, source: SourceMap) -> None:
@@ -278,9 +320,14 @@ def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:
             message = entry["msg"].removeprefix("Value error, ")
             where = ".".join(str(part) for part in path)
             given = entry.get("input")
-            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+            shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {_shorten(repr(given))})"
             problems.append(Problem(f"{where}: {message}{shown}", source.locate(path), "TYPE_ERROR"))
     return problems
+
+
+def _shorten(text: str, length: int = 80) -> str:
+    """A value echoed in a message: a 10,000-character expression is shown by its start."""
+    return text if len(text) <= length else f"{text[:length]}… ({len(text):,} characters)"
 
 
 def _is_union_tag(part: Any) -> bool:
