@@ -57,10 +57,10 @@ class UsageFailure(Exception):
 @contextmanager
 def user_errors(output_format: str = "text") -> Iterator[None]:
     """Turn spec errors and other user mistakes into clear messages and exit code 2."""
-    from specc.lang.errors import SpecError
+    from specc.lang.errors import SpecError, spec_warnings_to
 
     try:
-        with _spec_warnings_as_lines():
+        with spec_warnings_to(lambda line: typer.echo(line, err=True)):   # `warning: file:line:col: ...`
             yield
     except SpecError as error:
         if output_format == "json":
@@ -75,26 +75,6 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     except FileNotFoundError as error:
         typer.echo(f"error: file not found: {error.filename or error}", err=True)
         raise typer.Exit(2) from None
-
-
-@contextmanager
-def _spec_warnings_as_lines() -> Iterator[None]:
-    """Spec warnings (an unused item) print as `warning: file:line:col: ...`, not as Python warnings."""
-    import warnings
-
-    from specc.lang.errors import SpecWarning
-
-    with warnings.catch_warnings():
-        python_style = warnings.showwarning
-
-        def show(message, category, *args, **kwargs) -> None:
-            if issubclass(category, SpecWarning):
-                typer.echo(f"warning: {message}", err=True)
-            else:
-                python_style(message, category, *args, **kwargs)
-
-        warnings.showwarning = show
-        yield
 
 
 def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:

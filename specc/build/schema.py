@@ -36,7 +36,9 @@ def item_catalogue(registry: Registry | None = None) -> ItemCatalogue:
 def layer_kwargs_schema(info: LayerInfo) -> dict:
     """A layer's kwargs mapping: its constructor's parameters, typed where the annotation allows."""
     properties = {parameter.name: _parameter_schema(info.cls, parameter) for parameter in info.parameters}
-    return {"type": "object", "properties": properties, "additionalProperties": info.accepts_any_kwarg}
+    schema = {"type": "object", "properties": properties, "additionalProperties": info.accepts_any_kwarg}
+    summary = (inspect.getdoc(info.cls) or "").split("\n\n")[0].replace("\n", " ").strip()
+    return {"description": summary[:200], **schema} if summary else schema    # shown on hover
 
 
 def _closed(properties: dict) -> dict:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from specc.lang.spec import VARIANT
 from specc.export.codegen_render import ClassWriter, Template
 from specc.export.codegen_source import literal
 from specc.export.codegen_tree import Part, Tree
@@ -223,7 +224,8 @@ def _shape_comment(variant: Variant, writer: ClassWriter, slot: int) -> str:
 def _header(compiled, root_name: str, variables: dict) -> str:
     spec = compiled.spec
     origin = spec.file if spec.file != "<spec>" else "a spec"
-    overrides = "".join(f" --set {key}={value}" for key, value in variables.items())
+    overrides = "".join(f" --variant {value}" if key == VARIANT else f" --set {key}={value}"
+                        for key, value in variables.items())
     inputs = ", ".join(f"torch.randn({', '.join(map(str, (2, *node.meta['shape'])))})"
                        if node.dtype.startswith(("float", "bfloat")) else
                        f"torch.zeros({', '.join(map(str, (2, *node.meta['shape'])))}, dtype=torch.{node.dtype})"

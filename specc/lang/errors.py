@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import difflib
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ class SpecWarning(UserWarning):
     def __init__(self, problem: Problem):
         self.problem = problem
         super().__init__(str(problem))
+
+
+@contextmanager
+def spec_warnings_to(echo: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, spec warnings go to `echo` as `warning: file:line:col: ...` lines (the CLI's
+    way), not as Python warnings; other warnings are shown as usual."""
+    with warnings.catch_warnings():
+        python_style = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:
+            if issubclass(category, SpecWarning):
+                echo(f"warning: {message}")
+            else:
+                python_style(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        yield
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -251,7 +251,8 @@ def check_variants(data: dict, source: SourceMap) -> None:
     if not isinstance(variants, dict):
         raise SpecError(Problem("variants must be a mapping like {small: {width: 32}, large: {width: 128}}",
                                 source.locate(("variants",)), "TYPE_ERROR"))
-    known_vars, problems = data.get("vars") or {}, []
+    known_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}   # a bad `vars:` is pydantic's to report
+    problems = []
     for name, overrides in variants.items():
         if not isinstance(overrides, dict):
             problems.append(Problem(f"variant '{name}' must be a mapping of var overrides like {{width: 32}}",
