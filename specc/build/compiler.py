@@ -50,6 +50,8 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     Raises:
         SpecError: every problem found, each at file:line:column.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     spec = load(spec_or_path, variables)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
