@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Optional
@@ -62,6 +63,23 @@ def output_folder_exists(output: Path | None) -> None:
         raise UsageFailure(f"-o {output}: the folder {output.parent} does not exist")
 
 
+@contextmanager
+def spec_warnings() -> Iterator[None]:
+    """Print SpecWarnings (a `train:` mistake seen by summary or draw) as `warning:` lines on stderr."""
+    from specc.lang.errors import SpecWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SpecWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, SpecWarning):
+                    typer.echo(f"warning: {warning.message}", err=True)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def overrides(values: list[str] | None) -> dict[str, Any]:
     """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`."""
     from specc.lang.spec import parse_override
@@ -77,9 +95,17 @@ def check(
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
+        from specc.lang.errors import SpecError
         from specc.lang.spec import load
 
-        loaded = load(spec, overrides(set_))  # YAML and schema mistakes are reported before torch loads
+        try:
+            loaded = load(spec, overrides(set_))  # YAML and schema mistakes are reported before torch loads
+        except SpecError as error:
+            if error.partial is None:
+                raise
+            from specc.build.compiler import with_model_problems
+
+            raise with_model_problems(error) from None   # the model's own mistakes in the same pass
         from specc.build.compiler import compile as compile_spec
         from specc.build.expect import count_parameters
 
@@ -118,7 +144,7 @@ def draw(
                          "unless svg).")] = None,
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
-    with user_errors():
+    with user_errors(), spec_warnings():
         output_folder_exists(output)
         from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
@@ -250,7 +276,7 @@ def summary(
     set_: SetOption = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
-    with user_errors("json" if output_format == "json" else "text"):
+    with user_errors("json" if output_format == "json" else "text"), spec_warnings():
         from specc.summary.summarize import parse_input_shapes, summary as summarize
         from specc.summary.render import FORMATS, print_summary
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import fnmatch
 import operator
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from specc.lang.errors import Problem, SpecError, did_you_mean
+from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
@@ -32,7 +33,7 @@ from specc.lang.spec import Spec, load
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
             dtype: torch.dtype | str | None = None, batch_size: int = 2,
             input_shapes: dict[str, list[int]] | None = None, symbolic: bool = True,
-            **variables: Any) -> Compiled:
+            train_mistakes: str = "error", **variables: Any) -> Compiled:
     """Validate, expand, dry-run and build a spec.
 
     Args:
@@ -42,6 +43,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         batch_size: batch size of the dry run (shapes in `graph` carry it as dim 0).
         input_shapes: override the spec's input shapes (without batch dim), by input name.
         symbolic: label output dims that follow named input dims (`seq/2`) with a second dry run.
+        train_mistakes: "warn" turns mistakes confined to `train:` into SpecWarnings (summary, draw).
         **variables: overrides of the spec's `vars` (`width=128`) or dotted keys (`train.epochs`).
 
     Returns:
@@ -52,7 +54,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    spec = load(spec_or_path, variables)
+    spec = load_model_spec(spec_or_path, variables, train_mistakes=train_mistakes)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
     for node in graph.inputs:  # overridden shapes become the model's own (example_inputs, summaries)
@@ -83,6 +85,42 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
         check_expectations(compiled)
     return compiled
+
+
+def load_model_spec(spec_or_path: Any, variables: dict | None = None, *, train_mistakes: str = "error") -> Spec:
+    """`lang.spec.load`, reporting every independent mistake at once: when the schema problems lie
+    outside the model (`train:`, `expect:`, an unknown top-level key), the model is checked without
+    those sections too. With `train_mistakes="warn"`, mistakes confined to `train:` become warnings
+    and the spec without `train:` is returned (summary and draw never train).
+
+    Raises:
+        SpecError: every problem, sorted by position.
+    """
+    try:
+        return load(spec_or_path, variables)
+    except SpecError as error:
+        if error.partial is None:
+            raise
+        if train_mistakes == "warn" and error.failed_sections == {"train"}:
+            for problem in error.problems:
+                warnings.warn(SpecWarning(f"{problem} (train: is left out here; specc train refuses it)"),
+                              stacklevel=3)
+            return error.partial
+        raise with_model_problems(error) from None
+
+
+def with_model_problems(error: SpecError) -> SpecError:
+    """`error`'s schema problems plus those of its partial spec's model (expansion and dry run)."""
+    problems = list(error.problems)
+    if error.partial is not None:
+        try:
+            registry = Registry(_imports(error.partial))
+            graph = Expander(error.partial, registry).expand()
+            watch = BatchWatch(2)
+            watch.confirm(graph, dry_run(graph, registry, 2, on_node=watch.observe))
+        except SpecError as model_error:
+            problems += model_error.problems
+    return SpecError(sorted_problems(problems))
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",

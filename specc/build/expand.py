@@ -9,7 +9,7 @@ from collections import ChainMap
 from dataclasses import dataclass, replace
 from typing import Any
 
-from specc.lang.errors import Location, Problem, SpecError, did_you_mean
+from specc.lang.errors import Location, Problem, SpecError, did_you_mean, sorted_problems
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.graph import Graph, Node, Scope
 from specc.build.items import Item, ItemReading
@@ -64,9 +64,8 @@ class Expander(ItemReading):
         last = self._expand_items(self.spec.layers, ("layers",), context, [next(iter(self.spec.inputs))])
         outputs = self._outputs(context, last)
         if self.problems:
-            # a mistake inside a repeated item or a block used twice is reported once
-            unique = {str(problem): problem for problem in self.problems}
-            raise SpecError(list(unique.values()))
+            # a mistake inside a repeated item or a block used twice is reported once, with its use sites
+            raise SpecError(sorted_problems(self.problems))
         return Graph(self.nodes, outputs)
 
     def _global_vars(self) -> dict:
@@ -227,7 +226,8 @@ class Expander(ItemReading):
         merge, merge_args = self._merge(item, context)
         node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
-                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel"})
+                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel",
+                          "merge_at": self._locate(item.path + ("merge",)) if "merge" in item.meta else None})
         return [self._add(node)]
 
     def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:
