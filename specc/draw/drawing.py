@@ -128,7 +128,7 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
 
     from specc.build.compiler import compile as compile_spec
 
-    compiled = compile_spec(spec_or_path, **variables)
+    compiled = compile_spec(spec_or_path, train_mistakes="warn", **variables)
     module = compiled.module.train()
     output = module(*compiled.example_inputs(batch_size))
     with warnings.catch_warnings():   # torchviz still uses distutils' LooseVersion
