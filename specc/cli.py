@@ -77,6 +77,12 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def output_folder_exists(output: Path | None) -> None:
+    """`-o missing/x.svg` is a usage error naming the folder, before anything is computed."""
+    if output is not None and str(output) != "-" and not output.parent.is_dir():
+        raise UsageFailure(f"-o {output}: the folder {output.parent} does not exist")
+
+
 def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:
     """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`, plus the chosen
     `--variant` under the reserved key `variant` (which `load` reads)."""
@@ -95,9 +101,17 @@ def check(
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
+        from specc.lang.errors import SpecError
         from specc.lang.spec import load
 
-        loaded = load(spec, overrides(set_, variant))  # YAML and schema mistakes are reported before torch loads
+        try:
+            loaded = load(spec, overrides(set_, variant))  # YAML and schema mistakes are reported before torch loads
+        except SpecError as error:
+            if error.partial is None:
+                raise
+            from specc.build.compiler import with_model_problems
+
+            raise with_model_problems(error) from None   # the model's own mistakes in the same pass
         from specc.build.compiler import compile as compile_spec
         from specc.build.expect import count_parameters
 
@@ -140,6 +154,7 @@ def draw(
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
     with user_errors():
+        output_folder_exists(output)
         from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
         options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_, variant))
@@ -241,23 +256,27 @@ def predict(
     input_path: Annotated[Path, typer.Option("--input", help="A .csv (header row) or .npz (array x) of examples.",
                                              show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help=".csv or .npz to write. Default: <input>.predictions.csv (.npz for npz input).")] = None,
+        "-o", "--output", help=".csv or .npz to write (- for csv on stdout). Default: <input>.predictions.csv "
+                               "(.npz for npz input).")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
     variant: VariantOption = None,
 ) -> None:
     """Run a checkpoint on new examples; write predicted classes and probabilities, or regression outputs."""
     with user_errors():
+        output_folder_exists(output)
         from specc.train.evaluation import predict as run_prediction
 
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
-        typer.echo(f"wrote {path}")
+        if str(path) != "-":   # `-o -` printed the predictions themselves
+            typer.echo(f"wrote {path}")
 
 
 @app.command()
 def summary(
     spec: SpecPath,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
     depth: Annotated[Optional[int], typer.Option(help="Show rows down to this nesting depth (0: top-level items only).")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Show every repetition instead of one row marked ×N.")] = False,
     backward: Annotated[bool, typer.Option("--backward", help="Add backward FLOPs (estimated as 2x forward).")] = False,
@@ -348,6 +367,7 @@ def export(
     message names it), 1 when the written file's outputs differ from the model's.
     """
     with user_errors():
+        output_folder_exists(output)
         from specc.export.exporter import check_export, prepare, write
 
         try:

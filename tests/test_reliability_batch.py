@@ -212,3 +212,18 @@ def test_a_layer_whose_code_fixes_the_batch_size_is_caught_at_batch_1(tmp_path, 
     problem = problem_of(text)
     assert problem.code == "BATCH_DIM" and problem.location.line == 5
     assert "FixedBatch drops the batch dim: input [B, 4] -> output [2, 4] at batch 2, [2, 2] at batch 1" in problem.message
+
+
+def test_codegen_of_the_h_n_classifier_keeps_the_whole_tuple(tmp_path, monkeypatch):
+    from specc.export.eject import codegen
+
+    torch.manual_seed(0)
+    compiled = compile_spec(H_N_CLASSIFIER)
+    (tmp_path / "hn_generated.py").write_text(codegen(H_N_CLASSIFIER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hn_generated
+
+    generated = hn_generated.HnClassifier()
+    generated.load_state_dict(compiled.module.state_dict())
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(generated(x), compiled.module(x))

@@ -25,7 +25,6 @@ from specc.build.tensors import FREE_TENSORS, free_tensor_value
 AT_ZERO, ABSENT, ELSEWHERE = "at_zero", "absent", "elsewhere"
 
 
-
 def second_batch_size(batch_size: int) -> int:
     """1 beside any other size, so a model that only breaks at batch 1 (`squeeze`) is caught by
     `specc check` and `specc summary` (batch 1) alike; 2 beside 1."""

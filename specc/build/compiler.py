@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean
+from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
@@ -33,7 +33,7 @@ from specc.lang.spec import Spec, load
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
             dtype: torch.dtype | str | None = None, batch_size: int = 2,
             input_shapes: dict[str, list[int]] | None = None, symbolic: bool = True,
-            safe: bool | None = None, **variables: Any) -> Compiled:
+            safe: bool | None = None, train_mistakes: str = "error", **variables: Any) -> Compiled:
     """Validate, expand, dry-run and build a spec.
 
     Args:
@@ -45,6 +45,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         symbolic: label output dims that follow named input dims (`seq/2`) with a second dry run.
         safe: True refuses `imports:`, `dataset:` and compile options (SAFE_MODE), for strangers' specs;
             default: safe when SPECC_SAFE=1.
+        train_mistakes: "warn" turns mistakes confined to `train:` into SpecWarnings (summary, draw).
         **variables: overrides of the spec's `vars` (`width=128`) or dotted keys (`train.epochs`).
 
     Returns:
@@ -53,12 +54,14 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     Raises:
         SpecError: every problem found, each at file:line:column.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     with safe_scope(safe):
-        return _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables)
+        return _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes)
 
 
-def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables) -> Compiled:
-    spec = load(spec_or_path, variables)
+def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes) -> Compiled:
+    spec = load_model_spec(spec_or_path, variables, train_mistakes=train_mistakes)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
     for node in graph.inputs:  # overridden shapes become the model's own (example_inputs, summaries)
@@ -99,6 +102,42 @@ def unused_items(graph: Graph) -> list[Problem]:
     return [Problem(f"the output of '{node.name}' ({node.target}) is never used: no later item takes it and it "
                     f"is not an output, yet it is built, run and counted; use it (`from:`), list it in `outputs:`, "
                     f"or remove it", node.location, "UNUSED_ITEM") for node in graph.unused()]
+
+
+def load_model_spec(spec_or_path: Any, variables: dict | None = None, *, train_mistakes: str = "error") -> Spec:
+    """`lang.spec.load`, reporting every independent mistake at once: when the schema problems lie
+    outside the model (`train:`, `expect:`, an unknown top-level key), the model is checked without
+    those sections too. With `train_mistakes="warn"`, mistakes confined to `train:` become warnings
+    and the spec without `train:` is returned (summary and draw never train).
+
+    Raises:
+        SpecError: every problem, sorted by position.
+    """
+    try:
+        return load(spec_or_path, variables)
+    except SpecError as error:
+        if error.partial is None:
+            raise
+        if train_mistakes == "warn" and error.failed_sections == {"train"}:
+            for problem in error.problems:
+                warnings.warn(SpecWarning(f"{problem} (train: is left out here; specc train refuses it)"),
+                              stacklevel=3)
+            return error.partial
+        raise with_model_problems(error) from None
+
+
+def with_model_problems(error: SpecError) -> SpecError:
+    """`error`'s schema problems plus those of its partial spec's model (expansion and dry run)."""
+    problems = list(error.problems)
+    if error.partial is not None:
+        try:
+            registry = Registry(_imports(error.partial))
+            graph = Expander(error.partial, registry).expand()
+            watch = BatchWatch(2)
+            watch.confirm(graph, dry_run(graph, registry, 2, on_node=watch.observe))
+        except SpecError as model_error:
+            problems += model_error.problems
+    return SpecError(sorted_problems(problems))
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",

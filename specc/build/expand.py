@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
-from specc.lang.errors import Location, Problem, SpecError, did_you_mean
+from specc.lang.errors import Location, Problem, SpecError, did_you_mean, sorted_problems
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.bounds import ExpansionBudget
 from specc.build.graph import Graph, Node, Scope
@@ -72,9 +72,8 @@ class Expander(ItemReading):
                                     self._locate(("layers",)), "LIMIT_EXCEEDED")) from None
         outputs = self._outputs(context, last)
         if self.problems:
-            # a mistake inside a repeated item or a block used twice is reported once
-            unique = {str(problem): problem for problem in self.problems}
-            raise SpecError(list(unique.values()))
+            # a mistake inside a repeated item or a block used twice is reported once, with its use sites
+            raise SpecError(sorted_problems(self.problems))
         return Graph(self.nodes, outputs)
 
     def _global_vars(self) -> dict:
@@ -240,7 +239,8 @@ class Expander(ItemReading):
         merge, merge_args = self._merge(item, context)
         node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
-                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel"})
+                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel",
+                          "merge_at": self._locate(item.path + ("merge",)) if "merge" in item.meta else None})
         return [self._add(node)]
 
     def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:

@@ -271,7 +271,8 @@ def _check_merge(node: Node, inputs: list) -> None:
     for label, value in zip(labels[1:], inputs[1:]):
         dim = _mismatch(node, tuple(first.shape), tuple(value.shape))
         if dim is not None:
-            raise SpecError(Problem(_merge_message(node, labels[0], first, label, value, dim), node.location,
+            raise SpecError(Problem(_merge_message(node, labels[0], first, label, value, dim),
+                                    node.meta.get("merge_at") or node.location,   # the `merge:` line if written
                                     "SHAPE_MISMATCH", notes=node.meta.get("via", [])))
 
 
@@ -295,12 +296,18 @@ def _mismatch(node: Node, left: tuple, right: tuple) -> int | None:
 
 def _merge_message(node: Node, left_label, left, right_label, right, dim: int) -> str:
     where = "ranks differ" if dim == -1 else f"sizes differ in dim {dim}"
-    shapes = f"{left_label} {feature_shape(tuple(left.shape))} and {right_label} {feature_shape(tuple(right.shape))}"
+    # with the batch written B, so `dim N` counts like the printed shapes (and like the spec's torch dims)
+    shapes = f"{left_label} {_batch_shape(left)} and {right_label} {_batch_shape(right)}"
     if node.meta.get("branches") == ["body", "shortcut"]:
         return f"residual '{node.meta.get('item')}': cannot add {shapes}: {where}"
     if node.op == "function":
         return f"{node.target} of {shapes}: {where}"
     return f"{node.target} of branches {shapes}: {where}"
+
+
+def _batch_shape(value: torch.Tensor) -> str:
+    """`(2, 6, 28, 28)` -> `[B, 6, 28, 28]`."""
+    return "[" + ", ".join(["B", *map(str, value.shape[1:])]) + "]"
 
 
 def _failure(node: Node, error: Exception, values: dict) -> Problem:

@@ -44,6 +44,8 @@ class ItemReading:
                 self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
                               did_you_mean(str(key), declared))
                 ok = False
+        if not ok:   # a misspelt arg also leaves the real one missing: one mistake, one report
+            return None
         defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"), deferrable=True,
                                     input_of=input_of)
         arguments = {**(defaults or {}), **given}

@@ -168,14 +168,40 @@ def _refuse_in_safe_mode(data: dict, source: SourceMap) -> None:
         raise SpecError(problems)
 
 
+# Top-level keys the model itself is built without. A mistake in one of them must not hide the
+# mistakes of the model (the compiler checks the spec without them too: build.compiler.load_model_spec),
+# and a `train:` mistake does not stop `summary` or `draw`.
+MODEL_KEYS = ("inputs", "vars", "blocks", "imports", "layers")
+
+
 def validate(data: dict, source: SourceMap) -> Spec:
-    """Validate parsed data against the schema; pydantic errors become located problems."""
+    """Validate parsed data against the schema; pydantic errors become located problems.
+
+    Raises:
+        SpecError: every schema problem. When they all lie outside MODEL_KEYS, the error's `partial`
+            is the spec without the failing sections and `failed_sections` names them.
+    """
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(sorted(_problems_from(error, source), key=_position)) from None
+        spec_error = SpecError(sorted(_problems_from(error, source), key=_position))
+        spec_error.failed_sections = {str(entry["loc"][0]) for entry in error.errors() if entry["loc"]}
+        spec_error.partial = _partial(data, spec_error.failed_sections, source)
+        raise spec_error from None
     spec._source = source
     spec._raw = data
+    return spec
+
+
+def _partial(data: dict, failed: set[str], source: SourceMap) -> Spec | None:
+    if not failed or failed & set(MODEL_KEYS):
+        return None
+    kept = {key: value for key, value in data.items() if key not in failed}
+    try:
+        spec = Spec.model_validate(kept)
+    except ValidationError:
+        return None
+    spec._source, spec._raw = source, kept
     return spec
 
 

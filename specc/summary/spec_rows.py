@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 from torch import nn
 
-from specc.build.compiler import compile as compile_spec
+from specc.build.compiler import compile as compile_spec, load_model_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.build.flop_rules import run_measured
 from specc.build.infer import DTYPES
-from specc.lang.spec import load
 from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
                                 kernel_size, train_mode)
 
@@ -33,7 +32,7 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
         SpecError: the spec does not compile.
         ValueError: `input_shapes` names an input the spec does not have.
     """
-    loaded = load(spec, variables)
+    loaded = load_model_spec(spec, variables, train_mistakes="warn")   # summaries never train
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
     with _training_step_mode(compiled.module), SavedForBackward(compiled.module) as saved, \
