@@ -156,6 +156,8 @@ def machine() -> dict[str, str | int]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count() or 0,
+        "load": " ".join(f"{load:.1f}" for load in os.getloadavg()),  # 1, 5, 15 min: others sharing the cores
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (no CUDA)",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "system": f"{platform.system()} {platform.release()}",
