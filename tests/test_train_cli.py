@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from specc.cli import app
+
+from processes import signal_during_training
 
 torch.set_num_threads(1)  # for the in-process CliRunner runs
 
@@ -137,20 +138,9 @@ def test_a_diverging_run_exits_1_naming_epoch_and_step(workdir):
 
 
 def test_ctrl_c_saves_last_pt_exits_130_and_resume_continues(workdir):
-    process = subprocess.Popen([sys.executable, "-m", "specc", "train", "iris.yaml", "--epochs", "100000",
-                                "--out", "interrupted"], cwd=workdir, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("epoch"):  # training is under way
-                break
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
-    assert "interrupted during epoch" in stdout and "Traceback" not in stderr
+    process = signal_during_training(["train", "iris.yaml", "--epochs", "100000", "--out", "interrupted"], workdir)
+    assert process.returncode == 130, process.stderr
+    assert "interrupted during epoch" in process.stdout and "Traceback" not in process.stderr
     (run_dir,) = (workdir / "interrupted" / "iris_cli").iterdir()
     epochs_done = torch.load(run_dir / "last.pt", weights_only=True)["epoch"]
     resumed = specc("train", "iris.yaml", "--resume", run_dir / "last.pt", "--epochs", epochs_done + 2, cwd=workdir)

@@ -3,6 +3,7 @@ the machine; interrupted, corrupted or refused runs lose nothing (issues 13 and 
 from __future__ import annotations
 
 import copy
+import signal
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from specc.cli import app
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
 from specc.train.training import evaluate, predict, train
+
+from processes import signal_during_training
 
 torch.set_num_threads(1)
 
@@ -276,27 +279,11 @@ def test_an_interrupt_saves_interrupted_pt_and_resuming_it_equals_an_uninterrupt
 
 def test_sigterm_stops_like_ctrl_c_and_writes_summary_json(tmp_path):
     import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
     spec = iris(epochs=100000)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
-    process = subprocess.Popen([sys.executable, "-m", "specc", "train", "spec.yaml", "--out", "runs"],
-                               cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in process.stdout:
-            if line.startswith("epoch"):
-                break
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
-    assert "interrupted during epoch" in stdout and "Traceback" not in stderr
+    process = signal_during_training(["train", "spec.yaml", "--out", "runs"], tmp_path, signal.SIGTERM)
+    assert process.returncode == 130, process.stderr
+    assert "interrupted during epoch" in process.stdout and "Traceback" not in process.stderr
     (run_dir,) = (tmp_path / "runs" / "iris_safety").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "interrupted during epoch" in summary["message"]
