@@ -157,3 +157,34 @@ def test_cli_mistakes_exit_2_with_one_line(arguments, message, tmp_path: Path):
     result = subprocess.run([sys.executable, "-m", "specc", "import", *arguments], capture_output=True, text=True,
                             env=environment, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_codegen_branches_and_residuals_come_back_as_parallel_and_residual(tmp_path: Path):
+    """codegen writes containers as ModuleDicts it never calls; the import finds the structures again."""
+    spec = """
+name: shapes
+inputs: {x: {shape: [3, 8, 8]}}
+layers:
+  - parallel:
+      a: [Conv2d: {out_channels: 4, kernel_size: 3, padding: 1}]
+      b: [Conv2d: {out_channels: 4, kernel_size: 1}, ReLU]
+    merge: {cat: {dim: 1}}
+    name: branches
+  - residual:
+      - Conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
+      - relu
+    name: res
+  - residual:
+      - Conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
+    shortcut:
+      - Conv2d: {out_channels: 8, kernel_size: 1}
+    name: down
+"""
+    code_path = tmp_path / "generated_shapes.py"
+    code_path.write_text(codegen(spec))
+    loader = importlib.util.spec_from_file_location(code_path.stem, code_path)
+    generated = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(generated)
+    torch.manual_seed(0)
+    imported = assert_round_trip(generated.Shapes(), (torch.randn(2, 3, 8, 8),))
+    assert imported["layers"] == yaml.safe_load(spec)["layers"]      # the very spec it came from
