@@ -158,6 +158,7 @@ class TinyGPT(nn.Module):
             ln_f=nn.LayerNorm(n_embd),
         ))
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight   # weight tying, as nanoGPT does
 
     def forward(self, idx):
         x = self.transformer.drop(self.transformer.wte(idx))

@@ -27,13 +27,16 @@ import import_models as models  # noqa: E402
 from test_codegen import CODEGEN_PENDING, SHRINK, SPECS  # noqa: E402
 
 
-def assert_round_trip(original: nn.Module, inputs: tuple) -> dict:
-    """Import, build, load the original's weights: same keys, shapes, count and outputs. Returns the spec."""
+def assert_round_trip(original: nn.Module, inputs: tuple, ordered: bool = True) -> dict:
+    """Import, build, load the original's weights: same keys (in order unless `ordered` is False:
+    a spec registers layers in the order they are called), shapes, count and outputs. Returns the spec."""
     original.eval()
     text = specc.from_module(original, inputs)
     built = specc.build(text).eval()
     shapes = lambda model: [(key, tuple(value.shape)) for key, value in model.state_dict().items()]  # noqa: E731
-    assert shapes(built) == shapes(original)
+    if ordered:
+        assert shapes(built) == shapes(original)
+    assert dict(shapes(built)) == dict(shapes(original))
     assert sum(p.numel() for p in built.parameters()) == sum(p.numel() for p in original.parameters())
     built.load_state_dict(original.state_dict())
     with torch.no_grad():
@@ -82,6 +85,7 @@ def test_nanogpt_style_keeps_the_attention_class_it_cannot_express_as_an_import(
     assert block[0]["residual"][1] == {"CausalSelfAttention": {"n_embd": 32, "n_head": 4}, "name": "attn"}
     assert block[1]["residual"][1] == {"mlp": {}, "name": "mlp"}       # the MLP class, one block used twice
     assert spec["layers"][0]["sequential"][2] == {"block": {}, "repeat": 2, "name": "h"}
+    assert spec["tie"] == {"lm_head.weight": "transformer.wte.weight"}
 
 
 def test_untraceable_control_flow_stays_an_import_of_its_class():
@@ -115,9 +119,6 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
 @pytest.mark.parametrize("spec_path", [
     pytest.param(path, marks=pytest.mark.xfail(strict=True, reason=reason)) if (reason := {
         **{stem: "codegen of the issue-20 items is not written yet" for stem in CODEGEN_PENDING},
-        **{stem: "codegen writes specc's own layers (PositionalEmbedding, CausalSelfAttention) as local classes "
-                 "that keep their sizes only in their weights, so the importer cannot read their args back"
-           for stem in ("gpt2_small", "llama2_7b", "transformer_encoder")},
     }.get(path.stem)) else path for path in SPECS], ids=[path.stem for path in SPECS])
 def test_codegen_then_import_gives_the_same_model(spec_path: Path, tmp_path: Path):
     overrides = SHRINK.get(spec_path.stem, {})
@@ -131,7 +132,8 @@ def test_codegen_then_import_gives_the_same_model(spec_path: Path, tmp_path: Pat
     loader.loader.exec_module(generated)
     original = getattr(generated, class_name(compiled.spec))()
     original.load_state_dict(compiled.module.state_dict())
-    assert_round_trip(original, compiled.example_inputs(2))
+    # llama2_7b's generated FeedForward registers w1, w2, w3 and calls w1, w3, w2
+    assert_round_trip(original, compiled.example_inputs(2), ordered=spec_path.stem != "llama2_7b")
 
 
 def test_cli_writes_a_spec_that_builds(tmp_path: Path):

@@ -51,6 +51,7 @@ def layer_item(module: nn.Module, infer: bool = True) -> tuple[str, dict]:
     cls = type(module)
     info = layer_info(cls.__name__, cls)
     inferable = set(info.inferable()) if infer else set()
+    sizes = set(info.inferable())          # read back when stored; otherwise specc infers them
     readers = _TRANSFORMER_LAYER if isinstance(module, nn.TransformerEncoderLayer) else {}
     kwargs = {}
     for parameter in info.parameters:
@@ -59,7 +60,7 @@ def layer_item(module: nn.Module, infer: bool = True) -> tuple[str, dict]:
         value = _read(module, parameter.name, readers)
         required = parameter.default is inspect.Parameter.empty
         if value is _MISSING:
-            if required:
+            if required and parameter.name not in sizes:
                 raise Unsupported(f"{cls.__name__}: cannot read its constructor arg '{parameter.name}' back")
             continue
         value = _plain(parameter.name, value, parameter.default)
@@ -69,6 +70,41 @@ def layer_item(module: nn.Module, infer: bool = True) -> tuple[str, dict]:
             continue
         kwargs[parameter.name] = value
     return cls.__name__, kwargs
+
+
+def fit_constructor(module: nn.Module, kwargs: dict, input_shapes: list[tuple]) -> dict:
+    """Check that `type(module)(**kwargs)` has the module's state_dict keys and shapes; constructor
+    flags that are not stored as attributes (`bias=False`) are tried both ways.
+
+    Args:
+        module: a user class the importer keeps as an import.
+        kwargs: the args read back from its attributes.
+        input_shapes: the shapes reaching it, for the sizes specc infers.
+
+    Raises:
+        Unsupported: no such constructor call rebuilds the module.
+    """
+    from itertools import product
+
+    from specc.build.registry import INFERABLE
+
+    cls = type(module)
+    info = layer_info(cls.__name__, cls)
+    sizes = {name: INFERABLE[name](input_shapes) for name in info.inferable() if name not in kwargs}
+    unread = [p.name for p in info.parameters if p.name not in kwargs and isinstance(p.default, bool)
+              and _read(module, p.name, {}) is _MISSING]
+    wanted = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    for flags in product(*[(p.default, not p.default) for p in info.parameters if p.name in unread[:4]]):
+        trial = {**kwargs, **dict(zip(unread, flags))}
+        with torch.device("meta"):
+            try:
+                rebuilt = cls(**trial, **sizes)
+            except Exception:  # noqa: BLE001 - a combination the class refuses
+                continue
+        if {key: tuple(value.shape) for key, value in rebuilt.state_dict().items()} == wanted:
+            return {**kwargs, **{name: value for name, value in zip(unread, flags)
+                                 if value != info.parameters[[p.name for p in info.parameters].index(name)].default}}
+    raise Unsupported(f"{cls.__name__}: no constructor call found that rebuilds its weights from the args read back")
 
 
 def _read(module: nn.Module, name: str, readers: dict) -> Any:

@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from specc.build.infer import DTYPES
-from specc.export.import_ops import Unsupported, function_item, is_tuple_layer, layer_item
+from specc.export.import_ops import Unsupported, fit_constructor, function_item, is_tuple_layer, layer_item
 from specc.export.import_tree import Group as _Group, ListWriter
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -161,6 +161,14 @@ class _Importer:
         if writer.blocks:
             spec["blocks"] = writer.blocks
         spec["layers"] = layers
+        ties, first = {}, {}
+        for path, parameter in self.module.named_parameters(remove_duplicate=False):
+            if id(parameter) in first:
+                ties[path] = first[id(parameter)]      # one Parameter under two names (a tied head)
+            else:
+                first[id(parameter)] = path
+        if ties:
+            spec["tie"] = ties
         outputs = self._outputs(writer)
         if outputs is not None and outputs != [writer.reference_of(last)]:
             spec["outputs"] = outputs[0] if len(outputs) == 1 else outputs
@@ -288,6 +296,11 @@ class _Importer:
             if cls.__module__ in ("__main__", "builtins") or "<locals>" in cls.__qualname__:
                 raise ValueError(f"{node.target}: {cls.__qualname__} cannot be traced and is not importable "
                                  f"(define it in a module)")
+            shapes = [tuple(shape) for value in self.tensor_inputs(node) if (shape := self.shape_of(value))]
+            try:
+                kwargs = fit_constructor(submodule, kwargs, shapes)
+            except Unsupported as error:
+                raise ValueError(f"{node.target}: {error}") from None
             self.imports.append(f"{cls.__module__}.{cls.__qualname__}")
         return layer, kwargs
 
