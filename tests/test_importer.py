@@ -106,6 +106,14 @@ def test_functional_ops_become_spec_functions():
     assert spec["layers"][8] == {"view": [512]}                         # without the batch dim
 
 
+def test_importing_leaves_the_module_as_it_was():
+    model = models.TinyResNet().train()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    specc.from_module(model, (torch.randn(2, 3, 32, 32),))
+    assert model.training and all(module.training for module in model.modules())
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
 def test_a_class_that_cannot_be_imported_is_a_clear_error():
     class Local(nn.Module):
         def forward(self, x):

@@ -133,7 +133,14 @@ class _Importer:
         except Exception as error:  # noqa: BLE001 - any tracing failure: find the module that caused it
             raise _Opaque(_failing_module(module, opaque), f"torch.fx cannot trace it ({error})") from None
         self.traced = fx.GraphModule(tracer.root, graph)
-        ShapeProp(self.traced).propagate(*inputs)
+        modes = {submodule: submodule.training for submodule in module.modules()}
+        module.eval()   # the example run must not move the user's BatchNorm statistics
+        try:
+            with torch.no_grad():
+                ShapeProp(self.traced).propagate(*inputs)
+        finally:
+            for submodule, training in modes.items():
+                submodule.training = training
         self.graph, self.inputs = graph, inputs
         self.imports: list[str] = []
         self.blocks: dict[str, dict] = {}
