@@ -28,6 +28,7 @@ _EXPORTS = {
     "evaluate": "specc.train.evaluation",
     "predict": "specc.train.evaluation",
     "codegen": "specc.export.eject",
+    "from_module": "specc.export.importer",
 }
 # stage packages that are also functions (specc._callable): `specc.summary(...)`, `specc.build(...)`
 _CALLABLE_PACKAGES = ("build", "summary", "draw", "train", "export")

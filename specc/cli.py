@@ -450,6 +450,36 @@ def port(
                 raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
 
 
+@app.command("import")
+def import_(
+    target: Annotated[str, typer.Argument(help="module:callable returning an nn.Module, e.g. my_models:ResNet.",
+                                          show_default=False)],
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the spec here (default: print it).", show_default=False)] = None,
+    args: Annotated[Optional[str], typer.Option(help="The callable's args as JSON: [..] or {..}.")] = None,
+    dtype: Annotated[str, typer.Option(help="The inputs' dtype (long for token ids).")] = "float32",
+) -> None:
+    """Write an existing nn.Module as a spec: its hierarchy as items, torch.nn layers by name.
+
+    What has no spec form stays as an import of the module's own class, never dropped.
+    """
+    with user_errors():
+        from specc.export.importer import import_target
+
+        try:
+            text = import_target(target, args, input_shape, dtype)
+        except (ValueError, TypeError) as error:
+            raise UsageFailure(str(error)) from None
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
+
+
 def _weights_map(value: str) -> Any:
     """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
     if value in ("auto", "strict"):

@@ -10,6 +10,7 @@ into the enclosing forward instead.
 """
 from __future__ import annotations
 
+import copy
 import keyword
 import operator
 import re
@@ -68,6 +69,9 @@ class Container(_DirectChildren, nn.Module):
 class _Generated(_DirectChildren, fx.GraphModule):
     """A GraphModule called like any nn.Module, keeping its non-persistent buffers on deepcopy."""
 
+    def _recompile_submodules(self) -> list:
+        return []   # the containers inside have their own generated forwards already
+
     def recompile(self):
         code = super().recompile()
         # fx routes each call through a wrapper that only reformats errors: a Python frame per
@@ -87,8 +91,75 @@ class SpecModule(_Generated):
     """The compiled model: a torch.fx GraphModule whose forward is generated from the spec."""
 
 
-class SpecContainer(_Generated):
-    """A spec container (block use, parallel, branch, residual, sequential, repeat), called in forward."""
+class SpecContainer(_DirectChildren, nn.Module):
+    """A spec container (block use, parallel, branch, residual, sequential, repeat), called in forward.
+
+    Its class holds the forward torch.fx generated for it (`code` shows it). Identical containers
+    — the layers of a repeat — share one class, so a 32-layer model generates a few forwards, not
+    hundreds (fx's code generation would otherwise double the build of Llama-2-7B).
+    """
+
+    code: str = ""
+    _globals: dict = {}
+
+    def __deepcopy__(self, memo: dict) -> "SpecContainer":
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
+
+    def __reduce__(self):
+        """Pickled as its code and state, like a GraphModule (the class is made at build time)."""
+        from torch.fx.graph_module import _format_import_block
+        from torch.package import sys_importer
+
+        imports = _format_import_block(type(self)._globals, sys_importer)
+        return _rebuild_container, (type(self).__name__, imports, type(self).code, self.__dict__)
+
+
+_CONTAINER_TYPES: dict[tuple, type] = {}   # (class name, graph signature) -> class with that forward
+
+
+def _container_type(class_name: str, fx_graph: fx.Graph) -> type:
+    key = (class_name, _signature(fx_graph))
+    if key not in _CONTAINER_TYPES:
+        fx_graph.lint()
+        python_code = fx_graph.python_code(root_module="self")
+        _CONTAINER_TYPES[key] = _make_type(class_name, python_code.src, dict(python_code.globals))
+    return _CONTAINER_TYPES[key]
+
+
+def _make_type(class_name: str, code: str, namespace: dict) -> type:
+    scope = dict(namespace)
+    exec(compile(code, f"<specc {class_name}>", "exec"), scope)   # noqa: S102 - code torch.fx generated
+    return type(class_name, (SpecContainer,), {"forward": scope["forward"], "code": code, "_globals": namespace,
+                                               "__module__": __name__})
+
+
+def _rebuild_container(class_name: str, imports: str, code: str, state: dict) -> SpecContainer:
+    namespace: dict = {}
+    exec(compile(imports, f"<specc {class_name} imports>", "exec"), namespace)   # noqa: S102
+    cls = _make_type(class_name, code, namespace)
+    container = cls.__new__(cls)
+    container.__setstate__(state)
+    return container
+
+
+def _signature(fx_graph: fx.Graph) -> tuple:
+    """What the generated code depends on: each node's op, target and arguments (nodes by position)."""
+    positions = {node: index for index, node in enumerate(fx_graph.nodes)}
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, fx.Node):
+            return ("node", positions[value])
+        if isinstance(value, (list, tuple)):
+            return (type(value).__name__, *map(plain, value))
+        if isinstance(value, dict):
+            return ("dict", *((key, plain(item)) for key, item in value.items()))
+        return value if isinstance(value, (int, float, str, bool, type(None))) else (type(value).__name__, repr(value))
+
+    return tuple((node.op, node.target if isinstance(node.target, str) else id(node.target), plain(node.args),
+                  plain(node.kwargs)) for node in fx_graph.nodes)
 
 
 @dataclass
@@ -240,7 +311,8 @@ def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, hold
     _emit_items(group, inner_graph, inner_values, path, holders, flow)
     results = [inner_values[name] for name in outputs]
     inner_graph.output(results[0] if len(results) == 1 else tuple(results))
-    container = _generated(SpecContainer, holders[path], inner_graph, _container_class(group.scope))
+    container = _container_type(_container_class(group.scope), inner_graph)()
+    _adopt(container, holders[path])
     parent_path, _, leaf = path.rpartition(".")
     holders[parent_path]._modules[leaf] = container   # same place in the parent's order
     holders[path] = container
@@ -255,19 +327,23 @@ def _generated(cls: type, holder: nn.Module, fx_graph: fx.Graph, class_name: str
     fx_graph.lint()
     # Built over an empty graph: given the real one, fx would rebuild every holder module on the
     # way to each layer it calls (a third of a warm 7B build) only for us to replace them below.
-    module = cls(holder, fx.Graph(), class_name=class_name)
+    module = _adopt(cls(holder, fx.Graph(), class_name=class_name), holder)
+    module.graph = fx_graph   # generates the forward
+    return module
+
+
+def _adopt(module: nn.Module, holder: nn.Module) -> nn.Module:
     for attribute in ("_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"):
         module.__dict__[attribute] = holder.__dict__[attribute]
     for name in module._modules:
         module._sync_child(name)
-    module.graph = fx_graph   # generates the forward
     return module
 
 
 def _container_class(scope: Scope) -> str:
     """`Parallel`, `Residual`, ...; a block use is named after its block (`basic_block` -> `BasicBlock`)."""
     if scope.kind != "block":
-        return _KIND_CLASSES[scope.kind]
+        return _KIND_CLASSES.get(scope.kind, scope.kind.title())
     words = re.split(r"[^0-9A-Za-z]+", scope.label.rpartition(": ")[2])
     name = "".join(word[:1].upper() + word[1:] for word in words if word)
     return name if name[:1].isalpha() else f"Block{name}"
