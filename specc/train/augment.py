@@ -66,12 +66,13 @@ def crop(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: tupl
          padding: int = 0) -> torch.Tensor:
     """Per-example windows `size` at (top, left) of the images padded by `padding` zeros."""
     padded = F.pad(images, (padding,) * 4) if padding else images
-    count, channels = images.shape[:2]
+    count, channels, height, width = padded.shape
     device = images.device
-    rows = (top[:, None] + torch.arange(size[0], device=device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(size[1], device=device))[:, None, None, :]
-    batch = torch.arange(count, device=device)[:, None, None, None]
-    return padded[batch, torch.arange(channels, device=device)[None, :, None, None], rows, cols]
+    rows = top[:, None] + torch.arange(size[0], device=device)
+    cols = left[:, None] + torch.arange(size[1], device=device)
+    # one gather over flattened pixels: several times faster than indexing with four index tensors
+    index = (rows[:, :, None] * width + cols[:, None, :]).reshape(count, 1, -1).expand(count, channels, -1)
+    return padded.reshape(count, channels, height * width).gather(2, index).reshape(count, channels, *size)
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
