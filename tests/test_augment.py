@@ -278,3 +278,11 @@ def test_resuming_an_augmented_streamed_run_gives_the_uninterrupted_weights(shap
     assert resumed.ok
     expected, got = load_checkpoint(straight.last_checkpoint)["model"], load_checkpoint(resumed.last_checkpoint)["model"]
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_the_folder_example_spec_trains_with_its_augmentation_well_above_chance(shapes_folder, tmp_path):
+    spec = ROOT / "specs" / "folder_cnn.yaml"
+    assert [step.name for step in load(spec).train.data.augment] == ["random_crop", "hflip", "color_jitter"]
+    result = train(spec, out=tmp_path / "runs", overrides={"train.data.source": f"folder:{shapes_folder}"},
+                   verbose=False)
+    assert result.ok and result.metrics["test"]["accuracy"] >= 0.8  # chance is 1/3
