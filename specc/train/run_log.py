@@ -16,6 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from specc.train.run_dir import write_atomic
+from specc.train.tensorboard import TensorBoard, histograms_due
+
+# The training session (specc.train.loop.Session) is used through its attributes: loop imports this module.
+Session = Any
 
 NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 
@@ -23,16 +27,16 @@ NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 class RunLog:
     """Console progress plus the run directory's log files (only on the main process)."""
 
-    def __init__(self, run_dir: Path, *, epochs: int, verbose: bool = True, label: str = ""):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, run_dir: Path, *, epochs: int, verbose: bool = True, label: str = "",
+                 session: Session | None = None):
         self.run_dir = run_dir
         self.epochs = epochs
         self.verbose = verbose
         self.label = f"{label} " if label else ""
         self.console = Console(highlight=False, soft_wrap=True)
         self.interactive = verbose and sys.stdout.isatty()
-        self.writer = SummaryWriter(str(run_dir))
+        self.tensorboard = TensorBoard(run_dir)
+        self.session = session  # for the histograms of `log_histograms:`
         self.progress = _progress(self.console) if self.interactive else None
         self.task = None
         self.learning_rate = ""
@@ -57,10 +61,9 @@ class RunLog:
         elif self.verbose:
             print(line, flush=True)
         write_csv(self.run_dir / "metrics.csv", history)
-        for key, value in record.items():
-            if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
-                self.writer.add_scalar(tensorboard_tag(key), value, record["epoch"])
-        self.writer.flush()
+        self.tensorboard.scalars(record, record["epoch"])
+        if self.session is not None and histograms_due(self.session.config.log_histograms, record["epoch"]):
+            self.tensorboard.histograms(self.session.model, record["epoch"])
 
     def _epoch_label(self, epoch: int) -> str:
         return f"{self.label}epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"
@@ -69,12 +72,26 @@ class RunLog:
         if self.verbose:
             self.console.print(text)
 
+    def model_started(self, session: Session) -> None:
+        """The model graph and the resolved spec, in TensorBoard, before the first epoch."""
+        note = self.tensorboard.model(session)
+        if note:
+            self.message(note)
+
+    def final_metrics(self, session: Session, metrics: dict[str, dict[str, Any]], epoch: int) -> None:
+        """The best checkpoint's metrics (test split, hparams, confusion matrices) into TensorBoard."""
+        self.tensorboard.final(session, metrics, epoch)
+
     def close(self, history: list[dict[str, Any]]) -> None:
+        """Stop the progress display and draw curves.png; the events file stays open for final_metrics."""
         if self.progress is not None:
             self.progress.stop()
-        self.writer.close()
+        self.tensorboard.writer.flush()
         if history:
             plot_curves(history, self.run_dir / "curves.png")
+
+    def finish(self) -> None:
+        self.tensorboard.close()
 
 
 class SilentLog:
@@ -95,7 +112,16 @@ class SilentLog:
     def message(self, text: str) -> None:
         pass
 
+    def model_started(self, session: Any) -> None:
+        pass
+
+    def final_metrics(self, session: Any, metrics: dict[str, dict[str, Any]], epoch: int) -> None:
+        pass
+
     def close(self, history: list[dict[str, Any]]) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
 
@@ -123,14 +149,6 @@ def format_record(record: dict[str, Any]) -> str:
         else:
             parts.append(f"{key} {value:.4f}")
     return "  ".join(parts)
-
-
-def tensorboard_tag(key: str) -> str:
-    """`train_loss` -> `Loss/train`, `val_accuracy` -> `accuracy/val`, `lr` -> `lr`."""
-    split, _, name = key.partition("_")
-    if not name:
-        return key
-    return f"{'Loss' if name == 'loss' else name}/{split}"
 
 
 def write_csv(path: Path, history: list[dict[str, Any]]) -> None:

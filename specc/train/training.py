@@ -33,7 +33,7 @@ from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics
 from specc.lang.spec import Spec
-from specc.lang.train_config import MATRIX_METRICS, monitor_mode
+from specc.lang.train_config import MATRIX_METRICS, Call, monitor_mode
 
 from specc.train.evaluation import evaluate, predict
 
@@ -186,7 +186,8 @@ def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: to
 
 def _run_split(session: Session, verbose: bool, label: str = "", show_table: bool = True) -> TrainResult:
     spec, run_dir, device = session.spec, session.run_dir, session.device
-    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label) if session.is_main else SilentLog()
+    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label, session=session) \
+        if session.is_main else SilentLog()
     counts = " / ".join(f"{len(data)} {name}" for name, data in session.splits.named().items())
     start = f" from epoch {session.epoch + 1}" if session.epoch else ""
     if session.resume_point:
@@ -194,6 +195,7 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     where = f"{session.world_size} processes ({device.type})" if session.world_size > 1 else device
     log.message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
                 f"{counts} examples, {sum(p.numel() for p in session.model.parameters()):,} parameters -> {run_dir}")
+    log.model_started(session)
     try:
         status, message = fit(session, log)
         if status in ("completed", "early_stopped"):
@@ -209,7 +211,21 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
         if show_table and verbose:
             print_metrics(log.console, f"best checkpoint ({session.best.monitor} "
                                        f"{session.best.best:.4f}): {result.best_checkpoint}", result.metrics)
+        log.final_metrics(session, {**result.metrics, **_confusion_matrices(session, result.metrics)},
+                          session.best.best_epoch or session.epoch)
+    log.finish()
     return result
+
+
+def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For TensorBoard: the val/test confusion matrices of a classifier whose spec does not ask for
+    them. One process only (under torchrun every rank would have to take part)."""
+    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or \
+            any("confusion_matrix" in values for values in metrics.values()):
+        return {}
+    matrix = MetricSet.build([Call(name="confusion_matrix")], session.task, session.device, lambda index: None)
+    return {split: {**metrics[split], "confusion_matrix": session.evaluate(session.model, data, matrix)["confusion_matrix"]}
+            for split, data in session.splits.named().items() if split != "train"}
 
 
 def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:
