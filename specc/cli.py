@@ -21,10 +21,47 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False, metavar="SPEC")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
+VariantOption = Annotated[Optional[str], typer.Option(
+    "--variant", metavar="NAME", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
+
+
+def _flags_without_a_type() -> None:
+    """typer 0.29 writes a value type after every option in --help, flags included (`--expand
+    <bool>`, `--help <bool>`), as if they took a value; a flag takes none, so it shows none."""
+    from typer.core import TyperOption
+
+    shown_type = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown_type(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from specc import __version__
+
+        typer.echo(f"specc {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def global_options(ctx: typer.Context, safe: Annotated[bool, typer.Option(
+def global_options(
+    ctx: typer.Context,
+    safe: Annotated[bool, typer.Option(
         "--safe", help="Safe mode, for specs from strangers: refuse imports:, train.data.dataset: and "
-                       "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False) -> None:
+                       "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print specc's version and exit.")] = False,
+) -> None:
+    """Declarative model specs for PyTorch: check, summarize, draw, train, export."""
     # SPECC_SAFE reaches every stage and the torchrun workers; restored when the command ends
     if safe:
         previous = os.environ.get("SPECC_SAFE")
@@ -37,13 +74,6 @@ def _restore_environment(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
-
-
-SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False)]
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
-VariantOption = Annotated[Optional[str], typer.Option(
-    "--variant", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
 
 
 class UsageFailure(Exception):
@@ -282,7 +312,7 @@ def summary(
     backward: Annotated[bool, typer.Option("--backward", help="Add backward FLOPs (estimated as 2x forward).")] = False,
     device: Annotated[str, typer.Option(help="meta (allocates nothing) or cpu for a real run.")] = "meta",
     input_shape: Annotated[Optional[list[str]], typer.Option(
-        "--input-shape", help="An input's shape without the batch dim: x=3,64,64 (or 3,64,64 for a "
+        "--input-shape", metavar="NAME=SIZES", help="An input's shape without the batch dim: x=3,64,64 (or 3,64,64 for a "
                               "single input); repeatable.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown, json or csv.")] = "table",
     columns: Annotated[Optional[str], typer.Option(
@@ -313,10 +343,13 @@ def summary(
 def diff(
     spec: SpecPath,
     other: Annotated[Optional[Path], typer.Argument(
-        help="The spec to compare with; leave it out to compare SPEC with itself under --set.", show_default=False)] = None,
+        help="The spec to compare with; leave it out to compare SPEC with itself under --set.", show_default=False,
+        metavar="OTHER")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Override a var of the second spec (of SPEC itself when OTHER is left out); repeatable.")] = None,
-    set_a: Annotated[Optional[list[str]], typer.Option("--set-a", help="Override a var of SPEC; repeatable.")] = None,
+        "--set", metavar="KEY=VALUE",
+        help="Override a var of the second spec (of SPEC itself when OTHER is left out); repeatable.")] = None,
+    set_a: Annotated[Optional[list[str]], typer.Option(
+        "--set-a", metavar="KEY=VALUE", help="Override a var of SPEC; repeatable.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the example input.")] = 1,
     output_format: Annotated[str, typer.Option("--format", help="table, markdown or json.")] = "table",
     draw_path: Annotated[Optional[Path], typer.Option(
@@ -423,7 +456,7 @@ def port(
     map_: Annotated[str, typer.Option("--map", help="auto (names, then structure), strict (names), or a YAML/JSON "
                                                     "file of rename rules {pattern: replacement}.")] = "auto",
     allow_missing: Annotated[Optional[list[str]], typer.Option(
-        "--allow-missing", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
+        "--allow-missing", metavar="GLOB", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
     check_io: Annotated[Optional[Path], typer.Option(
         "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,

@@ -260,8 +260,16 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
     log_every: int = Field(20, ge=1)  # steps between progress updates (each costs one host sync)
+    log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+
+    @field_validator("log_histograms")
+    @classmethod
+    def _check_log_histograms(cls, value: Union[bool, int]) -> Union[bool, int]:
+        if not isinstance(value, bool) and value < 1:
+            raise ValueError("log_histograms must be true, false or a number of epochs (1 or more)")
+        return value
 
     @field_validator("loss", mode="before")
     @classmethod
