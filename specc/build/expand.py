@@ -114,6 +114,7 @@ class Expander(ItemReading):
 
     def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str], index: int) -> list[str]:
         item = self._parse_item(raw, path)
+        self._count_item(path, context, item.op if item else None)   # skipped and broken items count too
         if item is None:
             return current
         name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
@@ -145,13 +146,13 @@ class Expander(ItemReading):
             scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
                             scopes=context.scopes + (scope,))
+            if repetition:
+                self._count_item(item.path, inner, item.op)
             inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
         return inputs
 
     def _expand_single(self, item: Item, context: Context, inputs: list[str], qualified: str,
                        name: str | None) -> list[str]:
-        self._stop_at(self.budget.item_problem(len(context.scopes), lambda: self._locate(item.path),
-                                               (*context.blocks, item.op), context.via))
         if item.op in STRUCTURES:
             return getattr(self, f"_expand_{item.op}")(item, context, inputs, qualified, name)
         if item.op in self.spec.blocks:
@@ -417,6 +418,10 @@ class Expander(ItemReading):
 
     def _problem(self, message: str, path: tuple, code: str, suggestion: str | None = None) -> None:
         self.problems.append(Problem(message, self._locate(path), code, suggestion))
+
+    def _count_item(self, path: tuple, context: Context, op: str | None) -> None:
+        self._stop_at(self.budget.item_problem(len(context.scopes), lambda: self._locate(path),
+                                               (*context.blocks, op), context.via))
 
     def _stop_at(self, limit_problem: Problem | None) -> None:
         """Past an expansion bound nothing more is expanded: report what was found so far and the bound."""
