@@ -1,8 +1,7 @@
 """FLOP formulas of the ruled layers (build/flop_rules.py) equal torch's FlopCounterMode: for each
 layer of the shape-rule zoo, and for every item of every spec in specs/ as `specc summary` and the
-HTML viewer count them; and drawing the viewer page of a spec imports no torch._dynamo. (`specc
-summary` runs each item's kernels to count what autograd saves for backward, so it pays that import:
-see docs/performance.md.)"""
+HTML viewer count them; and checking a spec or drawing its viewer page imports no torch._dynamo
+(for `specc summary`, whose memory count needs saved_rules.py too: tests/test_saved_rules.py)."""
 from __future__ import annotations
 
 import os

@@ -215,6 +215,10 @@ class SavedForBackward:
         """Leave `tensor`'s storage out of the count (an input made after the hooks were set)."""
         self._excluded.add(_storage_key(tensor))
 
+    def add(self, tensor: torch.Tensor) -> None:
+        """Count `tensor` as saved (summary/saved_rules.py, which knows what autograd would save)."""
+        self._pack(tensor)
+
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
         if key not in self._excluded and key not in self._sizes:

@@ -19,6 +19,7 @@ from specc.build.flop_rules import run_measured
 from specc.build.infer import DTYPES
 from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
                                 kernel_size, train_mode)
+from specc.summary.saved_rules import run_by_rules
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -35,14 +36,35 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
     loaded = load_model_spec(spec, variables, train_mistakes="warn")   # summaries never train
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
-    with _training_step_mode(compiled.module), SavedForBackward(compiled.module) as saved, \
-            _fused_attention(compiled.device):
-        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device, saved)
+    with _training_step_mode(compiled.module):
+        outputs, flops, saved_bytes = _run_and_count(compiled.graph, compiled.module, compiled.device)
     root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
     root.name = compiled.spec.display_name
     inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
     return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size,
-                     saved_bytes=saved.bytes)
+                     saved_bytes=saved_bytes)
+
+
+def _run_and_count(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict, dict, int]:
+    """Outputs, FLOPs and the bytes autograd saves for backward: by rule where every item has one
+    (saved_rules.py: no meta kernel runs, so no sympy/torch._dynamo import), else by running each
+    item's kernels under saved-tensor hooks."""
+    if device.type == "meta":
+        saved = SavedForBackward(module)
+
+        def model_input(node: "Node") -> torch.Tensor:
+            value = _input_value(node, device)
+            saved.exclude(value)   # the Input line counts it
+            return value
+
+        ruled = run_by_rules(graph, module, saved.add, model_input)
+        if ruled is not None:
+            values, flops = ruled
+            outputs = {name: (_shape_of(value), _bytes_of(value)) for name, value in values.items()}
+            return outputs, flops, saved.bytes
+    with SavedForBackward(module) as saved, _fused_attention(device):
+        outputs, flops = _run_nodes(graph, module, device, saved)
+    return outputs, flops, saved.bytes
 
 
 @contextmanager
@@ -72,10 +94,13 @@ def _fused_attention(device: torch.device) -> Iterator[None]:
     class FusedAttention(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            names = ("attn_mask", "dropout_p", "is_causal", "scale")
+            given = dict(zip(names, args[3:]), **kwargs)
+            mask = given.get("attn_mask")
+            # the fused CPU kernel has no gradient for a mask: a learned bias (T5's) takes the math path
             if func is torch.nn.functional.scaled_dot_product_attention and not kwargs.get("enable_gqa") \
-                    and all(tensor.dim() == 4 for tensor in args[:3]):
-                names = ("attn_mask", "dropout_p", "is_causal", "scale")
-                given = dict(zip(names, args[3:]), **kwargs)
+                    and all(tensor.dim() == 4 for tensor in args[:3]) \
+                    and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
                 return fused(*args[:3], given.get("dropout_p", 0.0), given.get("is_causal", False),
                              attn_mask=given.get("attn_mask"), scale=given.get("scale"))[0]
             return func(*args, **kwargs)
