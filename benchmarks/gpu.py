@@ -117,7 +117,7 @@ class SpeccSteps:
         return elapsed()
 
     def close(self) -> None:
-        self.log.writer.close()
+        self.log.finish()
 
 
 class HandSteps:

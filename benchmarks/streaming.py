@@ -73,7 +73,7 @@ class SpeccEpochs:
         return seconds
 
     def close(self) -> None:
-        self.log.writer.close()
+        self.log.finish()
 
 
 class MappedRows(torch.utils.data.Dataset):

@@ -488,7 +488,7 @@ def import_(
     target: Annotated[str, typer.Argument(help="module:callable returning an nn.Module, e.g. my_models:ResNet.",
                                           show_default=False)],
     input_shape: Annotated[list[str], typer.Option(
-        "--input-shape", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
+        "--input-shape", metavar="SIZES", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the spec here (default: print it).", show_default=False)] = None,
     args: Annotated[Optional[str], typer.Option(help="The callable's args as JSON: [..] or {..}.")] = None,

@@ -25,7 +25,7 @@ class NanInEvalFrom(nn.Module):
         self.start, self.evaluations = start, 0
 
     def forward(self, x):
-        if self.training or x.is_meta:
+        if self.training or x.is_meta or torch.jit.is_tracing():
             return x
         self.evaluations += 1
         return x * float("nan") if self.evaluations >= self.start else x
@@ -46,8 +46,9 @@ def test_a_nan_validation_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = iris_spec(epochs=5)
     spec["imports"] = ["nan_layers.NanInEvalFrom"]
-    # evaluations: a 2-example check of the model before training, epoch 1's validation (fine), epoch 2's (nan)
-    spec["layers"].append({"NanInEvalFrom": {"start": 3}})
+    # evaluations: a 2-example check of the model before training, TensorBoard's add_graph checking its
+    # trace, epoch 1's validation (fine), epoch 2's (nan)
+    spec["layers"].append({"NanInEvalFrom": {"start": 4}})
     result = train(spec, out=tmp_path / "runs", verbose=False)
     assert result.status == "diverged" and not result.ok
     assert result.message == "val_loss became nan at epoch 2; stopped; last.pt keeps epoch 1, best.pt epoch 1"
