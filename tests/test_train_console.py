@@ -100,15 +100,16 @@ def run_in_terminal(arguments: list[str], cwd: Path, columns: int = 80) -> str:
 
 
 def test_a_real_run_in_an_80_column_terminal(tmp_path):
-    spec = {"name": "iris_console", "inputs": {"measurements": {"shape": [4]}},
-            "layers": [{"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": 3}}],
-            "train": {"data": {"source": "sklearn:iris", "split": {"val": 0.2, "test": 0.2, "seed": 0}},
-                      "batch_size": 8, "epochs": 3, "loss": "CrossEntropyLoss", "metrics": ["accuracy", "f1"],
+    # digits in batches of 4: ~270 steps an epoch, long enough for the bar to be redrawn with its rate
+    spec = {"name": "digits_console", "inputs": {"measurements": {"shape": [64]}},
+            "layers": [{"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": 10}}],
+            "train": {"data": {"source": "sklearn:digits", "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+                      "batch_size": 4, "epochs": 3, "loss": "CrossEntropyLoss", "metrics": ["accuracy", "f1"],
                       "threads": 1, "log_every": 1}}
-    (tmp_path / "iris.yaml").write_text(yaml.safe_dump(spec))
-    screen = run_in_terminal([sys.executable, "-m", "specc", "train", "iris.yaml", "--out", "runs"], tmp_path)
+    (tmp_path / "digits.yaml").write_text(yaml.safe_dump(spec))
+    screen = run_in_terminal([sys.executable, "-m", "specc", "train", "digits.yaml", "--out", "runs"], tmp_path)
     text = ANSI.sub("", screen)
-    assert "compiling iris_console" in text and "loading data (sklearn:iris)" in text
+    assert "compiling digits_console" in text and "loading data (sklearn:digits)" in text
     assert "steps/s" in text and "eta " in text
     lines = [line for chunk in text.split("\n") for line in chunk.split("\r")]
     assert all(len(line.rstrip()) <= 80 for line in lines), max(lines, key=len)
