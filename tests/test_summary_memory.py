@@ -31,20 +31,10 @@ def test_an_mlp_saves_only_its_hidden_activation():
     # Linear 1 saves its input (the Input line) and weight (Params); Tanh saves its output, which
     # Linear 2 saves again as its input: one storage of 8 x 32 floats.
     result = specc.summary(MLP, batch_size=8)
-    weights = (16 * 32 + 32 + 32 * 4 + 4) * 4
-    assert result.memory_bytes() == {"input": 8 * 16 * 4, "forward_backward": 8 * 32 * 4, "params": weights,
-                                     "gradients": weights, "total": 8 * 16 * 4 + weights + result.peak_bytes}
-    # the peak holds at least every gradient (they outlive the step) and at most all of the step's tensors
-    assert weights <= result.peak_bytes <= weights + 8 * (32 + 32 + 4) * 4 * 3
-
-
-def test_a_module_has_no_simulated_peak_and_totals_the_lines():
-    from torch import nn
-
-    result = specc.summary(nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)), input_size=(8, 16))
-    sizes = result.memory_bytes()
-    assert result.peak_bytes is None
-    assert sizes["total"] == sizes["input"] + sizes["forward_backward"] + sizes["params"] + sizes["gradients"]
+    assert result.memory_bytes() == {"input": 8 * 16 * 4, "forward_backward": 8 * 32 * 4,
+                                     "params": (16 * 32 + 32 + 32 * 4 + 4) * 4,
+                                     "gradients": (16 * 32 + 32 + 32 * 4 + 4) * 4,
+                                     "total": 8 * 16 * 4 + 8 * 32 * 4 + 2 * (16 * 32 + 32 + 32 * 4 + 4) * 4}
 
 
 def test_units_and_labels():
@@ -150,8 +140,9 @@ def test_memory_lines_match_a_real_cpu_training_step_within_10_percent(name, sha
     held, peak, _ = measure_training_step(compiled.module, example, in_use)
     # what autograd keeps between forward and backward (measured: 0.0% and 0.1% apart)
     assert estimate.activation_bytes == pytest.approx(held, rel=0.10)
-    # the step's peak: the meta dry run's forward and backward followed tensor by tensor
-    # (measured: 0.05% and 0.04% apart); with the weights and input it is the Estimated Total
-    assert estimate.peak_bytes == pytest.approx(peak, rel=0.02)
-    real_total = estimate.param_bytes + estimate.input_bytes + peak
-    assert estimate.memory_bytes()["total"] == pytest.approx(real_total, rel=0.02)
+    # the step's peak, weights and input included: the estimate counts every gradient on top of
+    # every saved activation, while backward frees activations as gradients appear, so it is a
+    # little above the real peak (measured: 5% and 9%)
+    real_peak = estimate.param_bytes + estimate.input_bytes + peak
+    assert estimate.memory_bytes()["total"] == pytest.approx(real_peak, rel=0.10)
+    assert estimate.memory_bytes()["total"] >= real_peak

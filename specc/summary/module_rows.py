@@ -17,8 +17,8 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter, kernel_size
-from specc.summary.step_memory import SavedForBackward
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, eval_mode,
+                                flop_counter, kernel_size)
 
 
 def collect_module(model: nn.Module, input_size: Any, input_data: Any,

@@ -76,7 +76,6 @@ class ModelSummary:
     activation_bytes: int         # what autograd saves for the backward pass (SavedForBackward)
     param_bytes: int
     gradient_bytes: int           # the trainable parameters' gradients
-    peak_bytes: int | None        # the most a training step's tensors hold at once, weights and inputs aside
     batch_size: int | None
     device: str
     show_backward: bool = False   # the table adds the backward estimate (json/csv always carry it)
@@ -94,12 +93,10 @@ class ModelSummary:
 
     def memory_bytes(self) -> dict[str, int]:
         """The memory of a training step, in bytes: inputs, what autograd saves for backward, the
-        parameters and their gradients (trainable ones only), and the total: inputs and weights
-        plus the step's peak where the dry run found it (a spec), else the sum of the four."""
+        parameters and their gradients (trainable ones only), and the sum."""
         sizes = {"input": self.input_bytes, "forward_backward": self.activation_bytes, "params": self.param_bytes,
                  "gradients": self.gradient_bytes}
-        sizes["total"] = sum(sizes.values()) if self.peak_bytes is None else \
-            self.input_bytes + self.param_bytes + self.peak_bytes
+        sizes["total"] = sum(sizes.values())
         return sizes
 
     def memory_mb(self) -> dict[str, float]:
@@ -150,7 +147,6 @@ class Collected:
     batch_size: int | None        # None when the caller's input sizes carry the batch dim
     rows_under_root: bool = True  # a spec shows its items; a module shows itself as the first row
     saved_bytes: int = 0          # what autograd saved for backward (SavedForBackward)
-    peak_bytes: int | None = None  # the most alive at once in a training step (LiveTensors); None: not run
 
 
 def count_parameters(row: LayerRow, parameters: Any, counted: set[int]) -> None:
@@ -191,6 +187,51 @@ def flop_counter() -> "FlopCounterMode":
 
     cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     return FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_attention_flops} if cpu_attention else None)
+
+
+class SavedForBackward:
+    """Bytes autograd saves for the backward pass, counted with `saved_tensors_hooks` while the model
+    runs: every saved tensor's storage once (a view and its base, or a tensor saved by two ops, are
+    one storage), leaving out the parameters and buffers (the Params line) and the inputs (the
+    Input line). On the meta device the storages have sizes but no memory, so nothing is allocated.
+
+        with SavedForBackward(module, inputs) as saved:
+            ...run the forward...
+        saved.bytes
+    """
+
+    def __init__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...] = ()):
+        self._excluded = {_storage_key(tensor) for tensor in (*module.parameters(), *module.buffers(), *inputs)}
+        self._sizes: dict[int, int] = {}
+        self._kept: list[torch.Tensor] = []  # keeps each storage alive, so no other can take its key
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def exclude(self, tensor: torch.Tensor) -> None:
+        """Leave `tensor`'s storage out of the count (an input made after the hooks were set)."""
+        self._excluded.add(_storage_key(tensor))
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in self._excluded and key not in self._sizes:
+            self._sizes[key] = tensor.untyped_storage().nbytes()
+            self._kept.append(tensor)
+        return tensor
+
+    def __enter__(self) -> "SavedForBackward":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._hooks.__exit__(*exc_info)
+        self._kept.clear()
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage()._cdata  # the StorageImpl's address: shared by every view of it
 
 
 @contextmanager

@@ -17,8 +17,8 @@ from specc.build.compiler import compile as compile_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
 from specc.build.infer import DTYPES, run_compiled_node
 from specc.lang.spec import load
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, flop_counter, kernel_size, train_mode
-from specc.summary.step_memory import LiveTensors, SavedForBackward, backward_of_mean
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
+                                kernel_size, train_mode)
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -35,18 +35,14 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
     loaded = load(spec, variables)
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
-    live = LiveTensors(compiled.module)
-    with _training_step_mode(compiled.module), _fused_attention(compiled.device):
-        with SavedForBackward(compiled.module) as saved, live:
-            outputs, flops, results = _run_nodes(compiled.graph, compiled.module, compiled.device, saved, live)
-        with live:  # the backward pass, for the step's peak; the FLOP counter has stopped
-            stepped = backward_of_mean(results)
-        del results
+    with _training_step_mode(compiled.module), SavedForBackward(compiled.module) as saved, \
+            _fused_attention(compiled.device):
+        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device, saved)
     root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
     root.name = compiled.spec.display_name
     inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
     return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size,
-                     saved_bytes=saved.bytes, peak_bytes=live.peak if stepped else None)
+                     saved_bytes=saved.bytes)
 
 
 @contextmanager
@@ -102,13 +98,13 @@ def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] |
     return {name: [int(size) for size in shape] for name, shape in shapes.items()}
 
 
-def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device, saved: SavedForBackward,
-               live: LiveTensors) -> tuple[dict[str, tuple], dict[str, int], list]:
+def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device,
+               saved: SavedForBackward) -> tuple[dict[str, tuple], dict[str, int]]:
     """Run the graph one node at a time under one FlopCounterMode, so each node gets the FLOPs of its
     own call (a module reused with `share:` is counted at each call, function items count too).
 
     Returns:
-        `{node: (output shape, output bytes)}`, `{node: FLOPs}` and the model's outputs.
+        `{node: (output shape, output bytes)}` and `{node: FLOPs}`.
     """
     last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     values, outputs, flops = {}, {}, {}
@@ -120,16 +116,13 @@ def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device, saved: S
             value = _run_node(node, values, module, device)
             if node.op == "input":
                 saved.exclude(value)
-                live.exclude(value)
             flops[node.name] = counter.get_total_flops() - before
             outputs[node.name] = (_shape_of(value), _bytes_of(value))
             values[node.name] = value
             for name in set(node.inputs):
                 if last_use[name] == index:
                     del values[name]  # on a real device, keep only the activations still needed
-    results = [values.pop(name) for name in graph.outputs if name in values]
-    values.clear()
-    return outputs, flops, results
+    return outputs, flops
 
 
 def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.device) -> Any:

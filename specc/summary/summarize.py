@@ -76,8 +76,7 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
     total, trainable, param_bytes, gradient_bytes = _unique_parameters(collected.module)
     input_bytes = sum(torch.Size(info.shape).numel() * getattr(torch, info.dtype).itemsize for info in collected.inputs)
     return ModelSummary(root.name, _flatten(top_rows, depth), collected.inputs, total, trainable, collected.flops,
-                        input_bytes, collected.saved_bytes, param_bytes, gradient_bytes, collected.peak_bytes,
-                        collected.batch_size,
+                        input_bytes, collected.saved_bytes, param_bytes, gradient_bytes, collected.batch_size,
                         collected.device, backward, shown_columns, units)
 
 
