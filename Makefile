@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip install -q -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench venv clean shapes
+.PHONY: demo test bench venv clean shapes fuzz
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,13 @@ BENCH_ARGS ?=
 bench: venv
 	$(PIP) -e ".[dev,bench]"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# `make fuzz N=1000 SEED=0`: N mutants of every spec in specs/, each `specc check` held to exit 0/2,
+# located errors, 5 s and 1 GB (benchmarks/fuzz.py; tests/test_fuzz.py runs a small N in `make test`).
+N ?= 1000
+SEED ?= 0
+fuzz: venv
+	$(BIN)/python benchmarks/fuzz.py --n $(N) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

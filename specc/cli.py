@@ -24,6 +24,8 @@ app = typer.Typer(
 SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False, metavar="SPEC")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
+VariantOption = Annotated[Optional[str], typer.Option(
+    "--variant", metavar="NAME", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
 
 
 def _flags_without_a_type() -> None:
@@ -51,9 +53,27 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="Print specc's version and exit.")] = False) -> None:
+def global_options(
+    ctx: typer.Context,
+    safe: Annotated[bool, typer.Option(
+        "--safe", help="Safe mode, for specs from strangers: refuse imports:, train.data.dataset: and "
+                       "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print specc's version and exit.")] = False,
+) -> None:
     """Declarative model specs for PyTorch: check, summarize, draw, train, export."""
+    # SPECC_SAFE reaches every stage and the torchrun workers; restored when the command ends
+    if safe:
+        previous = os.environ.get("SPECC_SAFE")
+        os.environ["SPECC_SAFE"] = "1"
+        ctx.call_on_close(lambda: _restore_environment("SPECC_SAFE", previous))
+
+
+def _restore_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 class UsageFailure(Exception):
@@ -67,10 +87,11 @@ class UsageFailure(Exception):
 @contextmanager
 def user_errors(output_format: str = "text") -> Iterator[None]:
     """Turn spec errors and other user mistakes into clear messages and exit code 2."""
-    from specc.lang.errors import SpecError
+    from specc.lang.errors import SpecError, spec_warnings_to
 
     try:
-        yield
+        with spec_warnings_to(lambda line: typer.echo(line, err=True)):   # `warning: file:line:col: ...`
+            yield
     except SpecError as error:
         if output_format == "json":
             typer.echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
@@ -86,24 +107,41 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def overrides(values: list[str] | None) -> dict[str, Any]:
-    """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`."""
-    from specc.lang.spec import parse_override
+def output_folder_exists(output: Path | None) -> None:
+    """`-o missing/x.svg` is a usage error naming the folder, before anything is computed."""
+    if output is not None and str(output) != "-" and not output.parent.is_dir():
+        raise UsageFailure(f"-o {output}: the folder {output.parent} does not exist")
 
-    return dict(parse_override(value) for value in values or [])
+
+def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:
+    """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`, plus the chosen
+    `--variant` under the reserved key `variant` (which `load` reads)."""
+    from specc.lang.spec import VARIANT, parse_override
+
+    chosen = {VARIANT: variant} if variant is not None else {}
+    return {**chosen, **dict(parse_override(value) for value in values or [])}
 
 
 @app.command()
 def check(
     spec: SpecPath,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json (machine-readable errors).")] = "text",
 ) -> None:
     """Validate and compile a spec (on the meta device); print OK with the parameter count."""
     with user_errors(output_format):
+        from specc.lang.errors import SpecError
         from specc.lang.spec import load
 
-        loaded = load(spec, overrides(set_))  # YAML and schema mistakes are reported before torch loads
+        try:
+            loaded = load(spec, overrides(set_, variant))  # YAML and schema mistakes are reported before torch loads
+        except SpecError as error:
+            if error.partial is None:
+                raise
+            from specc.build.compiler import with_model_problems
+
+            raise with_model_problems(error) from None   # the model's own mistakes in the same pass
         from specc.build.compiler import compile as compile_spec
         from specc.build.expect import count_parameters
 
@@ -111,7 +149,9 @@ def check(
         params = count_parameters(compiled.module)
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": []}, indent=2))
+            warned = [problem.to_dict() for problem in compiled.warnings]
+            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
+                                  indent=2))
         else:
             shapes = ", ".join(f"{name} {shape}" for name, shape in outputs.items())
             typer.echo(f"OK {spec}: {params:,} parameters, output {shapes}")
@@ -120,7 +160,7 @@ def check(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
-    from specc.lang.schema import json_schema
+    from specc.build.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -137,15 +177,17 @@ def draw(
     rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
     autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[Optional[str], typer.Option(
         "--format", help="svg, png, pdf, dot, mmd or html; overrides the extension (needed with -o - "
                          "unless svg).")] = None,
 ) -> None:
     """Draw the model: one box per item, tensor shapes on the edges, branches side by side."""
     with user_errors():
+        output_folder_exists(output)
         from specc.draw.drawing import GraphvizNotFound, drawing_bytes, write_drawing
 
-        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_))
+        options = dict(depth=depth, expand=expand, rankdir=rankdir, autograd=autograd, **overrides(set_, variant))
         try:
             if output is not None and str(output) == "-":
                 sys.stdout.buffer.write(drawing_bytes(spec, (output_format or "svg").lower(), **options))
@@ -174,6 +216,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     out: Annotated[Path, typer.Option(help="Parent folder of the run directories.")] = Path("runs"),
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue from a last.pt or interrupted.pt exactly where it stopped (with its own spec, unless "
@@ -195,13 +238,13 @@ def train(
                 from specc.train.launch import LaunchError, launch_training
 
                 try:
-                    result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_), **keys)
+                    result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
                 except LaunchError as error:
                     raise UsageFailure(str(error), code=1) from None
             else:
                 from specc.train.training import train as run_training
 
-                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_), **keys)
+                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -218,13 +261,14 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test (rebuilt from the spec's data and split seed).")] = "test",
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
 ) -> None:
     """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
     with user_errors(output_format):
         from specc.train.evaluation import evaluate as run_evaluation
 
-        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_))
+        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
         if output_format == "json":
             typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:
@@ -242,22 +286,27 @@ def predict(
     input_path: Annotated[Path, typer.Option("--input", help="A .csv (header row) or .npz (array x) of examples.",
                                              show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help=".csv or .npz to write. Default: <input>.predictions.csv (.npz for npz input).")] = None,
+        "-o", "--output", help=".csv or .npz to write (- for csv on stdout). Default: <input>.predictions.csv "
+                               "(.npz for npz input).")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Run a checkpoint on new examples; write predicted classes and probabilities, or regression outputs."""
     with user_errors():
+        output_folder_exists(output)
         from specc.train.evaluation import predict as run_prediction
 
-        path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_))
-        typer.echo(f"wrote {path}")
+        path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
+        if str(path) != "-":   # `-o -` printed the predictions themselves
+            typer.echo(f"wrote {path}")
 
 
 @app.command()
 def summary(
     spec: SpecPath,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
     depth: Annotated[Optional[int], typer.Option(help="Show rows down to this nesting depth (0: top-level items only).")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Show every repetition instead of one row marked ×N.")] = False,
     backward: Annotated[bool, typer.Option("--backward", help="Add backward FLOPs (estimated as 2x forward).")] = False,
@@ -271,6 +320,7 @@ def summary(
         show_default=False)] = None,
     units: Annotated[str, typer.Option(help="Memory in MiB (2**20 bytes, as torchsummary) or MB (10**6, as torchinfo).")] = "MiB",
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
@@ -283,7 +333,7 @@ def summary(
             result = summarize(spec, batch_size=batch_size, depth=depth, expand=expand, device=device,
                                input_shapes=parse_input_shapes(input_shape), backward=backward,
                                columns=[name.strip() for name in (columns or "").split(",") if name.strip()], units=units,
-                               **overrides(set_))
+                               **overrides(set_, variant))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)
@@ -340,6 +390,7 @@ def export(
     checkpoint: Annotated[Optional[Path], typer.Option(
         help="Trained weights: a best.pt / last.pt from `specc train`, or a .safetensors file.")] = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
     check_output: Annotated[bool, typer.Option(
         "--check/--no-check", help="Run the written file at batch sizes 1 and 3 and compare with the model.")] = True,
 ) -> None:
@@ -349,10 +400,11 @@ def export(
     message names it), 1 when the written file's outputs differ from the model's.
     """
     with user_errors():
+        output_folder_exists(output)
         from specc.export.exporter import check_export, prepare, write
 
         try:
-            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_))
+            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_, variant))
             path = write(prepared, output)
         except ValueError as error:
             raise UsageFailure(str(error)) from None
@@ -377,6 +429,7 @@ def codegen(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Write the code here (default: print it).", show_default=False)] = None,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Write the model as standalone PyTorch code: one class named after the spec, every size written out.
 
@@ -385,7 +438,7 @@ def codegen(
     with user_errors():
         from specc.export.eject import codegen as generate
 
-        code = generate(spec, **overrides(set_))
+        code = generate(spec, **overrides(set_, variant))
         if output is None:
             typer.echo(code, nl=False)
             return
@@ -408,6 +461,7 @@ def port(
         "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
     set_: SetOption = None,
+    variant: VariantOption = None,
 ) -> None:
     """Port another library's weights into the spec: pair the tensors, write them as .safetensors, check.
 
@@ -418,7 +472,7 @@ def port(
         from specc.export.port import port as port_weights
 
         result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
-                              allow_missing=allow_missing or (), check=check_io, **overrides(set_))
+                              allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
         typer.echo(result.report.summary())
         typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
         if result.max_difference is not None:
@@ -427,6 +481,36 @@ def port(
                        f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
             if not ok:
                 raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+
+
+@app.command("import")
+def import_(
+    target: Annotated[str, typer.Argument(help="module:callable returning an nn.Module, e.g. my_models:ResNet.",
+                                          show_default=False)],
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", metavar="SIZES", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the spec here (default: print it).", show_default=False)] = None,
+    args: Annotated[Optional[str], typer.Option(help="The callable's args as JSON: [..] or {..}.")] = None,
+    dtype: Annotated[str, typer.Option(help="The inputs' dtype (long for token ids).")] = "float32",
+) -> None:
+    """Write an existing nn.Module as a spec: its hierarchy as items, torch.nn layers by name.
+
+    What has no spec form stays as an import of the module's own class, never dropped.
+    """
+    with user_errors():
+        from specc.export.importer import import_target
+
+        try:
+            text = import_target(target, args, input_shape, dtype)
+        except (ValueError, TypeError) as error:
+            raise UsageFailure(str(error)) from None
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
 
 
 def _weights_map(value: str) -> Any:

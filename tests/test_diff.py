@@ -125,7 +125,7 @@ def test_cli_errors(tmp_path):
     assert done.exit_code == 2 and "give a second spec" in done.output
     done = runner.invoke(app, ["diff", str(MNIST), str(MNIST), "--format", "csv"])
     assert done.exit_code == 2 and "--format csv" in done.output
-    done = runner.invoke(app, ["diff", str(MNIST), "--set", "x=1", "--draw", str(tmp_path / "a.txt")])
+    done = runner.invoke(app, ["diff", str(MNIST), "--set", "n_classes=5", "--draw", str(tmp_path / "a.txt")])
     assert done.exit_code == 2 and "write the changes as .svg" in done.output
     broken = tmp_path / "broken.yaml"
     broken.write_text(mnist_text().replace("Linear: {out_features: $n_classes}", "Linear: {out_feature: $n_classes}"))

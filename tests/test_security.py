@@ -49,6 +49,7 @@ class Hostile:
     line: int
     words: tuple[str, ...]
     code: str = "EXPRESSION_ERROR"
+    at_load: bool = True      # refused by `specc.load` already (else by the expansion in `specc.compile`)
 
 
 def _alias_bomb(where: str) -> str:
@@ -58,6 +59,14 @@ def _alias_bomb(where: str) -> str:
     if where == "vars":
         return HEADER + "vars:\n" + "\n".join(lines) + "\nlayers: [ReLU]\n"
     return HEADER + "bomb:\n" + "\n".join(lines) + "\nlayers: [ReLU]\n"
+
+
+def _block_chain(levels: int, uses: int = 1, last: str = "ReLU") -> str:
+    """Blocks b0 .. b{levels}, each using the next `uses` times: nesting `levels` deep, uses**levels items."""
+    lines = [HEADER.rstrip(), "blocks:"]
+    for level in range(levels):
+        lines += [f"  b{level}:", f"    layers: [{', '.join([f'b{level + 1}'] * uses)}]"]
+    return "\n".join([*lines, f"  b{levels}:", f"    layers: [{last}]", "layers: [b0]"]) + "\n"
 
 
 def _var(expression: str) -> str:
@@ -84,9 +93,13 @@ HOSTILE = [
     Hostile("unclosed_parenthesis", _var("$(max(1, 2)"), 5, ("without its closing",)),
     Hostile("dunder", _var("$(s.__class__)"), 5, ("may only use",)),
     # ----- YAML -----
-    Hostile("alias_bomb_in_vars", _alias_bomb("vars"), 8, ("more than 100,000 values", "SPECC_MAX_YAML_NODES"),
+    Hostile("alias_bomb_in_vars", _alias_bomb("vars"), 7, ("more than 20,000 values", "SPECC_MAX_YAML_NODES"),
             "LIMIT_EXCEEDED"),
-    Hostile("alias_bomb_at_top", _alias_bomb("top"), 8, ("more than 100,000 values",), "LIMIT_EXCEEDED"),
+    Hostile("alias_bomb_at_top", _alias_bomb("top"), 7, ("more than 20,000 values",), "LIMIT_EXCEEDED"),
+    Hostile("many_values", HEADER + "vars: {a: [" + ", ".join(["1"] * 60_000) + "]}\nlayers: [ReLU]\n", 2,
+            ("the YAML holds more than 20,000 values", "SPECC_MAX_YAML_NODES"), "LIMIT_EXCEEDED"),
+    Hostile("huge_file", HEADER + "#" * 1_100_000 + "\nlayers: [ReLU]\n", 1,
+            ("1,100,042 characters long, more than 1,000,000", "SPECC_MAX_SPEC_BYTES"), "LIMIT_EXCEEDED"),
     Hostile("deep_lists", HEADER + "layers:\n  - " + "[" * 1000 + "]" * 1000 + "\n", 3,
             ("nest deeper than 100 levels", "SPECC_MAX_NESTING"), "LIMIT_EXCEEDED"),
     Hostile("deep_sequential", HEADER + "layers:\n  - " + "{sequential: [" * 1000 + "ReLU" + "]}" * 1000 + "\n", 3,
@@ -96,6 +109,27 @@ HOSTILE = [
     Hostile("huge_hex", HEADER + "vars: {a: 0x" + "f" * 5000 + "}\nlayers: [ReLU]\n", 2, ("too large",), "LIMIT_EXCEEDED"),
     Hostile("list_as_key", HEADER + "vars: {? [1, 2] : 3}\nlayers: [ReLU]\n", 2, ("a key must be a plain value",),
             "TYPE_ERROR"),
+    # ----- expansion: repeats, blocks and structures are bounded, refused at once -----
+    Hostile("repeat_bomb", HEADER + "layers:\n  - Linear: [4]\n    repeat: 1000000000\n", 4,
+            ("1,000,000,000 repetitions", "more than 10,000 items", "SPECC_MAX_ITEMS"), "LIMIT_EXCEEDED", at_load=False),
+    Hostile("repeat_in_repeat", HEADER + "blocks:\n  b:\n    layers:\n      - Linear: [8]\n        repeat: 5000\n"
+            "layers:\n  - b: {}\n    repeat: 5000\n", 5, ("expands to more than 10,000 items", "in block 'b' used at"),
+            "LIMIT_EXCEEDED", at_load=False),
+    Hostile("block_doubling", _block_chain(30, uses=2), 64, ("expands to more than 10,000 items",), "LIMIT_EXCEEDED", at_load=False),
+    Hostile("skipped_items", HEADER + "blocks:\n  b:\n    layers:\n" + "      - {ReLU: null, if: false}\n" * 2000
+            + "layers:\n  - b: {}\n    repeat: 9000\n", 2000, ("expands to more than 10,000 items",), "LIMIT_EXCEEDED",
+            at_load=False),
+    Hostile("recursive_block", HEADER + "blocks:\n  a:\n    layers: [a]\nlayers: [a]\n", 4,
+            ("block 'a' uses itself more than 64 levels deep", "SPECC_MAX_STRUCTURE_DEPTH"), "LIMIT_EXCEEDED", at_load=False),
+    Hostile("block_chain", _block_chain(70), 132, ("structures nest more than 64 levels deep",), "LIMIT_EXCEEDED", at_load=False),
+    Hostile("repeated_sequentials", HEADER + "layers:\n  - " + "{repeat: 1, sequential: [" * 40 + "ReLU" + "]}" * 40
+            + "\n", 3, ("structures nest more than 64 levels deep",), "LIMIT_EXCEEDED", at_load=False),
+    # ----- the name becomes runs/<name>/: an identifier, so no run can be written elsewhere -----
+    Hostile("name_absolute", "name: /tmp/elsewhere\n" + HEADER + "layers: [ReLU]\n", 1,
+            ("name: the name must be an identifier", "(got '/tmp/elsewhere')"), "TYPE_ERROR"),
+    Hostile("name_parent", HEADER + "name: ../x\nlayers: [ReLU]\n", 2, ("must be an identifier", "(got '../x')"),
+            "TYPE_ERROR"),
+    Hostile("name_with_space", HEADER + "name: my model\nlayers: [ReLU]\n", 2, ("(got 'my model')",), "TYPE_ERROR"),
     Hostile("set_tag", HEADER + "vars: {a: !!set {1: null}}\nlayers: [ReLU]\n", 2, ("'!!set'",), "YAML_TAG"),
     Hostile("custom_tag", HEADER + "vars: {a: !foo 1}\nlayers: [ReLU]\n", 2, ("'!foo'",), "YAML_TAG"),
 ]
@@ -162,9 +196,14 @@ def test_hostile_yaml_is_refused_by_load_with_its_code(case, tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_bytes(case.text.encode("utf-8"))
     with pytest.raises(SpecError) as raised:
-        specc.load(path)
+        specc.load(path) if case.at_load else specc.compile(specc.load(path), device="meta")
     assert raised.value.first.code == case.code
     assert raised.value.first.location.line == case.line
+
+
+@pytest.mark.parametrize("case_id", [case.id for case in HOSTILE if not case.at_load or case.id in ("many_values", "huge_file")])
+def test_size_bombs_answer_within_5_seconds(checked, case_id):
+    assert checked[1][case_id]["seconds"] < 5, checked[1][case_id]
 
 
 def test_python_tags_never_run_in_process(tmp_path):
@@ -216,3 +255,46 @@ def test_non_utf8_spec_is_located(tmp_path):
     with pytest.raises(SpecError) as raised:
         specc.load(path)
     assert "not UTF-8" in raised.value.first.message and raised.value.first.location.file == str(path)
+
+
+def test_expansion_limits_can_be_raised_and_name_their_variable(monkeypatch):
+    spec = HEADER + "layers:\n  - Linear: [8]\n    repeat: 30\n"
+    monkeypatch.setenv("SPECC_MAX_ITEMS", "20")
+    with pytest.raises(SpecError) as raised:
+        specc.compile(spec, device="meta")
+    assert (raised.value.first.code, raised.value.first.location.line) == ("LIMIT_EXCEEDED", 4)
+    assert "the limit is 20; set SPECC_MAX_ITEMS to raise it" in raised.value.first.message
+    monkeypatch.setenv("SPECC_MAX_ITEMS", "31")
+    assert len(specc.compile(spec, device="meta").graph.nodes) == 31   # the input and 30 Linears
+    monkeypatch.setenv("SPECC_MAX_ITEMS", "29")   # a repeat under the bound, but too many items in all
+    with pytest.raises(SpecError, match="the spec expands to more than 29 items"):
+        specc.compile(HEADER + "layers:\n  - ReLU\n  - Linear: [8]\n    repeat: 29\n", device="meta")
+
+
+def test_a_block_may_use_itself_when_an_if_ends_it(monkeypatch):
+    spec = HEADER + ("blocks:\n  tower:\n    args: {n: null}\n    layers:\n      - Linear: [8]\n"
+                     "      - tower: {n: $(n - 1)}\n        if: $(n > 1)\nlayers:\n  - tower: {n: 5}\n")
+    assert sum(node.op == "module" for node in specc.compile(spec, device="meta").graph.nodes) == 5
+    monkeypatch.setenv("SPECC_MAX_STRUCTURE_DEPTH", "3")
+    with pytest.raises(SpecError, match="block 'tower' uses itself more than 3 levels deep"):
+        specc.compile(spec, device="meta")
+
+
+def test_yaml_nesting_raised_past_the_reader_is_still_located(monkeypatch):
+    monkeypatch.setenv("SPECC_MAX_NESTING", "5000")
+    deep = HEADER + "layers:\n  - " + "{sequential: [" * 1000 + "ReLU" + "]}" * 1000 + "\n"
+    with pytest.raises(SpecError) as raised:
+        specc.load(deep)
+    assert raised.value.first.code == "LIMIT_EXCEEDED" and "SPECC_MAX_NESTING=5000" in raised.value.first.message
+
+
+def test_a_file_named_unlike_an_identifier_still_round_trips_through_safetensors(tmp_path):
+    """Only an explicit `name:` must be an identifier; the file stem is stored as the name only when it is one."""
+    from specc.build.weights import save_weights
+
+    path = tmp_path / "my-model.yaml"
+    path.write_text(HEADER + "layers:\n  - Linear: [3]\n")
+    compiled = specc.compile(path)
+    save_weights(compiled, tmp_path / "weights.safetensors")
+    rebuilt = specc.build(tmp_path / "weights.safetensors")
+    assert rebuilt.get_submodule("0").weight.equal(compiled.module.get_submodule("0").weight)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections import ChainMap
 from dataclasses import dataclass, replace
+from itertools import accumulate
 from typing import Any
 
-from specc.lang.errors import Location, Problem, SpecError, did_you_mean
+from specc.lang.errors import Location, Problem, SpecError, did_you_mean, sorted_problems
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
+from specc.build.bounds import ExpansionBudget
 from specc.build.graph import Graph, Node, Scope
 from specc.build.items import Item, ItemReading
 from specc.build.input_sizes import Deferred, contains_deferred, needs_input
@@ -18,9 +20,6 @@ from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
 from specc.lang.spec import IDENTIFIER, Spec
-
-_MAX_BLOCK_DEPTH = 32
-
 
 @dataclass(frozen=True)
 class Context:
@@ -31,6 +30,7 @@ class Context:
     scopes: tuple = ()
     prefix: str = ""
     via: tuple = ()        # block uses we are inside, for error notes
+    blocks: tuple = ()     # names of those blocks, to tell a recursion from deep nesting
 
     def child(self, scope: Scope, prefix: str, **changes) -> "Context":
         return replace(self, refs=self.refs.new_child(), scopes=self.scopes + (scope,), prefix=prefix, **changes)
@@ -46,6 +46,9 @@ class Expander(ItemReading):
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}
         self.problems: list[Problem] = []
+        self.budget = ExpansionBudget()
+        self.module_paths: set[str] = set()      # for `_path_clash`
+        self.module_prefixes: set[str] = set()
 
     # ----- entry point -------------------------------------------------------------------------
     def expand(self) -> Graph:
@@ -61,12 +64,16 @@ class Expander(ItemReading):
             self._add(node)
             refs[name] = name
         context = Context(variables=variables, refs=refs)
-        last = self._expand_items(self.spec.layers, ("layers",), context, [next(iter(self.spec.inputs))])
+        try:
+            last = self._expand_items(self.spec.layers, ("layers",), context, [next(iter(self.spec.inputs))])
+        except RecursionError:  # only when SPECC_MAX_STRUCTURE_DEPTH is raised past what Python's stack holds
+            raise SpecError(Problem(f"structures nest too deeply to expand (SPECC_MAX_STRUCTURE_DEPTH="
+                                    f"{self.budget.max_depth} is past what Python's stack holds)",
+                                    self._locate(("layers",)), "LIMIT_EXCEEDED")) from None
         outputs = self._outputs(context, last)
         if self.problems:
-            # a mistake inside a repeated item or a block used twice is reported once
-            unique = {str(problem): problem for problem in self.problems}
-            raise SpecError(list(unique.values()))
+            # a mistake inside a repeated item or a block used twice is reported once, with its use sites
+            raise SpecError(sorted_problems(self.problems))
         return Graph(self.nodes, outputs)
 
     def _global_vars(self) -> dict:
@@ -107,6 +114,7 @@ class Expander(ItemReading):
 
     def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str], index: int) -> list[str]:
         item = self._parse_item(raw, path)
+        self._count_item(path, context, item.op if item else None)   # skipped and broken items count too
         if item is None:
             return current
         name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
@@ -129,14 +137,17 @@ class Expander(ItemReading):
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
             output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+        self._declare_output(item, context, output)
         context.refs[key] = output[0] if output else None
         return output or current
 
     def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
         for repetition in range(count):
-            scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count)
+            scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
                             scopes=context.scopes + (scope,))
+            if repetition:
+                self._count_item(item.path, inner, item.op)
             inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
         return inputs
 
@@ -155,7 +166,8 @@ class Expander(ItemReading):
             return self._add_free_tensor(item, args, context, inputs, qualified, name)
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
-        layer = FUNCTION_AS_LAYER.get(item.op, item.op)
+        op, args = self._layer_norm_axis(item, args)   # `LayerNorm: {dim: 1}` is LayerNorm2d
+        layer = FUNCTION_AS_LAYER.get(op, op)
         info = self.registry.layer(layer)
         if info is None:
             self._unknown_op(item)
@@ -213,11 +225,13 @@ class Expander(ItemReading):
             self._problem("parallel needs a mapping of branch names to layer lists, e.g. {a: [...], b: [...]}",
                           item.path + ("parallel",), "TYPE_ERROR")
             return []
-        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
-        outputs, labels, prefix = [], [], self._prefix(item, context, qualified)
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path), module=_level(prefix, context))
+        outputs, labels = [], []
         names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
-            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
+            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)),
+                                 module=_level(prefix + names[str(branch)], prefix))
             inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
             layers = layers if isinstance(layers, list) else [layers]
             result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
@@ -226,21 +240,24 @@ class Expander(ItemReading):
         merge, merge_args = self._merge(item, context)
         node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
-                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel"})
+                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel",
+                          "merge_at": self._locate(item.path + ("merge",)) if "merge" in item.meta else None})
         return [self._add(node)]
 
     def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:
-        scope = Scope("residual", qualified, name or "residual", self._locate(item.path))
+        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        scope = Scope("residual", qualified, name or "residual", self._locate(item.path), module=_level(prefix, context))
         outer = context.child(scope, "")
         body_layers = item.args if isinstance(item.args, list) else [item.args]
-        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
-        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)),
+                           module=_level(prefix + names["body"], prefix))
         body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
         shortcut = inputs
         if item.meta.get("shortcut") is not None:
             layers = item.meta["shortcut"]
             layers = layers if isinstance(layers, list) else [layers]
-            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)))
+            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)),
+                                module=_level(prefix + names["shortcut"], prefix))
             shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, prefix + names["shortcut"]), inputs)
         node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
@@ -248,15 +265,13 @@ class Expander(ItemReading):
         return [self._add(node)]
 
     def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
-        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path))
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path), module=_level(prefix, context))
         layers = item.args if isinstance(item.args, list) else [item.args]
-        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, self._prefix(item, context, qualified)), inputs)
+        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, prefix), inputs)
 
     def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
         block = self.spec.blocks[item.op]
-        if len(context.via) >= _MAX_BLOCK_DEPTH:
-            self._problem(f"block '{item.op}' uses itself (nesting deeper than {_MAX_BLOCK_DEPTH})", item.path, "INVALID_ITEM")
-            return []
         known_problems = len(self.problems)
         input_of = inputs[0] if inputs else None   # `$in` in a block's args is the block's input
         given = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True, input_of=input_of)
@@ -266,10 +281,13 @@ class Expander(ItemReading):
         if arguments is None:
             return []
         location = self._locate(item.path)
-        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location)
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location,
+                      module=_level(prefix, context))
         inner_vars = {**context.variables, **arguments}
-        inner = context.child(scope, self._prefix(item, context, qualified), variables=inner_vars,
-                              via=context.via + (f"in block '{item.op}' used at {location}",))
+        inner = context.child(scope, prefix, variables=inner_vars,
+                              via=context.via + (f"in block '{item.op}' used at {location}",),
+                              blocks=context.blocks + (item.op,))
         return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
 
     def _prefix(self, item: Item, context: Context, qualified: str) -> str:
@@ -335,6 +353,7 @@ class Expander(ItemReading):
             self._problem(f"repeat must be a positive int or 0 (0 skips the item), got {count!r}", item.path + ("repeat",),
                           "TYPE_ERROR")
             return None
+        self._stop_at(self.budget.repeat_problem(count, self._locate(item.path + ("repeat",))))
         return count
 
     # ----- helpers -------------------------------------------------------------------------------
@@ -350,11 +369,13 @@ class Expander(ItemReading):
         return node.name
 
     def _path_clash(self, path: str) -> bool:
-        """A layer's path nested in another layer's, or around one ("0" and "0.0")."""
-        parts = path.split(".")
-        above = (".".join(parts[:end]) for end in range(1, len(parts)))
-        return (any(self.by_name.get(prefix) is not None and self.by_name[prefix].op == "module" for prefix in above)
-                or any(name.startswith(path + ".") and other.op == "module" for name, other in self.by_name.items()))
+        """A layer's path nested in another layer's, or around one ("0" and "0.0"); sets, so 10,000
+        layers cost 10,000 look-ups rather than 10,000²."""
+        above = list(accumulate(path.split("."), lambda prefix, part: f"{prefix}.{part}"))[:-1]
+        clash = path in self.module_prefixes or any(prefix in self.module_paths for prefix in above)
+        self.module_paths.add(path)
+        self.module_prefixes.update(above)
+        return clash
 
     def _substitute(self, value: Any, variables: dict, path: tuple, deferrable: bool = False,
                     input_of: str | None = None) -> Any:
@@ -397,6 +418,22 @@ class Expander(ItemReading):
 
     def _problem(self, message: str, path: tuple, code: str, suggestion: str | None = None) -> None:
         self.problems.append(Problem(message, self._locate(path), code, suggestion))
+
+    def _count_item(self, path: tuple, context: Context, op: str | None) -> None:
+        self._stop_at(self.budget.item_problem(len(context.scopes), lambda: self._locate(path),
+                                               (*context.blocks, op), context.via))
+
+    def _stop_at(self, limit_problem: Problem | None) -> None:
+        """Past an expansion bound nothing more is expanded: report what was found so far and the bound."""
+        if limit_problem is not None:
+            unique = {str(problem): problem for problem in [*self.problems, limit_problem]}
+            raise SpecError(list(unique.values()))
+
+
+def _level(prefix: str, outer: "Context | str") -> str | None:
+    """The module path a container's layers sit under, or None when its prefix adds no level."""
+    outer_prefix = outer if isinstance(outer, str) else outer.prefix
+    return prefix[:-1] if prefix and prefix != outer_prefix else None
 
 
 def _deferred_args(kwargs: dict) -> dict:

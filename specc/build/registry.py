@@ -20,12 +20,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from specc.build import functional as specc_functional
+from specc.lang.safety import check_code_path, safe_mode
 
 # Containers that make no sense as a spec item (a spec *is* the container).
 _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Sequential", "Container"}
 
 # Modules returning (output, state) tuples: the spec passes element 0 on, like Keras layers do.
 TUPLE_OUTPUT_LAYERS = {"LSTM", "GRU", "RNN", "MultiheadAttention"}
+
+
+def passes_first_output(node) -> bool:
+    """True when a node's layer returns a tuple and the spec passes element 0 on; `outputs: all` on
+    the item keeps the whole tuple (an LSTM's `(output, (h_n, c_n))`) for `getitem` to pick from."""
+    return node.target in TUPLE_OUTPUT_LAYERS and node.meta.get("outputs") != "all"
 
 
 def _last_dim(shapes):
@@ -216,11 +223,16 @@ def import_layer(dotted: str, folder: str | Path | None = None) -> type:
         folder: the spec's folder: `my_layers.py` there is found before `sys.path`.
 
     Raises:
-        ImportError / TypeError with a message fit for the user.
+        ImportError / TypeError with a message fit for the user: also for a standard-library
+            module (refused before importing it) and in safe mode.
     """
+    if safe_mode():
+        raise ImportError(f"safe mode: imports: {dotted} would import and run code; safe mode refuses every import")
+    try:  # the path is checked before anything is imported: `this.X` must not print the Zen of Python
+        check_code_path(dotted, "imports", "an nn.Module subclass")
+    except ValueError as error:
+        raise ImportError(str(error)) from None
     module_name, _, attribute = dotted.rpartition(".")
-    if not module_name:
-        raise ImportError(f"'{dotted}' is not a dotted path like my_pkg.layers.SwiGLU")
     try:
         module = _import_module(module_name, folder)
     except ImportError as error:

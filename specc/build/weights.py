@@ -8,12 +8,14 @@ safetensors refuses tensors that share memory, and restored on load.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from specc.lang.errors import Problem, SpecError
+from specc.lang.spec import IDENTIFIER
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
@@ -38,11 +40,20 @@ def save_weights(compiled: "Compiled", path: str | Path, input_shapes: dict | No
         seen[key] = name
         tensors[name] = tensor.detach().contiguous().cpu()
     raw = dict(compiled.spec.raw)
-    raw.setdefault("name", compiled.spec.display_name)   # a spec without `name:` was named after its file
+    if IDENTIFIER.match(compiled.spec.display_name):      # a spec without `name:` was named after its file
+        raw.setdefault("name", compiled.spec.display_name)
     metadata = {SPEC_KEY: yaml.safe_dump(raw, sort_keys=False), ALIASES_KEY: json.dumps(aliases)}
     if input_shapes:
         metadata[INPUT_SHAPES_KEY] = json.dumps(input_shapes)
     save_file(tensors, str(path), metadata=metadata)
+    _usual_mode(path)
+
+
+def _usual_mode(path: str | Path) -> None:
+    """safetensors creates its files 0600; give the usual 0666 less the umask, like every other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_weights(path: str | Path) -> tuple[dict, dict]:

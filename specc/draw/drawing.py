@@ -105,7 +105,7 @@ def spec_diagram(spec_or_path: Any, *, depth: int | None = None, expand: bool = 
     """Compile on the meta device (no weights) and lay out the `Diagram` both writers draw."""
     from specc.build.compiler import compile as compile_spec
 
-    compiled = compile_spec(spec_or_path, device="meta", **variables)
+    compiled = compile_spec(spec_or_path, device="meta", train_mistakes="warn", **variables)
     return compiled_diagram(compiled, depth=depth, expand=expand)
 
 
@@ -128,7 +128,7 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
 
     from specc.build.compiler import compile as compile_spec
 
-    compiled = compile_spec(spec_or_path, **variables)
+    compiled = compile_spec(spec_or_path, train_mistakes="warn", **variables)
     module = compiled.module.train()
     output = module(*compiled.example_inputs(batch_size))
     with warnings.catch_warnings():   # torchviz still uses distutils' LooseVersion
@@ -181,9 +181,9 @@ def write_drawing(spec_or_path: Any, output: str | Path | None = None, *, depth:
         ValueError: an unknown format, or Mermaid or HTML asked for the autograd graph.
         GraphvizNotFound: `dot` is missing; the `.dot` source was written next to `output`.
     """
-    from specc.lang.spec import load
+    from specc.build.compiler import load_model_spec
 
-    spec = load(spec_or_path, variables)
+    spec = load_model_spec(spec_or_path, variables, train_mistakes="warn")   # drawings never train
     suffix = output_format or (Path(output).suffix.lstrip(".").lower() if output is not None else "svg")
     path = Path(output) if output is not None else default_output(spec.file, spec.display_name, autograd, suffix)
     if suffix in ("mmd", "html") or suffix in SOURCE_FORMATS:

@@ -11,7 +11,8 @@ from specc.lang.errors import Problem, SpecError
 
 # name -> default; the environment variable is SPECC_<NAME>
 DEFAULTS = {
-    "MAX_YAML_NODES": 100_000,   # values in the YAML once every alias (*name) is expanded
+    "MAX_SPEC_BYTES": 1_000_000,  # characters of one spec (the biggest in specs/ has ~10,000)
+    "MAX_YAML_NODES": 20_000,    # values in the YAML, also once every alias (*name) is expanded (~1 s to read)
     "MAX_NESTING": 100,          # levels of lists/mappings in the YAML
     "MAX_ITEMS": 10_000,         # graph nodes after blocks and repeats are expanded
     "MAX_STRUCTURE_DEPTH": 64,   # sequential/parallel/residual/block/repeat scopes inside each other

@@ -33,12 +33,17 @@ class SpecLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.nesting = 0
         self.max_nesting = limit("MAX_NESTING")
+        self.composed = 0     # nodes as written (an alias counts once): PyYAML reads ~20,000 a second
+        self.max_nodes = limit("MAX_YAML_NODES")
 
     def compose_node(self, parent, index):
         self.nesting += 1
+        self.composed += 1
         try:
             if self.nesting > self.max_nesting:
                 raise _TooDeep(self.peek_event().start_mark)
+            if self.composed > self.max_nodes:
+                raise _TooMany(self.peek_event().start_mark)
             return super().compose_node(parent, index)
         finally:
             self.nesting -= 1
@@ -48,6 +53,10 @@ class _TooDeep(Exception):
     def __init__(self, mark):
         super().__init__("nesting too deep")
         self.mark = mark
+
+
+class _TooMany(_TooDeep):
+    pass
 
 
 SpecLoader.add_implicit_resolver(
@@ -83,18 +92,32 @@ class SourceMap:
         return Location(self.file, mark.line + 1, mark.column + 1)
 
 
+def _too_deep_to_read(file: str) -> Problem:
+    return Problem(f"lists and mappings nest too deeply to be read (SPECC_MAX_NESTING={limit('MAX_NESTING')} is "
+                   f"past what the YAML reader can follow; keep it at 300 or less)", Location(file, 1, 1),
+                   "LIMIT_EXCEEDED")
+
+
 def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     """Parse YAML text into plain data plus the positions of everything in it."""
     source = SourceMap(file)
+    if len(text) > limit("MAX_SPEC_BYTES"):   # reading costs ~1 s per MB before any other bound applies
+        raise SpecError(Problem(f"the spec is {len(text):,} characters long, more than {limit('MAX_SPEC_BYTES'):,} "
+                                f"({raise_hint('MAX_SPEC_BYTES')})", Location(file, 1, 1), "LIMIT_EXCEEDED"))
     loader = None
     try:
         loader = SpecLoader(text)
         root = loader.get_single_node()
     except yaml.YAMLError as error:
         raise SpecError(_yaml_problem(error, file, text)) from None
+    except _TooMany as error:
+        raise SpecError(Problem(f"the YAML holds more than {limit('MAX_YAML_NODES'):,} values "
+                                f"({raise_hint('MAX_YAML_NODES')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
     except _TooDeep as error:
         raise SpecError(Problem(f"lists and mappings nest deeper than {limit('MAX_NESTING')} levels "
                                 f"({raise_hint('MAX_NESTING')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
+    except RecursionError:  # SPECC_MAX_NESTING raised past what PyYAML's recursive composer can read
+        raise SpecError(_too_deep_to_read(file)) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -102,7 +125,10 @@ def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
         return None, source
     _check_expanded_size(root, source)
     problems: list[Problem] = []
-    data = _construct(loader, root, (), source, problems)
+    try:
+        data = _construct(loader, root, (), source, problems)
+    except RecursionError:
+        raise SpecError(_too_deep_to_read(file)) from None
     if problems:
         raise SpecError(problems)
     return data, source
@@ -221,5 +247,29 @@ def _yaml_problem(error: yaml.YAMLError, file: str, text: str = "") -> Problem:
         return Problem(f"YAML syntax error: character {code:#06x} is not allowed in YAML", location, "YAML_SYNTAX")
     reason = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
+    if mark is not None and (reason == "mapping values are not allowed here" or "<block mapping start>" in reason):
+        bare = _bare_item_above(text, mark.line, file)
+        if bare is not None:
+            return bare
     message = f"YAML syntax error: {reason}" + (f" ({context})" if context else "")
     return Problem(message, location, "YAML_SYNTAX")
+
+
+_BARE_ITEM = re.compile(r"^(\s*-\s+)([A-Za-z_$][\w.$]*)\s*(#.*)?$")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*:")
+
+
+def _bare_item_above(text: str, line: int, file: str) -> Problem | None:
+    """`- ReLU` with `name: act` on the next line: YAML reads "ReLU name" as one string, then fails
+    at the colon. Point at the bare item and say how to write it."""
+    lines = text.splitlines()
+    key = _KEY_LINE.match(lines[line]) if line < len(lines) else None
+    above = next((index for index in range(line - 1, -1, -1)
+                  if lines[index].strip() and not lines[index].lstrip().startswith("#")), None)
+    bare = _BARE_ITEM.match(lines[above]) if above is not None and key else None
+    if bare is None:
+        return None
+    name, meta = bare.group(2), key.group(1)
+    return Problem(f"YAML syntax error: the bare item `- {name}` cannot take `{meta}:` on the next line; "
+                   f"write `- {name}:` (or `- {name}: {{}}`) and put `{meta}:` under it",
+                   Location(file, above + 1, bare.end(1) + 1), "YAML_SYNTAX")

@@ -81,6 +81,7 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
     counted: set[int] = set()
     inclusive: dict[int, int] = {}
     open_rows: list[LayerRow] = []  # the current row at each depth
+    called = {id(layer.module) for layer in layers if layer.executed}
     for layer in layers:
         call = calls[layer.layer_id]  # which call of this module the record is
         calls[layer.layer_id] += 1
@@ -93,7 +94,7 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
                        input_shape=list(layer.input_size) if layer.executed and layer.input_size else None,
                        kernel_size=kernel_size(layer.module),
                        output_bytes=layer.output_bytes if layer.is_leaf_layer else 0)
-        count_parameters(row, layer.module.parameters(recurse=False), counted)
+        count_parameters(row, _row_parameters(layer.module, called), counted)
         made = call_flops.get(layer.layer_id, [])
         inclusive[id(row)] = made[call] if call < len(made) else 0
         if parent is not None:
@@ -102,6 +103,16 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
     root = open_rows[0]
     _own_flops(root, inclusive)
     return root
+
+
+def _row_parameters(module: nn.Module, called: set[int]) -> list[nn.Parameter]:
+    """The module's own parameters and those of its submodules that no call reached (they have no
+    row of their own): MultiheadAttention uses `out_proj.weight` without calling `out_proj`."""
+    parameters = list(module.parameters(recurse=False))
+    for child in module.children():
+        if id(child) not in called:
+            parameters += _row_parameters(child, called)
+    return parameters
 
 
 def _own_flops(row: LayerRow, inclusive: dict[int, int]) -> None:

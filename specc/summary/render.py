@@ -105,7 +105,7 @@ def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = 
     if key == "layer":
         return indent * row.depth + row.name
     if key == "type":
-        return row.type + (f" ×{row.count}" if row.count > 1 else "")
+        return row.type + (f" ×{row.count}" if row.count > 1 else "") + (" (unused)" if row.unused else "")
     if key == "input_shape":
         return shape_text(row.input_shape)
     if key == "output_shape":

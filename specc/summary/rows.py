@@ -42,6 +42,7 @@ class LayerRow:
     flops: int = 0                # forward FLOPs for the whole batch
     output_bytes: int = 0         # outputs of the items inside, for the forward/backward memory estimate
     count: int = 1                # how many repetitions this row stands for
+    unused: bool = False          # its output reaches no model output (the compiler warns: UNUSED_ITEM)
     args: dict[str, Any] = field(default_factory=dict, repr=False)  # a layer's constructor / a function's call kwargs
     children: list["LayerRow"] = field(default_factory=list, repr=False)
 
@@ -213,6 +214,10 @@ class SavedForBackward:
     def exclude(self, tensor: torch.Tensor) -> None:
         """Leave `tensor`'s storage out of the count (an input made after the hooks were set)."""
         self._excluded.add(_storage_key(tensor))
+
+    def add(self, tensor: torch.Tensor) -> None:
+        """Count `tensor` as saved (summary/saved_rules.py, which knows what autograd would save)."""
+        self._pack(tensor)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)

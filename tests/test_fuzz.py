@@ -1,0 +1,75 @@
+"""The fuzzer of issue 13/15 (benchmarks/fuzz.py, `make fuzz N=...`) as part of `make test`: a small
+seeded run over every spec in specs/, where each mutant's `specc check` must exit 0, or 2 with
+every error located at file:line:col — no traceback, no internal error, within 5 s and 1 GB."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not an installed package
+
+from benchmarks import fuzz  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = 40
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict:
+    finished = subprocess.run([sys.executable, "benchmarks/fuzz.py", "--n", str(MUTANTS), "--seed", "13", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert finished.stdout, finished.stderr[-3000:]
+    return json.loads(finished.stdout)
+
+
+def test_every_mutant_is_checked_within_the_contract(figures):
+    assert figures["failures"] == [], json.dumps(figures["failures"], indent=1)[:4000]
+    assert figures["mutants"] == MUTANTS and figures["specs"] == len(fuzz.SPECS)
+    assert set(figures["exit_codes"]) <= {"0", "2"}
+    assert figures["max_seconds"] < 5
+
+
+def test_mutants_are_reproducible_from_the_seed(tmp_path):
+    spec, canary = fuzz.SPECS[0], tmp_path / "canary"
+    first = fuzz.mutate(random.Random("7:3"), spec, canary)
+    assert fuzz.mutate(random.Random("7:3"), spec, canary) == first
+    assert first[0] != spec.read_bytes()
+
+
+@pytest.mark.parametrize("output, code, failure", [
+    ("OK spec.yaml: 10 parameters, output y [2]\n", 0, None),
+    ("error: {path}:3:5: unknown key 'layer'\n", 2, None),
+    ("error: unknown key 'layer'\n", 2, "unlocated"),
+    ("error: other.yaml:3:5: unknown key 'layer'\n", 2, "unlocated"),
+    ("specc: internal error: RecursionError\n", 1, "internal error"),
+    ("Traceback (most recent call last):\n", 2, "internal error"),
+    ("", 2, "exit 2 without an error line"),
+    ("", 3, "exit 3"),
+])
+def test_the_verdict_refuses_what_breaks_the_contract(tmp_path, output, code, failure):
+    path = tmp_path / "spec.yaml"
+    verdict = fuzz.verdict(path, code, output.replace("{path}", str(path)), None, 0.1, 5.0, tmp_path / "canary")
+    assert (verdict or "").startswith(failure or "") and (verdict is None) == (failure is None)
+
+
+def test_the_verdict_refuses_slow_killed_and_code_running_checks(tmp_path):
+    path, canary = tmp_path / "spec.yaml", tmp_path / "canary"
+    assert fuzz.verdict(path, 0, "OK", None, 6.0, 5.0, canary) == "slow: 6.0 s"
+    assert fuzz.verdict(path, None, "", None, 6.0, 5.0, canary).startswith("killed")
+    canary.touch()
+    assert fuzz.verdict(path, 0, "OK", None, 0.1, 5.0, canary) == "canary created: code ran"
+
+
+def test_a_check_past_the_memory_limit_is_reported_not_fatal(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("inputs: {x: {shape: [8]}}\nvars: {a: [" + ", ".join(["1"] * 19_000) + "]}\nlayers: [ReLU]\n")
+    baseline = fuzz.warm_up()
+    code, output, exception, seconds = fuzz.check_in_child(path, 30.0, baseline + (1 << 30))
+    assert (code, exception) == (0, None) and output.startswith("OK")
+    code, output, exception, seconds = fuzz.check_in_child(path, 30.0, baseline + (4 << 20))   # 4 MB more
+    assert fuzz.verdict(path, code, output, exception, seconds, 30.0, tmp_path / "canary") == "exception: MemoryError()"
