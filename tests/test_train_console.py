@@ -118,3 +118,16 @@ def test_a_real_run_in_an_80_column_terminal(tmp_path):
     best = re.search(r"best checkpoint: epoch (\d) \(val_loss (\d\.\d{4})\)", text)
     assert best, text[-2000:]
     assert "(best)" in text
+
+
+def test_off_a_terminal_an_epoch_is_one_line_unless_columns_is_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    log = RunLog(tmp_path, epochs=10, verbose=True)
+    log.interactive = False
+    log.epoch_finished(RECORD, [RECORD])
+    assert capsys.readouterr().out.count("\n") == 1
+    monkeypatch.setenv("COLUMNS", "80")
+    log.epoch_finished(RECORD, [RECORD])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+    log.finish()

@@ -1,5 +1,5 @@
 """The drawing of `specc diff --draw`: spec B with every repetition drawn, its added items in
-green, its changed items in orange, and A's removed items as red dashed boxes in a frame of
+green, its changed items in blue, and A's removed items as red dashed boxes in a frame of
 their own (they have no place in B's graph).
 
 The statuses come from `specc.summary.diff` (the command joins the two stages); this module only
@@ -16,12 +16,12 @@ from specc.draw.drawing import Drawing, atomic_write, save, to_graphviz
 
 CHANGE_STYLES = {
     "added": dict(style="rounded,filled", fillcolor="#c9f2c9", color="#2e8b57", penwidth="2.5"),
-    "changed": dict(style="rounded,filled", fillcolor="#ffd8a8", color="#d97900", penwidth="2.5"),
+    "changed": dict(style="rounded,filled", fillcolor="#cfe2ff", color="#1f5fbf", penwidth="2.5"),
     "removed": dict(shape="box", style="rounded,dashed,filled", fillcolor="#fde2e2", color="#c0392b",
                     fontcolor="#c0392b", penwidth="2"),
 }
-FRAME_STYLES = {"added": dict(color="#2e8b57", penwidth="2.5"), "changed": dict(color="#d97900", penwidth="2.5")}
-LEGEND = ('<font color="#2e8b57"><b>added</b></font>   <font color="#d97900"><b>changed</b></font>   '
+FRAME_STYLES = {"added": dict(color="#2e8b57", penwidth="2.5"), "changed": dict(color="#1f5fbf", penwidth="2.5")}
+LEGEND = ('<font color="#2e8b57"><b>added</b></font>   <font color="#1f5fbf"><b>changed</b></font>   '
           '<font color="#c0392b"><b>removed</b></font>')
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import shutil
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -85,8 +85,7 @@ class RunLog:
             self.console.print(_wrapped(text, self._width()), crop=False, markup=False)
 
     def _width(self) -> int:
-        """The terminal's width; off a terminal COLUMNS, else 80."""
-        return self.console.width if self.interactive else shutil.get_terminal_size((80, 24)).columns
+        return line_width(self.console if self.interactive else None)
 
     def model_started(self, session: Session) -> None:
         """The model graph and the resolved spec, in TensorBoard, before the first epoch."""
@@ -309,7 +308,7 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
             matrices.append(name)
             continue
         table.add_row(name, *("" if cell is None else f"{cell:.4f}" for cell in cells))
-    console.print(_wrapped(title, console.width), crop=False, markup=False)
+    console.print(_wrapped(title, line_width(console if console.is_terminal else None)), crop=False, markup=False)
     console.print(table)
     for name in matrices:
         for split in splits:
@@ -330,6 +329,15 @@ def print_folds(console: Console, title: str, folds: list[dict[str, float]], sum
         table.add_row(name, *(f"{fold.get(name, math.nan):.4f}" for fold in folds), f"{mean:.4f} ± {std:.4f}")
     console.print(title)
     console.print(table)
+
+
+def line_width(terminal: Console | None) -> int:
+    """How wide lines may be: a terminal's width; off a terminal COLUMNS when it is set, else no
+    limit, so a log keeps one line per epoch for grep."""
+    if terminal is not None:
+        return terminal.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() else 10 ** 6
 
 
 def _wrapped(text: str, width: int) -> str:
