@@ -4,9 +4,16 @@ The spec repeats a unit of four items (Linear, ReLU and a residual around Linear
 written out (no `repeat:`, which would fold into one box), so the drawing has 1,000 boxes,
 250 residual frames and their skip edges. Timed twice: `specc.draw.drawing.write_drawing` in this
 process (imports already paid), and the `specc draw` command in a fresh process.
+
+The HTML viewer's file of the same spec (`specc draw ... -o x.html`) is then opened in headless
+Chromium (tests/browser.py drives it), a fresh browser per repeat: the time is the page's own clock
+(`performance.now()`, from the start of navigation) at the first animation frame where the viewer
+is interactive — `window.speccViewer` set up and its boxes in the page.
 """
 from __future__ import annotations
 
+import importlib.util
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -14,9 +21,14 @@ from pathlib import Path
 import yaml
 
 from benchmarks.cli_cost import specc_command
-from benchmarks.timing import Result, Target, interleaved, medians, run_command
+from benchmarks.timing import ROOT, Result, Target, interleaved, medians, run_command
 
 TARGET = Target("<", 5.0, "s")
+BROWSER_TARGET = Target("<", 2.0, "s")
+# Runs in the page before its own scripts: note when the viewer first answers with boxes drawn.
+READY_PROBE = """(() => { const check = () => { const viewer = window.speccViewer;
+  if (viewer && viewer.nodeCount() > 0) window.__speccReadyMs = performance.now();
+  else requestAnimationFrame(check); }; requestAnimationFrame(check); })();"""
 ITEMS_PER_UNIT = 4
 
 
@@ -70,11 +82,52 @@ def run(repeats: int = 7, items: int = 1000, cli: bool = True) -> list[Result]:
         ways = {"write_drawing": in_process, **({"specc draw": command} if cli else {})}
         seconds = medians(interleaved(ways, repeats))
         boxes = {path.name: count_boxes(path.read_text()) for path in (api_svg, cli_svg) if path.exists()}
-    for name, count in boxes.items():
-        if count < items:
-            raise AssertionError(f"{name} has {count} boxes for {items} items")
+        for name, count in boxes.items():
+            if count < items:
+                raise AssertionError(f"{name} has {count} boxes for {items} items")
+        viewer = browser_result(spec_path, Path(folder) / "viewer.html", items, repeats)
     note = f"{items} items, {boxes['api.svg']} boxes in the SVG"
     labels = {"write_drawing": "specc.draw.drawing.write_drawing (in process)", "specc draw": "`specc draw` (fresh process)"}
     return [Result("draw", f"{items}-item spec to SVG, {labels[way]}", value, TARGET, unit="s", seconds={way: value},
                    repeats=repeats, note=note)
-            for way, value in seconds.items()]
+            for way, value in seconds.items()] + [viewer]
+
+
+def browser_result(spec_path: Path, page: Path, items: int, repeats: int) -> Result:
+    """Seconds until the HTML viewer of `spec_path` is interactive in headless Chromium (median)."""
+    from specc.draw.drawing import write_drawing
+
+    case = f"{items}-item spec, HTML viewer open and interactive in headless Chromium"
+    browser_module = _browser_driver()
+    executable = browser_module.find_chromium()
+    if executable is None:
+        return Result("draw", case, 0.0, None, unit="s", note="skipped: no chromium")
+    write_drawing(spec_path, page)
+    seconds = [_time_to_interactive(browser_module.Browser(executable), page) for _ in range(repeats)]
+    value = statistics.median(seconds)
+    return Result("draw", case, value, BROWSER_TARGET, unit="s", seconds={"page": value}, repeats=repeats,
+                  note=f"{page.stat().st_size / 1e6:.1f} MB page; fresh browser each time, its start not counted")
+
+
+def _time_to_interactive(browser, page: Path) -> float:
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.addScriptToEvaluateOnNewDocument", source=READY_PROBE)
+        browser.send("Page.navigate", url=page.resolve().as_uri())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready = browser.evaluate("window.__speccReadyMs ?? null")
+            if ready is not None:
+                return ready / 1000
+            time.sleep(0.05)
+        raise TimeoutError(f"{page} never became interactive")
+    finally:
+        browser.close()
+
+
+def _browser_driver():
+    """tests/browser.py: the small DevTools-protocol driver the viewer tests use."""
+    specification = importlib.util.spec_from_file_location("specc_bench_browser", ROOT / "tests" / "browser.py")
+    module = importlib.util.module_from_spec(specification)
+    specification.loader.exec_module(module)
+    return module

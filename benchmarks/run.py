@@ -7,7 +7,10 @@
     python benchmarks/run.py --quick               # tiny repeat counts: checks the harness, not the speed
 
 Families: forward (per-call overhead of the compiled module), compile (Llama 2 7B on meta),
-cli (`specc --help`, `specc summary`), train (per-epoch loop cost), draw (1,000-item spec to SVG).
+cli (`specc --help`, `specc summary`, a small spec's check/summary/draw), train (per-epoch loop
+cost), draw (1,000-item spec to SVG and as the HTML viewer in headless Chromium), stream (a
+streamed epoch against a hand-written DataLoader loop, and against the in-memory path), gpu
+(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -21,16 +24,18 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, training  # noqa: E402
+from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, streaming, training  # noqa: E402
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
 FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "forward": (forward.run, {}, {"repeats": 2, "turn_seconds": 0.0005, "turns": 4}),
     "compile": (compile_cost.run, {}, {"repeats": 1, "small": True}),
-    "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml", "references": False}),
+    "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml"}),
     "train": (training.run, {}, {"repeats": 1, "models": ("mlp",)}),
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
+    "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
+    "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
 }
 
 
@@ -53,6 +58,8 @@ def format_value(result: Result) -> str:
         return format_seconds(result.value)
     if result.unit == "MB":
         return f"{result.value:.0f} MB"
+    if result.unit.endswith("/s"):
+        return f"{result.value:,.0f} {result.unit}"
     return f"{result.value:.3f}"
 
 
@@ -86,7 +93,8 @@ def markdown_table(results: list[Result]) -> str:
 
 
 def machine_text(info: dict) -> str:
-    return f"{info['cpu']}, {info['cores']} cores; Python {info['python']}, torch {info['torch']}, {info['system']}"
+    return (f"{info['cpu']}, {info['cores']} cores, load {info['load']}; GPU: {info['gpu']}; "
+            f"Python {info['python']}, torch {info['torch']}, {info['system']}")
 
 
 def main(argv: list[str] | None = None) -> int:

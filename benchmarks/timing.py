@@ -9,6 +9,7 @@ from __future__ import annotations
 import operator
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -141,12 +142,22 @@ def calls_lasting(function: Callable[[], object], seconds: float) -> int:
 
 def run_command(command: list[str], *, timeout: float = 300) -> tuple[float, str]:
     """Run a command from the repository root and time it (wall clock, start to exit)."""
+    elapsed, _, stdout = run_timed(command, timeout=timeout)
+    return elapsed, stdout
+
+
+def run_timed(command: list[str], *, timeout: float = 300) -> tuple[float, float, str]:
+    """`run_command`, also returning the CPU seconds (user + system) the process used: on a
+    shared machine the wall time also counts waiting for a core, the CPU time does not."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if finished.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])}... exited {finished.returncode}:\n{finished.stderr[-2000:]}")
-    return elapsed, finished.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, finished.stdout
 
 
 def machine() -> dict[str, str | int]:
@@ -156,6 +167,8 @@ def machine() -> dict[str, str | int]:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count() or 0,
+        "load": " ".join(f"{load:.1f}" for load in os.getloadavg()),  # 1, 5, 15 min: others sharing the cores
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (no CUDA)",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "system": f"{platform.system()} {platform.release()}",

@@ -139,7 +139,7 @@ class SpeccEpochs:
         return seconds
 
     def close(self) -> None:
-        self.log.writer.close()
+        self.log.finish()
 
     @property
     def data(self) -> tuple[torch.Tensor, torch.Tensor]:

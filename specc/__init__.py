@@ -22,12 +22,13 @@ _EXPORTS = {
     "Spec": "specc.lang.spec",
     "SpecError": "specc.lang.errors",
     "Problem": "specc.lang.errors",
-    "json_schema": "specc.lang.schema",
+    "json_schema": "specc.build.schema",
     "compile": "specc.build.compiler",
     "Compiled": "specc.build.compiled",
     "evaluate": "specc.train.evaluation",
     "predict": "specc.train.evaluation",
     "codegen": "specc.export.eject",
+    "from_module": "specc.export.importer",
 }
 # stage packages that are also functions (specc._callable): `specc.summary(...)`, `specc.build(...)`
 _CALLABLE_PACKAGES = ("build", "summary", "draw", "train", "export")

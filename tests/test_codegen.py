@@ -26,7 +26,10 @@ TESTS = Path(__file__).resolve().parent
 # full size is still generated and built on meta).
 SHRINK = {
     "gpt2_small": {"n_layers": 2, "dim": 32, "n_heads": 4, "vocab_size": 100, "block_size": 16},
-    "vit_b_16": {"image_size": 32, "n_layers": 2, "dim": 64, "n_heads": 4, "mlp_dim": 128, "n_classes": 10},
+    "vit_b_16": {"image_size": 32, "n_layers": 2, "dim": 64, "n_heads": 4, "mlp_dim": 128, "n_classes": 10,
+                 "expect.params": None},
+    "t5_small": {"vocab_size": 100, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
+                 "num_heads": 4, "expect.params": None},
     "llama2_7b": {"n_layers": 2, "dim": 64, "n_heads": 4, "hidden_dim": 96, "vocab_size": 100, "max_len": 16},
 }
 CPU_PARAMETER_LIMIT = 50_000_000
@@ -74,13 +77,7 @@ def assert_clean(path: Path) -> None:
     assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
 
 
-# codegen does not yet write free tensors (parameter/constant), `attention:` or `if:` items (issue 20)
-CODEGEN_PENDING = {"mobilenet_v3_small", "swin_t", "vit_b_16"}
-
-
-@pytest.mark.parametrize("spec_path", [pytest.param(path, marks=pytest.mark.xfail(
-    strict=True, reason="codegen of the issue-20 items is not written yet")) if path.stem in CODEGEN_PENDING else path
-    for path in SPECS], ids=[path.stem for path in SPECS])
+@pytest.mark.parametrize("spec_path", SPECS, ids=[path.stem for path in SPECS])
 def test_every_example_spec_round_trips(spec_path: Path, tmp_path: Path) -> None:
     full = compile(spec_path, device="meta")
     full_code = codegen(full)
@@ -208,6 +205,69 @@ def test_the_spec_features_the_examples_do_not_use(tmp_path: Path, monkeypatch) 
     assert "again = self.shared_proj(x)" in code   # `share:` calls the same module
     assert "self.head.weight = self.rep[2].weight" in code
     assert "nn.init.normal_(parameter, std=0.02)" in code
+
+
+FREE_TENSORS = """
+name: free_tensors
+inputs: {x: {shape: [4, 8]}, index: {shape: [4, 2], dtype: long}}
+vars: {extra: false}
+blocks:
+  scaled:                        # a block holding a buffer: its class registers it
+    args: {n: null}
+    layers:
+      - Identity:
+        name: given
+      - buffer: {ones: [$n]}
+        name: scale
+      - mul: {}
+        from: [given, scale]
+layers:
+  - parameter: {shape: [1, 8], init: {normal: {std: 0.5}}, batch: true}
+    name: token
+  - cat: 1
+    from: [token, x]
+  - Linear: {out_features: 8}
+    name: proj
+  - Linear: {out_features: 8}
+    if: $extra                   # skipped: nothing of it is written
+  - constant: {value: [[1.0, 0.0], [0.0, 2.0]], dtype: float32}
+    name: mix
+  - expand: [2, 2]
+    name: mixes
+  - constant: {zeros: [5, 8]}
+    name: offset
+  - add: {}
+    from: [proj, offset]
+    name: shifted
+  - gather: {dim: 2}
+    from: [shifted, index]
+    name: picked
+  - einsum: "bij,bjk->bik"
+    from: [picked, mixes]
+  - to: float64
+  - scaled: {n: 2}
+    name: scaled
+  - attention: {heads: 2, scale: 1.0}
+    from: [proj, proj, proj]
+    name: attended
+outputs: [scaled, attended]
+"""
+
+
+def test_free_tensors_attention_and_if_are_written(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    compiled = compile(FREE_TENSORS)
+    code = codegen(FREE_TENSORS)
+    assert_same_model(compiled, code, tmp_path, seed=3)
+    assert_clean(tmp_path / "generated_model.py")
+    assert 'self.register_parameter("token", nn.Parameter(nn.init.normal_(torch.zeros(1, 1, 8), std=0.5)))' in code
+    assert 'self.register_buffer("mix", torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float32).unsqueeze(0), ' \
+           'persistent=False)' in code
+    assert 'self.register_buffer("scale", torch.ones(n).unsqueeze(0))' in code     # the block's arg
+    assert "token = self.token.expand(x.shape[0], *self.token.shape[1:])  # (B, 1, 8)" in code
+    assert "torch.gather(" in code and 'torch.einsum("bij,bjk->bik", ' in code and ".to(torch.float64)" in code
+    assert "def attention(q: torch.Tensor" in code            # the helper the Attention layer calls
+    assert list(compiled.module.state_dict()) == ["token", "proj.weight", "proj.bias", "scaled.scale"]
 
 
 def test_block_args_written_in_the_spec_stay_args(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ MISTAKES = [
     Mistake("residual_add_mismatch",
             "inputs:\n  x: {shape: [8, 16, 16]}\nlayers:\n  - residual:\n"
             "      - Conv2d: {out_channels: 16, kernel_size: 3, stride: 2, padding: 1}\n",
-            4, 5, "SHAPE_MISMATCH", ("cannot add body [16, 8, 8] and shortcut [8, 16, 16]", "sizes differ in dim 1")),
+            4, 5, "SHAPE_MISMATCH", ("cannot add body [B, 16, 8, 8] and shortcut [B, 8, 16, 16]", "sizes differ in dim 1")),
     Mistake("linear_in_features_wrong",
             "inputs:\n  x: {shape: [3, 8, 8]}\nlayers:\n  - Flatten\n  - Linear: {in_features: 100, out_features: 10}\n",
             5, 5, "SHAPE_MISMATCH", ("in_features=100", "[192]", "drop in_features to infer it")),
@@ -161,7 +161,7 @@ def test_cat_of_branches_of_different_sizes_names_both_branches():
     path = ROOT / "specs" / "errors" / "parallel_cnn_mismatch.yaml"
     problem = first_problem(path)
     assert problem.code == "SHAPE_MISMATCH"
-    assert str(problem).endswith("parallel_cnn_mismatch.yaml:18:5: cat of branches a [6, 28, 28] and b [6, 30, 30]: "
+    assert str(problem).endswith("parallel_cnn_mismatch.yaml:21:5: cat of branches a [B, 6, 28, 28] and b [B, 6, 30, 30]: "
                                  "sizes differ in dim 2")
 
 
@@ -213,8 +213,8 @@ def run_specc(*args: str) -> subprocess.CompletedProcess:
 def test_cli_reports_the_located_error_without_traceback():
     result = run_specc("check", "specs/errors/parallel_cnn_mismatch.yaml")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: specs/errors/parallel_cnn_mismatch.yaml:18:5: cat of branches "
-                                     "a [6, 28, 28] and b [6, 30, 30]: sizes differ in dim 2")
+    assert result.stderr.strip() == ("error: specs/errors/parallel_cnn_mismatch.yaml:21:5: cat of branches "
+                                     "a [B, 6, 28, 28] and b [B, 6, 30, 30]: sizes differ in dim 2")
     assert "Traceback" not in result.stderr + result.stdout
 
 

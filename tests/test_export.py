@@ -155,7 +155,7 @@ class FixedBatch(nn.Module):
     """Hard-codes the batch size: fine in a dry run, but an exported model must take any batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(2, -1)
+        return x * 2 if x.shape[0] == 2 else x   # runs at any batch; tracing specialises it to 2
 '''
 
 

@@ -303,7 +303,8 @@ FUNCTION_CASES = [
     ("einsum: \"bij,bkj->bik\"\n    from: [x, y]", lambda x, y: torch.einsum("bij,bkj->bik", x, y)),
     ("where: {other: 0.0}\n    from: [mask, x]", lambda x, y: torch.where(x > 0, x, 0.0)),
     ("masked_fill: -1.0\n    from: [x, mask]", lambda x, y: x.masked_fill(x > 0, -1.0)),
-    ("gather: 1\n    from: [x, index]", lambda x, y: x.gather(1, torch.zeros(1, 4, 6, dtype=torch.long))),
+    # the index is a batchless constant [1, 4, 6], so the output has no batch dim: declared
+    ("gather: 1\n    from: [x, index]\n    batch_dim: false", lambda x, y: x.gather(1, torch.zeros(1, 4, 6, dtype=torch.long))),
 ]
 
 
@@ -350,6 +351,26 @@ def test_layer_norm_2d_normalises_channels_like_permute_layer_norm_permute():
     x = torch.randn(2, 6, 5, 4)
     torch.testing.assert_close(model(x), reference(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
     assert model.norm.normalized_shape == (6,)
+
+
+def test_layer_norm_dim_1_is_the_channels_first_layer_norm():
+    model = build("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: 1, eps: 1.0e-6}\n    name: norm\n")
+    assert type(model.norm).__name__ == "LayerNorm2d" and list(model.state_dict()) == ["norm.weight", "norm.bias"]
+    with torch.no_grad():
+        model.norm.weight.normal_()
+        model.norm.bias.normal_()
+    reference = nn.LayerNorm(6, eps=1e-6)
+    reference.load_state_dict(model.norm.state_dict())
+    x = torch.randn(2, 6, 5, 4)
+    torch.testing.assert_close(model(x), reference(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    last = build("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: -1}\n")
+    assert getattr(last, "0").normalized_shape == (4,)                  # the default: the last dim
+
+
+def test_layer_norm_over_another_dim_is_a_located_error():
+    problem = first_problem("inputs: {x: {shape: [6, 5, 4]}}\nlayers:\n  - LayerNorm: {dim: 2}\n")
+    assert where(problem) == (3, 17, "TYPE_ERROR")
+    assert problem.message.startswith("LayerNorm: dim must be 1 (the channels of channels-first maps")
 
 
 def test_torch_layers_dim_is_an_axis_not_an_inferred_size():

@@ -23,6 +23,7 @@ from specc.build.compiler import build, compile as compile_spec
 from specc.build.expect import count_parameters
 from twins.mobilenet_v3 import SMALL_BLOCKS, MobileNetV3Small
 from twins.swin import SwinTransformer
+from twins.t5 import T5Model
 from twins.vit import VisionTransformer
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -32,6 +33,7 @@ PUBLISHED_COUNTS = {
     "mobilenet_v3_small": 2_542_856,   # torchvision.models.mobilenet_v3_small()
     "vit_b_16": 86_567_656,            # torchvision.models.vit_b_16()
     "swin_t": 28_288_354,              # torchvision.models.swin_t()
+    "t5_small": 60_506_624,            # transformers' T5Model(T5Config()), the shared embedding once
 }
 
 
@@ -167,9 +169,6 @@ def test_vit_b_16_matches_its_twin_at_32x32():
 # the bias table is an Embedding indexed by the relative-position index the spec computes
 swin_rename = substitutions((r"^features\.(\d+)\.(\d+)\.[01]\.body\.", r"features.\1.\2."),
                             (r"\.relative_position_bias_table\.weight$", ".relative_position_bias_table"))
-# torchvision_swin_tiny_config.json as vars (a `variants:` entry once lang-features has them)
-SWIN_TINY = dict(image_size=32, embed_dim=32, window=4, depth3=0, depth4=0, heads1=2, heads2=4, n_classes=10,
-                 **{"expect.params": 136_822})
 SWIN_COMPUTED = (r"features\.\d+\.\d+\.attn\.relative_position_index",)   # torchvision's buffer
 
 
@@ -190,8 +189,37 @@ def test_swin_matches_its_twin_with_three_stages():
 def test_swin_tiny_variant_reproduces_torchvision_with_its_weights():
     state = reference_file("torchvision_swin_tiny.safetensors")
     io = reference_file("torchvision_swin_tiny_io.safetensors")
-    model = build(SPECS / "swin_t.yaml", **SWIN_TINY)      # expect: params 136,822 is checked on the way
+    model = build(SPECS / "swin_t.yaml", variant="tiny")  # torchvision_swin_tiny_config.json; expect: 136,822
     load_renamed(model, state, swin_rename, SWIN_COMPUTED)
     with torch.no_grad():
         output = model.eval()(io["input"])
     torch.testing.assert_close(output, io["output"], atol=1e-5, rtol=0)
+
+
+# ----- T5-small ---------------------------------------------------------------------------------------
+# the spec's names are Hugging Face's, so its weights load strictly
+
+
+def test_t5_tiny_reproduces_transformers_with_its_weights():
+    state = reference_file("hf_t5_tiny.safetensors")
+    io = reference_file("hf_t5_tiny_io.safetensors")
+    model = build(SPECS / "t5_small.yaml", variant="tiny")   # hf_t5_tiny_config.json; expect: 44,800
+    model.load_state_dict(state, strict=True)      # every HF key, no renaming
+    with torch.no_grad():
+        decoded, encoded = model.eval()(io["input_ids"], io["decoder_input_ids"])
+    assert (decoded - io["last_hidden_state"]).abs().max() <= 1e-5
+    assert (encoded - io["encoder_last_hidden_state"]).abs().max() <= 1e-5
+
+
+def test_t5_matches_its_twin_past_the_max_distance():
+    # 150 / 140 tokens: relative distances past max_distance (128) reach the last, shared bucket
+    model = build(SPECS / "t5_small.yaml", variant="tiny", src_len=150, tgt_len=140, num_layers=3,
+                  **{"expect.params": None})
+    twin = T5Model(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_decoder_layers=2, num_heads=4)
+    generator = torch.Generator().manual_seed(0)
+    for parameter in twin.parameters():         # norms and bias tables not at their fresh values
+        parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    load_renamed(model, twin.state_dict(), lambda key: key)
+    tokens = torch.randint(0, 100, (2, 150), generator=generator)
+    decoder_tokens = torch.randint(0, 100, (2, 140), generator=generator)
+    assert_same_outputs(model, twin, tokens, decoder_tokens)

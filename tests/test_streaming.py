@@ -1,7 +1,6 @@
 """Streaming data through a DataLoader: same batches as in memory, resume, ranks, bounded memory."""
 from __future__ import annotations
 
-import copy
 import csv
 import os
 import shutil
@@ -129,10 +128,6 @@ def test_streamed_standardization_statistics_match_the_in_memory_ones(tmp_path):
     assert float(std.max()) > 1  # the statistics are real ones, not ones and zeros
 
 
-STREAMING_AFTER_MERGE = pytest.mark.xfail(strict=True, reason="fails since the merge with the sec-train dataset checks / not yet meeting its memory target; issue 17 stays open")
-
-
-@STREAMING_AFTER_MERGE
 def test_a_dataset_class_is_streamed_not_read_into_memory(tmp_path):
     log = tmp_path / "reads"
     path = write(tmp_path, dataset_spec(tmp_path, log=str(log), count=100))
@@ -144,7 +139,6 @@ def test_a_dataset_class_is_streamed_not_read_into_memory(tmp_path):
     assert result.ok and result.metrics["test"]["accuracy"] > 0.8
 
 
-@STREAMING_AFTER_MERGE
 def test_a_streamed_label_outside_the_outputs_names_the_row(tmp_path):
     path = write(tmp_path, dataset_spec(tmp_path, bad_label_at=5))
     with pytest.raises(SpecError, match="the target of row 5 is class 7 but the model outputs 2 class scores"):
@@ -168,24 +162,24 @@ def test_a_broken_image_read_in_a_worker_is_a_located_error(tmp_path):
     assert error.value.first.location.line > 0
 
 
-@STREAMING_AFTER_MERGE
 def test_kill_9_during_a_streamed_run_then_resume_gives_the_uninterrupted_weights(tmp_path):
     spec = dataset_spec(tmp_path, delay=0.002)  # about 0.5 s per epoch
-    spec["train"]["epochs"] = 5
+    spec["train"]["epochs"] = 3
     path = write(tmp_path, spec)
     straight = train(path, out=tmp_path / "straight", verbose=False)
     process = subprocess.Popen([sys.executable, "-m", "specc", "train", str(path), "--out", str(tmp_path / "runs")],
                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded shared machine can take minutes to start it
     while time.monotonic() < deadline and not list((tmp_path / "runs").rglob("last.pt")):
         assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.05)
+    assert list((tmp_path / "runs").rglob("last.pt")), "no epoch finished within 300 s"
     time.sleep(0.3)  # into the next epoch
     os.killpg(process.pid, signal.SIGKILL)  # the trainer and its loader workers
     process.wait()
     (last,) = (tmp_path / "runs").rglob("last.pt")
     interrupted_at = load_checkpoint(last)["epoch"]
-    assert 1 <= interrupted_at < 5
+    assert 1 <= interrupted_at < 3
     resumed = subprocess.run([sys.executable, "-m", "specc", "train", str(path), "--resume", str(last)],
                              env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -194,7 +188,6 @@ def test_kill_9_during_a_streamed_run_then_resume_gives_the_uninterrupted_weight
     assert load_checkpoint(last)["history"][-1]["train_loss"] == straight.history[-1]["train_loss"]
 
 
-@STREAMING_AFTER_MERGE
 def test_two_ranks_each_stream_their_own_shard(tmp_path):
     log = tmp_path / "reads"
     spec = dataset_spec(tmp_path, log=str(log), count=200)
@@ -218,35 +211,37 @@ def free_bytes(path: Path) -> int:
 
 
 @pytest.mark.slow
-@STREAMING_AFTER_MERGE
 def test_a_3_gb_npy_file_trains_one_epoch_in_under_1_5_gb_of_memory(tmp_path):
     if free_bytes(tmp_path) < 8 * 2**30:
         pytest.skip(f"needs 8 GB free disk in {tmp_path}, has {free_bytes(tmp_path) / 2**30:.1f} GB")
     rows, features = 750_000, 1024  # 4 KB per example, 3.07 GB
-    x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=(rows, features))
     labels = np.arange(rows) % 2
-    for start in range(0, rows, 50_000):
-        chunk = np.random.default_rng(start).normal(size=(min(50_000, rows - start), features)).astype(np.float32)
-        chunk[:, 0] += 3 * labels[start:start + len(chunk)]
-        x[start:start + len(chunk)] = chunk
-    x.flush()
-    del x
+    with open(tmp_path / "x.npy", "wb") as handle:  # written, not mapped: this process stays small too
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": (rows, features)})
+        noise = np.random.default_rng(0).standard_normal((50_000, features), dtype=np.float32)
+        for start in range(0, rows, len(noise)):  # the noise repeats, the 3 GB are read all the same
+            chunk = noise[:rows - start].copy()
+            chunk[:, 0] += 3 * labels[start:start + len(chunk)]
+            chunk.tofile(handle)
     np.save(tmp_path / "y.npy", labels)
     spec = {"name": "big", "inputs": {"features": {"shape": [features]}}, "layers": [{"Linear": {"out_features": 2}}],
             "train": {"data": {"source": "npy:x.npy", "memory_budget": "1GB", "split": {"val": 0.01, "test": 0}},
                       "epochs": 1, "batch_size": 4096, "loss": "CrossEntropyLoss", "metrics": ["accuracy"],
                       "optimizer": {"Adam": {"lr": 0.01}}}}
     path = write(tmp_path, spec)
+    # VmHWM is this process's own peak: ru_maxrss would start from the parent's peak (the
+    # kernel keeps it across the vfork+exec that subprocess uses), not measure the trainer
     script = textwrap.dedent(f"""
-        import resource, specc.train.training as t
+        import re, resource, specc.train.training as t
         result = t.train({str(path)!r}, out={str(tmp_path / 'runs')!r}, verbose=False, threads=1)
         print(result.status, result.metrics["val"]["accuracy"])
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        own = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+        print(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # the loader workers (forked)
     """)
     done = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     status_line, memory_line = done.stdout.split("\n")[-3:-1]
     status, accuracy = status_line.split()
     assert status == "completed" and float(accuracy) > 0.9
-    own, children = (int(value) * 1024 for value in memory_line.split())  # ru_maxrss is in KB on Linux
+    own, children = (int(value) * 1024 for value in memory_line.split())  # both in KB on Linux
     assert own < 1.5 * 2**30 and children < 1.5 * 2**30, (own, children)

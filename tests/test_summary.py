@@ -185,15 +185,21 @@ def test_backward_estimate_is_twice_forward():
 # ----- memory ------------------------------------------------------------------------------------
 def test_memory_lines_by_hand():
     result = specc.summary(MNIST)
-    outputs = [32 * 26 * 26] * 2 + [64 * 24 * 24] * 2 + [64 * 12 * 12] * 3 + [128] * 3 + [10]
-    megabyte = 1024 ** 2
-    expected = {"input": 28 * 28 * 4 / megabyte, "forward_backward": 2 * 4 * sum(outputs) / megabyte,
-                "params": 1_199_882 * 4 / megabyte}
+    # What autograd saves in a training step (each storage once; the input and the weights are
+    # their own lines): the ReLUs' outputs (the next conv or linear saves the same storage), the max
+    # pool's int64 indices, Dropout2d's per-channel float mask and its output (fc1's input),
+    # Dropout's float mask and output (fc2's input).
+    saved = 4 * (32 * 26 * 26 + 64 * 24 * 24 + 64 + 64 * 12 * 12 + 128 + 2 * 128) + 8 * 64 * 12 * 12
+    mebibyte = 1024 ** 2
+    expected = {"input": 28 * 28 * 4 / mebibyte, "forward_backward": saved / mebibyte,
+                "params": 1_199_882 * 4 / mebibyte, "gradients": 1_199_882 * 4 / mebibyte}
     expected["total"] = sum(expected.values())
     assert result.memory_mb() == pytest.approx(expected)
+    assert result.activation_bytes == saved
     text = str(result)
-    for label, key in [("Input size (MB)", "input"), ("Forward/backward pass size (MB)", "forward_backward"),
-                       ("Params size (MB)", "params"), ("Estimated Total Size (MB)", "total")]:
+    for label, key in [("Input size (MiB)", "input"), ("Forward/backward pass size (MiB)", "forward_backward"),
+                       ("Params size (MiB)", "params"), ("Gradients size (MiB)", "gradients"),
+                       ("Estimated Total Size (MiB)", "total")]:
         assert f"{label}: {expected[key]:.2f}" in text
 
 
@@ -266,9 +272,10 @@ def test_cpu_run_gives_the_same_figures_as_meta(spec):
 # ----- formats -----------------------------------------------------------------------------------
 def test_json_has_the_documented_keys():
     data = json.loads(specc.summary(TRANSFORMER).render("json"))
-    assert set(data) == {"model", "batch_size", "device", "inputs", "rows", "totals", "memory_mb"}
+    assert set(data) == {"model", "batch_size", "device", "inputs", "rows", "totals", "memory_mb", "memory_bytes"}
     assert set(data["totals"]) == {"params", "trainable_params", "non_trainable_params", "flops", "backward_flops"}
-    assert set(data["memory_mb"]) == {"input", "forward_backward", "params", "total"}
+    assert set(data["memory_mb"]) == set(data["memory_bytes"]) == {"input", "forward_backward", "params", "gradients",
+                                                                   "total"}
     assert set(data["rows"][0]) == {"name", "path", "type", "kind", "depth", "count", "output_shape",
                                     "params", "shared_params", "trainable_params", "flops"}
     assert data["inputs"] == [{"name": "tokens", "shape": [1, 16], "dtype": "int64"}]
@@ -340,7 +347,11 @@ def test_plain_module_matches_its_spec():
     from_spec = specc.summary(MNIST)
     assert [r.params for r in from_module.rows[1:]] == [r.params for r in from_spec.rows]
     assert [r.flops for r in from_module.rows[1:]] == [r.flops for r in from_spec.rows]
-    assert from_module.memory_mb() == pytest.approx(from_spec.memory_mb())
+    module_memory, spec_memory = from_module.memory_bytes(), from_spec.memory_bytes()
+    assert {key: module_memory[key] for key in ("input", "params", "gradients")} == \
+        {key: spec_memory[key] for key in ("input", "params", "gradients")}
+    # torchinfo runs a module in eval mode: no dropout masks, and dropout returns its input itself
+    assert module_memory["forward_backward"] == spec_memory["forward_backward"] - 4 * (64 + 2 * 128)
 
 
 def test_plain_module_counts_torch_attention_by_hand():
@@ -367,7 +378,7 @@ def test_cli_subprocess_prints_the_table(tmp_path):
     done = subprocess.run([str(SPECC), "summary", str(spec), "--backward"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for text in ("fc1", "1,179,776", "Total params: 1,199,882", "Forward FLOPs (batch of 1): 23,984,896",
-                 "Backward FLOPs", "Params size (MB): 4.58"):
+                 "Backward FLOPs", "Params size (MiB): 4.58"):
         assert text in done.stdout
 
 

@@ -72,8 +72,8 @@ def test_run_directory_holds_checkpoints_csv_events_curves_and_spec(digits_run):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"Loss/train", "Loss/val", "accuracy/train", "accuracy/val", "f1/val", "lr"} <= tags
-    assert [event.step for event in events.Scalars("Loss/val")] == [1, 2, 3, 4]
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "f1/val", "lr"} <= tags
+    assert [event.step for event in events.Scalars("loss/val")] == [1, 2, 3, 4]
     assert events.Scalars("accuracy/val")[-1].value == pytest.approx(float(rows[-1]["val_accuracy"]))
     import matplotlib.image
 

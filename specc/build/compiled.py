@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from specc.lang.errors import Problem
 from specc.build.graph import Graph
 from specc.build.infer import DTYPES
 from specc.lang.spec import Spec
@@ -26,6 +27,7 @@ class Compiled:
     meta_modules: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     # builds the same model on meta from `meta_modules`; set by the compiler, which owns the fx code
     meta_builder: Callable[[], nn.Module] | None = field(default=None, repr=False, compare=False)
+    warnings: list[Problem] = field(default_factory=list, repr=False)   # located, e.g. UNUSED_ITEM
 
     @property
     def input_names(self) -> list[str]:

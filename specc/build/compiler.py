@@ -7,32 +7,55 @@ state_dict save/load.
 from __future__ import annotations
 
 import fnmatch
-import operator
+import functools
+import gc
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from specc.lang.errors import Problem, SpecError, did_you_mean
+from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
+from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
-from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, call_inputs, dry_run, list_argument
+from specc.build.graph import Graph
+from specc.build.forward import build_spec_module
+from specc.build.infer import DTYPES, dry_run
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
-from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS, Registry, import_layer
+from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.functional import batch_expand
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
 
+def _without_cyclic_gc(function):
+    """Run `function` with the cyclic garbage collector paused (restored after, even on errors).
+
+    A compile allocates thousands of small objects that stay alive (nodes, arg dicts, layers), so
+    the collector's passes found nothing to free yet cost ~20% of a warm 7B build. Reference
+    counting still frees everything; a cycle made meanwhile waits for the next collection.
+    """
+    @functools.wraps(function)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return function(*args, **kwargs)
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
+
+
+@_without_cyclic_gc
 def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
             dtype: torch.dtype | str | None = None, batch_size: int = 2,
             input_shapes: dict[str, list[int]] | None = None, symbolic: bool = True,
-            safe: bool | None = None, **variables: Any) -> Compiled:
+            safe: bool | None = None, train_mistakes: str = "error", **variables: Any) -> Compiled:
     """Validate, expand, dry-run and build a spec.
 
     Args:
@@ -44,6 +67,7 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
         symbolic: label output dims that follow named input dims (`seq/2`) with a second dry run.
         safe: True refuses `imports:`, `dataset:` and compile options (SAFE_MODE), for strangers' specs;
             default: safe when SPECC_SAFE=1.
+        train_mistakes: "warn" turns mistakes confined to `train:` into SpecWarnings (summary, draw).
         **variables: overrides of the spec's `vars` (`width=128`) or dotted keys (`train.epochs`).
 
     Returns:
@@ -52,18 +76,22 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
     Raises:
         SpecError: every problem found, each at file:line:column.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     with safe_scope(safe):
-        return _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables)
+        return _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes)
 
 
-def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables) -> Compiled:
-    spec = load(spec_or_path, variables)
+def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes) -> Compiled:
+    spec = load_model_spec(spec_or_path, variables, train_mistakes=train_mistakes)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
     for node in graph.inputs:  # overridden shapes become the model's own (example_inputs, summaries)
         if input_shapes and node.name in input_shapes:
             node.meta["shape"] = list(input_shapes[node.name])
-    meta_modules = dry_run(graph, registry, batch_size, input_shapes)
+    batch_watch = BatchWatch(batch_size)   # the batch dim stays the batch (batch_check.py)
+    meta_modules = dry_run(graph, registry, batch_size, input_shapes, on_node=batch_watch.observe)
+    batch_watch.confirm(graph, meta_modules)
     if symbolic and any(node.meta.get("symbols") for node in graph.inputs) and not input_shapes:
         from specc.build.symbolic import label_symbolic_dims
 
@@ -80,12 +108,58 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
     _apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(graph, meta_modules, spec))
+                        meta_builder=lambda: _meta_twin(graph, meta_modules, spec), warnings=unused_items(graph))
+    for problem in compiled.warnings:
+        warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
         from specc.build.expect import check_expectations
 
         check_expectations(compiled)
     return compiled
+
+
+def unused_items(graph: Graph) -> list[Problem]:
+    """A warning per item whose output nothing uses (no later item, not an output): it is still built,
+    run in forward and counted, which is rarely meant — a missing `from:` or `outputs:` entry."""
+    return [Problem(f"the output of '{node.name}' ({node.target}) is never used: no later item takes it and it "
+                    f"is not an output, yet it is built, run and counted; use it (`from:`), list it in `outputs:`, "
+                    f"or remove it", node.location, "UNUSED_ITEM") for node in graph.unused()]
+
+
+def load_model_spec(spec_or_path: Any, variables: dict | None = None, *, train_mistakes: str = "error") -> Spec:
+    """`lang.spec.load`, reporting every independent mistake at once: when the schema problems lie
+    outside the model (`train:`, `expect:`, an unknown top-level key), the model is checked without
+    those sections too. With `train_mistakes="warn"`, mistakes confined to `train:` become warnings
+    and the spec without `train:` is returned (summary and draw never train).
+
+    Raises:
+        SpecError: every problem, sorted by position.
+    """
+    try:
+        return load(spec_or_path, variables)
+    except SpecError as error:
+        if error.partial is None:
+            raise
+        if train_mistakes == "warn" and error.failed_sections == {"train"}:
+            for problem in error.problems:
+                warnings.warn(SpecWarning(f"{problem} (train: is left out here; specc train refuses it)"),
+                              stacklevel=3)
+            return error.partial
+        raise with_model_problems(error) from None
+
+
+def with_model_problems(error: SpecError) -> SpecError:
+    """`error`'s schema problems plus those of its partial spec's model (expansion and dry run)."""
+    problems = list(error.problems)
+    if error.partial is not None:
+        try:
+            registry = Registry(_imports(error.partial))
+            graph = Expander(error.partial, registry).expand()
+            watch = BatchWatch(2)
+            watch.confirm(graph, dry_run(graph, registry, 2, on_node=watch.observe))
+        except SpecError as model_error:
+            problems += model_error.problems
+    return SpecError(sorted_problems(problems))
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
@@ -178,116 +252,8 @@ def _materialise(graph: Graph, registry: Registry, device: torch.device) -> dict
     return modules
 
 
-class _DirectChildren:
-    """Mixin: child modules are also plain instance attributes.
-
-    The generated forward reaches a layer as `getattr(self, "3").body.conv`; through
-    nn.Module.__getattr__ each step costs about a microsecond, which made a 4-layer MLP 15% slower
-    than the same model written by hand. With the children in `__dict__` each step is a dict hit.
-    Every way a child can change (setattr, delattr, add_module) keeps the copy in sync.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        self._sync_child(name)
-
-    def __delattr__(self, name: str) -> None:
-        was_child = name in self._modules
-        super().__delattr__(name)
-        if was_child:
-            self.__dict__.pop(name, None)
-
-    def add_module(self, name: str, module: nn.Module | None) -> None:
-        super().add_module(name, module)
-        self._sync_child(name)
-
-    def register_module(self, name: str, module: nn.Module | None) -> None:
-        self.add_module(name, module)
-
-    def _sync_child(self, name: str) -> None:
-        children = self.__dict__.get("_modules")
-        if children is not None and name in children:
-            self.__dict__[name] = children[name]
-
-
-class Container(_DirectChildren, nn.Module):
-    """Holds the layers of one spec item (a block use, a branch, a repeat) under its name."""
-
-
-class SpecModule(_DirectChildren, fx.GraphModule):
-    """The compiled model: a torch.fx GraphModule whose forward is generated from the spec."""
-
-
 def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx.GraphModule:
-    root = nn.Module()
-    for name, module in modules.items():
-        _set_submodule(root, name, module)
-    fx_graph = fx.Graph()
-    values: dict[str, Any] = {}
-    for node in graph.nodes:
-        values[node.name] = _emit(fx_graph, node, values)
-    outputs = [values[name] for name in graph.outputs]
-    fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
-    fx_graph.lint()
-    module = SpecModule(root, fx_graph, class_name=class_name(spec))
-    for name, holder in modules.items():   # fx copies buffers as persistent ones: constants are not
-        if isinstance(holder, FreeTensor) and holder.op == "constant":
-            owner, _, leaf = name.rpartition(".")
-            module.get_submodule(owner)._non_persistent_buffers_set.add(leaf)
-    for holder in [module, *module.modules()]:
-        if type(holder) is nn.Module:  # fx made the intermediate holders plain Modules
-            holder.__class__ = Container
-        if isinstance(holder, _DirectChildren):
-            for name in list(holder._modules):
-                holder._sync_child(name)
-    return module
-
-
-def _emit(fx_graph: fx.Graph, node: Node, values: dict) -> Any:
-    inputs = [values[name] for name in node.inputs]
-    if node.op == "input":
-        return fx_graph.placeholder(node.name)
-    if node.op == "module":
-        args, kwargs = call_inputs(node, inputs)
-        result = fx_graph.call_module(node.shared_with or node.name, args, kwargs)
-        return fx_graph.call_function(operator.getitem, (result, 0)) if node.target in TUPLE_OUTPUT_LAYERS else result
-    if node.op == "function" and node.target in FREE_TENSORS:   # a parameter/buffer of the model itself
-        tensor = fx_graph.get_attr(node.name)
-        return fx_graph.call_function(batch_expand, (tensor, inputs[0])) if node.args.get("batch") else tensor
-    if node.op == "function":
-        info = FUNCTIONS[node.target]
-        if info.name == "getitem":
-            return fx_graph.call_function(operator.getitem, (inputs[0], node.args["index"]))
-        args = (list_argument(inputs),) if info.takes_list else tuple(inputs)
-        return fx_graph.call_function(info.call, args, dict(node.args))
-    return _emit_merge(fx_graph, node, inputs)
-
-
-def _emit_merge(fx_graph: fx.Graph, node: Node, inputs: list) -> Any:
-    if node.target == "list":
-        return tuple(inputs)
-    if node.target in ("cat", "stack"):
-        return fx_graph.call_function(getattr(torch, node.target), (list(inputs),), {"dim": node.args["dim"]})
-    combine = {"add": operator.add, "mean": operator.add, "mul": operator.mul, "max": torch.maximum}[node.target]
-    result = inputs[0]
-    for value in inputs[1:]:
-        result = fx_graph.call_function(combine, (result, value))
-    if node.target == "mean":
-        result = fx_graph.call_function(operator.truediv, (result, len(inputs)))
-    return result
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    *parents, leaf = path.split(".")
-    owner = root
-    for part in parents:
-        if not hasattr(owner, part):
-            owner.add_module(part, nn.Module())
-        owner = getattr(owner, part)
-    if isinstance(module, FreeTensor):
-        module.attach(owner, leaf)
-    else:
-        owner.add_module(leaf, module)
+    return build_spec_module(graph, modules, class_name(spec))
 
 
 def _apply_ties(module: nn.Module, spec: Spec) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
-from specc.lang.errors import Location, Problem, SpecError, did_you_mean
+from specc.lang.errors import Location, Problem, SpecError, did_you_mean, sorted_problems
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.bounds import ExpansionBudget
 from specc.build.graph import Graph, Node, Scope
@@ -73,9 +73,8 @@ class Expander(ItemReading):
                                     self._locate(("layers",)), "LIMIT_EXCEEDED")) from None
         outputs = self._outputs(context, last)
         if self.problems:
-            # a mistake inside a repeated item or a block used twice is reported once
-            unique = {str(problem): problem for problem in self.problems}
-            raise SpecError(list(unique.values()))
+            # a mistake inside a repeated item or a block used twice is reported once, with its use sites
+            raise SpecError(sorted_problems(self.problems))
         return Graph(self.nodes, outputs)
 
     def _global_vars(self) -> dict:
@@ -140,12 +139,13 @@ class Expander(ItemReading):
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
             output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+        self._declare_output(item, context, output)
         context.refs[key] = output[0] if output else None
         return output or current
 
     def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
         for repetition in range(count):
-            scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count)
+            scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
                             scopes=context.scopes + (scope,))
             if repetition:
@@ -168,7 +168,8 @@ class Expander(ItemReading):
             return self._add_free_tensor(item, args, context, inputs, qualified, name)
         if item.op in FUNCTIONS:
             return self._add_function(item, args, context, inputs, qualified, name)
-        layer = FUNCTION_AS_LAYER.get(item.op, item.op)
+        op, args = self._layer_norm_axis(item, args)   # `LayerNorm: {dim: 1}` is LayerNorm2d
+        layer = FUNCTION_AS_LAYER.get(op, op)
         info = self.registry.layer(layer)
         if info is None:
             self._unknown_op(item)
@@ -226,15 +227,17 @@ class Expander(ItemReading):
             self._problem("parallel needs a mapping of branch names to layer lists, e.g. {a: [...], b: [...]}",
                           item.path + ("parallel",), "TYPE_ERROR")
             return []
-        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path))
-        outputs, labels, prefix = [], [], self._prefix(item, context, qualified)
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path), module=_level(prefix, context))
+        outputs, labels = [], []
         names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
             if keyword.iskeyword(str(branch)):   # `self.branches.as` would make the forward a SyntaxError
                 self._problem(f"parallel: branch '{branch}' is a Python keyword; name the branch otherwise",
                               item.path + ("parallel", branch), "TYPE_ERROR")
                 return []
-            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)))
+            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)),
+                                 module=_level(prefix + names[str(branch)], prefix))
             inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
             layers = layers if isinstance(layers, list) else [layers]
             result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
@@ -243,21 +246,24 @@ class Expander(ItemReading):
         merge, merge_args = self._merge(item, context)
         node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
-                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel"})
+                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel",
+                          "merge_at": self._locate(item.path + ("merge",)) if "merge" in item.meta else None})
         return [self._add(node)]
 
     def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:
-        scope = Scope("residual", qualified, name or "residual", self._locate(item.path))
+        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        scope = Scope("residual", qualified, name or "residual", self._locate(item.path), module=_level(prefix, context))
         outer = context.child(scope, "")
         body_layers = item.args if isinstance(item.args, list) else [item.args]
-        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)))
-        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
+        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)),
+                           module=_level(prefix + names["body"], prefix))
         body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
         shortcut = inputs
         if item.meta.get("shortcut") is not None:
             layers = item.meta["shortcut"]
             layers = layers if isinstance(layers, list) else [layers]
-            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)))
+            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)),
+                                module=_level(prefix + names["shortcut"], prefix))
             shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, prefix + names["shortcut"]), inputs)
         node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
                     scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
@@ -265,9 +271,10 @@ class Expander(ItemReading):
         return [self._add(node)]
 
     def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
-        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path))
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path), module=_level(prefix, context))
         layers = item.args if isinstance(item.args, list) else [item.args]
-        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, self._prefix(item, context, qualified)), inputs)
+        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, prefix), inputs)
 
     def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
         block = self.spec.blocks[item.op]
@@ -280,9 +287,11 @@ class Expander(ItemReading):
         if arguments is None:
             return []
         location = self._locate(item.path)
-        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location)
+        prefix = self._prefix(item, context, qualified)
+        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location,
+                      module=_level(prefix, context))
         inner_vars = {**context.variables, **arguments}
-        inner = context.child(scope, self._prefix(item, context, qualified), variables=inner_vars,
+        inner = context.child(scope, prefix, variables=inner_vars,
                               via=context.via + (f"in block '{item.op}' used at {location}",),
                               blocks=context.blocks + (item.op,))
         return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
@@ -425,6 +434,12 @@ class Expander(ItemReading):
         if limit_problem is not None:
             unique = {str(problem): problem for problem in [*self.problems, limit_problem]}
             raise SpecError(list(unique.values()))
+
+
+def _level(prefix: str, outer: "Context | str") -> str | None:
+    """The module path a container's layers sit under, or None when its prefix adds no level."""
+    outer_prefix = outer if isinstance(outer, str) else outer.prefix
+    return prefix[:-1] if prefix and prefix != outer_prefix else None
 
 
 def _deferred_args(kwargs: dict) -> dict:

@@ -23,6 +23,7 @@ class Scope:
     location: Location | None = None
     index: int | None = None  # for "repeat": which repetition (0-based)
     count: int | None = None  # for "repeat": how many repetitions
+    module: str | None = None # the module path holding its layers; None when it adds no path level (flat:, names: "")
 
 
 @dataclass
@@ -68,3 +69,14 @@ class Graph:
     @property
     def inputs(self) -> list[Node]:
         return [node for node in self.nodes if node.op == "input"]
+
+    def unused(self) -> list[Node]:
+        """Items whose output reaches no model output: built, run and counted for nothing."""
+        inputs_of = {node.name: node.inputs for node in self.nodes}
+        live, pending = set(), list(self.outputs)
+        while pending:
+            name = pending.pop()
+            if name not in live:
+                live.add(name)
+                pending.extend(inputs_of.get(name, ()))
+        return [node for node in self.nodes if node.name not in live and node.op != "input"]

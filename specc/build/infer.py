@@ -7,7 +7,8 @@ spec line of the item that caused it, with the shapes involved.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,7 +19,9 @@ from specc.build.graph import Graph, Node
 from specc.build.input_sizes import resolve_node_args
 from specc.build.tensors import FREE_TENSORS, FreeTensor, free_tensor_value, make_free_tensor
 from specc.build.bounds import BuildBudget, BuildOpsExceeded
-from specc.build.registry import FUNCTIONS, INFERABLE, TUPLE_OUTPUT_LAYERS, Registry
+from specc.build.registry import FUNCTIONS, INFERABLE, Registry, passes_first_output
+from specc.build.shape_functions import function_output, merge_output
+from specc.build.shape_rules import module_output
 
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -49,8 +52,10 @@ class SkipInitOnMeta(TorchFunctionMode):
 
 
 def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
-            input_shapes: dict[str, list[int]] | None = None) -> dict[str, nn.Module]:
+            input_shapes: dict[str, list[int]] | None = None,
+            on_node: Callable[[Node], None] | None = None) -> dict[str, nn.Module]:
     """Run the graph on meta tensors; set each node's `shape`, `dtype` and inferred args.
+    `on_node` sees each node once its shape is set (batch_check.BatchWatch.observe).
 
     Returns:
         The layers built on the meta device, by node name.
@@ -73,6 +78,8 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
             raise SpecError(_failure(node, error, values)) from None
         values[node.name] = value
         _record(node, value)
+        if on_node is not None:
+            on_node(node)
     return modules
 
 
@@ -114,6 +121,15 @@ def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch
     if node.op == "function" and node.target in FREE_TENSORS:
         holder = modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, "meta"))
         return free_tensor_value(holder.tensor, node.args, inputs)
+    return run_on_meta(node, inputs)
+
+
+def run_on_meta(node: Node, inputs: list):
+    """A function or merge item on meta inputs: its shape rule (shape_functions.py), else the op."""
+    # the common items need no meta kernel, whose set-up (sympy, torch._dynamo) costs ~1 s
+    predicted = (function_output if node.op == "function" else merge_output)(node.target, inputs, node.args)
+    if predicted is not None:
+        return predicted
     if node.op == "function":
         return run_function(node, inputs)
     return run_merge(node, inputs)
@@ -143,19 +159,40 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     key = _memo_key(node, inputs)
     if key is not None and key in seen_outputs:
         return _fresh_meta(seen_outputs[key])
-    args, kwargs = call_inputs(node, inputs)
-    output = module(*args, **kwargs)
-    output = output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    output = call_layer_on_meta(node, module, inputs)
     if key is not None:
         seen_outputs[key] = output
     return output
+
+
+def call_layer_on_meta(node: Node, module: nn.Module, inputs: list):
+    """A layer item's output on meta inputs: its shape rule (shape_rules.py), else the layer itself,
+    in eval mode (shapes as at inference: BatchNorm after a global pool works at batch 1)."""
+    args, kwargs = call_inputs(node, inputs)
+    with evaluating(module):
+        output = module_output(module, args, kwargs)
+        if output is None:
+            output = module(*args, **kwargs)
+    return output[0] if passes_first_output(node) else output
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode for one call, then each layer's own mode back (the dry run's layers become the model on meta)."""
+    modes = [(layer, layer.training) for layer in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for layer, mode in modes:
+            layer.training = mode
 
 
 def _memo_key(node: Node, inputs: list) -> tuple | None:
     if not all(isinstance(value, torch.Tensor) for value in inputs):
         return None
     shapes = tuple((tuple(value.shape), value.dtype) for value in inputs)
-    return node.target, repr(sorted(node.args.items())), shapes
+    return node.target, repr(sorted(node.args.items())), node.meta.get("outputs"), shapes
 
 
 def _fresh_meta(value: Any) -> Any:
@@ -218,7 +255,7 @@ def run_compiled_node(node: Node, inputs: list, module: nn.Module) -> Any:
         return run_merge(node, inputs)
     args, kwargs = call_inputs(node, inputs)
     output = module.get_submodule(node.shared_with or node.name)(*args, **kwargs)
-    return output[0] if node.target in TUPLE_OUTPUT_LAYERS else output
+    return output[0] if passes_first_output(node) else output
 
 
 def run_merge(node: Node, inputs: list):
@@ -245,7 +282,8 @@ def _check_merge(node: Node, inputs: list) -> None:
     for label, value in zip(labels[1:], inputs[1:]):
         dim = _mismatch(node, tuple(first.shape), tuple(value.shape))
         if dim is not None:
-            raise SpecError(Problem(_merge_message(node, labels[0], first, label, value, dim), node.location,
+            raise SpecError(Problem(_merge_message(node, labels[0], first, label, value, dim),
+                                    node.meta.get("merge_at") or node.location,   # the `merge:` line if written
                                     "SHAPE_MISMATCH", notes=node.meta.get("via", [])))
 
 
@@ -269,12 +307,18 @@ def _mismatch(node: Node, left: tuple, right: tuple) -> int | None:
 
 def _merge_message(node: Node, left_label, left, right_label, right, dim: int) -> str:
     where = "ranks differ" if dim == -1 else f"sizes differ in dim {dim}"
-    shapes = f"{left_label} {feature_shape(tuple(left.shape))} and {right_label} {feature_shape(tuple(right.shape))}"
+    # with the batch written B, so `dim N` counts like the printed shapes (and like the spec's torch dims)
+    shapes = f"{left_label} {_batch_shape(left)} and {right_label} {_batch_shape(right)}"
     if node.meta.get("branches") == ["body", "shortcut"]:
         return f"residual '{node.meta.get('item')}': cannot add {shapes}: {where}"
     if node.op == "function":
         return f"{node.target} of {shapes}: {where}"
     return f"{node.target} of branches {shapes}: {where}"
+
+
+def _batch_shape(value: torch.Tensor) -> str:
+    """`(2, 6, 28, 28)` -> `[B, 6, 28, 28]`."""
+    return "[" + ", ".join(["B", *map(str, value.shape[1:])]) + "]"
 
 
 def _failure(node: Node, error: Exception, values: dict) -> Problem:

@@ -7,10 +7,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from specc.lang.errors import did_you_mean
-from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES
+from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, TUPLE_OUTPUT_LAYERS
 
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
-             "flat", "names")  # flat/names: path levels, so state_dict keys can match another library's
+             "flat", "names",  # flat/names: path levels, so state_dict keys can match another library's
+             "batch_dim", "outputs")  # batch_check.py: where the output's batch dim is; keep a layer's whole tuple
 
 
 @dataclass
@@ -43,6 +44,8 @@ class ItemReading:
                 self._problem(f"block '{item.op}' has no arg '{key}'", item.path + (item.op, key), "UNKNOWN_KWARG",
                               did_you_mean(str(key), declared))
                 ok = False
+        if not ok:   # a misspelt arg also leaves the real one missing: one mistake, one report
+            return None
         defaults = self._substitute(declared, context.variables, ("blocks", item.op, "args"), deferrable=True,
                                     input_of=input_of)
         arguments = {**(defaults or {}), **given}
@@ -124,6 +127,29 @@ class ItemReading:
             return False
         return condition
 
+    def _declare_output(self, item: Item, context, output: list[str]) -> None:
+        """`batch_dim:` and `outputs:` describe the node the item ends with (batch_check.py reads the first)."""
+        node = self.by_name.get(output[0]) if output else None
+        if node is None:
+            return
+        if "batch_dim" in item.meta:
+            value = self._substitute(item.meta["batch_dim"], context.variables, item.path + ("batch_dim",))
+            if value is not False and (not isinstance(value, int) or isinstance(value, bool)):
+                self._problem(f"batch_dim must be false (no batch dim) or the dim holding the batch, got {value!r}",
+                              item.path + ("batch_dim",), "TYPE_ERROR")
+            else:
+                node.meta["batch_dim"] = value
+        if "outputs" in item.meta:
+            value = item.meta["outputs"]
+            if value not in ("all", "first"):
+                self._problem(f"outputs must be 'all' (the layer's whole tuple) or 'first', got {value!r}",
+                              item.path + ("outputs",), "TYPE_ERROR", did_you_mean(str(value), ["all", "first"]))
+            elif node.op != "module" or node.target not in TUPLE_OUTPUT_LAYERS:
+                self._problem(f"outputs: only {', '.join(sorted(TUPLE_OUTPUT_LAYERS))} return several outputs, "
+                              f"not {item.op}", item.path + ("outputs",), "TYPE_ERROR")
+            else:
+                node.meta["outputs"] = value
+
     def _resolve_op(self, item: Item, context) -> Item | None:
         """`- $act` / `- $act: {inplace: true}`: a var naming a layer, block or function is the item."""
         if not item.op.startswith("$"):
@@ -138,3 +164,18 @@ class ItemReading:
             self._problem(f"'{item.op}' must name a layer, block or function, got {value!r}", item.path, "TYPE_ERROR")
             return None
         return replace(item, op=value, args=args)
+
+    def _layer_norm_axis(self, item: Item, args: Any) -> tuple[str, Any]:
+        """`LayerNorm: {dim: 1}` normalises the channels of `[C, H, W]` maps: it is `LayerNorm2d`
+        (same `weight`/`bias`); `dim: -1` is the default, the last dim. Other layers pass through."""
+        if item.op != "LayerNorm" or not isinstance(args, dict) or "dim" not in args:
+            return item.op, args
+        args = dict(args)
+        dim = args.pop("dim")
+        if dim == 1 and not isinstance(dim, bool):
+            return "LayerNorm2d", args
+        if dim != -1 or isinstance(dim, bool):
+            self._problem(f"LayerNorm: dim must be 1 (the channels of channels-first maps, as LayerNorm2d) or -1 "
+                          f"(the last dim, the default), got {dim!r}", item.path + ("LayerNorm", "dim"), "TYPE_ERROR")
+        return item.op, args
+

@@ -29,6 +29,12 @@ _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "Parameter
 TUPLE_OUTPUT_LAYERS = {"LSTM", "GRU", "RNN", "MultiheadAttention"}
 
 
+def passes_first_output(node) -> bool:
+    """True when a node's layer returns a tuple and the spec passes element 0 on; `outputs: all` on
+    the item keeps the whole tuple (an LSTM's `(output, (h_n, c_n))`) for `getitem` to pick from."""
+    return node.target in TUPLE_OUTPUT_LAYERS and node.meta.get("outputs") != "all"
+
+
 def _last_dim(shapes):
     return shapes[0][-1]
 

@@ -134,6 +134,12 @@ def _type_problem(info: LayerInfo, key: str, value: Any) -> str | None:
     return None
 
 
+def kwarg_annotation(cls: type, key: str) -> Any:
+    """The type annotation of constructor arg `key` (None when it has none or it cannot be read)."""
+    annotation = _hints(cls).get(key)
+    return None if annotation is typing.Any else annotation
+
+
 @lru_cache(maxsize=None)
 def _hints(cls: type) -> dict:
     try:

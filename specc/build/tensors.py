@@ -23,7 +23,7 @@ from specc.build.input_sizes import contains_deferred
 
 FREE_TENSORS = ("parameter", "buffer", "constant")
 _VALUE_FORMS = ("value", "arange", "zeros", "ones")
-_KEYS = {"parameter": ("shape", "init", "batch"), "buffer": (*_VALUE_FORMS, "dtype", "batch"),
+FREE_TENSOR_KEYS = {"parameter": ("shape", "init", "batch"), "buffer": (*_VALUE_FORMS, "dtype", "batch"),
          "constant": (*_VALUE_FORMS, "dtype", "batch")}
 
 
@@ -32,10 +32,11 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
     if not isinstance(args, dict):
         example = "{shape: [1, 768], init: zeros}" if op == "parameter" else "{arange: 7} or {value: [0, 1]}"
         return {}, [locate(f"{op} needs a mapping like {example}", (op,), "TYPE_ERROR")]
-    problems = [locate(f"{op} has no argument '{key}'", (op, key), "UNKNOWN_KWARG", did_you_mean(str(key), _KEYS[op]))
-                for key in args if key not in _KEYS[op]]
+    problems = [locate(f"{op} has no argument '{key}'", (op, key), "UNKNOWN_KWARG", did_you_mean(str(key), FREE_TENSOR_KEYS[op]))
+                for key in args if key not in FREE_TENSOR_KEYS[op]]
     if op == "parameter":
-        problems += _shape_problems(args.get("shape"), "shape", op, locate, required=True)
+        # `shap: [4]` is one mistake: its missing `shape` is not reported again
+        problems += _shape_problems(args.get("shape"), "shape", op, locate, required=not problems)
         if "init" in args and not _init_ok(args["init"]):
             problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...) or "
                                    f"{{name: {{kwargs}}}}, got {args['init']!r}", (op, "init"), "TYPE_ERROR"))
@@ -58,8 +59,9 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
 
 
 def _shape_problems(shape: Any, key: str, op: str, locate, required: bool) -> list[Problem]:
-    if shape is None and required:
-        return [locate(f"{op} needs '{key}' (the shape without the batch dim, e.g. [1, 768])", (op,), "MISSING_ARGUMENT")]
+    if shape is None:
+        return [locate(f"{op} needs '{key}' (the shape without the batch dim, e.g. [1, 768])", (op,),
+                       "MISSING_ARGUMENT")] if required else []
     if contains_deferred(shape) or _ints(shape, positive=True):
         return []
     return [locate(f"{op}: {key} must be a list of positive ints, got {shape!r}", (op, key), "TYPE_ERROR")]

@@ -8,6 +8,7 @@ safetensors refuses tensors that share memory, and restored on load.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,14 @@ def save_weights(compiled: "Compiled", path: str | Path, input_shapes: dict | No
     if input_shapes:
         metadata[INPUT_SHAPES_KEY] = json.dumps(input_shapes)
     save_file(tensors, str(path), metadata=metadata)
+    _usual_mode(path)
+
+
+def _usual_mode(path: str | Path) -> None:
+    """safetensors creates its files 0600; give the usual 0666 less the umask, like every other file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def load_weights(path: str | Path) -> tuple[dict, dict]:

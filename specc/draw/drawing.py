@@ -105,7 +105,7 @@ def spec_diagram(spec_or_path: Any, *, depth: int | None = None, expand: bool = 
     """Compile on the meta device (no weights) and lay out the `Diagram` both writers draw."""
     from specc.build.compiler import compile as compile_spec
 
-    compiled = compile_spec(spec_or_path, device="meta", **variables)
+    compiled = compile_spec(spec_or_path, device="meta", train_mistakes="warn", **variables)
     return compiled_diagram(compiled, depth=depth, expand=expand)
 
 
@@ -128,7 +128,7 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
 
     from specc.build.compiler import compile as compile_spec
 
-    compiled = compile_spec(spec_or_path, **variables)
+    compiled = compile_spec(spec_or_path, train_mistakes="warn", **variables)
     module = compiled.module.train()
     output = module(*compiled.example_inputs(batch_size))
     with warnings.catch_warnings():   # torchviz still uses distutils' LooseVersion
@@ -139,8 +139,11 @@ def draw_autograd(spec_or_path: Any, *, rankdir: str = "TB", batch_size: int = 2
     return digraph
 
 
-def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> Drawing:
-    """Write a `Diagram` as a graphviz `Digraph` (clusters nested as in the spec)."""
+def to_graphviz(diagram: Diagram, rankdir: str = "TB", marks: dict[str, dict] | None = None) -> Drawing:
+    """Write a `Diagram` as a graphviz `Digraph` (clusters nested as in the spec).
+
+    `marks` restyles some boxes and clusters (by id) with graphviz attributes (`specc diff --draw`).
+    """
     digraph = Drawing(
         name=diagram.name,
         graph_attr=dict(rankdir=_check_rankdir(rankdir), label=f"<<b>{escape(diagram.name)}</b>>", labelloc="t",
@@ -151,7 +154,7 @@ def to_graphviz(diagram: Diagram, rankdir: str = "TB") -> Drawing:
     identifiers = {box_id: f"n{index}" for index, box_id in enumerate(diagram.boxes)}
     identifiers.update({cluster_id: f"cluster_{index}_{_dot_name(cluster_id)}"   # graphviz frames names cluster*
                         for index, cluster_id in enumerate(diagram.clusters)})
-    _add_contents(digraph, diagram, None, identifiers)
+    _add_contents(digraph, diagram, None, identifiers, marks or {})
     for arrow in diagram.arrows:
         style = dict(style="dashed", color="#b85450", fontcolor="#b85450", penwidth="1.3") if arrow.skip else {}
         digraph.edge(identifiers[arrow.source], identifiers[arrow.target], label=f" {arrow.shape} ", **style)
@@ -178,9 +181,9 @@ def write_drawing(spec_or_path: Any, output: str | Path | None = None, *, depth:
         ValueError: an unknown format, or Mermaid or HTML asked for the autograd graph.
         GraphvizNotFound: `dot` is missing; the `.dot` source was written next to `output`.
     """
-    from specc.lang.spec import load
+    from specc.build.compiler import load_model_spec
 
-    spec = load(spec_or_path, variables)
+    spec = load_model_spec(spec_or_path, variables, train_mistakes="warn")   # drawings never train
     suffix = output_format or (Path(output).suffix.lstrip(".").lower() if output is not None else "svg")
     path = Path(output) if output is not None else default_output(spec.file, spec.display_name, autograd, suffix)
     if suffix in ("mmd", "html") or suffix in SOURCE_FORMATS:
@@ -296,17 +299,18 @@ def _check_rankdir(rankdir: str) -> str:
     return rankdir.upper()
 
 
-def _add_contents(graph: graphviz.Digraph, diagram: Diagram, cluster_id: str | None, identifiers: dict) -> None:
+def _add_contents(graph: graphviz.Digraph, diagram: Diagram, cluster_id: str | None, identifiers: dict,
+                  marks: dict[str, dict]) -> None:
     """Add the boxes directly in `cluster_id`, then its child clusters, recursively."""
     boxes, clusters = diagram.children(cluster_id)
     for box in boxes:
         style = dict(BOX_STYLES[box.kind], peripheries="2") if box.repeat else BOX_STYLES[box.kind]
-        graph.node(identifiers[box.id], label=box_label(box), tooltip=box.tooltip, **style)
+        graph.node(identifiers[box.id], label=box_label(box), tooltip=box.tooltip, **{**style, **marks.get(box.id, {})})
     for cluster in clusters:
         with graph.subgraph(name=identifiers[cluster.id]) as subgraph:
             subgraph.attr(label=f"<<b>{escape(cluster.label)}</b>>", labeljust="l", fontsize="11",
-                          fontname="Helvetica", margin="10", **_cluster_style(cluster))
-            _add_contents(subgraph, diagram, cluster.id, identifiers)
+                          fontname="Helvetica", margin="10", **{**_cluster_style(cluster), **marks.get(cluster.id, {})})
+            _add_contents(subgraph, diagram, cluster.id, identifiers, marks)
 
 
 def box_label(box: Box) -> str:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, run_compiled_node
+from specc.build.flop_rules import run_counted
+from specc.build.infer import DTYPES
 
 
 def node_figures(graph: Graph, module: nn.Module) -> dict[str, dict[str, int]]:
@@ -28,28 +29,27 @@ def node_figures(graph: Graph, module: nn.Module) -> dict[str, dict[str, int]]:
     figures, counted = {}, set()
     last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     values: dict[str, Any] = {}
-    with _flop_counter() as counter:
-        for index, node in enumerate(graph.nodes):
-            before = counter.get_total_flops()
-            values[node.name] = _run(node, values, module)
-            entry = {"params": 0, "shared_params": 0, "flops": counter.get_total_flops() - before}
-            if node.op == "module":
-                for parameter in module.get_submodule(node.shared_with or node.name).parameters():
-                    key = "shared_params" if id(parameter) in counted else "params"
-                    entry[key] += parameter.numel()
-                    counted.add(id(parameter))
-            figures[node.name] = entry
-            for name in set(node.inputs):
-                if last_use[name] == index:
-                    del values[name]
+    for index, node in enumerate(graph.nodes):
+        values[node.name], flops = _run(node, values, module)
+        entry = {"params": 0, "shared_params": 0, "flops": flops}
+        if node.op == "module":
+            for parameter in module.get_submodule(node.shared_with or node.name).parameters():
+                key = "shared_params" if id(parameter) in counted else "params"
+                entry[key] += parameter.numel()
+                counted.add(id(parameter))
+        figures[node.name] = entry
+        for name in set(node.inputs):
+            if last_use[name] == index:
+                del values[name]
     return figures
 
 
-def _run(node: Node, values: dict, module: nn.Module) -> Any:
+def _run(node: Node, values: dict, module: nn.Module) -> tuple[Any, int]:
     if node.op == "input":
         shape = [1, *node.shape[1:]]
-        return torch.zeros(shape, dtype=DTYPES[node.dtype or "float32"], device="meta")
-    return run_compiled_node(node, [values[name] for name in node.inputs], module)
+        return torch.empty(shape, dtype=DTYPES[node.dtype or "float32"], device="meta"), 0
+    # FLOP formulas where the layer has one (build/flop_rules.py), else FlopCounterMode
+    return run_counted(node, [values[name] for name in node.inputs], module, _flop_counter)
 
 
 def _flop_counter():

@@ -36,7 +36,7 @@ def spec_html(spec_or_path: Any, *, depth: int | None = None, expand: bool = Fal
     from specc.build.compiler import compile as compile_spec
     from specc.draw.figures import node_figures
 
-    compiled = compile_spec(spec_or_path, device="meta", batch_size=1, **variables)
+    compiled = compile_spec(spec_or_path, device="meta", batch_size=1, train_mistakes="warn", **variables)
     diagram = compiled_diagram(compiled, expand=True)
     figures = node_figures(compiled.graph, compiled.module)
     return html_document(diagram, compiled.graph, figures, depth=depth, expand=expand, changes=changes,

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from specc.export.codegen_source import (Statement, allocate, function_call, identifier, literal, merge_call,
+from specc.export.codegen_source import (Statement, allocate, free_tensor_use, function_call, identifier, literal, merge_call,
                                   module_call, module_dict_attributes, placed, plain_call, shape_text, wrapped_call,
                                   wrapped_list)
-from specc.export.codegen_tree import Part, Tree, inside, parent
+from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
 from specc.build.graph import Node
 from specc.build.registry import layer_info
 
 _STREAMS = {"body": "h", "shortcut": "shortcut"}    # variable names for values inside a residual
+_REGISTER = {"parameter": "register_parameter", "buffer": "register_buffer", "constant": "register_buffer"}
+_PERSISTENT = {"parameter": "", "buffer": "", "constant": ", persistent=False"}   # constants are not saved
 
 
 @dataclass
@@ -91,8 +93,7 @@ class ClassWriter:
             lines += ["        )"]
         else:
             lines += ["        super().__init__()"]
-            for key, child in part.children.items():
-                lines += placed(f"{self._access('self', part, key)} = ", self._expression(child, template, part), 8)
+            lines += self._init_lines("self", part, template, part)
             if part.style == "root":
                 lines += self._init_and_ties()
             lines += ["", *self._forward(part, template)]
@@ -109,6 +110,53 @@ class ClassWriter:
         return (f"{self.spec.display_name}: {inputs} -> {outputs}.\n\n"
                 f"    Layers sit under the spec's item names (an unnamed item's is its index), so the\n"
                 f"    state_dict keys match the compiled spec's and weights move between the two unchanged.\n    ")
+
+    def _init_lines(self, target: str, container: Part, template: Template, owner: Part) -> list[str]:
+        """`self.x = ...` per child, in graph order (so a seeded build draws the same numbers); free
+        tensors are registered, and a container holding some is filled in line by line."""
+        lines = []
+        for key, child in container.children.items():
+            if is_free_tensor(child):
+                lines += placed(f"{target}.{_REGISTER[child.target]}({json.dumps(key)}, ",
+                                self._free_tensor(child, template, owner) + _PERSISTENT[child.target] + ")", 8)
+            elif isinstance(child, Part) and not child.callable and holds_tensors(child):
+                access = self._access(target, container, key)
+                lines += placed(f"{access} = ", "nn.ModuleDict()", 8) + self._init_lines(access, child, template, owner)
+            else:
+                lines += placed(f"{self._access(target, container, key)} = ", self._expression(child, template, owner), 8)
+        return lines
+
+    def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:
+        """The tensor as `make_free_tensor` builds it: `[1, *shape]`, initialised the same way."""
+        args, raw = node.args, self.tree.item_args.get(node.location, {})
+        if node.target == "parameter":
+            tensor = f"torch.zeros(1, {self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
+            if args.get("init") is not None:
+                name, kwargs = (args["init"], {}) if isinstance(args["init"], str) else next(iter(args["init"].items()))
+                extra = "".join(f", {key}={literal(value)}" for key, value in (kwargs or {}).items())
+                tensor = f"nn.init.{name.rstrip('_')}_({tensor}{extra})"
+            return f"nn.Parameter({tensor})"
+        dtype = f", dtype=torch.{args['dtype']}" if "dtype" in args else ""
+        if "value" in args:
+            tensor = f"torch.tensor({self._free_values(template, [args['value']], [raw.get('value')], owner, 'value')}{dtype})"
+        elif "arange" in args:
+            bounds = args["arange"] if isinstance(args["arange"], list) else [args["arange"]]
+            written = raw.get("arange") if isinstance(raw.get("arange"), list) else [raw.get("arange")]
+            tensor = f"torch.arange({self._free_values(template, bounds, written, owner, 'length')}{dtype})"
+        else:
+            form = "zeros" if "zeros" in args else "ones"
+            tensor = f"torch.{form}({self._free_values(template, args[form], raw.get(form), owner, 'size')}{dtype})"
+        return f"{tensor}.unsqueeze(0)"
+
+    @staticmethod
+    def _free_values(template: Template, values: list, written: Any, owner: Part, hint: str) -> str:
+        """Value slots, comma-separated; one written as a block arg (`$window`) stays that arg."""
+        written = written if isinstance(written, list) and len(written) == len(values) else [None] * len(values)
+        slots = []
+        for value, raw in zip(values, written):
+            is_arg = owner.block and isinstance(raw, str) and raw.startswith("$") and raw[1:] in owner.block_args
+            slots.append(template.value(value, raw[1:], "arg") if is_arg else template.value(value, hint))
+        return ", ".join(slots)
 
     def _expression(self, element: Any, template: Template, owner: Part) -> str:
         if isinstance(element, Node):
@@ -142,7 +190,9 @@ class ClassWriter:
     def _comment(self, node: Node, template: Template) -> str:
         if node.shape is None:
             return ""
-        labels = node.meta.get("symbolic_shape") or ["B", *node.shape[1:]]
+        # a free tensor (and what is computed from it alone) has a batch dim of 1, not B
+        broadcast = node.shape[0] == 1 and self.compiled.batch_size > 1
+        labels = node.meta.get("symbolic_shape") or [1 if broadcast else "B", *node.shape[1:]]
         return f"  # {template.shape(list(labels))}"
 
     def _constructor(self, node: Node, template: Template, owner: Part) -> str:
@@ -268,7 +318,19 @@ class ClassWriter:
                          identifier(key if key.isidentifier() else unit.block or unit.kind or "h"), named,
                          partial(plain_call, target), self.graph[unit.output])
 
+    def _tensor_path(self, name: str, part: Part) -> str:
+        """The expression reaching free tensor `name` from inside `part`'s class."""
+        owner_path, _, key = name.rpartition(".")
+        owner = "self" if owner_path == part.path else self._path(owner_path, part)
+        if key.isidentifier() and not keyword.iskeyword(key) and key not in module_dict_attributes():
+            return f"{owner}.{key}"
+        return f"getattr({owner}, {json.dumps(key)})"
+
     def _node_statement(self, node: Node, part: Part) -> Statement:
+        if is_free_tensor(node):
+            render = partial(free_tensor_use, self._tensor_path(node.name, part), bool(node.args.get("batch")))
+            return Statement(node.name, list(node.inputs) if node.args.get("batch") else [], self._stream(node.scopes, part),
+                             identifier(node.label or node.target), True, render, node)
         if node.op == "module":
             render = partial(module_call, node, self._path(node.shared_with or node.name, part))
         else:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Node
-from specc.build.registry import FUNCTIONS, TUPLE_OUTPUT_LAYERS
+from specc.build.registry import FUNCTIONS, passes_first_output
 
 _OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 
@@ -96,11 +96,18 @@ def module_call(node: Node, target: str, arguments: list[str]) -> str:
     if node.target == "MultiheadAttention":      # self-attention: query = key = value
         arguments = (arguments * 3 if len(arguments) == 1 else arguments) + ["need_weights=False"]
     call = f"{target}({', '.join(arguments)})"
-    return f"{call}[0]" if node.target in TUPLE_OUTPUT_LAYERS else call   # (output, state) -> output
+    return f"{call}[0]" if passes_first_output(node) else call   # (output, state) -> output
+
+
+def free_tensor_use(tensor: str, batch: bool, arguments: list[str]) -> str:
+    """A free tensor in forward; with `batch: true` a view over the batch of its input."""
+    return f"{tensor}.expand({arguments[0]}.shape[0], *{tensor}.shape[1:])" if batch else tensor
 
 
 def function_call(node: Node, arguments: list[str]) -> str:
     info, kwargs = FUNCTIONS[node.target], dict(node.args)
+    if info.name in _SPECC_FUNCTIONS:            # specc's helpers, written as the torch they call
+        return _SPECC_FUNCTIONS[info.name](arguments, kwargs)
     if info.name == "getitem":
         return f"{arguments[0]}[{_index(kwargs['index'])}]"
     if info.name in _OPERATORS:
@@ -115,6 +122,18 @@ def function_call(node: Node, arguments: list[str]) -> str:
     written = [f"[{', '.join(arguments)}]"] if info.takes_list else arguments
     written += [f"{key}={literal(value)}" for key, value in kwargs.items()]
     return f"{_qualified(node, info.call)}({', '.join(written)})"
+
+
+_SPECC_FUNCTIONS: dict[str, Callable[[list[str], dict], str]] = {
+    "to": lambda arguments, kwargs: f"{arguments[0]}.to(torch.{kwargs['dtype']})",
+    "expand": lambda arguments, kwargs: f"{arguments[0]}.expand({', '.join([f'{arguments[0]}.shape[0]', *map(literal, _sizes(kwargs['shape']))])})",
+    "gather": lambda arguments, kwargs: f"torch.gather({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]})",
+    "einsum": lambda arguments, kwargs: f"torch.einsum({', '.join([literal(kwargs['equation']), *arguments])})",
+}
+
+
+def _sizes(shape: Any) -> list:
+    return list(shape) if isinstance(shape, (list, tuple)) else [shape]
 
 
 def _qualified(node: Node, function: Callable) -> str:

@@ -13,8 +13,9 @@ from typing import Any
 
 from specc.build.graph import Node
 from specc.build.registry import TUPLE_OUTPUT_LAYERS
+from specc.build.tensors import FREE_TENSORS
 
-_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names")
+_META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs")
 
 
 @dataclass(eq=False)
@@ -41,6 +42,22 @@ class Part:
     @property
     def sequential(self) -> bool:
         return self.style == "sequential" or (self.style == "block" and self.chain)
+
+
+def is_free_tensor(node: Any) -> bool:
+    """A `parameter` / `buffer` / `constant` item: a tensor registered on its container, like a layer."""
+    return isinstance(node, Node) and node.op == "function" and node.target in FREE_TENSORS
+
+
+def owns_module(node: Node) -> bool:
+    """The node has a place in the module tree: a layer (not a `share:` call) or a free tensor."""
+    return (node.op == "module" and not node.shared_with) or is_free_tensor(node)
+
+
+def holds_tensors(part: "Part") -> bool:
+    """Free tensors sit in this part or in a part below that its enclosing class writes inline."""
+    return any(is_free_tensor(child) or (isinstance(child, Part) and not child.callable and holds_tensors(child))
+               for child in part.children.values())
 
 
 def inside(path: str, ancestor: str) -> bool:
@@ -73,7 +90,7 @@ class Tree:
         for node in self.graph.nodes:
             for used in node.inputs:
                 self.consumers[used].append(node.name)
-            if node.op == "module" and not node.shared_with:
+            if owns_module(node):
                 parent, _, key = node.name.rpartition(".")
                 self._part(parent).children[key] = node
         for node in self.graph.nodes:
@@ -92,7 +109,7 @@ class Tree:
         return self.parts[path]
 
     def _add_member(self, node: Node) -> None:
-        if node.op == "module" and not node.shared_with:
+        if owns_module(node):
             home = parent(node.name)
         else:
             home = next((scope.path for scope in reversed(node.scopes) if scope.path in self.parts), "")
@@ -128,7 +145,7 @@ class Tree:
         previous, covered = part.inputs[0], 0
         for child in part.children.values():
             if isinstance(child, Node):
-                if child.target in TUPLE_OUTPUT_LAYERS or child.inputs != [previous]:
+                if is_free_tensor(child) or child.target in TUPLE_OUTPUT_LAYERS or child.inputs != [previous]:
                     return False
                 previous, covered = child.name, covered + 1
             else:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from specc.lang.spec import VARIANT
 from specc.export.codegen_render import ClassWriter, Template
 from specc.export.codegen_source import literal
 from specc.export.codegen_tree import Part, Tree
@@ -169,7 +170,8 @@ def _referenced_slots(template: Template, writer: ClassWriter, variants: dict[st
             raw_args = writer.tree.raw_block_args(writer.parts[inner_path])
             for param in inner.params:
                 raw = raw_args.get(param)
-                strong_name = raw[1:] if isinstance(raw, str) and raw.startswith("$") else None
+                # `$channels` passes the outer arg on; `$(expanded // 4)` is a computed value
+                strong_name = raw[1:] if isinstance(raw, str) and raw.startswith("$") and raw[1:].isidentifier() else None
                 yield offset + inner.param_slots[param], strong_name or param, "arg" if strong_name else "given"
 
 
@@ -222,7 +224,8 @@ def _shape_comment(variant: Variant, writer: ClassWriter, slot: int) -> str:
 def _header(compiled, root_name: str, variables: dict) -> str:
     spec = compiled.spec
     origin = spec.file if spec.file != "<spec>" else "a spec"
-    overrides = "".join(f" --set {key}={value}" for key, value in variables.items())
+    overrides = "".join(f" --variant {value}" if key == VARIANT else f" --set {key}={value}"
+                        for key, value in variables.items())
     inputs = ", ".join(f"torch.randn({', '.join(map(str, (2, *node.meta['shape'])))})"
                        if node.dtype.startswith(("float", "bfloat")) else
                        f"torch.zeros({', '.join(map(str, (2, *node.meta['shape'])))}, dtype=torch.{node.dtype})"
@@ -248,20 +251,24 @@ def _layer_sources(classes: set[type]) -> str:
     """The source of the specc layers used, with the module-level helpers they need."""
     if not classes:
         return ""
-    from specc.build import layers
+    from specc.build import functional, layers
 
-    source = inspect.getsource(layers)
-    statements = ast.parse(source).body
-    definitions = {name: index for index, statement in enumerate(statements) for name in _defined_names(statement)}
+    # the layers' module first; the helpers it imports from specc.build.functional (`attention`) after
+    sources = [inspect.getsource(module) for module in (layers, functional)]
+    statements = [(source, statement) for source in sources for statement in ast.parse(source).body]
+    definitions: dict[str, int] = {}
+    for index, (_, statement) in enumerate(statements):
+        for name in _defined_names(statement):
+            definitions.setdefault(name, index)
     needed, pending = set(), [cls.__name__ for cls in classes]
     while pending:                       # the classes, then every module-level name they use
         index = definitions.get(pending.pop())
         if index is None or index in needed:
             continue
         needed.add(index)
-        pending.extend(node.id for node in ast.walk(statements[index]) if isinstance(node, ast.Name))
-    texts = [ast.get_source_segment(source, statements[index]) for index in sorted(needed)]
-    note = "# specc's own layers used by this model, copied from specc/layers.py\n\n"
+        pending.extend(node.id for node in ast.walk(statements[index][1]) if isinstance(node, ast.Name))
+    texts = [ast.get_source_segment(*statements[index]) for index in sorted(needed)]   # called at run time: any order
+    note = "# specc's own layers used by this model, copied from specc/build/layers.py (and functional.py)\n\n"
     return note + "\n\n\n".join(texts)
 
 

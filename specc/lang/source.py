@@ -247,5 +247,29 @@ def _yaml_problem(error: yaml.YAMLError, file: str, text: str = "") -> Problem:
         return Problem(f"YAML syntax error: character {code:#06x} is not allowed in YAML", location, "YAML_SYNTAX")
     reason = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
+    if mark is not None and (reason == "mapping values are not allowed here" or "<block mapping start>" in reason):
+        bare = _bare_item_above(text, mark.line, file)
+        if bare is not None:
+            return bare
     message = f"YAML syntax error: {reason}" + (f" ({context})" if context else "")
     return Problem(message, location, "YAML_SYNTAX")
+
+
+_BARE_ITEM = re.compile(r"^(\s*-\s+)([A-Za-z_$][\w.$]*)\s*(#.*)?$")
+_KEY_LINE = re.compile(r"^\s*([A-Za-z_][\w]*)\s*:")
+
+
+def _bare_item_above(text: str, line: int, file: str) -> Problem | None:
+    """`- ReLU` with `name: act` on the next line: YAML reads "ReLU name" as one string, then fails
+    at the colon. Point at the bare item and say how to write it."""
+    lines = text.splitlines()
+    key = _KEY_LINE.match(lines[line]) if line < len(lines) else None
+    above = next((index for index in range(line - 1, -1, -1)
+                  if lines[index].strip() and not lines[index].lstrip().startswith("#")), None)
+    bare = _BARE_ITEM.match(lines[above]) if above is not None and key else None
+    if bare is None:
+        return None
+    name, meta = bare.group(2), key.group(1)
+    return Problem(f"YAML syntax error: the bare item `- {name}` cannot take `{meta}:` on the next line; "
+                   f"write `- {name}:` (or `- {name}: {{}}`) and put `{meta}:` under it",
+                   Location(file, above + 1, bare.end(1) + 1), "YAML_SYNTAX")

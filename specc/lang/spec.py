@@ -20,6 +20,7 @@ from specc.lang.train_config import TrainConfig
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int64", "int32", "bool")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VARIANT = "variant"   # the reserved override key choosing one of `variants:` (build(..., variant="large"))
 
 
 def is_name(text: Any) -> bool:
@@ -63,6 +64,7 @@ class Spec(_Strict):
     name: str | None = None
     inputs: dict[str, InputSpec] = Field(min_length=1)
     vars: dict[str, Any] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     blocks: dict[str, BlockSpec] = Field(default_factory=dict)
     imports: list[str] = Field(default_factory=list)
     layers: list[Item] = Field(min_length=1)
@@ -75,7 +77,7 @@ class Spec(_Strict):
     _source: SourceMap | None = PrivateAttr(default=None)
     _raw: dict = PrivateAttr(default_factory=dict)
 
-    @field_validator("inputs", "vars", "blocks")
+    @field_validator("inputs", "vars", "blocks", "variants")
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
         for key in value:
@@ -91,6 +93,13 @@ class Spec(_Strict):
         if value is not None and not IDENTIFIER.match(value):
             raise ValueError("the name must be an identifier (letters, digits and _; not starting with a digit), "
                              "like an item's name")
+        return value
+
+    @field_validator("vars")
+    @classmethod
+    def _variant_is_reserved(cls, value: dict) -> dict:
+        if VARIANT in value:
+            raise ValueError(f"'{VARIANT}' is reserved (it chooses one of `variants:`); rename the var")
         return value
 
     @property
@@ -122,7 +131,8 @@ def load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | Non
 
     Args:
         path_or_text: a path to a YAML file, YAML text, an already parsed dict, or a `Spec`.
-        overrides: `{"width": 128}` sets a var; a dotted key (`"train.epochs"`) sets any spec key.
+        overrides: `{"width": 128}` sets a var; a dotted key (`"train.epochs"`) sets any spec key;
+            `{"variant": "large"}` first applies the spec's variant `large` (the other overrides after it).
         safe: True refuses `imports:`, `train.data.dataset:` and `train.compile` options (SAFE_MODE), for
             specs from strangers; default: safe when SPECC_SAFE=1 (`specc --safe`).
 
@@ -150,7 +160,12 @@ def _load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | No
     if not isinstance(data, dict):
         raise SpecError(Problem("a spec must be a YAML mapping with at least `inputs:` and `layers:`",
                                 source.locate(()), "TYPE_ERROR"))
-    apply_overrides(data, overrides or {}, source)
+    overrides = dict(overrides or {})
+    variant = overrides.pop(VARIANT, None)
+    check_variants(data, source)
+    if variant is not None:
+        apply_variant(data, variant, source)
+    apply_overrides(data, overrides, source)
     _refuse_in_safe_mode(data, source)
     return validate(data, source)
 
@@ -161,14 +176,40 @@ def _refuse_in_safe_mode(data: dict, source: SourceMap) -> None:
         raise SpecError(problems)
 
 
+# Top-level keys the model itself is built without. A mistake in one of them must not hide the
+# mistakes of the model (the compiler checks the spec without them too: build.compiler.load_model_spec),
+# and a `train:` mistake does not stop `summary` or `draw`.
+MODEL_KEYS = ("inputs", "vars", "blocks", "imports", "layers")
+
+
 def validate(data: dict, source: SourceMap) -> Spec:
-    """Validate parsed data against the schema; pydantic errors become located problems."""
+    """Validate parsed data against the schema; pydantic errors become located problems.
+
+    Raises:
+        SpecError: every schema problem. When they all lie outside MODEL_KEYS, the error's `partial`
+            is the spec without the failing sections and `failed_sections` names them.
+    """
     try:
         spec = Spec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(sorted(_problems_from(error, source), key=_position)) from None
+        spec_error = SpecError(sorted(_problems_from(error, source), key=_position))
+        spec_error.failed_sections = {str(entry["loc"][0]) for entry in error.errors() if entry["loc"]}
+        spec_error.partial = _partial(data, spec_error.failed_sections, source)
+        raise spec_error from None
     spec._source = source
     spec._raw = data
+    return spec
+
+
+def _partial(data: dict, failed: set[str], source: SourceMap) -> Spec | None:
+    if not failed or failed & set(MODEL_KEYS):
+        return None
+    kept = {key: value for key, value in data.items() if key not in failed}
+    try:
+        spec = Spec.model_validate(kept)
+    except ValidationError:
+        return None
+    spec._source, spec._raw = source, kept
     return spec
 
 
@@ -235,11 +276,57 @@ def _set_dotted(data: dict, key: str, value: Any, source: SourceMap) -> None:
     target[last] = value
 
 
+def check_variants(data: dict, source: SourceMap) -> None:
+    """Every variant is a mapping of overrides whose keys exist: a var of `vars:` or a dotted key
+    of a top-level section (`expect.params`). Checked whether or not the variant is chosen."""
+    variants = data.get("variants")
+    if variants is None:
+        return
+    if not isinstance(variants, dict):
+        raise SpecError(Problem("variants must be a mapping like {small: {width: 32}, large: {width: 128}}",
+                                source.locate(("variants",)), "TYPE_ERROR"))
+    known_vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}   # a bad `vars:` is pydantic's to report
+    problems = []
+    for name, overrides in variants.items():
+        if not isinstance(overrides, dict):
+            problems.append(Problem(f"variant '{name}' must be a mapping of var overrides like {{width: 32}}",
+                                    source.locate(("variants", name)), "TYPE_ERROR"))
+            continue
+        for key in overrides:
+            head = str(key).split(".", 1)[0]
+            if "." in str(key) and head not in Spec.model_fields:
+                problems.append(Problem(f"variant '{name}': '{key}' sets no spec key", source.locate(("variants", name, key)),
+                                        "UNKNOWN_KEY", did_you_mean(head, Spec.model_fields)))
+            elif "." not in str(key) and key not in known_vars:
+                problems.append(Problem(f"variant '{name}': no var named '{key}' (a variant overrides `vars:`)",
+                                        source.locate(("variants", name, key)), "UNKNOWN_VAR", did_you_mean(str(key), known_vars)))
+    if problems:
+        raise SpecError(problems)
+
+
+def apply_variant(data: dict, name: Any, source: SourceMap) -> None:
+    """Apply variant `name`'s overrides in place; later errors about a var it sets point at the variant."""
+    variants = data.get("variants") or {}
+    if name not in variants:
+        listed = ", ".join(map(str, variants)) or "none"
+        message = (f"no variant '{name}'; the spec's variants are: {listed}" if variants
+                   else f"no variant '{name}': the spec has no `variants:`")
+        raise SpecError(Problem(message, source.locate(("variants",)), "UNKNOWN_VARIANT",
+                                did_you_mean(str(name), list(map(str, variants)))))
+    for key, value in variants[name].items():
+        path = ("vars", key) if "." not in key else tuple(key.split("."))
+        source.keys[path] = source.locate(("variants", name, key))
+    apply_overrides(data, _copy(variants[name]), source)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`"width=128"` -> `("width", 128)`; the value is read as YAML, so numbers and lists keep their type."""
     if "=" not in text:
         raise SpecError(Problem(f"--set expects key=value, got '{text}'", None, "TYPE_ERROR"))
     key, value = text.split("=", 1)
+    if key.strip() == VARIANT:
+        raise SpecError(Problem(f"--set {VARIANT}=...: choose a variant with --variant {value.strip() or 'NAME'}",
+                                None, "TYPE_ERROR"))
     if not value.strip():
         return key.strip(), ""
     try:  # the same loader as spec files: no tags, no alias bombs, bounded nesting
@@ -255,6 +342,7 @@ def _problems_from(error: ValidationError, source: SourceMap) -> list[Problem]:
     problems = []
     for entry in error.errors():
         path = tuple(part for part in entry["loc"] if not _is_union_tag(part))
+        path += getattr((entry.get("ctx") or {}).get("error"), "subpath", ())   # call_args.ArgumentError
         kind = entry["type"]
         if kind == "extra_forbidden":
             model_fields = _fields_at(path[:-1])
@@ -285,6 +373,8 @@ def _is_union_tag(part: Any) -> bool:
 def _fields_at(path: tuple) -> list[str]:
     model: Any = Spec
     for part in path:
+        if isinstance(part, int):  # an item of a list of models: the item's model, as for a trailing index
+            continue
         field_info = getattr(model, "model_fields", {}).get(part)
         if field_info is None:
             break

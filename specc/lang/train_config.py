@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from specc.lang.augment_config import Augmentation
+from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
 from specc.lang.safety import check_code_path, safe_mode
 
@@ -57,17 +59,6 @@ def check_dataset_path(dotted: str) -> None:
     check_code_path(dotted, "dataset", "a subclass of torch.utils.data.Dataset")
 
 
-# Batched, on-device augmentations (specc.train.augment): name -> (required args, optional args).
-AUGMENTATIONS = {
-    "random_crop": (("size",), ("padding",)),
-    "hflip": ((), ("p",)),
-    "vflip": ((), ("p",)),
-    "random_resized_crop": (("size",), ("scale", "ratio")),
-    "color_jitter": ((), ("brightness", "contrast", "saturation")),
-    "cutout": (("size",), ("p",)),
-    "mixup": (("alpha",), ()),
-    "cutmix": (("alpha",), ()),
-}
 _BYTE_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
@@ -154,7 +145,7 @@ class DataConfig(_Strict):
     memory_budget: Union[int, str, None] = None  # bytes or "4GB"; default a quarter of the RAM
     num_workers: Optional[int] = Field(None, ge=0)  # DataLoader processes; default from the core count
     prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead
-    augment: list[Call] = Field(default_factory=list)  # training split only, batched on the device
+    augment: list[Augmentation] = Field(default_factory=list)  # training split only, batched on the device
 
     @field_validator("dataset")
     @classmethod
@@ -189,27 +180,6 @@ class DataConfig(_Strict):
             raise ValueError(f"memory_budget must be bytes or a size like 4GB or 512MB (got {value!r})")
         return int(float(match.group(1)) * _BYTE_UNITS[match.group(2) if match.group(2) in _BYTE_UNITS
                                                         else match.group(2) + "B"])
-
-    @field_validator("augment", mode="before")
-    @classmethod
-    def _check_augment(cls, value: Any) -> list[Call]:
-        calls = [Call.parse(item, "augmentation") for item in (value if isinstance(value, list) else [value])]
-        for call in calls:
-            if call.name not in AUGMENTATIONS:
-                raise ValueError(f"unknown augmentation '{call.name}'{_hint(call.name, AUGMENTATIONS)}; "
-                                 f"choose from {', '.join(AUGMENTATIONS)}")
-            required, optional = AUGMENTATIONS[call.name]
-            for key in call.kwargs:
-                if key not in required + optional:
-                    raise ValueError(f"augmentation {call.name} has no argument '{key}'"
-                                     f"{_hint(key, required + optional)}; it takes {', '.join(required + optional)}")
-            missing = [key for key in required if key not in call.kwargs]
-            if missing:
-                raise ValueError(f"augmentation {call.name} needs {', '.join(missing)}")
-        if calls:  # refused rather than silently ignored until the batched augmentations land
-            raise ValueError("augment: is not implemented yet in this version of specc (the keys are "
-                             "reserved); remove it to train without augmentation")
-        return calls
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -290,8 +260,16 @@ class TrainConfig(_Strict):
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads; small models run best on 1 on a busy machine
     seed: int = 0                    # model init, batch order, dropout
     log_every: int = Field(20, ge=1)  # steps between progress updates (each costs one host sync)
+    log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+
+    @field_validator("log_histograms")
+    @classmethod
+    def _check_log_histograms(cls, value: Union[bool, int]) -> Union[bool, int]:
+        if not isinstance(value, bool) and value < 1:
+            raise ValueError("log_histograms must be true, false or a number of epochs (1 or more)")
+        return value
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -464,19 +442,23 @@ def _check_call(call: Call, classes: dict[str, Any], what: str, skip: tuple, fil
                and name not in call.kwargs and name not in filled]
     if missing:
         raise ValueError(f"{what} {call.name} needs {', '.join(missing)}")
+    check_argument_types(classes[call.name], call.name, call.kwargs, what, skip)
 
 
 def _check_groups(optimizer: str, groups: Any) -> None:
     """`groups: [{params: "head.*", lr: 0.01}]`: each needs a name pattern plus optimizer arguments."""
     if not isinstance(groups, list):
         raise ValueError("optimizer groups must be a list like [{params: 'head.*', lr: 0.01}]")
-    for group in groups:
+    for index, group in enumerate(groups):
         if not isinstance(group, dict) or not isinstance(group.get("params"), (str, list)):
             raise ValueError("each optimizer group needs `params`: a parameter name pattern such as 'head.*'")
         options = {key: item for key, item in group.items() if key != "params"}
         # a group inherits every argument it leaves out from the optimizer itself
-        _check_call(Call(name=optimizer, kwargs=options), _torch_classes("optimizer"), "optimizer group",
-                    skip=("params",), check_missing=False)
+        try:
+            _check_call(Call(name=optimizer, kwargs=options), _torch_classes("optimizer"), "optimizer group",
+                        skip=("params",), check_missing=False)
+        except ArgumentError as error:   # located at the group's own key
+            raise ArgumentError(str(error), (optimizer, "groups", index, error.subpath[-1])) from None
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,7 +17,8 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, eval_mode,
+                                flop_counter, kernel_size)
 
 
 def collect_module(model: nn.Module, input_size: Any, input_data: Any,
@@ -34,13 +35,17 @@ def collect_module(model: nn.Module, input_size: Any, input_data: Any,
     # torchinfo moves the model to `device`: name the device it is on, so the user's model stays put
     device = next(model.parameters(), torch.empty(0)).device
     call_flops: dict[int, list[int]] = defaultdict(list)
-    with eval_mode(model), flop_counter() as counter, _flop_hooks(model, counter, call_flops):
+    saved = SavedForBackward(model)
+    # torchinfo makes the inputs from input_size: they are the Input line, not saved activations
+    excluding_inputs = model.register_forward_pre_hook(lambda module, args: _exclude(saved, args))
+    with eval_mode(model), flop_counter() as counter, _flop_hooks(model, counter, call_flops), saved:
         statistics = torchinfo.summary(model, input_size=input_size, input_data=input_data, dtypes=dtypes,
                                        device=device, depth=1_000, verbose=0, mode="eval")
+    excluding_inputs.remove()
     root = _module_tree(statistics.summary_list, call_flops)
     inputs = _input_infos(input_size, input_data, dtypes)
     return Collected(root, model, inputs, counter.get_total_flops(), str(device),
-                     batch_size=None, rows_under_root=False)
+                     batch_size=None, rows_under_root=False, saved_bytes=saved.bytes)
 
 
 @contextmanager
@@ -76,6 +81,7 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
     counted: set[int] = set()
     inclusive: dict[int, int] = {}
     open_rows: list[LayerRow] = []  # the current row at each depth
+    called = {id(layer.module) for layer in layers if layer.executed}
     for layer in layers:
         call = calls[layer.layer_id]  # which call of this module the record is
         calls[layer.layer_id] += 1
@@ -85,8 +91,10 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
         row = LayerRow(path, layer.var_name, layer.class_name,
                        "model" if parent is None else "layer" if layer.is_leaf_layer else "module",
                        shape=list(layer.output_size) if layer.executed else None,
+                       input_shape=list(layer.input_size) if layer.executed and layer.input_size else None,
+                       kernel_size=kernel_size(layer.module),
                        output_bytes=layer.output_bytes if layer.is_leaf_layer else 0)
-        count_parameters(row, layer.module.parameters(recurse=False), counted)
+        count_parameters(row, _row_parameters(layer.module, called), counted)
         made = call_flops.get(layer.layer_id, [])
         inclusive[id(row)] = made[call] if call < len(made) else 0
         if parent is not None:
@@ -95,6 +103,16 @@ def _module_tree(layers: list, call_flops: dict[int, list[int]]) -> LayerRow:
     root = open_rows[0]
     _own_flops(root, inclusive)
     return root
+
+
+def _row_parameters(module: nn.Module, called: set[int]) -> list[nn.Parameter]:
+    """The module's own parameters and those of its submodules that no call reached (they have no
+    row of their own): MultiheadAttention uses `out_proj.weight` without calling `out_proj`."""
+    parameters = list(module.parameters(recurse=False))
+    for child in module.children():
+        if id(child) not in called:
+            parameters += _row_parameters(child, called)
+    return parameters
 
 
 def _own_flops(row: LayerRow, inclusive: dict[int, int]) -> None:
@@ -115,6 +133,11 @@ def _input_infos(input_size: Any, input_data: Any, dtypes: list[torch.dtype] | N
     names = ["input"] if len(shapes) == 1 else [f"input_{index}" for index in range(len(shapes))]
     return [InputInfo(name, shape, str(dtype).removeprefix("torch."))
             for name, shape, dtype in zip(names, shapes, types)]
+
+
+def _exclude(saved: SavedForBackward, args: Any) -> None:
+    for tensor in _tensors(args):
+        saved.exclude(tensor)
 
 
 def _tensors(data: Any) -> Iterator[torch.Tensor]:

@@ -5,9 +5,14 @@ The json keys and csv columns are a stable interface, documented in docs/summary
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
-from typing import TYPE_CHECKING, Any
+import os
+from html import escape
+from typing import TYPE_CHECKING, Any, Callable
+
+from specc.summary.layout import COLUMNS, Fitted, fit, table_width
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -21,8 +26,7 @@ ModelSummary = LayerRow = Any
 FORMATS = ("table", "markdown", "json", "csv")
 CSV_COLUMNS = ("name", "path", "type", "kind", "depth", "count", "output_shape",
                "params", "shared_params", "trainable_params", "flops")
-COLUMNS = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
-           ("Params", "right"), ("Trainable", "center"), ("FLOPs", "right"))
+ALIGN = {"left": ":--", "right": "--:", "center": ":-:"}
 UNITS = ("", "K", "M", "G", "T", "P", "E")
 PLAIN_WIDTH = 200  # off a terminal the table keeps its natural width rather than wrapping at 80
 
@@ -54,36 +58,97 @@ def print_summary(result: "ModelSummary", output_format: str = "table", console:
 
     console = console or Console(highlight=False)
     if output_format != "table" or not console.is_terminal:
-        print(render(result, output_format))  # pipes and files get plain text, no padding or colour
+        # pipes and files get plain text, no padding or colour, as wide as COLUMNS says when it is set
+        columns = os.environ.get("COLUMNS", "")
+        print(render(result, output_format, int(columns) if columns.isdigit() else None))
         return
     _print_table(result, console)
 
 
 def _print_table(result: "ModelSummary", console: "Console") -> None:
     console.print(f"[bold]{result.model}[/bold]  {_inputs_text(result)}")
-    console.print(table(result))
+    fitted = fit(result, cell_of(result), console.width)
+    width = console.width
+    console.width = max(width, table_width(fitted.widths))  # too narrow even for Layer and Params: longer lines, not cut ones
+    try:
+        console.print(table(result, fitted), crop=False)
+    finally:
+        console.width = width
+    if fitted.left_out:
+        console.print(f"(left out to fit {console.width} columns: {', '.join(fitted.left_out)}; "
+                      "a wider terminal or --format markdown shows them)", end="\n\n")
     for lines in (totals(result), memory(result)):
         console.print("\n".join(f"{label}: {value}" for label, value in lines), end="\n\n")
 
 
-def table(result: "ModelSummary") -> "Table":
-    """The rows as a rich Table; containers (blocks, branches, residuals) in bold, nested by indent."""
+def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
+    """The rows as a rich Table; containers (blocks, branches, residuals) in bold, nested by indent.
+
+    `fitted` (layout.fit) sets the columns and their widths; without it every column at its natural width.
+    """
     from rich import box
     from rich.table import Table
 
+    fitted = fitted or fit(result, cell_of(result), 10 ** 6)
     grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
-    for header, justify in COLUMNS:
-        grid.add_column(header, justify=justify, no_wrap=header != "Layer")
-    for row in result.rows:
-        grid.add_row(*cells(row), style="bold" if row.children else None)
+    for column, width in zip(fitted.columns, fitted.widths):
+        grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
+    for row, texts in zip(result.rows, fitted.rows):
+        grid.add_row(*texts, style="bold" if row.children else None)
     return grid
 
 
-def cells(row: "LayerRow", indent: str = "  ") -> tuple[str, ...]:
-    """One row's six cells, as the table and markdown show them."""
-    kind = row.type + (f" ×{row.count}" if row.count > 1 else "")
-    return (indent * row.depth + row.name, kind, shape_text(row.shape), params_text(row),
-            trainable_text(row), readable(row.flops))
+def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = "  ", *,
+         total_params: int | None = None) -> str:
+    """One cell of the table (`key` is a layout.COLUMNS key). Without the Trainable column, a row
+    that is not trainable says so in Params."""
+    if key == "layer":
+        return indent * row.depth + row.name
+    if key == "type":
+        return row.type + (f" ×{row.count}" if row.count > 1 else "") + (" (unused)" if row.unused else "")
+    if key == "input_shape":
+        return shape_text(row.input_shape)
+    if key == "output_shape":
+        return shape_text(row.shape)
+    if key == "kernel_size":
+        return shape_text(row.kernel_size)
+    if key == "params":
+        mark = "" if trainable_shown or trainable_text(row) in ("yes", "-") else f" ({_frozen(row)})"
+        return params_text(row) + mark
+    if key == "params_percent":
+        return f"{100 * row.params / total_params:.2f}%" if row.params and total_params else "-"
+    if key == "trainable":
+        return trainable_text(row)
+    return readable(row.flops)
+
+
+def cell_of(result: "ModelSummary") -> Callable[..., str]:
+    """`cell` for this summary's rows (the % params column needs the total)."""
+    return functools.partial(cell, total_params=result.total_params)
+
+
+def html(result: "ModelSummary") -> str:
+    """An HTML table (Jupyter's `_repr_html_`): every chosen column, nesting by indent, then the totals."""
+    columns = [COLUMNS[key] for key in result.columns]
+    head = "".join(f'<th style="text-align:{column.justify}">{escape(column.header)}</th>' for column in columns)
+    body = []
+    for row in result.rows:
+        texts = [cell(row, column.key, indent="", total_params=result.total_params) for column in columns]
+        texts[0] = f'<span style="padding-left:{1.5 * row.depth}em">{escape(texts[0])}</span>'
+        weight = "font-weight:bold;" if row.children else ""
+        body.append("<tr>" + "".join(
+            f'<td style="{weight}text-align:{column.justify};white-space:nowrap">'
+            f'{text if index == 0 else escape(text)}</td>'
+            for index, (column, text) in enumerate(zip(columns, texts))) + "</tr>")
+    footer = "".join(f"<tr><td>{escape(label)}</td><td style=\"text-align:right\">{escape(value)}</td></tr>"
+                     for label, value in [*totals(result), *memory(result)])
+    return (f"<div><b>{escape(result.model)}</b> {escape(_inputs_text(result))}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<table>{footer}</table></div>")
+
+
+def _frozen(row: "LayerRow") -> str:
+    return "frozen" if row.trainable_params == 0 else "partly frozen"
 
 
 def totals(result: "ModelSummary") -> list[tuple[str, str]]:
@@ -99,20 +164,24 @@ def totals(result: "ModelSummary") -> list[tuple[str, str]]:
 
 
 def memory(result: "ModelSummary") -> list[tuple[str, str]]:
-    """torchsummary's memory lines, in MB (2**20 bytes)."""
-    sizes = result.memory_mb()
-    return [("Input size (MB)", f"{sizes['input']:.2f}"),
-            ("Forward/backward pass size (MB)", f"{sizes['forward_backward']:.2f}"),
-            ("Params size (MB)", f"{sizes['params']:.2f}"),
-            ("Estimated Total Size (MB)", f"{sizes['total']:.2f}")]
+    """The memory of a training step, torchsummary's lines plus the gradients, in MiB or MB."""
+    sizes, unit = result.memory_in(result.memory_unit), result.memory_unit
+    return [(f"Input size ({unit})", f"{sizes['input']:.2f}"),
+            (f"Forward/backward pass size ({unit})", f"{sizes['forward_backward']:.2f}"),
+            (f"Params size ({unit})", f"{sizes['params']:.2f}"),
+            (f"Gradients size ({unit})", f"{sizes['gradients']:.2f}"),
+            (f"Estimated Total Size ({unit})", f"{sizes['total']:.2f}")]
 
 
 def markdown(result: "ModelSummary") -> str:
     """A GitHub-flavoured markdown table, nesting shown with em-spaces, then the totals."""
+    columns = [COLUMNS[key] for key in result.columns]
     lines = [f"### {result.model}", "", _inputs_text(result), "",
-             "| " + " | ".join(header for header, _ in COLUMNS) + " |",
-             "|" + "|".join({"left": ":--", "right": "--:", "center": ":-:"}[justify] for _, justify in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cells(row, indent="&emsp;")) + " |" for row in result.rows]
+             "| " + " | ".join(column.header for column in columns) + " |",
+             "|" + "|".join(ALIGN[column.justify] for column in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row, column.key, indent="&emsp;", total_params=result.total_params)
+                                for column in columns) + " |"
+              for row in result.rows]
     lines += ["", "| Total | |", "|:--|--:|"]
     lines += [f"| {label} | {value} |" for label, value in [*totals(result), *memory(result)]]
     return "\n".join(lines)

@@ -7,16 +7,19 @@ items (`matmul`, ...) count too. The sum equals FlopCounterMode on the whole com
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
 
-from specc.build.compiler import compile as compile_spec
+from specc.build.compiler import compile as compile_spec, load_model_spec
 # the dry run's own helpers, so each item computes exactly what the compiled forward does
-from specc.build.infer import DTYPES, run_compiled_node
-from specc.lang.spec import load
-from specc.summary.rows import Collected, InputInfo, LayerRow, count_parameters, eval_mode, flop_counter
+from specc.build.flop_rules import run_measured
+from specc.build.infer import DTYPES
+from specc.summary.rows import (Collected, InputInfo, LayerRow, SavedForBackward, count_parameters, flop_counter,
+                                kernel_size, train_mode)
+from specc.summary.saved_rules import run_by_rules
 
 if TYPE_CHECKING:
     from specc.build.graph import Graph, Node, Scope
@@ -30,15 +33,80 @@ def collect_spec(spec: Any, batch_size: int, device: str | torch.device, input_s
         SpecError: the spec does not compile.
         ValueError: `input_shapes` names an input the spec does not have.
     """
-    loaded = load(spec, variables)
+    loaded = load_model_spec(spec, variables, train_mistakes="warn")   # summaries never train
     compiled = compile_spec(loaded, device=device, batch_size=batch_size,
                             input_shapes=_named_shapes(input_shapes, list(loaded.inputs)))
-    with eval_mode(compiled.module):
-        outputs, flops = _run_nodes(compiled.graph, compiled.module, compiled.device)
+    with _training_step_mode(compiled.module):
+        outputs, flops, saved_bytes = _run_and_count(compiled.graph, compiled.module, compiled.device)
     root = _spec_tree(compiled.graph, compiled.module, outputs, flops)
     root.name = compiled.spec.display_name
     inputs = [InputInfo(node.name, list(node.shape), node.dtype) for node in compiled.graph.inputs]
-    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size)
+    return Collected(root, compiled.module, inputs, sum(flops.values()), str(compiled.device), batch_size,
+                     saved_bytes=saved_bytes)
+
+
+def _run_and_count(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict, dict, int]:
+    """Outputs, FLOPs and the bytes autograd saves for backward: by rule where every item has one
+    (saved_rules.py: no meta kernel runs, so no sympy/torch._dynamo import), else by running each
+    item's kernels under saved-tensor hooks."""
+    if device.type == "meta":
+        saved = SavedForBackward(module)
+
+        def model_input(node: "Node") -> torch.Tensor:
+            value = _input_value(node, device)
+            saved.exclude(value)   # the Input line counts it
+            return value
+
+        ruled = run_by_rules(graph, module, saved.add, model_input)
+        if ruled is not None:
+            values, flops = ruled
+            outputs = {name: (_shape_of(value), _bytes_of(value)) for name, value in values.items()}
+            return outputs, flops, saved.bytes
+    with SavedForBackward(module) as saved, _fused_attention(device):
+        outputs, flops = _run_nodes(graph, module, device, saved)
+    return outputs, flops, saved.bytes
+
+
+@contextmanager
+def _training_step_mode(module: nn.Module) -> Iterator[None]:
+    """Training mode, so the count of what autograd saves includes dropout's masks, as in a training
+    step; batch norms stay in eval mode, so a batch of one still runs (they save the same input)."""
+    with train_mode(module):
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+        yield
+
+
+@contextmanager
+def _fused_attention(device: torch.device) -> Iterator[None]:
+    """On meta, `scaled_dot_product_attention` takes the math path, which saves the T x T attention
+    weights for backward; a real CPU or GPU runs a fused kernel that saves the output and its
+    log-sum-exp only. Send it to CPU's fused kernel (same output, same FLOPs) so the count of what
+    autograd saves is what a real device keeps."""
+    if device.type != "meta":
+        yield
+        return
+    from torch.overrides import TorchFunctionMode
+
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+    class FusedAttention(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            names = ("attn_mask", "dropout_p", "is_causal", "scale")
+            given = dict(zip(names, args[3:]), **kwargs)
+            mask = given.get("attn_mask")
+            # the fused CPU kernel has no gradient for a mask: a learned bias (T5's) takes the math path
+            if func is torch.nn.functional.scaled_dot_product_attention and not kwargs.get("enable_gqa") \
+                    and all(tensor.dim() == 4 for tensor in args[:3]) \
+                    and not (isinstance(mask, torch.Tensor) and mask.requires_grad):
+                return fused(*args[:3], given.get("dropout_p", 0.0), given.get("is_causal", False),
+                             attn_mask=given.get("attn_mask"), scale=given.get("scale"))[0]
+            return func(*args, **kwargs)
+
+    with FusedAttention():
+        yield
 
 
 def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] | None:
@@ -55,9 +123,10 @@ def _named_shapes(shapes: Any, input_names: list[str]) -> dict[str, list[int]] |
     return {name: [int(size) for size in shape] for name, shape in shapes.items()}
 
 
-def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple[dict[str, tuple], dict[str, int]]:
-    """Run the graph one node at a time under one FlopCounterMode, so each node gets the FLOPs of its
-    own call (a module reused with `share:` is counted at each call, function items count too).
+def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device,
+               saved: SavedForBackward) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Run the graph one node at a time, so each node gets the FLOPs of its own call (a module reused
+    with `share:` is counted at each call, function items count too).
 
     Returns:
         `{node: (output shape, output bytes)}` and `{node: FLOPs}`.
@@ -66,32 +135,34 @@ def _run_nodes(graph: "Graph", module: nn.Module, device: torch.device) -> tuple
     values, outputs, flops = {}, {}, {}
     # Grad stays on: under no_grad, eval-mode MultiheadAttention and TransformerEncoderLayer take
     # PyTorch's fused inference fast path, whose kernels FlopCounterMode cannot count.
-    with flop_counter() as counter:
-        for index, node in enumerate(graph.nodes):
-            before = counter.get_total_flops()
-            value = _run_node(node, values, module, device)
-            flops[node.name] = counter.get_total_flops() - before
-            outputs[node.name] = (_shape_of(value), _bytes_of(value))
-            values[node.name] = value
-            for name in set(node.inputs):
-                if last_use[name] == index:
-                    del values[name]  # on a real device, keep only the activations still needed
+    for index, node in enumerate(graph.nodes):
+        if node.op == "input":
+            value, flops[node.name] = _input_value(node, device), 0
+            saved.exclude(value)
+        else:  # run for real (autograd saves what it saves), FLOPs by formula where flop_rules.py has one
+            value, flops[node.name] = run_measured(node, [values[name] for name in node.inputs], module, flop_counter)
+        outputs[node.name] = (_shape_of(value), _bytes_of(value))
+        values[node.name] = value
+        for name in set(node.inputs):
+            if last_use[name] == index:
+                del values[name]  # on a real device, keep only the activations still needed
     return outputs, flops
 
 
-def _run_node(node: "Node", values: dict, module: nn.Module, device: torch.device) -> Any:
-    if node.op == "input":
-        dtype = DTYPES[node.dtype]
-        if device.type != "meta" and dtype.is_floating_point:
-            return torch.randn(node.shape, dtype=dtype, device=device)
-        return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
-    return run_compiled_node(node, [values[name] for name in node.inputs], module)
+def _input_value(node: "Node", device: torch.device) -> torch.Tensor:
+    dtype = DTYPES[node.dtype]
+    if device.type == "meta":
+        return torch.empty(node.shape, dtype=dtype, device=device)  # no values; zeros on meta costs a decomposition
+    if dtype.is_floating_point:
+        return torch.randn(node.shape, dtype=dtype, device=device)
+    return torch.zeros(node.shape, dtype=dtype, device=device)  # token id 0 fits any vocabulary
 
 
 def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) -> LayerRow:
     """Rows nested the way the spec is written; a merge's figures go to its container's row."""
     root = LayerRow(path="", name="", type="model", kind="model")
     containers, counted = {"": root}, set()
+    unused = {node.name for node in graph.unused()}
     for node in graph.nodes:
         if node.op == "input":
             continue
@@ -109,9 +180,12 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             continue
         row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
-                       flops=flops[node.name], output_bytes=output_bytes)
+                       input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes,
+                       args=dict(node.args), unused=node.name in unused)
         if node.op == "module":
-            count_parameters(row, module.get_submodule(node.shared_with or node.name).parameters(), counted)
+            layer = module.get_submodule(node.shared_with or node.name)
+            row.kernel_size = kernel_size(layer)
+            count_parameters(row, layer.parameters(), counted)
         elif node.target == "parameter" and node.op == "function":
             count_parameters(row, [operator.attrgetter(node.name)(module)], counted)
         chain[-1].children.append(row)
@@ -123,6 +197,12 @@ def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
     if not labels or not isinstance(shape, list) or len(shape) != len(labels):
         return shape
     return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
+
+
+def _input_shape(node: "Node", outputs: dict) -> list | None:
+    """The shape of the node's input; a list of shapes when it takes several."""
+    shapes = [outputs[name][0] for name in node.inputs if name in outputs]
+    return shapes[0] if len(shapes) == 1 else (shapes or None)
 
 
 def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
-from specc.summary.rows import FIGURES, LayerRow, ModelSummary
+from specc.summary.layout import chosen_columns
+from specc.summary.rows import FIGURES, MEMORY_UNITS, LayerRow, ModelSummary
 
 if TYPE_CHECKING:
     from specc.lang.spec import Spec
@@ -29,7 +30,7 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
             expand: bool = False, device: str | torch.device = "meta",
             input_shapes: dict[str, Sequence[int]] | Sequence[int] | None = None,
             input_size: Any = None, input_data: Any = None, dtypes: list[torch.dtype] | None = None,
-            backward: bool = False, **variables: Any) -> ModelSummary:
+            backward: bool = False, columns: Sequence[str] = (), units: str = "MiB", **variables: Any) -> ModelSummary:
     """Summarize a spec (per spec item) or any `nn.Module` (per submodule call, via torchinfo).
 
     Args:
@@ -44,6 +45,9 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
         input_data: for a module: example input tensor(s), instead of `input_size`.
         dtypes: for a module: the dtypes of the `input_size` inputs (default float32).
         backward: render the backward FLOPs estimate too.
+        units: of the memory lines: "MiB" (2**20 bytes, as torchsummary) or "MB" (10**6, as torchinfo).
+        columns: optional columns to add to the table: "input_shape", "kernel_size",
+            "params_percent" (or "all").
         **variables: overrides of the spec's vars (`width=128`).
 
     Returns:
@@ -51,8 +55,11 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
 
     Raises:
         SpecError: the spec does not compile (located problems).
-        ValueError: a module without `input_size` / `input_data`, or a misnamed input shape.
+        ValueError: a module without `input_size` / `input_data`, a misnamed input shape, an unknown column.
     """
+    shown_columns = chosen_columns(columns)
+    if units not in MEMORY_UNITS:
+        raise ValueError(f"units {units}: choose MiB (2**20 bytes) or MB (10**6 bytes)")
     if isinstance(model, nn.Module):
         from specc.summary.module_rows import collect_module
 
@@ -66,10 +73,11 @@ def summary(model: str | Path | dict | "Spec" | nn.Module, *, batch_size: int = 
     top_rows = root.children if collected.rows_under_root else [root]
     if not expand:
         top_rows = [_collapse_repeats(row) for row in top_rows]
-    total, trainable, param_bytes = _unique_parameters(collected.module)
+    total, trainable, param_bytes, gradient_bytes = _unique_parameters(collected.module)
     input_bytes = sum(torch.Size(info.shape).numel() * getattr(torch, info.dtype).itemsize for info in collected.inputs)
     return ModelSummary(root.name, _flatten(top_rows, depth), collected.inputs, total, trainable, collected.flops,
-                        input_bytes, 2 * root.output_bytes, param_bytes, collected.batch_size, collected.device, backward)
+                        input_bytes, collected.saved_bytes, param_bytes, gradient_bytes, collected.batch_size,
+                        collected.device, backward, shown_columns, units)
 
 
 def parse_input_shapes(texts: list[str] | None) -> dict[str, list[int]] | list[int] | None:
@@ -92,12 +100,14 @@ def parse_input_shapes(texts: list[str] | None) -> dict[str, list[int]] | list[i
 
 
 # ----- shared by specs and modules ------------------------------------------------------------------
-def _unique_parameters(module: nn.Module) -> tuple[int, int, int]:
-    """Total and trainable parameter counts and their bytes; `parameters()` yields a tied weight once."""
+def _unique_parameters(module: nn.Module) -> tuple[int, int, int, int]:
+    """Total and trainable parameter counts, their bytes and the trainable ones' (their gradients');
+    `parameters()` yields a tied weight once."""
     parameters = list(module.parameters())
     total = sum(p.numel() for p in parameters)
     trainable = sum(p.numel() for p in parameters if p.requires_grad)
-    return total, trainable, sum(p.numel() * p.element_size() for p in parameters)
+    return (total, trainable, sum(p.numel() * p.element_size() for p in parameters),
+            sum(p.numel() * p.element_size() for p in parameters if p.requires_grad))
 
 
 def _aggregate(row: LayerRow) -> None:
@@ -130,7 +140,8 @@ def _sum_rows(rows: list[LayerRow], first_prefix: str, merged_prefix: str) -> La
     """Add up rows position by position; paths become patterns (`h.*.attention`) matching every repetition."""
     first = rows[0]
     path = merged_prefix + first.path.removeprefix(first_prefix) if first.path.startswith(first_prefix) else first.path
-    merged = LayerRow(path, first.name, first.type, first.kind, shape=first.shape, count=sum(row.count for row in rows))
+    merged = LayerRow(path, first.name, first.type, first.kind, shape=first.shape, count=sum(row.count for row in rows),
+                      input_shape=first.input_shape, kernel_size=first.kernel_size, args=first.args)
     for name in FIGURES:
         setattr(merged, name, sum(getattr(row, name) for row in rows))
     merged.children = [_sum_rows(list(group), first_prefix, merged_prefix)

@@ -180,3 +180,23 @@ def check_finite(name: str, array: np.ndarray, rows: np.ndarray | None, where: L
         kind = "nan" if np.isnan(value).any() else "inf"
         raise SpecError(Problem(f"input {name} has {kind} values at row {row} of the source; "
                                 f"clean or drop that example", where, "DATA_ERROR"))
+
+
+def check_npz_array(path: Path, key: str, array: np.ndarray, where: Location | None) -> None:
+    """Numbers only (text only as class labels in y), never complex, every value finite, located to the entry."""
+    if array.dtype.kind == "c":
+        _data_error(f"{path}: array {key} is complex ({array.dtype}); models train on real numbers: "
+              f"store the real and imaginary parts as separate features", where)
+    if array.dtype.kind in "OSUV" and key != "y" or array.dtype.kind in "OV":
+        _data_error(f"{path}: array {key} holds {array.dtype} values, not numbers", where)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+        value = array[index]
+        kind = "nan" if np.isnan(value) else "inf" if value > 0 else "-inf"
+        where_in = f"row {index[0]}" + (f", column {index[1]}" if len(index) == 2 else
+                                        f", index {list(index[1:])}" if len(index) > 2 else "")
+        _data_error(f"{path}: array {key} is {kind} at {where_in}; clean or drop that example", where)
+
+
+def _data_error(message: str, where: Location | None) -> None:
+    raise SpecError(Problem(message, where, "DATA_ERROR"))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
+from specc.train.columns import check_npz_array
 from specc.train.sources import read_csv
 from specc.lang.spec import Spec
 from specc.lang.train_config import CLASS_INDEX_LOSSES
@@ -113,8 +116,13 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
     if not path.is_file():
         raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
     if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise SpecError(Problem(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)",
+                                    None, "DATA_ERROR"))
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
+        for key, array in arrays.items():
+            check_npz_array(path, key, array, None)
         names = list(layout.inputs)
         if all(name in arrays for name in names):
             return {name: arrays[name] for name in names}
@@ -138,25 +146,34 @@ def _write_predictions(path: Path, outputs: torch.Tensor, labels: torch.Tensor |
             arrays["predictions"] = labels.numpy()
         np.savez(path, **arrays)
         return
+    if str(path) == "-":   # `predict -o -`: the csv on stdout, for a pipe
+        _write_csv(sys.stdout, outputs, labels, probabilities, classes)
+        sys.stdout.flush()
+        return
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        if labels is None:
-            flat = outputs.reshape(len(outputs), -1)
-            writer.writerow(["prediction"] if flat.shape[1] == 1 else [f"output_{i}" for i in range(flat.shape[1])])
-            writer.writerows(flat.tolist())
-            return
-        flat_probabilities = probabilities.reshape(len(outputs), -1)
-        names = classes or [str(i) for i in range(max(flat_probabilities.shape[1], 2))]
-        flat_labels = labels.reshape(len(labels), -1)
-        if flat_labels.shape[1] != 1:  # per-position classes (sequences, images): labels only
-            writer.writerow([f"prediction_{i}" for i in range(flat_labels.shape[1])])
-            writer.writerows([[names[int(v)] for v in row] for row in flat_labels.tolist()])
-            return
-        # binary: one column, the probability of class 1
-        columns = names if flat_probabilities.shape[1] > 1 else names[1:]
-        writer.writerow(["prediction", *(f"probability_{name}" for name in columns)])
-        for label, row in zip(flat_labels[:, 0].tolist(), flat_probabilities.tolist()):
-            writer.writerow([names[int(label)], *(f"{p:.6f}" for p in row)])
+        _write_csv(handle, outputs, labels, probabilities, classes)
+
+
+def _write_csv(handle: Any, outputs: torch.Tensor, labels: torch.Tensor | None,
+               probabilities: torch.Tensor | None, classes: list[str] | None) -> None:
+    writer = csv.writer(handle)
+    if labels is None:
+        flat = outputs.reshape(len(outputs), -1)
+        writer.writerow(["prediction"] if flat.shape[1] == 1 else [f"output_{i}" for i in range(flat.shape[1])])
+        writer.writerows(flat.tolist())
+        return
+    flat_probabilities = probabilities.reshape(len(outputs), -1)
+    names = classes or [str(i) for i in range(max(flat_probabilities.shape[1], 2))]
+    flat_labels = labels.reshape(len(labels), -1)
+    if flat_labels.shape[1] != 1:  # per-position classes (sequences, images): labels only
+        writer.writerow([f"prediction_{i}" for i in range(flat_labels.shape[1])])
+        writer.writerows([[names[int(v)] for v in row] for row in flat_labels.tolist()])
+        return
+    # binary: one column, the probability of class 1
+    columns = names if flat_probabilities.shape[1] > 1 else names[1:]
+    writer.writerow(["prediction", *(f"probability_{name}" for name in columns)])
+    for label, row in zip(flat_labels[:, 0].tolist(), flat_probabilities.tolist()):
+        writer.writerow([names[int(label)], *(f"{p:.6f}" for p in row)])
 
 
 def _decide(outputs: torch.Tensor, task: Task, logits: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:

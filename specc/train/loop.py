@@ -104,7 +104,8 @@ class Session:
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
     progress: EpochProgress | None = None  # the epoch being trained, between steps
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
-    augment: Callable | None = None        # (inputs, target) -> (inputs, loss target): training batches only
+    augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
+    # training batches only (specc.train.augment)
 
     @property
     def is_main(self) -> bool:
@@ -290,7 +291,7 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     session.training_forward.train()
     point, session.resume_point = session.resume_point, None
     progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
-                                                 train.target.device, session.optimizer.param_groups[0]["lr"])
+                                                 train.device, session.optimizer.param_groups[0]["lr"])
     losses, sizes, skip = progress.losses, progress.sizes, progress.step
     steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
@@ -303,7 +304,7 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
         progress.in_step = True
         loss_target = target
         if session.augment is not None:  # metrics keep the true targets; the loss sees mixed ones
-            inputs, loss_target = session.augment(inputs, target)
+            inputs, loss_target = session.augment(inputs, target, (epoch, step, session.rank))
         output, loss = train_step(session, inputs, loss_target)
         losses.append(loss)
         sizes.append(len(target))

@@ -92,8 +92,11 @@ def build_loss(call: Call, where: Location | None) -> nn.Module:
     """The training loss by name (any torch.nn loss, or `mbe`)."""
     if call.name == "mbe":
         return MeanBiasError()
+    # list values passed the load's check only where torch wants a tensor (CrossEntropyLoss weight)
+    kwargs = {key: torch.tensor(value, dtype=torch.float32) if isinstance(value, list) else value
+              for key, value in call.kwargs.items()}
     try:
-        return getattr(nn, call.name)(**call.kwargs)
+        return getattr(nn, call.name)(**kwargs)
     except (TypeError, ValueError) as error:
         raise SpecError(Problem(f"loss {call.name}: {error}", where, "TYPE_ERROR")) from None
 

@@ -12,28 +12,32 @@ from specc.lang.errors import Location, Problem, SpecError, did_you_mean
 from specc.lang.train_config import Call, TrainConfig, monitor_mode
 
 
-def build_optimizer(call: Call, model: nn.Module, where: Location | None) -> torch.optim.Optimizer:
+def build_optimizer(call: Call, model: nn.Module, where: Location | None,
+                    locate_group: Callable[[int], Location | None] | None = None) -> torch.optim.Optimizer:
     """`{SGD: {lr: 0.1, groups: [{params: "head.*", lr: 0.01}]}}` -> an SGD over the model's parameters.
 
     Each group takes the trainable parameters whose names match its pattern(s) (first group wins);
     the rest form the default group, listed first so `lr` in the logs is the base learning rate.
 
     Raises:
-        SpecError: a group pattern matches nothing, or torch rejects an argument.
+        SpecError: a group pattern matches nothing (at that group's `params` when `locate_group`
+            gives positions), or torch rejects an argument.
     """
     kwargs = dict(call.kwargs)
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    every = list(model.named_parameters())
+    named = [(name, p) for name, p in every if p.requires_grad]
     taken: set[int] = set()
     groups = []
-    for group in kwargs.pop("groups", []):
+    for index, group in enumerate(kwargs.pop("groups", [])):
         patterns = [group["params"]] if isinstance(group["params"], str) else list(group["params"])
+        where_group = locate_group(index) if locate_group else where
+        for pattern in patterns:
+            _check_pattern(pattern, every, where_group)
         members = [p for name, p in named
                    if id(p) not in taken and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
         if not members:
-            names = [name for name, _ in named]
-            raise SpecError(Problem(f"optimizer group {patterns} matches no trainable parameter "
-                                    f"(names look like {', '.join(names[:4])})", where, "UNKNOWN_REFERENCE",
-                                    did_you_mean(patterns[0], names)))
+            raise SpecError(Problem(f"optimizer group {patterns}: every parameter it matches is frozen or in an "
+                                    f"earlier group (the first matching group wins)", where_group, "UNKNOWN_REFERENCE"))
         taken.update(id(p) for p in members)
         groups.append({**{key: value for key, value in group.items() if key != "params"}, "params": members})
     rest = [p for _, p in named if id(p) not in taken]
@@ -43,6 +47,20 @@ def build_optimizer(call: Call, model: nn.Module, where: Location | None) -> tor
         return getattr(torch.optim, call.name)(groups, **kwargs)
     except (TypeError, ValueError) as error:
         raise SpecError(Problem(f"optimizer {call.name}: {error}", where, "TYPE_ERROR")) from None
+
+
+def _check_pattern(pattern: str, named: list[tuple[str, nn.Parameter]], where: Location | None) -> None:
+    """Each glob of a group must name parameters, and trainable ones: a typo would silently leave
+    those parameters at the default learning rate."""
+    matched = [p for name, p in named if fnmatch.fnmatchcase(name, pattern)]
+    if not matched:
+        names = [name for name, _ in named]
+        raise SpecError(Problem(f"optimizer group params '{pattern}' matches no parameter "
+                                f"(names look like {', '.join(names[:4])})", where, "UNKNOWN_REFERENCE",
+                                did_you_mean(pattern, names)))
+    if not any(p.requires_grad for p in matched):
+        raise SpecError(Problem(f"optimizer group params '{pattern}' matches only frozen parameters "
+                                f"(train.freeze): they get no gradient to step", where, "UNKNOWN_REFERENCE"))
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from specc.train import ranks
 from specc.build.compiled import Compiled
 from specc.build.compiler import compile as compile_spec
+from specc.train.augment import build_augmenter
 from specc.train.data import DataSplits, Examples, Layout, Normalizer, layout_of, make_splits, shard_size
 from specc.train.streaming import load_data
 from specc.lang.errors import Location, Problem, SpecError
@@ -111,10 +112,13 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     model = compiled.module
     loss_fn = build_loss(config.loss, locate(("train", "loss"))).to(device)
     _check_loss_fits(model, loss_fn, prepared.task, splits.train, config, locate(("train", "loss")))
+    augment = build_augmenter(config.data.augment, prepared.layout, prepared.task, config.loss.name, normalizer,
+                              config.seed, lambda index: locate(("train", "data", "augment", index)))
     scalar_calls = [call for call in config.metrics if call.name not in MATRIX_METRICS]
     metrics = {name: MetricSet.build(scalar_calls, prepared.task, device, metric_locator(spec))
                for name in ("train", "val")}
-    optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")))
+    optimizer = build_optimizer(config.optimizer, model, locate(("train", "optimizer")), lambda index: locate(
+        ("train", "optimizer", config.optimizer.name, "groups", index, "params")))
     scheduler_path = ("train", "scheduler")
     schedulers = Schedulers.build(
         config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
@@ -133,7 +137,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         best=Tracker(config.checkpoint.monitor or config.default_monitor(), config.checkpoint.mode),
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
-        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None,
+        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None, augment=augment,
     )
 
 

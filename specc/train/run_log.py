@@ -6,16 +6,23 @@ diverged run still leaves readable logs.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import shutil
 import sys
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
 from specc.train.run_dir import write_atomic
+from specc.train.tensorboard import TensorBoard, histograms_due
+
+# The training session (specc.train.loop.Session) is used through its attributes: loop imports this module.
+Session = Any
 
 NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 
@@ -23,44 +30,47 @@ NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
 class RunLog:
     """Console progress plus the run directory's log files (only on the main process)."""
 
-    def __init__(self, run_dir: Path, *, epochs: int, verbose: bool = True, label: str = ""):
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, run_dir: Path, *, epochs: int, verbose: bool = True, label: str = "",
+                 session: Session | None = None):
         self.run_dir = run_dir
         self.epochs = epochs
         self.verbose = verbose
         self.label = f"{label} " if label else ""
         self.console = Console(highlight=False, soft_wrap=True)
         self.interactive = verbose and sys.stdout.isatty()
-        self.writer = SummaryWriter(str(run_dir))
+        self.tensorboard = TensorBoard(run_dir)
+        self.session = session  # for the histograms of `log_histograms:`
         self.progress = _progress(self.console) if self.interactive else None
         self.task = None
-        self.learning_rate = ""
 
     def epoch_started(self, epoch: int, steps: int, learning_rate: float) -> None:
         if self.progress is not None:
-            self.learning_rate = f"lr {learning_rate:.2e}"
-            self.task = self.progress.add_task(self._epoch_label(epoch), total=steps, info=self.learning_rate)
+            # the bar leaves the lr to the epoch line: steps/s and the ETA take its room at 80 columns
+            self.task = self.progress.add_task(self._epoch_label(epoch), total=steps, info="")
 
     def step(self, loss: float | None = None) -> None:
         """One batch done; `loss` (the epoch's running mean) is shown when given."""
         if self.progress is not None:
-            info = {} if loss is None else {"info": f"loss {loss:.4f}  {self.learning_rate}"}
+            info = {} if loss is None else {"info": f"loss {loss:.4f}"}
             self.progress.update(self.task, advance=1, **info)
 
     def epoch_finished(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Show the epoch's numbers and append them to metrics.csv and TensorBoard."""
-        line = f"{self._epoch_label(record['epoch'])}  {format_record(record)}"
+        best = self.session is not None and self.session.best.best_epoch == record["epoch"]
+        # the epoch's time first: then the train figures fill the first line, val and lr the second
+        timing = record_parts({key: record[key] for key in ("seconds", "data_seconds") if key in record})
+        figures = record_parts({key: value for key, value in record.items() if key not in ("seconds", "data_seconds")})
+        parts = timing + figures + (["(best)"] if best else [])
+        line = "\n".join(wrap_parts(self._epoch_label(record["epoch"]), parts, self._width()))
         if self.progress is not None:  # the finished bar gives way to the full line
             self.progress.remove_task(self.task)
-            self.progress.console.print(line)
+            self.progress.console.print(line, crop=False)
         elif self.verbose:
             print(line, flush=True)
         write_csv(self.run_dir / "metrics.csv", history)
-        for key, value in record.items():
-            if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
-                self.writer.add_scalar(tensorboard_tag(key), value, record["epoch"])
-        self.writer.flush()
+        self.tensorboard.scalars(record, record["epoch"])
+        if self.session is not None and histograms_due(self.session.config.log_histograms, record["epoch"]):
+            self.tensorboard.histograms(self.session.model, record["epoch"])
 
     def _epoch_label(self, epoch: int) -> str:
         return f"{self.label}epoch {epoch:>{len(str(self.epochs))}}/{self.epochs}"
@@ -69,12 +79,52 @@ class RunLog:
         if self.verbose:
             self.console.print(text)
 
+    def wrapped_message(self, text: str) -> None:
+        """A message wrapped between words to the width, never inside a number or a path."""
+        if self.verbose:
+            self.console.print(_wrapped(text, self._width()), crop=False, markup=False)
+
+    def _width(self) -> int:
+        """The terminal's width; off a terminal COLUMNS, else 80."""
+        return self.console.width if self.interactive else shutil.get_terminal_size((80, 24)).columns
+
+    def model_started(self, session: Session) -> None:
+        """The model graph and the resolved spec, in TensorBoard, before the first epoch."""
+        note = self.tensorboard.model(session)
+        if note:
+            self.message(note)
+
+    def final_metrics(self, session: Session, metrics: dict[str, dict[str, Any]], epoch: int) -> None:
+        """The best checkpoint's metrics (test split, hparams, confusion matrices) into TensorBoard."""
+        self.tensorboard.final(session, metrics, epoch)
+
     def close(self, history: list[dict[str, Any]]) -> None:
+        """Stop the progress display and draw curves.png; the events file stays open for final_metrics."""
         if self.progress is not None:
             self.progress.stop()
-        self.writer.close()
+        self.tensorboard.writer.flush()
         if history:
-            plot_curves(history, self.run_dir / "curves.png")
+            best = self.session.best.best_epoch if self.session is not None else None
+            plot_curves(history, self.run_dir / "curves.png", best)
+
+    def finish(self) -> None:
+        self.tensorboard.close()
+
+
+@contextlib.contextmanager
+def stage(text: str, verbose: bool = True) -> Iterator[None]:
+    """What the run is doing before its first epoch (compiling, loading data), as a spinner on a
+    terminal that gives way to the next stage; nothing off a terminal, where logs stay as they were."""
+    console = status_console()
+    if not verbose or not console.is_terminal:
+        yield
+        return
+    with console.status(f"{text} ...", spinner="dots"):
+        yield
+
+
+def status_console() -> Console:
+    return Console(highlight=False)
 
 
 class SilentLog:
@@ -95,21 +145,80 @@ class SilentLog:
     def message(self, text: str) -> None:
         pass
 
+    def wrapped_message(self, text: str) -> None:
+        pass
+
+    def model_started(self, session: Any) -> None:
+        pass
+
+    def final_metrics(self, session: Any, metrics: dict[str, dict[str, Any]], epoch: int) -> None:
+        pass
+
     def close(self, history: list[dict[str, Any]]) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
 
 def _progress(console: Console):
+    """`epoch  3/10 ━━━━━━━━━━━━  23/47 0:00:02 eta 0:00:02 11.2 steps/s loss 0.1234`: under 80 columns."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+                        TimeElapsedColumn(), _Remaining(), _StepRate(), TextColumn("{task.fields[info]}"),
+                        console=console)
     progress.start()
     return progress
 
 
+def _step_rate(speed: float | None) -> str:
+    return "" if not speed else f"{speed:.1f} steps/s" if speed >= 1 else f"{1 / speed:.1f} s/step"
+
+
+def _remaining(seconds: float | None) -> str:
+    if seconds is None:
+        return "eta -:--:--"
+    minutes, second = divmod(int(round(seconds)), 60)
+    return f"eta {minutes // 60}:{minutes % 60:02d}:{second:02d}"
+
+
+def _column(render):
+    """A rich progress column drawing `render(task)` as plain text."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Column(ProgressColumn):
+        def render(self, task):
+            return Text(render(task))
+    return Column
+
+
+_StepRate = _column(lambda task: _step_rate(task.speed))
+_Remaining = _column(lambda task: _remaining(task.time_remaining))
+
+
 def format_record(record: dict[str, Any]) -> str:
     """`train_loss 0.1234  val_accuracy 0.9800  lr 1.00e-03  0.8s`."""
+    return "  ".join(record_parts(record))
+
+
+def wrap_parts(label: str, parts: list[str], width: int) -> list[str]:
+    """`label  part  part ...` in lines of at most `width` characters, broken only between parts
+    (a metric keeps its name and number together); later lines are indented under the first part."""
+    indent = " " * (len(label) + 2)
+    lines, line, on_line = [], label, 0
+    for part in parts:
+        if on_line and len(line) + 2 + len(part) > width:
+            lines.append(line)
+            line, on_line = indent + part, 1
+        else:
+            line, on_line = f"{line}  {part}", on_line + 1
+    return lines + [line]
+
+
+def record_parts(record: dict[str, Any]) -> list[str]:
+    """The epoch's figures as separate parts: `train_loss 0.1234`, `lr 1.00e-03`, `0.8s`."""
     parts = []
     for key, value in record.items():
         if key == "epoch":
@@ -122,15 +231,7 @@ def format_record(record: dict[str, Any]) -> str:
             parts.append(f"data {value:.1f}s")
         else:
             parts.append(f"{key} {value:.4f}")
-    return "  ".join(parts)
-
-
-def tensorboard_tag(key: str) -> str:
-    """`train_loss` -> `Loss/train`, `val_accuracy` -> `accuracy/val`, `lr` -> `lr`."""
-    split, _, name = key.partition("_")
-    if not name:
-        return key
-    return f"{'Loss' if name == 'loss' else name}/{split}"
+    return parts
 
 
 def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -147,26 +248,50 @@ def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     write_atomic(path, write)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """One panel per quantity (loss, then each metric), train and val curves over epochs."""
+def plot_curves(history: list[dict[str, Any]], path: Path, best_epoch: int | None = None) -> None:
+    """curves.png: see `curves_figure`."""
+    figure = curves_figure(history, best_epoch)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+
+
+def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
+    """One panel per quantity (loss, then each metric), train and val over epochs, the best epoch
+    marked by a dashed line; then the learning rate (log scale) when it was recorded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(dict.fromkeys(key.partition("_")[2] for key in history[0] if key not in NOT_PLOTTED))
-    figure = Figure(figsize=(4.5 * len(names), 3.4), layout="constrained")
+    with_lr = any(isinstance(record.get("lr"), (int, float)) for record in history)
+    panels = len(names) + with_lr
+    figure = Figure(figsize=(4.5 * panels, 3.4), layout="constrained")
     FigureCanvasAgg(figure)
     epochs = [record["epoch"] for record in history]
     for index, name in enumerate(names):
-        axes = figure.add_subplot(1, len(names), index + 1)
+        axes = figure.add_subplot(1, panels, index + 1)
         for split in ("train", "val"):
             values = [record.get(f"{split}_{name}", math.nan) for record in history]
             if any(not math.isnan(value) for value in values):
                 axes.plot(epochs, values, marker="o", markersize=3, label=split)
+        _mark_best(axes, best_epoch)
         axes.set_title(name)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.legend()
-    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    if with_lr:
+        axes = figure.add_subplot(1, panels, panels)
+        axes.plot(epochs, [record.get("lr", math.nan) for record in history], marker="o", markersize=3,
+                  color="#7f7f7f", label="lr")
+        axes.set_yscale("log")
+        _mark_best(axes, best_epoch)
+        axes.set(title="learning rate", xlabel="epoch")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def _mark_best(axes, best_epoch: int | None) -> None:
+    if best_epoch is not None:
+        axes.axvline(best_epoch, color="#b85450", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
 
 
 def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any]]) -> None:
@@ -184,7 +309,7 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
             matrices.append(name)
             continue
         table.add_row(name, *("" if cell is None else f"{cell:.4f}" for cell in cells))
-    console.print(title)
+    console.print(_wrapped(title, console.width), crop=False, markup=False)
     console.print(table)
     for name in matrices:
         for split in splits:
@@ -205,6 +330,11 @@ def print_folds(console: Console, title: str, folds: list[dict[str, float]], sum
         table.add_row(name, *(f"{fold.get(name, math.nan):.4f}" for fold in folds), f"{mean:.4f} ± {std:.4f}")
     console.print(title)
     console.print(table)
+
+
+def _wrapped(text: str, width: int) -> str:
+    """Wrapped between words (never inside a number or a path), later lines indented."""
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False))
 
 
 def _flat(row: Any) -> list:

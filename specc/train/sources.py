@@ -11,6 +11,7 @@ import csv
 import importlib
 import math
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from specc.lang.errors import Location, Problem, SpecError
 from specc.lang.train_config import DataConfig, check_dataset_path
-from specc.train.columns import IMAGE_SUFFIXES, ImageBytes, ImageFiles, NpyFile
+from specc.train.columns import IMAGE_SUFFIXES, ImageBytes, ImageFiles, NpyFile, check_npz_array
 
 
 @dataclass
@@ -68,8 +69,7 @@ def read_csv(path: Path, target: str | int | None, where: Location | None,
         where: the spec position errors point at.
         require_target: False for prediction inputs, which may lack the target column.
     """
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    rows = [row for row in csv.reader(_utf8_lines(path, where)) if row]
     if len(rows) < 2:
         _fail(f"{path}: needs a header row and at least one data row", where)
     header, body = [name.strip() for name in rows[0]], rows[1:]
@@ -81,11 +81,28 @@ def read_csv(path: Path, target: str | int | None, where: Location | None,
             _fail(f"{path}:{line}: {len(row)} values but the header has {len(header)} columns", where)
         for j, column in enumerate(columns):
             try:
-                features[line - 2, j] = float(row[column])
+                features[line - 2, j] = value = float(row[column])
             except ValueError:
                 _fail(f"{path}:{line}: column '{header[column]}' is not a number: {row[column]!r}", where)
+            if not math.isfinite(value):   # float() reads "nan" and "inf": training would stop at step 1
+                _fail(f"{path}:{line}: column '{header[column]}' is {row[column].strip()}; clean or drop that row", where)
     labels = None if target_index is None else _numbers_or_text([row[target_index] for row in body])
+    if labels is not None and labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        line = int(np.argmax(~np.isfinite(labels))) + 2
+        _fail(f"{path}:{line}: target column '{header[target_index]}' is {body[line - 2][target_index].strip()}; "
+              f"clean or drop that row", where)
     return features, labels, [header[i] for i in columns]
+
+
+def _utf8_lines(path: Path, where: Location | None) -> list[str]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        _fail(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+              f"save the file as UTF-8", where)
+    return text.splitlines(keepends=True)
 
 
 def _target_column(header: list[str], target, path, where, require_target: bool) -> int | None:
@@ -125,11 +142,17 @@ def _csv(config: DataConfig, layout, context: Context) -> RawData:
 
 def _npz(config: DataConfig, layout, context: Context) -> RawData:
     path = resolve_path(config.location, context.base_dir, context.where)
+    if not zipfile.is_zipfile(path):   # np.load would try it as a pickle and say so
+        _fail(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)", context.where)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         _fail(f"{path}: not a readable npz file ({error})", context.where)
+    if not arrays:
+        _fail(f"{path}: the archive holds no arrays; it needs x (the features) and y (the targets)", context.where)
+    for key, array in arrays.items():
+        check_npz_array(path, key, array, context.where)
     if "y" not in arrays:
         _fail(f"{path}: needs an array named y (the targets); it has {', '.join(arrays)}", context.where)
     names = list(layout.inputs)

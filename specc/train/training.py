@@ -31,9 +31,9 @@ from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
-from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics
+from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
 from specc.lang.spec import Spec
-from specc.lang.train_config import MATRIX_METRICS, monitor_mode
+from specc.lang.train_config import MATRIX_METRICS, Call, monitor_mode
 
 from specc.train.evaluation import evaluate, predict
 
@@ -57,6 +57,20 @@ class TrainResult:
     @property
     def ok(self) -> bool:
         return self.status in ("completed", "early_stopped")
+
+    def __repr__(self) -> str:
+        """One line: status, epochs, the best checkpoint's val (or train) figures, the run directory."""
+        figures = self.metrics.get("val") or self.metrics.get("train") or {}
+        shown = ", ".join(f"{name} {_short_number(value)}" for name, value in figures.items()
+                          if isinstance(value, (int, float)))
+        split = "val" if self.metrics.get("val") else "train"
+        return (f"TrainResult({self.status}, {len(self.history)} epochs"
+                + (f", {split}: {shown}" if shown else "") + (f", {len(self.folds)} folds" if self.folds else "")
+                + f", {self.run_dir})")
+
+
+def _short_number(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Path = "runs",
@@ -110,16 +124,20 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
-    compiled = build_model(spec, device, config.seed)
+    with stage(f"compiling {spec.display_name}", verbose):
+        compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
-        start_from_weights(spec, compiled)
-    prepared = prepare_data(spec, compiled)
+        with stage("loading the initial weights", verbose and config.init_from is not None):
+            start_from_weights(spec, compiled)
+    with stage(f"loading data ({config.data.source or 'dataset'})", verbose):
+        prepared = prepare_data(spec, compiled)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
             _write_spec(run_dir, spec)
             return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
-    session = _open_split(spec, compiled, prepared, 0, device, state, resume)  # refuses before any write
+    with stage("torch.compile" if config.compile else "setting up the optimizer", verbose):
+        session = _open_split(spec, compiled, prepared, 0, device, state, resume)  # refuses before any write
     session.run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
     with _locked(session.run_dir):
         if state is not None and verbose:
@@ -172,14 +190,16 @@ def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: to
 
 def _run_split(session: Session, verbose: bool, label: str = "", show_table: bool = True) -> TrainResult:
     spec, run_dir, device = session.spec, session.run_dir, session.device
-    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label) if session.is_main else SilentLog()
+    log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label, session=session) \
+        if session.is_main else SilentLog()
     counts = " / ".join(f"{len(data)} {name}" for name, data in session.splits.named().items())
     start = f" from epoch {session.epoch + 1}" if session.epoch else ""
     if session.resume_point:
         start = f" from epoch {session.resume_point['epoch']}, step {session.resume_point['step'] + 1}"
     where = f"{session.world_size} processes ({device.type})" if session.world_size > 1 else device
-    log.message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
+    log.wrapped_message(f"training {spec.display_name}{' ' + label if label else ''} on {where}{start}: "
                 f"{counts} examples, {sum(p.numel() for p in session.model.parameters()):,} parameters -> {run_dir}")
+    log.model_started(session)
     try:
         status, message = fit(session, log)
         if status in ("completed", "early_stopped"):
@@ -193,9 +213,23 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     if result.ok and result.best_checkpoint:
         result.metrics = best_metrics(session, result.best_checkpoint)
         if show_table and verbose:
-            print_metrics(log.console, f"best checkpoint ({session.best.monitor} "
-                                       f"{session.best.best:.4f}): {result.best_checkpoint}", result.metrics)
+            print_metrics(log.console, f"best checkpoint: epoch {session.best.best_epoch} ({session.best.monitor} "
+                                       f"{session.best.best:.4f}), {result.best_checkpoint}", result.metrics)
+        log.final_metrics(session, {**result.metrics, **_confusion_matrices(session, result.metrics)},
+                          session.best.best_epoch or session.epoch)
+    log.finish()
     return result
+
+
+def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For TensorBoard: the val/test confusion matrices of a classifier whose spec does not ask for
+    them. One process only (under torchrun every rank would have to take part)."""
+    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or \
+            any("confusion_matrix" in values for values in metrics.values()):
+        return {}
+    matrix = MetricSet.build([Call(name="confusion_matrix")], session.task, session.device, lambda index: None)
+    return {split: {**metrics[split], "confusion_matrix": session.evaluate(session.model, data, matrix)["confusion_matrix"]}
+            for split, data in session.splits.named().items() if split != "train"}
 
 
 def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,139 @@
+"""Which columns the summary table shows and how wide each is, so that it fits the width it is
+given without ever cutting a name or a number.
+
+At a narrow width the table gives way in a fixed order (docs/summary.md, "Narrow terminals"):
+the Trainable column goes first (rows that are not trainable say so in Params), then nesting is
+indented by one space instead of two, then cells wrap between words (a shape after a comma, `×12` under its type), then the optional columns go, then
+FLOPs, Output shape and Type. Layer and Params always stay; a cell is never cut inside a word.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+LayerRow = ModelSummary = Any  # see render.py: the records are used through their attributes only
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str                      # the name `--columns` and `columns=` take
+    header: str
+    justify: str                  # left | right | center
+    wraps: bool                   # its cells may break between words at a narrow width
+
+
+COLUMNS = {column.key: column for column in (
+    Column("layer", "Layer", "left", False),
+    Column("type", "Type", "left", True),
+    Column("input_shape", "Input shape", "left", True),
+    Column("output_shape", "Output shape", "left", True),
+    Column("kernel_size", "Kernel", "left", True),
+    Column("params", "Params", "right", True),
+    Column("params_percent", "% params", "right", False),
+    Column("trainable", "Trainable", "center", False),
+    Column("flops", "FLOPs", "right", False),
+)}
+DEFAULT_COLUMNS = ("layer", "type", "output_shape", "params", "trainable", "flops")
+OPTIONAL_COLUMNS = ("input_shape", "kernel_size", "params_percent")
+# after Trainable has gone and the cells wrap: what leaves next, first to last
+DROP_ORDER = ("params_percent", "kernel_size", "input_shape", "flops", "output_shape", "type")
+
+
+def chosen_columns(extra: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The default columns plus `extra` optional ones (`"all"` for every one), in the table's order.
+
+    Raises:
+        ValueError: a name that is not an optional column.
+    """
+    unknown = [name for name in extra if name not in OPTIONAL_COLUMNS and name != "all"]
+    wanted = set(OPTIONAL_COLUMNS) if "all" in extra else set(extra)
+    if unknown:
+        raise ValueError(f"unknown column '{unknown[0]}'; the optional columns: {', '.join(OPTIONAL_COLUMNS)} (or all)")
+    return tuple(key for key in COLUMNS if key in DEFAULT_COLUMNS or key in wanted)
+
+
+@dataclass
+class Fitted:
+    """The table as it will be drawn: its columns, their content widths and every row's cells."""
+
+    columns: list[Column]
+    widths: list[int]
+    rows: list[list[str]]
+    left_out: list[str]           # headers of the columns dropped to fit
+
+
+def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
+    """Choose columns and widths so the table is at most `width` characters wide where it can be.
+
+    `cell(row, key, trainable_shown, indent)` gives a cell's text. The table gives way one step at
+    a time (see the module's docstring); when even Layer and Params at their longest word do not
+    fit, it is as narrow as it can be and wider than `width`.
+    """
+    keys, indent, wrapping = list(result.columns), "  ", False
+    while True:
+        texts = [[cell(row, key, "trainable" in keys, indent) for row in result.rows] for key in keys]
+        natural, minimum = _measure(keys, texts, wrapping)
+        if table_width(natural) <= width:
+            return _fitted(result, keys, natural, texts)
+        if wrapping and table_width(minimum) <= width:
+            return _fitted(result, keys, _shrink(natural, minimum, texts, table_width(natural) - width), texts)
+        if "trainable" in keys:
+            keys.remove("trainable")
+        elif indent == "  ":
+            indent = " "
+        elif not wrapping:
+            wrapping = True
+        elif any(key in keys for key in DROP_ORDER):
+            keys.remove(next(key for key in DROP_ORDER if key in keys))
+        else:
+            return _fitted(result, keys, minimum, texts)
+
+
+def _measure(keys: list[str], texts: list[list[str]], wrapping: bool) -> tuple[list[int], list[int]]:
+    """Each column's natural width (its longest cell) and narrowest (its longest word, when wrapping)."""
+    natural, minimum = [], []
+    for key, cells in zip(keys, texts):
+        column = [COLUMNS[key].header, *cells]
+        natural.append(max(len(text) for text in column))
+        minimum.append(max(len(word) for text in column for word in (text.split() or [""]))
+                       if wrapping and COLUMNS[key].wraps else natural[-1])
+    return natural, minimum
+
+
+def table_width(widths: list[int]) -> int:
+    """rich's SIMPLE_HEAVY box: one space of padding each side of a cell, one between columns, one per edge."""
+    return sum(widths) + 2 * len(widths) + (len(widths) - 1) + 2
+
+
+def _shrink(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
+    """Take `excess` characters, one at a time, from the column where the table then grows the
+    fewest lines (a row is as tall as its most wrapped cell)."""
+    widths = list(natural)
+    for _ in range(excess):
+        narrower = [index for index in range(len(widths)) if widths[index] > minimum[index]]
+        index = min(narrower, key=lambda i: (_height(texts, widths[:i] + [widths[i] - 1] + widths[i + 1:]), -widths[i]))
+        widths[index] -= 1
+    return widths
+
+
+def _height(texts: list[list[str]], widths: list[int]) -> int:
+    return sum(max(_lines(text, width) for text, width in zip(row, widths)) for row in zip(*texts))
+
+
+@functools.lru_cache(maxsize=65536)
+def _lines(text: str, width: int) -> int:
+    """How many lines `text` takes wrapped between words at `width` (its words all fit)."""
+    lines, used = 1, 0
+    for word in text.split():
+        if used and used + 1 + len(word) > width:
+            lines, used = lines + 1, len(word)
+        else:
+            used += len(word) + (1 if used else 0)
+    return lines
+
+
+def _fitted(result: ModelSummary, keys: list[str], widths: list[int], texts: list[list[str]]) -> Fitted:
+    """The Trainable column is not reported as left out: its cells live on in Params."""
+    left_out = [COLUMNS[key].header for key in result.columns if key not in keys and key != "trainable"]
+    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out)

@@ -1,0 +1,137 @@
+"""What autograd saves for backward, by rule, for specs made only of common layers.
+
+`SavedForBackward` counts the saved tensors with hooks while the meta kernels run, but a meta
+kernel's first use imports sympy and torch._dynamo (~1 s of every `specc summary`), which the shape
+and FLOP rules (build/shape_rules.py, build/flop_rules.py) otherwise avoid. For the layers below
+the saved tensors follow from torch's derivative formulas (tools/autograd/derivatives.yaml):
+
+- Linear / Conv: the input (the weight is a parameter, counted in Params);
+- ReLU, Tanh, Sigmoid: their output; GELU, SiLU: their input;
+- Dropout (0 < p < 1): the mask, a tensor like the input; p = 0 passes the input through;
+- BatchNorm in eval mode (as the summary runs it): the input, and on meta a mean and an inverse
+  standard deviation per channel;
+- MaxPool: the input and the int64 indices of the output;
+- Embedding: the indices; Flatten and the add/cat merges: nothing.
+
+An op saves nothing when none of its inputs needs a gradient and it has no trainable parameters
+(autograd does not record it), so "needs a gradient" is tracked per value. A spec with any other
+item, or frozen parameters, is counted by the hooks instead; tests/test_saved_rules.py checks that
+both give the same bytes for every spec and layer the rules cover.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from specc.build.flop_rules import predicted_node
+from specc.build.infer import run_compiled_node
+from specc.build.shape_functions import empty, like
+
+Tensor = torch.Tensor
+SavedRule = Callable[[nn.Module, Tensor, Tensor, bool], list[Tensor]]
+
+
+def _input(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return [x]
+
+
+def _output_if_recorded(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return [out] if needs_grad else []
+
+
+def _input_if_recorded(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return [x] if needs_grad else []
+
+
+def _dropout_mask(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return [like(x)] if needs_grad else []
+
+
+def _batch_norm_input_and_statistics(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    # the eval-mode kernel on meta also returns (and autograd saves) a mean and an inverse std per channel
+    return [x, empty((x.shape[1],), torch.float32), empty((x.shape[1],), torch.float32)]
+
+
+def _pool_input_and_indices(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return [x, like(out, torch.int64)] if needs_grad else []
+
+
+def _nothing(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    return []
+
+
+SAVED_RULES: dict[type, SavedRule] = {
+    nn.Linear: _input, nn.Conv1d: _input, nn.Conv2d: _input, nn.Conv3d: _input,
+    nn.BatchNorm1d: _batch_norm_input_and_statistics, nn.BatchNorm2d: _batch_norm_input_and_statistics,
+    nn.BatchNorm3d: _batch_norm_input_and_statistics,
+    nn.Embedding: _input,
+    nn.ReLU: _output_if_recorded, nn.Tanh: _output_if_recorded, nn.Sigmoid: _output_if_recorded,
+    nn.GELU: _input_if_recorded, nn.SiLU: _input_if_recorded,
+    nn.Dropout: _dropout_mask,
+    nn.MaxPool1d: _pool_input_and_indices, nn.MaxPool2d: _pool_input_and_indices,
+    nn.MaxPool3d: _pool_input_and_indices,
+    nn.Flatten: _nothing,
+}
+_VIEWS = (nn.Flatten,)              # run for real: a view shares its input's storage, as autograd sees it
+_MERGES_SAVING_NOTHING = ("add", "cat", "mean", "stack")
+
+
+def run_by_rules(graph: Any, module: nn.Module, add_saved: Callable[[Tensor], None],
+                 input_value: Callable[[Any], Tensor]) -> tuple[dict, dict] | None:
+    """`({node: value}, {node: FLOPs})` with every saved tensor passed to `add_saved`, or None when
+    an item has no rule (then nothing may be kept of this run: count with the hooks instead)."""
+    if any(not parameter.requires_grad for parameter in module.parameters()):
+        return None
+    values, flops, needs_grad = {}, {}, {}
+    for node in graph.nodes:
+        if node.op == "input":
+            values[node.name], flops[node.name], needs_grad[node.name] = input_value(node), 0, False
+            continue
+        inputs = [values[name] for name in node.inputs]
+        counted = _run_node(node, inputs, module, any(needs_grad[name] for name in node.inputs), add_saved)
+        if counted is None:
+            return None
+        values[node.name], flops[node.name], needs_grad[node.name] = counted
+    return values, flops
+
+
+def _run_node(node: Any, inputs: list, module: nn.Module, inputs_need_grad: bool,
+              add_saved: Callable[[Tensor], None]) -> tuple[Tensor, int, bool] | None:
+    if node.op == "merge" and node.target in _MERGES_SAVING_NOTHING:
+        predicted = predicted_node(node, inputs, module)
+        return None if predicted is None else (*predicted, inputs_need_grad)
+    if node.op != "module" or len(inputs) != 1:
+        return None
+    layer = module.get_submodule(node.shared_with or node.name)
+    rule = SAVED_RULES.get(type(layer))
+    if rule is None or not _plain(layer):
+        return None
+    if isinstance(layer, _VIEWS):
+        output, layer_flops = run_compiled_node(node, inputs, module), 0
+    elif isinstance(layer, nn.Dropout) and layer.p == 0:
+        return inputs[0], 0, inputs_need_grad       # dropout(p=0) returns its input itself
+    else:
+        predicted = predicted_node(node, inputs, module)
+        if predicted is None:
+            return None
+        output, layer_flops = predicted
+    has_weights = any(True for _ in layer.parameters())
+    for tensor in rule(layer, inputs[0], output, inputs_need_grad or has_weights):
+        add_saved(tensor)
+    return output, layer_flops, inputs_need_grad or has_weights
+
+
+def _plain(layer: nn.Module) -> bool:
+    """The cases the rules describe: no in-place variants, dropout below 1, max pooling without
+    returned indices, batch norm in eval mode."""
+    if getattr(layer, "inplace", False):
+        return False
+    if isinstance(layer, nn.Dropout):
+        return layer.p < 1
+    if isinstance(layer, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+        return not layer.return_indices
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return not layer.training
+    return True

@@ -1,0 +1,84 @@
+"""The bytes autograd saves for backward, by rule (summary/saved_rules.py), equal what the
+saved-tensor hooks count when the meta kernels run: for every spec in specs/ and for each layer
+the rules cover, with inputs that need a gradient and inputs that do not."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import specc
+from specc.build.compiler import compile as compile_spec
+from specc.summary import spec_rows
+from specc.summary.rows import SavedForBackward
+from specc.summary.saved_rules import run_by_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+RULED = {"mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn"}
+
+
+def _by_hooks(monkeypatch, spec, **options):
+    with monkeypatch.context() as patch:
+        patch.setattr(spec_rows, "run_by_rules", lambda *args: None)
+        return specc.summary(spec, **options)
+
+
+def _uses_rules(spec) -> bool:
+    compiled = compile_spec(spec, device="meta", batch_size=2)
+    with spec_rows._training_step_mode(compiled.module):
+        return run_by_rules(compiled.graph, compiled.module, SavedForBackward(compiled.module).add,
+                            lambda node: spec_rows._input_value(node, compiled.device)) is not None
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda path: path.stem)
+def test_every_spec_counts_the_same_by_rule_and_by_hooks(path, monkeypatch):
+    ruled, hooked = specc.summary(path, batch_size=3), _by_hooks(monkeypatch, path, batch_size=3)
+    assert ruled.memory_bytes() == hooked.memory_bytes()
+    assert ruled.flops == hooked.flops
+    assert [row.to_dict() for row in ruled.rows] == [row.to_dict() for row in hooked.rows]
+    assert _uses_rules(path) == (path.stem in RULED)
+
+
+LAYERS = ["Linear: {out_features: 6}", "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout: {p: 0.3}",
+          "Dropout: {p: 0.0}", "BatchNorm1d", "Flatten"]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_counts_the_same(layer, first, monkeypatch):
+    # on the input nothing needs a gradient yet, so a layer without weights saves nothing
+    before = "" if first else "  - Linear: {out_features: 8}\n"
+    spec = f"inputs: {{x: {{shape: [8]}}}}\nlayers:\n{before}  - {layer}\n  - Linear: {{out_features: 2}}\n"
+    assert _uses_rules(spec)
+    assert specc.summary(spec, batch_size=4).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=4).activation_bytes
+
+
+@pytest.mark.parametrize("layer", ["Conv2d: {out_channels: 4, kernel_size: 3}", "MaxPool2d: {kernel_size: 2}",
+                                   "BatchNorm2d", "ReLU"])
+def test_each_image_layer_counts_the_same(layer, monkeypatch):
+    spec = ("inputs: {x: {shape: [3, 8, 8]}}\nlayers:\n  - Conv2d: {out_channels: 5, kernel_size: 1}\n"
+            f"  - {layer}\n  - Flatten\n  - Linear: {{out_features: 2}}\n")
+    assert _uses_rules(spec)
+    assert specc.summary(spec, batch_size=2).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=2).activation_bytes
+
+
+def test_unruled_and_in_place_layers_take_the_hooks():
+    assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: {out_features: 4}\n  - Hardswish\n")
+    assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - ReLU: {inplace: true}\n  - Linear: {out_features: 4}\n")
+
+
+@pytest.mark.parametrize("spec", ["mlp", "digits_cnn"])
+def test_summary_of_a_small_spec_imports_no_dynamo(spec):
+    """The meta kernels' first use imports sympy and torch._dynamo (~1 s of a `specc summary`)."""
+    code = ("import runpy, sys; sys.argv = ['specc', 'summary', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('specc', run_name='__main__')\n"
+            "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
+            "print(sorted(name for name in ('sympy', 'torch._dynamo') if name in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, f"specs/{spec}.yaml"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"

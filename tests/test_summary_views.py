@@ -1,0 +1,141 @@
+"""The summary where people look: an 80-column terminal (nothing cut, columns give way in the
+documented order), the optional torchinfo columns, Jupyter's HTML and the REPL's repr."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import specc
+from specc.cli import app
+from specc.summary.layout import DROP_ORDER
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKS = {"yes", "no", "partly", "-"}  # the Trainable column's cells, which may give way at 80 columns
+
+
+def table_tokens(text: str) -> Counter:
+    """Every word of the table's rows (between the header rule and the first blank line after it)."""
+    lines = text.splitlines()
+    start = next(index for index, line in enumerate(lines) if "━" in line) + 1
+    end = next(index for index in range(start, len(lines)) if not lines[index].strip())
+    return Counter(word for line in lines[start:end] for word in line.split())
+
+
+@pytest.fixture(scope="module", params=["resnet18", "gpt2_small"])
+def published(request):
+    return specc.summary(ROOT / "specs" / f"{request.param}.yaml")
+
+
+def test_80_columns_keep_every_name_and_number_of_the_wide_table(published):
+    wide, narrow = published.render("table"), published.render("table", width=80)
+    assert max(map(len, wide.splitlines())) > 80  # the wide table really does not fit
+    assert max(map(len, narrow.splitlines())) <= 80
+    assert "…" not in narrow
+    kept = table_tokens(narrow)
+    for word, count in table_tokens(wide).items():
+        if word not in MARKS:
+            assert kept[word] >= count, f"{word!r} is cut or missing at 80 columns"
+    for row in published.rows:  # and each figure is there, whole
+        assert f"{row.params:,}" in narrow and row.name in narrow
+    assert narrow.splitlines()[-4:] == wide.splitlines()[-4:]  # the totals and memory lines too
+
+
+def test_at_80_columns_only_the_trainable_column_goes(published):
+    narrow = published.render("table", width=80)
+    header = next(line for line in narrow.splitlines() if "Layer" in line)
+    assert "Trainable" not in header and "Params" in header and "FLOPs" in header
+    assert "left out" not in narrow
+
+
+def test_columns_give_way_in_the_documented_order():
+    result = specc.summary(ROOT / "specs" / "gpt2_small.yaml", columns=["all"])
+    headers = {"params_percent": "% params", "kernel_size": "Kernel", "input_shape": "Input shape",
+               "flops": "FLOPs", "output_shape": "Output shape", "type": "Type"}
+    seen_left_out = []
+    for width in range(200, 10, -2):
+        text = result.render("table", width=width)
+        note = re.search(r"\(left out to fit \d+ columns: ([^;]+);", " ".join(text.split()))
+        left_out = note.group(1).split(", ") if note else []
+        if left_out and left_out != (seen_left_out[-1] if seen_left_out else []):
+            seen_left_out.append(left_out)
+        assert "…" not in text
+        assert all(word in text for word in ("wte", "feed_forward", "85,054,464", "(shared"))
+    assert set(seen_left_out[-1]) == {headers[key] for key in DROP_ORDER}
+    # each step leaves out one more, in DROP_ORDER
+    assert [len(step) for step in seen_left_out] == list(range(1, len(DROP_ORDER) + 1))
+    assert [next(h for h in step if h not in (seen_left_out[i - 1] if i else [])) for i, step in
+            enumerate(seen_left_out)] == [headers[key] for key in DROP_ORDER]
+
+
+def test_a_narrow_table_says_which_rows_are_frozen():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    result = specc.summary(model, input_size=(1, 4))
+    wide, narrow = result.render("table"), result.render("table", width=66)
+    assert "Trainable   FLOPs" in wide and "Trainable   FLOPs" not in narrow
+    assert "40 (frozen)" in narrow and "18 (frozen)" not in narrow
+    assert "58 (partly frozen)" in narrow  # the model row: 40 of its 58 are frozen
+
+
+def test_optional_columns_by_hand():
+    result = specc.summary(ROOT / "specs" / "mnist_net.yaml", columns=["input_shape", "kernel_size", "params_percent"])
+    lines = {line.split()[0]: line for line in result.render("table").splitlines() if line.startswith("  ")}
+    assert re.search(r"conv1\s+Conv2d\s+\[1, 1, 28, 28\]\s+\[1, 32, 26, 26\]\s+\[3, 3\]\s+320\s+0\.03%", lines["conv1"])
+    assert re.search(r"\[1, 64, 24, 24\]\s+\[1, 64, 12, 12\]\s+\[2, 2\]", lines["4"])  # MaxPool2d(2)
+    assert f"{100 * 1_179_776 / 1_199_882:.2f}%" in lines["fc1"]
+    assert [row.input_shape for row in result.rows][:2] == [[1, 1, 28, 28], [1, 32, 26, 26]]
+    header = next(line for line in result.render("markdown").splitlines() if line.startswith("| Layer"))
+    assert header == "| Layer | Type | Input shape | Output shape | Kernel | Params | % params | Trainable | FLOPs |"
+    with pytest.raises(ValueError, match="unknown column 'bogus'"):
+        specc.summary(ROOT / "specs" / "mnist_net.yaml", columns=["bogus"])
+
+
+def test_module_rows_have_input_shapes_and_kernels():
+    result = specc.summary(nn.Sequential(nn.Conv2d(3, 4, (3, 5)), nn.Flatten()), input_size=(2, 3, 8, 8))
+    assert result.rows[1].input_shape == [2, 3, 8, 8] and result.rows[1].kernel_size == [3, 5]
+
+
+def test_cli_columns_and_a_bad_column():
+    runner = CliRunner()
+    done = runner.invoke(app, ["summary", str(ROOT / "specs" / "mnist_net.yaml"), "--columns", "kernel_size"])
+    assert done.exit_code == 0, done.output
+    assert "Kernel" in done.output and "[3, 3]" in done.output and "% params" not in done.output
+    done = runner.invoke(app, ["summary", str(ROOT / "specs" / "mnist_net.yaml"), "--columns", "kernel,all"])
+    assert done.exit_code == 2 and "unknown column 'kernel'" in done.output
+
+
+def test_repr_is_the_table_and_html_has_every_row():
+    result = specc.summary(ROOT / "specs" / "resnet18.yaml", depth=1)
+    assert repr(result) == str(result) == result.render("table")
+    page = result._repr_html_()
+    assert page.startswith("<div>") and page.count("<tr>") == len(result.rows) + 1 + 9  # header, rows, totals and memory
+    for row in result.rows:
+        assert f">{row.name}</span>" in page and f">{row.params:,}</td>" in page
+    assert "Total params</td><td style=\"text-align:right\">11,689,512" in page
+
+
+def test_html_escapes_names():
+    model = nn.Sequential()
+    model.add_module("a<b>", nn.Linear(2, 2))
+    page = specc.summary(model, input_size=(1, 2))._repr_html_()
+    assert "a&lt;b&gt;" in page and "<b>Sequential</b>" in page and "a<b>" not in page
+
+
+def test_train_result_repr_is_short(tmp_path):
+    from specc.train.training import TrainResult
+
+    result = TrainResult(tmp_path / "run", "completed", history=[{"epoch": 1}, {"epoch": 2}],
+                         metrics={"train": {"loss": 0.5}, "val": {"loss": 0.25, "accuracy": 0.9123456}})
+    assert repr(result) == f"TrainResult(completed, 2 epochs, val: loss 0.25, accuracy 0.9123, {tmp_path / 'run'})"
+
+
+def test_collapsed_repeats_keep_their_input_shape_and_kernel():
+    result = specc.summary(ROOT / "specs" / "resnet18.yaml", columns=["all"])
+    conv = next(row for row in result.rows if row.path == "layer1.*.conv1")
+    assert conv.count == 2 and conv.input_shape == [1, 64, 56, 56] and conv.kernel_size == [3, 3]

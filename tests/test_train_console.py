@@ -1,0 +1,119 @@
+"""The training console at 80 columns: epoch lines wrap between metrics, the progress bar shows
+steps/s and an ETA, the best epoch is named, start-up says what it is doing; curves.png marks
+the best epoch and plots the learning rate."""
+from __future__ import annotations
+
+import io
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+from rich.console import Console
+
+from specc.train.run_log import RunLog, _progress, curves_figure, record_parts, wrap_parts
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = {"epoch": 3, "train_loss": 1.066, "train_accuracy": 0.7279, "train_f1": 0.7287, "val_loss": 0.6032,
+          "val_accuracy": 0.9296, "val_f1": 0.9271, "lr": 0.003, "seconds": 0.8}
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def test_epoch_lines_wrap_between_metrics_at_80_columns():
+    parts = record_parts(RECORD)
+    lines = wrap_parts("epoch  3/10", parts, 80)
+    assert lines == ["epoch  3/10  train_loss 1.0660  train_accuracy 0.7279  train_f1 0.7287",
+                     "             val_loss 0.6032  val_accuracy 0.9296  val_f1 0.9271  lr 3.00e-03",
+                     "             0.8s"]
+    assert wrap_parts("epoch  3/10", parts, 200) == ["epoch  3/10  " + "  ".join(parts)]
+    assert wrap_parts("epoch 1/1", ["a_very_long_metric_name 0.1234"], 10) == ["epoch 1/1  a_very_long_metric_name 0.1234"]
+
+
+def fake_session(best_epoch):
+    return SimpleNamespace(best=SimpleNamespace(best_epoch=best_epoch, monitor="val_accuracy"),
+                           config=SimpleNamespace(log_histograms=False), model=None)
+
+
+def test_progress_bar_shows_steps_per_second_and_eta_and_the_best_epoch(tmp_path):
+    log = RunLog(tmp_path, epochs=10, verbose=True, session=fake_session(3))
+    screen = io.StringIO()
+    log.console = Console(file=screen, force_terminal=True, width=80, color_system=None, highlight=False)
+    log.interactive, log.progress = True, _progress(log.console)
+    log.epoch_started(3, 40, 0.003)
+    for step in range(20):
+        log.step(0.5 if step % 5 == 4 else None)
+    log.progress.refresh()
+    bar = ANSI.sub("", screen.getvalue()).replace("\r", "\n").splitlines()
+    live = [line for line in bar if "20/40" in line][-1]
+    assert re.search(r"20/40 +0:00:\d\d +eta \d:\d\d:\d\d +\d+\.\d steps/s +loss 0\.5000", live), live
+    assert len(live.rstrip()) <= 80
+    log.epoch_finished(RECORD, [RECORD])
+    log.close([RECORD])
+    text = ANSI.sub("", screen.getvalue())
+    assert "epoch  3/10  0.8s  train_loss 1.0660  train_accuracy 0.7279  train_f1 0.7287\n" \
+           "             val_loss 0.6032  val_accuracy 0.9296  val_f1 0.9271  lr 3.00e-03\n" \
+           "             (best)\n" in text
+    log.finish()
+
+
+def test_curves_mark_the_best_epoch_and_plot_the_learning_rate():
+    history = [{**RECORD, "epoch": epoch, "lr": 0.003 / epoch} for epoch in (1, 2, 3, 4)]
+    figure = curves_figure(history, best_epoch=2)
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["loss", "accuracy", "f1", "learning rate"]
+    for axes in figure.axes:
+        marks = [line for line in axes.lines if line.get_label() == "best (epoch 2)"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [2, 2]
+    lr_line = figure.axes[-1].lines[0]
+    assert list(lr_line.get_ydata()) == [0.003 / epoch for epoch in (1, 2, 3, 4)]
+    assert figure.axes[-1].get_yscale() == "log"
+
+
+def run_in_terminal(arguments: list[str], cwd: Path, columns: int = 80) -> str:
+    """Run a command with a pseudo-terminal of `columns` columns as stdout; everything it drew."""
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    environment = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    process = subprocess.Popen(arguments, cwd=cwd, stdout=follower, stderr=follower, env=environment)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=300)
+    os.close(leader)
+    assert process.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_real_run_in_an_80_column_terminal(tmp_path):
+    spec = {"name": "iris_console", "inputs": {"measurements": {"shape": [4]}},
+            "layers": [{"Linear": {"out_features": 16}}, "ReLU", {"Linear": {"out_features": 3}}],
+            "train": {"data": {"source": "sklearn:iris", "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+                      "batch_size": 8, "epochs": 3, "loss": "CrossEntropyLoss", "metrics": ["accuracy", "f1"],
+                      "threads": 1, "log_every": 1}}
+    (tmp_path / "iris.yaml").write_text(yaml.safe_dump(spec))
+    screen = run_in_terminal([sys.executable, "-m", "specc", "train", "iris.yaml", "--out", "runs"], tmp_path)
+    text = ANSI.sub("", screen)
+    assert "compiling iris_console" in text and "loading data (sklearn:iris)" in text
+    assert "steps/s" in text and "eta " in text
+    lines = [line for chunk in text.split("\n") for line in chunk.split("\r")]
+    assert all(len(line.rstrip()) <= 80 for line in lines), max(lines, key=len)
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert [line[:9] for line in epoch_lines if "train_loss" in line] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    best = re.search(r"best checkpoint: epoch (\d) \(val_loss (\d\.\d{4})\)", text)
+    assert best, text[-2000:]
+    assert "(best)" in text
