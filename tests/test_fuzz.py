@@ -92,3 +92,13 @@ def test_python_keywords_cannot_name_code(text, line, words):
     with pytest.raises(SpecError) as raised:
         specc.compile(text, device="meta")
     assert raised.value.first.location.line == line and words in raised.value.first.message
+
+
+def test_an_empty_expected_output_shape_is_a_located_mismatch():
+    """seed 15, #272: `expect: {output_shape: []}` was an IndexError (internal error)."""
+    import specc
+    from specc.lang.errors import SpecError
+
+    with pytest.raises(SpecError) as raised:
+        specc.compile("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: [4]\nexpect: {output_shape: []}\n", device="meta")
+    assert (raised.value.first.code, raised.value.first.location.line) == ("EXPECT_FAILED", 4)
