@@ -73,3 +73,32 @@ def test_a_check_past_the_memory_limit_is_reported_not_fatal(tmp_path):
     assert (code, exception) == (0, None) and output.startswith("OK")
     code, output, exception, seconds = fuzz.check_in_child(path, 30.0, baseline + (4 << 20))   # 4 MB more
     assert fuzz.verdict(path, code, output, exception, seconds, 30.0, tmp_path / "canary") == "exception: MemoryError()"
+
+
+# ----- what the fuzzer found, each a located error now -------------------------------------------
+@pytest.mark.parametrize("text, line, words", [
+    # seed 15, #50: a branch renamed `as` made the generated forward `self.branches.as` (SyntaxError)
+    ("inputs: {x: {shape: [8]}}\nlayers:\n  - parallel: {as: [ReLU], b: [ReLU]}\n", 3,
+     "branch 'as' is a Python keyword"),
+    ("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: [4]\n    name: class\n", 4, "no Python keyword"),
+    ("inputs: {if: {shape: [8]}}\nlayers: [ReLU]\n", 1, "'if' is not a valid name"),
+    ("inputs: {x: {shape: [8]}}\nlayers:\n  - residual: [ReLU]\n    names: {body: def}\n", 4,
+     "names: body must be an identifier"),
+])
+def test_python_keywords_cannot_name_code(text, line, words):
+    import specc
+    from specc.lang.errors import SpecError
+
+    with pytest.raises(SpecError) as raised:
+        specc.compile(text, device="meta")
+    assert raised.value.first.location.line == line and words in raised.value.first.message
+
+
+def test_an_empty_expected_output_shape_is_a_located_mismatch():
+    """seed 15, #272: `expect: {output_shape: []}` was an IndexError (internal error)."""
+    import specc
+    from specc.lang.errors import SpecError
+
+    with pytest.raises(SpecError) as raised:
+        specc.compile("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: [4]\nexpect: {output_shape: []}\n", device="meta")
+    assert (raised.value.first.code, raised.value.first.location.line) == ("EXPECT_FAILED", 4)

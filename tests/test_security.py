@@ -1,8 +1,8 @@
 """A spec is untrusted input (issue 13): nothing in it may run code, and no input may exhaust the
 machine. Each hostile spec below must give exit code 2 with a located message — no traceback, no
 internal error, no hang. All are checked by `specc check` in ONE subprocess (so the suite pays
-torch's start-up once) under a generous timeout and a 1 GB address-space limit; how fast each
-answers is recorded in docs/robustness.md, not asserted here.
+torch's start-up once) under a generous timeout and a 1 GB address-space limit; the size bombs
+(expansion, build and reading bounds) must each answer within 5 s.
 """
 from __future__ import annotations
 
@@ -119,6 +119,10 @@ HOSTILE = [
     Hostile("skipped_items", HEADER + "blocks:\n  b:\n    layers:\n" + "      - {ReLU: null, if: false}\n" * 2000
             + "layers:\n  - b: {}\n    repeat: 9000\n", 2000, ("expands to more than 10,000 items",), "LIMIT_EXCEEDED",
             at_load=False),
+    Hostile("lstm_layers_bomb", "inputs: {x: {shape: [5, 8]}}\nlayers:\n  - LSTM: {hidden_size: 4, num_layers: 1000000000}\n", 3,
+            ("more than 20,000 tensor operations", "LSTM 'LSTM'", "SPECC_MAX_BUILD_OPS"), "LIMIT_EXCEEDED", at_load=False),
+    Hostile("many_lstms", "inputs: {x: {shape: [5, 8]}}\nlayers:\n  - LSTM: {hidden_size: 8}\n    repeat: 5000\n", 3,
+            ("more than 20,000 tensor operations",), "LIMIT_EXCEEDED", at_load=False),
     Hostile("recursive_block", HEADER + "blocks:\n  a:\n    layers: [a]\nlayers: [a]\n", 4,
             ("block 'a' uses itself more than 64 levels deep", "SPECC_MAX_STRUCTURE_DEPTH"), "LIMIT_EXCEEDED", at_load=False),
     Hostile("block_chain", _block_chain(70), 132, ("structures nest more than 64 levels deep",), "LIMIT_EXCEEDED", at_load=False),
@@ -298,3 +302,11 @@ def test_a_file_named_unlike_an_identifier_still_round_trips_through_safetensors
     save_weights(compiled, tmp_path / "weights.safetensors")
     rebuilt = specc.build(tmp_path / "weights.safetensors")
     assert rebuilt.get_submodule("0").weight.equal(compiled.module.get_submodule("0").weight)
+
+
+def test_the_build_budget_is_far_above_real_models_and_can_be_lowered(monkeypatch):
+    assert specc.compile(ROOT / "specs" / "llama2_7b.yaml", device="meta").spec.name == "llama2_7b"
+    monkeypatch.setenv("SPECC_MAX_BUILD_OPS", "800")   # llama2_7b needs 811
+    with pytest.raises(SpecError) as raised:
+        specc.compile(ROOT / "specs" / "llama2_7b.yaml", device="meta")
+    assert raised.value.first.code == "LIMIT_EXCEEDED" and "SPECC_MAX_BUILD_OPS" in raised.value.first.message

@@ -5,6 +5,7 @@ exists, collecting every problem it finds. Sizes are checked afterwards by the d
 """
 from __future__ import annotations
 
+import keyword
 from collections import ChainMap
 from dataclasses import dataclass, replace
 from itertools import accumulate
@@ -19,7 +20,7 @@ from specc.build.input_sizes import Deferred, contains_deferred, needs_input
 from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
-from specc.lang.spec import IDENTIFIER, Spec
+from specc.lang.spec import IDENTIFIER, Spec, is_name
 
 @dataclass(frozen=True)
 class Context:
@@ -119,8 +120,9 @@ class Expander(ItemReading):
             return current
         name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
         key = str(index) if name is None else str(name)
-        if name is not None and not IDENTIFIER.match(key):
-            self._problem(f"name '{name}' must be an identifier (letters, digits, _)", path + ("name",), "TYPE_ERROR")
+        if name is not None and not is_name(key):
+            self._problem(f"name '{name}' must be an identifier (letters, digits, _; no Python keyword)",
+                          path + ("name",), "TYPE_ERROR")
             return current
         if key in context.refs.maps[0]:
             self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
@@ -230,6 +232,10 @@ class Expander(ItemReading):
         outputs, labels = [], []
         names = self._part_names(item, context, [str(branch) for branch in branches])
         for branch, layers in branches.items():
+            if keyword.iskeyword(str(branch)):   # `self.branches.as` would make the forward a SyntaxError
+                self._problem(f"parallel: branch '{branch}' is a Python keyword; name the branch otherwise",
+                              item.path + ("parallel", branch), "TYPE_ERROR")
+                return []
             branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)),
                                  module=_level(prefix + names[str(branch)], prefix))
             inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
@@ -320,7 +326,7 @@ class Expander(ItemReading):
             if part not in names:
                 self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
                               did_you_mean(str(part), names))
-            elif name != "" and not (isinstance(name, str) and IDENTIFIER.match(name)):
+            elif name != "" and not is_name(name):
                 self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
                               item.path + ("names", part), "TYPE_ERROR")
             else:

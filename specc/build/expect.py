@@ -44,7 +44,8 @@ def check_expectations(compiled: "Compiled") -> None:
     if expect.output_shape is not None:
         outputs = [compiled.graph[name].feature_shape for name in compiled.graph.outputs]
         actual = [list(shape) if shape is not None else None for shape in outputs]
-        expected = expect.output_shape if isinstance(expect.output_shape[0], list) else [expect.output_shape]
+        several = bool(expect.output_shape) and isinstance(expect.output_shape[0], list)   # `[]`: one 0-d output
+        expected = expect.output_shape if several else [expect.output_shape]
         if actual != expected:
             fail("output_shape", expected if len(expected) > 1 else expected[0], actual if len(actual) > 1 else actual[0])
     if expect.flops is not None:

@@ -18,6 +18,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Graph, Node
 from specc.build.input_sizes import resolve_node_args
 from specc.build.tensors import FREE_TENSORS, FreeTensor, free_tensor_value, make_free_tensor
+from specc.build.bounds import BuildBudget, BuildOpsExceeded
 from specc.build.registry import FUNCTIONS, INFERABLE, Registry, passes_first_output
 from specc.build.shape_functions import function_output, merge_output
 from specc.build.shape_rules import module_output
@@ -35,7 +36,13 @@ class SkipInitOnMeta(TorchFunctionMode):
     _TENSOR_METHODS = {torch.Tensor.uniform_, torch.Tensor.normal_, torch.Tensor.zero_, torch.Tensor.fill_,
                        torch.Tensor.random_, torch.Tensor.exponential_, torch.Tensor.bernoulli_}
 
+    def __init__(self, budget: BuildBudget | None = None):
+        super().__init__()
+        self.budget = budget
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.budget is not None:
+            self.budget.spend()   # `LSTM: {num_layers: 1000000000}` stops here, not after hours
         kwargs = kwargs or {}
         initialises = func in self._TENSOR_METHODS or getattr(func, "__module__", None) == "torch.nn.init"
         tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes the tensor by keyword
@@ -59,11 +66,12 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
     values: dict[str, Any] = {}
     modules: dict[str, nn.Module] = {}
     seen_outputs: dict[tuple, Any] = {}
+    budget = BuildBudget()
     for node in graph.nodes:
         if node.meta.get("deferred"):
             _resolve_input_sizes(node, values)
         try:
-            value = _run_node(node, values, modules, registry, batch_size, input_shapes or {}, seen_outputs)
+            value = _run_node(node, values, modules, registry, batch_size, input_shapes or {}, seen_outputs, budget)
         except SpecError:
             raise
         except Exception as error:  # noqa: BLE001 - any torch failure becomes a located spec error
@@ -103,13 +111,13 @@ def feature_shape(shape: tuple) -> str:
 
 
 def _run_node(node: Node, values: dict, modules: dict, registry: Registry, batch_size: int, input_shapes: dict,
-              seen_outputs: dict):
+              seen_outputs: dict, budget: BuildBudget | None = None):
     if node.op == "input":
         shape = input_shapes.get(node.name, node.meta["shape"])
         return torch.empty((batch_size, *shape), dtype=DTYPES[node.dtype], device="meta")
     inputs = [values[name] for name in node.inputs]
     if node.op == "module":
-        return _run_module(node, inputs, modules, registry, seen_outputs)
+        return _run_module(node, inputs, modules, registry, seen_outputs, budget)
     if node.op == "function" and node.target in FREE_TENSORS:
         holder = modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, "meta"))
         return free_tensor_value(holder.tensor, node.args, inputs)
@@ -127,7 +135,8 @@ def run_on_meta(node: Node, inputs: list):
     return run_merge(node, inputs)
 
 
-def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, seen_outputs: dict):
+def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, seen_outputs: dict,
+                budget: BuildBudget | None = None):
     if node.shared_with:
         module = modules[node.shared_with]
     else:
@@ -135,8 +144,10 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
         shapes = [tuple(value.shape) for value in inputs if isinstance(value, torch.Tensor)]
         _infer_sizes(node, info.inferable(), shapes)
         try:
-            with torch.device("meta"), SkipInitOnMeta():
+            with torch.device("meta"), SkipInitOnMeta(budget):
                 module = info.cls(**node.args)
+        except BuildOpsExceeded:
+            raise SpecError(budget.problem(node.target, node.label, node.location, node.meta.get("via", []))) from None
         except Exception as error:  # noqa: BLE001
             raise SpecError(Problem(f"{node.target} '{node.label}' cannot be built with {_kwargs_text(node.args)}: "
                                     f"{_first_line(error)}", node.location, "LAYER_ERROR",

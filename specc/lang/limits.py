@@ -16,6 +16,7 @@ DEFAULTS = {
     "MAX_NESTING": 100,          # levels of lists/mappings in the YAML
     "MAX_ITEMS": 10_000,         # graph nodes after blocks and repeats are expanded
     "MAX_STRUCTURE_DEPTH": 64,   # sequential/parallel/residual/block/repeat scopes inside each other
+    "MAX_BUILD_OPS": 20_000,     # tensor operations while building the layers on meta (mobilenet_v3_small: 1,020)
 }
 
 

@@ -5,6 +5,7 @@ compiler); everything else — inputs, vars, blocks, outputs, tie, init, train, 
 """
 from __future__ import annotations
 
+import keyword
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -20,6 +21,12 @@ from specc.lang.train_config import TrainConfig
 DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int64", "int32", "bool")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 VARIANT = "variant"   # the reserved override key choosing one of `variants:` (build(..., variant="large"))
+
+
+def is_name(text: Any) -> bool:
+    """A name that can become Python code (forward's arguments, submodule attributes): an identifier
+    and no keyword — a branch named `as` made the generated forward a SyntaxError."""
+    return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
 
 Item = Union[str, dict[str, Any]]
 
@@ -74,8 +81,9 @@ class Spec(_Strict):
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
         for key in value:
-            if not IDENTIFIER.match(str(key)):
-                raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit)")
+            if not is_name(str(key)):
+                raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit; "
+                                 f"no Python keyword)")
         return value
 
     @field_validator("name")
