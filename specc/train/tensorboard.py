@@ -47,8 +47,8 @@ class TensorBoard:
         spec; returns a note when the graph cannot be traced (the run goes on)."""
         self.writer.add_text("spec", _as_code(session.spec.to_yaml()[:TEXT_LIMIT]), 0)
         example = _example_inputs(session)
-        if example is None:
-            return "TensorBoard: no model graph (streamed data has no example batch at hand)"
+        if example is None:  # streamed data: no batch at hand before training (docs/train.md says so)
+            return ""
         try:
             with _eval_mode(session.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # add_graph traces with torch.jit, deprecated in torch 2.x
