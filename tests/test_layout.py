@@ -28,6 +28,9 @@ def _modules() -> dict[str, Path]:
     return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 
+TOP |= {name for name in _modules() if name.startswith("specc.cli.")}   # the CLI's own modules
+
+
 def _imports(path: Path, name: str, known: set[str]) -> set[str]:
     """specc modules that `path` imports, resolved to the most specific known module."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]

@@ -1,0 +1,141 @@
+"""The `specc` command line's frame: the typer app, the options every command shares, and the
+way user mistakes become one located line and exit code 2. The commands live beside it
+(model.py, training.py, weights.py); `specc.cli` puts them together.
+
+Heavy imports happen inside the commands so `specc --help` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+app = typer.Typer(
+    name="specc",
+    help="Declarative model specs for PyTorch: check, summarize, draw, train, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False, metavar="SPEC")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
+VariantOption = Annotated[Optional[str], typer.Option(
+    "--variant", metavar="NAME", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
+
+
+def _flags_without_a_type() -> None:
+    """typer 0.29 writes a value type after every option in --help, flags included (`--expand
+    <bool>`, `--help <bool>`), as if they took a value; a flag takes none, so it shows none."""
+    from typer.core import TyperOption
+
+    shown_type = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown_type(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from specc import __version__
+
+        typer.echo(f"specc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    safe: Annotated[bool, typer.Option(
+        "--safe", help="Safe mode, for specs from strangers: refuse imports:, train.data.dataset: and "
+                       "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print specc's version and exit.")] = False,
+) -> None:
+    """Declarative model specs for PyTorch: check, summarize, draw, train, export."""
+    # SPECC_SAFE reaches every stage and the torchrun workers; restored when the command ends
+    if safe:
+        previous = os.environ.get("SPECC_SAFE")
+        os.environ["SPECC_SAFE"] = "1"
+        ctx.call_on_close(lambda: _restore_environment("SPECC_SAFE", previous))
+
+
+def _restore_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+class UsageFailure(Exception):
+    """A user-facing failure: print the message, exit with `code`, no traceback."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def user_errors(output_format: str = "text") -> Iterator[None]:
+    """Turn spec errors and other user mistakes into clear messages and exit code 2."""
+    from specc.lang.errors import SpecError, spec_warnings_to
+
+    try:
+        with spec_warnings_to(lambda line: typer.echo(line, err=True)):   # `warning: file:line:col: ...`
+            yield
+    except SpecError as error:
+        if output_format == "json":
+            typer.echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
+        else:
+            for problem in error.problems:
+                typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2) from None
+    except UsageFailure as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(error.code) from None
+    except FileNotFoundError as error:
+        typer.echo(f"error: file not found: {error.filename or error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def output_folder_exists(output: Path | None) -> None:
+    """`-o missing/x.svg` is a usage error naming the folder, before anything is computed."""
+    if output is not None and str(output) != "-" and not output.parent.is_dir():
+        raise UsageFailure(f"-o {output}: the folder {output.parent} does not exist")
+
+
+def overrides(values: list[str] | None, variant: str | None = None) -> dict[str, Any]:
+    """`["width=128", "train.epochs=5"]` -> `{"width": 128, "train.epochs": 5}`, plus the chosen
+    `--variant` under the reserved key `variant` (which `load` reads)."""
+    from specc.lang.spec import VARIANT, parse_override
+
+    chosen = {VARIANT: variant} if variant is not None else {}
+    return {**chosen, **dict(parse_override(value) for value in values or [])}
+
+
+CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt written by `specc train`.",
+                                                show_default=False)]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps (overrides train.device).")]
+
+
+def main() -> None:
+    """Console-script entry point. A bug in specc prints one line (SPECC_DEBUG=1 shows the traceback)."""
+    try:
+        app()
+    except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug
+        if os.environ.get("SPECC_DEBUG"):
+            raise
+        typer.echo(f"specc: internal error: {type(error).__name__}: {error} "
+                   "(please report it; SPECC_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,156 @@
+"""Commands that move a model or its weights in and out: export, codegen, port, import."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, output_folder_exists, overrides,
+                           user_errors)
+
+
+@app.command()
+def export(
+    spec: SpecPath,
+    output: Annotated[Path, typer.Option("--output", "-o", show_default=False,
+                                         help="The file to write: .onnx, .pt2 or .safetensors.")],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Trained weights: a best.pt / last.pt from `specc train`, or a .safetensors file.")] = None,
+    set_: SetOption = None,
+    variant: VariantOption = None,
+    check_output: Annotated[bool, typer.Option(
+        "--check/--no-check", help="Run the written file at batch sizes 1 and 3 and compare with the model.")] = True,
+) -> None:
+    """Export the model: ONNX (dynamic batch), a torch.export program (.pt2), or safetensors weights with the spec.
+
+    Exit code 2 for spec or checkpoint errors and for an item the exporter cannot handle (the
+    message names it), 1 when the written file's outputs differ from the model's.
+    """
+    with user_errors():
+        output_folder_exists(output)
+        from specc.export.exporter import check_export, prepare, write
+
+        try:
+            prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_, variant))
+            path = write(prepared, output)
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        size = path.stat().st_size + sum(extra.stat().st_size for extra in path.parent.glob(f"{path.name}.data"))
+        typer.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
+        if prepared.scaling:
+            where = ("is not in a .safetensors file: scale inputs as in training" if path.suffix == ".safetensors"
+                     else "is part of the exported graph: feed it raw inputs")
+            typer.echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
+        if check_output:
+            result = check_export(prepared, path)
+            verdict = "matches" if result.ok else "DIFFERS FROM"
+            typer.echo(f"checked: the exported file {verdict} the model at batch sizes "
+                       f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
+            if not result.ok:
+                raise UsageFailure("the exported file does not reproduce the model", code=1)
+
+
+@app.command()
+def codegen(
+    spec: SpecPath,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the code here (default: print it).", show_default=False)] = None,
+    set_: SetOption = None,
+    variant: VariantOption = None,
+) -> None:
+    """Write the model as standalone PyTorch code: one class named after the spec, every size written out.
+
+    The generated module needs only torch, and loads the compiled spec's state_dict as it is.
+    """
+    with user_errors():
+        from specc.export.eject import codegen as generate
+
+        code = generate(spec, **overrides(set_, variant))
+        if output is None:
+            typer.echo(code, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(code, encoding="utf-8")
+        typer.echo(f"wrote {output} ({code.count(chr(10))} lines)")
+
+
+@app.command()
+def port(
+    spec: SpecPath,
+    weights: Annotated[Path, typer.Option(help="The weights to bring in: .safetensors, model.safetensors.index.json "
+                                               "(or its folder), .pt/.pth/.bin/.ckpt.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .safetensors file to write.", show_default=False)],
+    map_: Annotated[str, typer.Option("--map", help="auto (names, then structure), strict (names), or a YAML/JSON "
+                                                    "file of rename rules {pattern: replacement}.")] = "auto",
+    allow_missing: Annotated[Optional[list[str]], typer.Option(
+        "--allow-missing", metavar="GLOB", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
+    check_io: Annotated[Optional[Path], typer.Option(
+        "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
+    set_: SetOption = None,
+    variant: VariantOption = None,
+) -> None:
+    """Port another library's weights into the spec: pair the tensors, write them as .safetensors, check.
+
+    Prints what was matched by name, by structure, transposed or fused. Exit code 2 when a tensor
+    stays unmatched, 1 when --check finds outputs further apart than --tolerance.
+    """
+    with user_errors():
+        from specc.export.port import port as port_weights
+
+        result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
+                              allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
+        typer.echo(result.report.summary())
+        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+        if result.max_difference is not None:
+            ok = result.max_difference <= tolerance
+            typer.echo(f"checked: {result.checked} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                       f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
+            if not ok:
+                raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+
+
+@app.command("import")
+def import_(
+    target: Annotated[str, typer.Argument(help="module:callable returning an nn.Module, e.g. my_models:ResNet.",
+                                          show_default=False)],
+    input_shape: Annotated[list[str], typer.Option(
+        "--input-shape", metavar="SIZES", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Write the spec here (default: print it).", show_default=False)] = None,
+    args: Annotated[Optional[str], typer.Option(help="The callable's args as JSON: [..] or {..}.")] = None,
+    dtype: Annotated[str, typer.Option(help="The inputs' dtype (long for token ids).")] = "float32",
+) -> None:
+    """Write an existing nn.Module as a spec: its hierarchy as items, torch.nn layers by name.
+
+    What has no spec form stays as an import of the module's own class, never dropped.
+    """
+    with user_errors():
+        from specc.export.importer import import_target
+
+        try:
+            text = import_target(target, args, input_shape, dtype)
+        except (ValueError, TypeError) as error:
+            raise UsageFailure(str(error)) from None
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
+
+
+def _weights_map(value: str) -> Any:
+    """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
+    if value in ("auto", "strict"):
+        return value
+    import yaml
+
+    path = Path(value)
+    if not path.is_file():
+        raise UsageFailure(f"--map must be auto, strict or a rules file; {value} is none of them")
+    rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(rules, dict):
+        raise UsageFailure(f"{path}: the rules must be a mapping {{pattern: replacement}}")
+    return rules
