@@ -205,3 +205,20 @@ layers:
     torch.manual_seed(0)
     imported = assert_round_trip(generated.Shapes(), (torch.randn(2, 3, 8, 8),))
     assert imported["layers"] == yaml.safe_load(spec)["layers"]      # the very spec it came from
+
+
+def test_the_written_spec_is_checked_against_the_module(monkeypatch):
+    """from_module builds what it wrote on meta: a layer read back wrong is an error, not a quiet difference."""
+    import specc.export.importer as importer
+
+    def forgetful(module, infer=True):
+        layer, kwargs = read_back(module, infer)
+        kwargs.pop("bias", None)
+        return layer, kwargs
+
+    read_back = importer.layer_item
+    monkeypatch.setattr(importer, "layer_item", forgetful)
+    model = nn.Sequential(nn.Linear(4, 4, bias=False))
+    with pytest.raises(ValueError, match="the imported spec's weights differ from the module's: 0.bias"):
+        specc.from_module(model, (torch.randn(2, 4),))
+    assert "bias" not in specc.from_module(model, (torch.randn(2, 4),), check=False)

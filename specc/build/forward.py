@@ -262,9 +262,9 @@ def _holder(path: str, holders: dict[str, nn.Module]) -> nn.Module:
     if path not in holders:
         parent_path, _, leaf = path.rpartition(".")
         parent = _holder(parent_path, holders)
-        if not hasattr(parent, leaf):
+        if leaf not in parent._modules:
             parent.add_module(leaf, nn.Module())
-        holders[path] = getattr(parent, leaf)
+        holders[path] = parent._modules[leaf]
     return holders[path]
 
 

@@ -26,13 +26,15 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
-def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, name: str | None = None) -> str:
+def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tensor, name: str | None = None,
+                check: bool = True) -> str:
     """The spec (YAML text) of `module`.
 
     Args:
         module: any nn.Module.
         example_inputs: tensors it is called with (batch dim first); their shapes become `inputs:`.
         name: the spec's name (default: the class name in snake_case).
+        check: build the spec on `meta` and compare its state_dict keys and shapes with the module's.
 
     Returns:
         YAML that `specc.build` turns into a model with the same `state_dict` keys and shapes,
@@ -51,7 +53,26 @@ def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torc
             if error.path == "" or error.path in opaque:
                 raise ValueError(f"cannot import {type(module).__name__}: {error.reason}") from None
             opaque.add(error.path)
-    return yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+    text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None, width=100)
+    if check:
+        _check(text, module)
+    return text
+
+
+def _check(text: str, module: nn.Module) -> None:
+    """The spec builds, with the module's state_dict keys and shapes."""
+    from specc.build.compiler import build
+    from specc.lang.errors import SpecError
+
+    try:
+        built = build(text, device="meta")
+    except SpecError as error:
+        raise ValueError(f"the imported spec does not compile: {error}") from None
+    shapes = lambda model: {key: tuple(value.shape) for key, value in model.state_dict().items()}  # noqa: E731
+    wanted, got = shapes(module), shapes(built)
+    if wanted != got:
+        differing = sorted(set(wanted) ^ set(got)) or [key for key in wanted if wanted[key] != got[key]]
+        raise ValueError(f"the imported spec's weights differ from the module's: {', '.join(differing[:5])}")
 
 
 def import_target(target: str, arguments: str | None, input_shapes: list[str], dtype: str = "float32",
