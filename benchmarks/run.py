@@ -53,7 +53,9 @@ def run_families(names: list[str], quick: bool = False, progress: Callable[[str]
 
 
 def format_value(result: Result) -> str:
-    """1.031 for a ratio, '0.42 s' for seconds, '317 MB' for memory."""
+    """1.031 for a ratio, '0.42 s' for seconds, '317 MB' for memory; 'skipped' for a row not run here."""
+    if result.note.startswith("skipped:"):
+        return "skipped"
     if result.unit == "s":
         return format_seconds(result.value)
     if result.unit == "MB":

@@ -99,6 +99,7 @@ def test_gpu_rows_say_skipped_without_cuda(monkeypatch):
     results = gpu.run(repeats=1, steps=1)
     assert len(results) == len(gpu.WORKLOADS) * len(gpu.MODES)
     assert all(r.note == "skipped: no CUDA" and r.target is None and r.passed is None for r in results)
+    assert {bench.format_value(r) for r in results} == {"skipped"}
     assert gpu.cuda_device_name() is None
 
 
