@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 from typer.testing import CliRunner
 

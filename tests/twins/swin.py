@@ -6,7 +6,6 @@ window (true for Swin-T at 224 and for the tiny reference config), so no padding
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
