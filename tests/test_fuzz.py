@@ -73,8 +73,8 @@ from benchmarks import fuzz
 path = Path(sys.argv[1])
 baseline = fuzz.warm_up()
 roomy = fuzz.check_in_child(path, 30.0, baseline + (1 << 30))
-tight = fuzz.check_in_child(path, 30.0, baseline + (4 << 20))   # 4 MB more
-print(json.dumps([roomy, fuzz.verdict(path, *tight, 30.0, path.parent / "canary")]))
+tight = fuzz.check_in_child(path, 10.0, baseline + (4 << 20))   # 4 MB more
+print(json.dumps([roomy, fuzz.verdict(path, *tight, 10.0, path.parent / "canary")]))
 """
 
 
@@ -87,7 +87,9 @@ def test_a_check_past_the_memory_limit_is_reported_not_fatal(tmp_path):
     assert done.returncode == 0, done.stderr
     (code, output, exception, seconds), tight_verdict = json.loads(done.stdout.splitlines()[-1])
     assert (code, exception) == (0, None) and output.startswith("OK")
-    assert tight_verdict == "exception: MemoryError()"
+    # a MemoryError in the child, or the child stuck out of memory and killed: reported either way,
+    # and the fuzzer goes on (which of the two depends on where the allocation fails)
+    assert tight_verdict == "exception: MemoryError()" or tight_verdict.startswith("killed after"), tight_verdict
 
 
 # ----- what the fuzzer found, each a located error now -------------------------------------------
