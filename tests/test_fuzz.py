@@ -87,9 +87,12 @@ def test_a_check_past_the_memory_limit_is_reported_not_fatal(tmp_path):
     assert done.returncode == 0, done.stderr
     (code, output, exception, seconds), tight_verdict = json.loads(done.stdout.splitlines()[-1])
     assert (code, exception) == (0, None) and output.startswith("OK")
-    # a MemoryError in the child, or the child stuck out of memory and killed: reported either way,
-    # and the fuzzer goes on (which of the two depends on where the allocation fails)
-    assert tight_verdict == "exception: MemoryError()" or tight_verdict.startswith("killed after"), tight_verdict
+    # Out of address space, CPython raises MemoryError, or SystemError ("error return without
+    # exception set") when the failing allocation is inside the interpreter, or the forked child
+    # stalls on a lock and is killed: which one varies from run to run. Each is a failing verdict
+    # the fuzzer reports, and the fuzzer itself goes on (this process printed its result).
+    assert tight_verdict.startswith(("exception: MemoryError", "exception: SystemError", "killed after")), \
+        tight_verdict
 
 
 # ----- what the fuzzer found, each a located error now -------------------------------------------

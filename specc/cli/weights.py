@@ -66,13 +66,7 @@ def codegen(
     with user_errors():
         from specc.export.eject import codegen as generate
 
-        code = generate(spec, **overrides(set_, variant))
-        if output is None:
-            typer.echo(code, nl=False)
-            return
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(code, encoding="utf-8")
-        typer.echo(f"wrote {output} ({code.count(chr(10))} lines)")
+        _print_or_write(generate(spec, **overrides(set_, variant)), output)
 
 
 @app.command()
@@ -133,12 +127,17 @@ def import_(
             text = import_target(target, args, input_shape, dtype)
         except (ValueError, TypeError) as error:
             raise UsageFailure(str(error)) from None
-        if output is None:
-            typer.echo(text, nl=False)
-            return
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
+        _print_or_write(text, output)
+
+
+def _print_or_write(text: str, output: Path | None) -> None:
+    """Generated source (Python or YAML) to stdout, or to `output` with a line saying so."""
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
 
 
 def _weights_map(value: str) -> Any:
