@@ -18,7 +18,7 @@ from torch import nn
 
 from specc.lang.errors import Problem, SpecError
 from specc.build.graph import Graph, Node
-from specc.build.infer import DTYPES, call_layer_on_meta, run_on_meta
+from specc.build.infer import DTYPES, call_layer_on_meta, memo_key, run_on_meta
 from specc.build.tensors import FREE_TENSORS, free_tensor_value
 
 # What a value's batch is known to be: at dim 0 (checked), absent (free tensors), or elsewhere (declared).
@@ -151,17 +151,10 @@ def _run(node: Node, values: dict, modules: dict, batch_size: int, seen: dict) -
         return free_tensor_value(modules[node.name].tensor, node.args, inputs)
     if node.op in ("function", "merge"):
         return run_on_meta(node, inputs)
-    key = _memo_key(node, inputs)
+    key = memo_key(node, inputs)
     if key is not None and key in seen:
         return seen[key]
     output = call_layer_on_meta(node, modules[node.shared_with or node.name], inputs)
     if key is not None:
         seen[key] = output
     return output
-
-
-def _memo_key(node: Node, inputs: list) -> tuple | None:
-    if not all(isinstance(value, torch.Tensor) for value in inputs):
-        return None
-    shapes = tuple((tuple(value.shape), value.dtype) for value in inputs)
-    return node.target, repr(sorted(node.args.items())), node.meta.get("outputs"), shapes

@@ -156,7 +156,7 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     # Meta tensors go through torch's Python decompositions (~ms per op): the 32 identical blocks of
     # a 7B model would pay that 32 times. A layer's output shape depends only on its class, args and
     # input shapes, so an identical layer on identical inputs reuses the first one's result.
-    key = _memo_key(node, inputs)
+    key = memo_key(node, inputs)
     if key is not None and key in seen_outputs:
         return _fresh_meta(seen_outputs[key])
     output = call_layer_on_meta(node, module, inputs)
@@ -188,7 +188,8 @@ def evaluating(module: nn.Module):
             layer.training = mode
 
 
-def _memo_key(node: Node, inputs: list) -> tuple | None:
+def memo_key(node: Node, inputs: list) -> tuple | None:
+    """What a layer item's output shape depends on, or None when an input is not a tensor."""
     if not all(isinstance(value, torch.Tensor) for value in inputs):
         return None
     shapes = tuple((tuple(value.shape), value.dtype) for value in inputs)
