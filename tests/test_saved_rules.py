@@ -15,7 +15,8 @@ from specc.summary.saved_rules import run_by_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
-RULED = {"mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn"}
+RULED = {"mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
+         "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder"}
 
 
 def _by_hooks(monkeypatch, spec, **options):
@@ -41,7 +42,10 @@ def test_every_spec_counts_the_same_by_rule_and_by_hooks(path, monkeypatch):
 
 
 LAYERS = ["Linear: {out_features: 6}", "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Dropout: {p: 0.3}",
-          "Dropout: {p: 0.0}", "BatchNorm1d", "Flatten"]
+          "Dropout: {p: 0.0}", "BatchNorm1d", "Flatten", "LeakyReLU", "Hardswish", "Hardsigmoid",
+          "Softmax: {dim: -1}", "LogSoftmax: {dim: -1}", "Identity", "LayerNorm: {normalized_shape: 8}",
+          "LayerNorm: {normalized_shape: 8, elementwise_affine: false}", "RMSNorm: {normalized_shape: 8}",
+          "RMSNorm: {normalized_shape: 8, elementwise_affine: false}"]
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
@@ -55,7 +59,10 @@ def test_each_layer_counts_the_same(layer, first, monkeypatch):
 
 
 @pytest.mark.parametrize("layer", ["Conv2d: {out_channels: 4, kernel_size: 3}", "MaxPool2d: {kernel_size: 2}",
-                                   "BatchNorm2d", "ReLU"])
+                                   "BatchNorm2d", "ReLU", "ConvTranspose2d: {out_channels: 4, kernel_size: 2, stride: 2}",
+                                   "AvgPool2d: {kernel_size: 2}", "AdaptiveAvgPool2d: {output_size: 1}",
+                                   "AdaptiveAvgPool2d: {output_size: [2, 3]}", "Dropout2d: {p: 0.2}",
+                                   "GroupNorm: {num_groups: 5, num_channels: 5}"])
 def test_each_image_layer_counts_the_same(layer, monkeypatch):
     spec = ("inputs: {x: {shape: [3, 8, 8]}}\nlayers:\n  - Conv2d: {out_channels: 5, kernel_size: 1}\n"
             f"  - {layer}\n  - Flatten\n  - Linear: {{out_features: 2}}\n")
@@ -63,6 +70,24 @@ def test_each_image_layer_counts_the_same(layer, monkeypatch):
     assert specc.summary(spec, batch_size=2).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=2).activation_bytes
 
 
+SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n_heads: 4, bias: false, rope: true}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, rope: true, dropout: 0.1}",
+                   "SwiGLU: {hidden_dim: 24}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
+                   "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
+                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
+@pytest.mark.parametrize("layer", SEQUENCE_LAYERS)
+def test_each_sequence_layer_counts_the_same(layer, first, monkeypatch):
+    before = "" if first else "  - Linear: {out_features: 16}\n"
+    spec = f"inputs: {{x: {{shape: [6, 16]}}}}\nlayers:\n{before}  - {layer}\n  - Linear: {{out_features: 2}}\n"
+    assert _uses_rules(spec)
+    assert specc.summary(spec, batch_size=2).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=2).activation_bytes
+
+
 def test_unruled_and_in_place_layers_take_the_hooks():
-    assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: {out_features: 4}\n  - Hardswish\n")
+    assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: {out_features: 4}\n  - Mish\n")
+    assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - Linear: {out_features: 4}\n  - Dropout1d: {p: 0.0}\n")
     assert not _uses_rules("inputs: {x: {shape: [8]}}\nlayers:\n  - ReLU: {inplace: true}\n  - Linear: {out_features: 4}\n")

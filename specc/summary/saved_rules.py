@@ -5,13 +5,17 @@ kernel's first use imports sympy and torch._dynamo (~1 s of every `specc summary
 and FLOP rules (build/shape_rules.py, build/flop_rules.py) otherwise avoid. For the layers below
 the saved tensors follow from torch's derivative formulas (tools/autograd/derivatives.yaml):
 
-- Linear / Conv: the input (the weight is a parameter, counted in Params);
-- ReLU, Tanh, Sigmoid: their output; GELU, SiLU: their input;
-- Dropout (0 < p < 1): the mask, a tensor like the input; p = 0 passes the input through;
+- Linear / Conv / ConvTranspose: the input (the weight is a parameter, counted in Params);
+- ReLU, Tanh, Sigmoid, Softmax, LogSoftmax: their output; GELU, SiLU, LeakyReLU, Hardswish,
+  Hardsigmoid: their input;
+- Dropout (0 < p < 1): the mask, a tensor like the input; Dropout1d/2d/3d: a mask per channel
+  (B, C, 1, ...); p = 0 and Identity pass the input through;
 - BatchNorm in eval mode (as the summary runs it): the input, and on meta a mean and an inverse
   standard deviation per channel;
-- MaxPool: the input and the int64 indices of the output;
-- Embedding: the indices; Flatten and the add/cat merges: nothing.
+- MaxPool: the input and the int64 indices of the output; AvgPool: the input; AdaptiveAvgPool:
+  the input, or nothing when it pools to a single value per channel (torch then takes a mean);
+- Embedding: the indices; Flatten and the add/cat merges: nothing;
+- the norms and specc's transformer layers: summary/saved_blocks.py.
 
 An op saves nothing when none of its inputs needs a gradient and it has no trainable parameters
 (autograd does not record it), so "needs a gradient" is tracked per value. A spec with any other
@@ -28,13 +32,15 @@ from torch import nn
 from specc.build.flop_rules import predicted_node
 from specc.build.infer import run_compiled_node
 from specc.build.shape_functions import empty, like
+from specc.summary.saved_blocks import BLOCK_RULES
 
 Tensor = torch.Tensor
-SavedRule = Callable[[nn.Module, Tensor, Tensor, bool], list[Tensor]]
+# (layer, input, output, the input needs a gradient) -> the tensors saved, or None: no rule for this case
+SavedRule = Callable[[nn.Module, Tensor, Tensor, bool], "list[Tensor] | None"]
 
 
 def _input(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
-    return [x]
+    return [x]  # a layer with weights: recorded whether or not its input needs a gradient
 
 
 def _output_if_recorded(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
@@ -54,6 +60,18 @@ def _batch_norm_input_and_statistics(layer: nn.Module, x: Tensor, out: Tensor, n
     return [x, empty((x.shape[1],), torch.float32), empty((x.shape[1],), torch.float32)]
 
 
+def _channel_dropout_mask(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor] | None:
+    channel_dims = {nn.Dropout1d: 3, nn.Dropout2d: 4, nn.Dropout3d: 5}[type(layer)]
+    if x.dim() != channel_dims or layer.p == 0:
+        return None  # without a batch dim torch drops per sample instead; p = 0 is left to the hooks
+    return [empty((x.shape[0], x.shape[1], *(1,) * (x.dim() - 2)), x.dtype)] if needs_grad else []
+
+
+def _adaptive_average(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
+    pools_to_one = all(size == 1 for size in out.shape[2:])
+    return [x] if needs_grad and not pools_to_one else []
+
+
 def _pool_input_and_indices(layer: nn.Module, x: Tensor, out: Tensor, needs_grad: bool) -> list[Tensor]:
     return [x, like(out, torch.int64)] if needs_grad else []
 
@@ -66,15 +84,24 @@ SAVED_RULES: dict[type, SavedRule] = {
     nn.Linear: _input, nn.Conv1d: _input, nn.Conv2d: _input, nn.Conv3d: _input,
     nn.BatchNorm1d: _batch_norm_input_and_statistics, nn.BatchNorm2d: _batch_norm_input_and_statistics,
     nn.BatchNorm3d: _batch_norm_input_and_statistics,
+    nn.ConvTranspose1d: _input, nn.ConvTranspose2d: _input, nn.ConvTranspose3d: _input,
     nn.Embedding: _input,
     nn.ReLU: _output_if_recorded, nn.Tanh: _output_if_recorded, nn.Sigmoid: _output_if_recorded,
-    nn.GELU: _input_if_recorded, nn.SiLU: _input_if_recorded,
+    nn.Softmax: _output_if_recorded, nn.LogSoftmax: _output_if_recorded,
+    nn.GELU: _input_if_recorded, nn.SiLU: _input_if_recorded, nn.LeakyReLU: _input_if_recorded,
+    nn.Hardswish: _input_if_recorded, nn.Hardsigmoid: _input_if_recorded,
     nn.Dropout: _dropout_mask,
+    nn.Dropout1d: _channel_dropout_mask, nn.Dropout2d: _channel_dropout_mask, nn.Dropout3d: _channel_dropout_mask,
     nn.MaxPool1d: _pool_input_and_indices, nn.MaxPool2d: _pool_input_and_indices,
     nn.MaxPool3d: _pool_input_and_indices,
-    nn.Flatten: _nothing,
+    nn.AvgPool1d: _input_if_recorded, nn.AvgPool2d: _input_if_recorded, nn.AvgPool3d: _input_if_recorded,
+    nn.AdaptiveAvgPool1d: _adaptive_average, nn.AdaptiveAvgPool2d: _adaptive_average,
+    nn.AdaptiveAvgPool3d: _adaptive_average,
+    nn.Flatten: _nothing, nn.Identity: _nothing,
+    **BLOCK_RULES,
 }
 _VIEWS = (nn.Flatten,)              # run for real: a view shares its input's storage, as autograd sees it
+_PASSTHROUGH = (nn.Identity,)       # returns its input itself
 _MERGES_SAVING_NOTHING = ("add", "cat", "mean", "stack")
 
 
@@ -110,17 +137,19 @@ def _run_node(node: Any, inputs: list, module: nn.Module, inputs_need_grad: bool
         return None
     if isinstance(layer, _VIEWS):
         output, layer_flops = run_compiled_node(node, inputs, module), 0
-    elif isinstance(layer, nn.Dropout) and layer.p == 0:
+    elif isinstance(layer, _PASSTHROUGH) or (isinstance(layer, nn.Dropout) and layer.p == 0):
         return inputs[0], 0, inputs_need_grad       # dropout(p=0) returns its input itself
     else:
         predicted = predicted_node(node, inputs, module)
         if predicted is None:
             return None
         output, layer_flops = predicted
-    has_weights = any(True for _ in layer.parameters())
-    for tensor in rule(layer, inputs[0], output, inputs_need_grad or has_weights):
+    saved = rule(layer, inputs[0], output, inputs_need_grad)
+    if saved is None:
+        return None
+    for tensor in saved:
         add_saved(tensor)
-    return output, layer_flops, inputs_need_grad or has_weights
+    return output, layer_flops, inputs_need_grad or any(True for _ in layer.parameters())
 
 
 def _plain(layer: nn.Module) -> bool:
@@ -128,7 +157,7 @@ def _plain(layer: nn.Module) -> bool:
     returned indices, batch norm in eval mode."""
     if getattr(layer, "inplace", False):
         return False
-    if isinstance(layer, nn.Dropout):
+    if isinstance(layer, nn.modules.dropout._DropoutNd):
         return layer.p < 1
     if isinstance(layer, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
         return not layer.return_indices

@@ -1,0 +1,127 @@
+"""What autograd saves for backward inside the norms and specc's transformer layers, by rule.
+
+The counterpart of saved_rules.py for layers whose forward is several ops. Each rule lists the
+tensors the hooks in `SavedForBackward` see when the layer runs on meta, one per storage (a view
+saved by two ops is one entry), as torch's derivative formulas make them:
+
+- RMSNorm: the input and the inverse RMS per row, when the input needs a gradient; with a weight,
+  also the normalized input (the product with the weight saves it for the weight's gradient);
+- LayerNorm / GroupNorm: the input, a mean and an inverse standard deviation per normalized group;
+- SwiGLU: the input (w1 and w3), w1's and w3's outputs (silu and the product), silu's output, and
+  the product (w2's input);
+- MLP: the input, the hidden pre-activation (GELU and SiLU save their input), the activation
+  (c_proj's input; ReLU saves that same tensor), and the output dropout's mask;
+- CausalSelfAttention, with scaled_dot_product_attention counted as the fused kernel a real device
+  runs (spec_rows._fused_attention): the input; the fused q/k/v projection while q, k or v is still
+  a view of it; rotary cos and sin and the rotated q and k; repeated k and v (grouped-query); the
+  kernel's log-sum-exp and output (c_proj reads the output through a view); the dropout's mask.
+
+Rules answer float32 only (the log-sum-exp and norm statistics stay float32 whatever the input's
+dtype); anything else returns None and the hooks count. tests/test_saved_rules.py compares.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from specc.build import layers as specc_layers
+from specc.build.shape_functions import empty, like
+
+Tensor = torch.Tensor
+BlockRule = Callable[[nn.Module, Tensor, Tensor, bool], "list[Tensor] | None"]
+
+
+def _float32(rule: BlockRule) -> BlockRule:
+    def float32_only(layer: nn.Module, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor] | None:
+        return rule(layer, x, out, input_needs_grad) if x.dtype == torch.float32 else None
+    return float32_only
+
+
+def _statistic(x: Tensor, normalized_dims: int) -> Tensor:
+    """One float32 value per normalized row, keeping the normalized dims as size 1."""
+    return empty((*x.shape[:x.dim() - normalized_dims], *(1,) * normalized_dims), torch.float32)
+
+
+@_float32
+def _rms_norm(layer: nn.RMSNorm, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    saved = [x, _statistic(x, len(layer.normalized_shape))] if input_needs_grad else []
+    return saved + [like(x)] if layer.weight is not None else saved
+
+
+@_float32
+def _layer_norm(layer: nn.LayerNorm, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    if not (input_needs_grad or layer.elementwise_affine):
+        return []
+    dims = len(layer.normalized_shape)
+    return [x, _statistic(x, dims), _statistic(x, dims)]
+
+
+@_float32
+def _group_norm(layer: nn.GroupNorm, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    if not (input_needs_grad or layer.affine):
+        return []
+    per_group = (x.shape[0], layer.num_groups)
+    return [x, empty(per_group, torch.float32), empty(per_group, torch.float32)]
+
+
+def _hidden(x: Tensor, width: int) -> Tensor:
+    return empty((*x.shape[:-1], width), x.dtype)
+
+
+@_float32
+def _swiglu(layer: specc_layers.SwiGLU, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    width = layer.w1.out_features
+    return [x] + [_hidden(x, width) for _ in range(4)]   # w1 x, w3 x, silu(w1 x), their product
+
+
+_SAVES_ITS_INPUT = (nn.GELU, nn.SiLU)
+
+
+@_float32
+def _mlp(layer: specc_layers.MLP, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor] | None:
+    if not isinstance(layer.activation, (*_SAVES_ITS_INPUT, nn.ReLU)) or layer.activation.__dict__.get("inplace"):
+        return None
+    width = layer.c_fc.out_features
+    saved = [x, _hidden(x, width)]                         # the activation (ReLU saves its output, c_proj's input)
+    if isinstance(layer.activation, _SAVES_ITS_INPUT):
+        saved.append(_hidden(x, width))                    # the pre-activation, saved by GELU / SiLU
+    return saved + _dropout_mask(layer.dropout.p, out)
+
+
+def _dropout_mask(p: float, out: Tensor) -> list[Tensor]:
+    return [like(out)] if p > 0 else []
+
+
+@_float32
+def _causal_self_attention(layer: specc_layers.CausalSelfAttention, x: Tensor, out: Tensor,
+                           input_needs_grad: bool) -> list[Tensor] | None:
+    if x.dim() != 3:
+        return None
+    batch, length, _ = x.shape
+    heads, head_dim = layer.n_heads, layer.head_dim
+    per_head = (batch, heads, length, head_dim)
+    grouped = layer.n_kv_heads != heads
+    saved = [x]
+    if not (layer.rope and grouped):                       # q (no rope) or v (not repeated) views the projection
+        saved.append(empty((batch, length, layer.c_attn.out_features), x.dtype))
+    if layer.rope:                                         # q * cos and rotated * sin save cos and sin
+        saved += [empty((length, head_dim), x.dtype), empty((length, head_dim), x.dtype)]
+        saved += [empty(per_head, x.dtype), empty(per_head, x.dtype)] if not grouped else [empty(per_head, x.dtype)]
+    if grouped:                                            # repeat_interleave copies k (rotated) and v
+        saved += [empty(per_head, x.dtype), empty(per_head, x.dtype)]
+    saved += [empty((batch, heads, length), torch.float32), empty(per_head, x.dtype)]   # log-sum-exp, output
+    return saved + _dropout_mask(layer.resid_dropout.p, out)
+
+
+def _nothing(layer: nn.Module, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    return []
+
+
+BLOCK_RULES: dict[type, BlockRule] = {
+    nn.RMSNorm: _rms_norm, nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
+    specc_layers.SwiGLU: _swiglu, specc_layers.MLP: _mlp,
+    specc_layers.CausalSelfAttention: _causal_self_attention,
+    specc_layers.PositionalEmbedding: _nothing,            # x + weight[:T]: an add saves nothing
+}
