@@ -6,6 +6,7 @@ state_dict save/load.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import gc
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
 from specc.build.graph import Graph
-from specc.build.forward import build_spec_module
-from specc.build.infer import DTYPES, dry_run
+from specc.build import plan_cache
+from specc.build.forward import assemble, plan_spec_module
+from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
+from specc.build.plan_cache import CompilePlan
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
@@ -83,6 +86,44 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 
 def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes) -> Compiled:
+    key = plan_cache.plan_key(spec_or_path, (batch_size, input_shapes, symbolic, train_mistakes, variables))
+    plan = plan_cache.cached_plan(key)
+    if plan is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan, meta_modules = _plan(spec_or_path, batch_size, input_shapes, symbolic, variables, train_mistakes)
+        for warning in caught:   # shown as they would have been; a compile that warns is planned each time
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if not caught:
+            plan_cache.keep_plan(key, plan)
+    else:
+        meta_modules = _build_layers(plan.graph, plan.registry, torch.device("meta"))
+    spec, graph = plan.spec, plan.graph
+    device = torch.device(device)
+    if dtype is not None:
+        dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    check_weights_fit(meta_modules, device, dtype, {node.name: node.location for node in graph.nodes})
+    modules = meta_modules if device.type == "meta" else _build_layers(graph, plan.registry, device)
+    if dtype is not None:
+        for module in modules.values():
+            module.to(dtype)
+    module = assemble(plan.module_plan, modules)
+    _apply_init(module, graph, spec, apply=device.type != "meta")
+    _apply_ties(module, spec)
+    compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
+                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
+    for problem in compiled.warnings:
+        warnings.warn(SpecWarning(problem), stacklevel=2)
+    if spec.expect is not None:
+        from specc.build.expect import check_expectations
+
+        check_expectations(compiled)
+    return compiled
+
+
+def _plan(spec_or_path, batch_size, input_shapes, symbolic, variables, train_mistakes) -> tuple[CompilePlan, dict]:
+    """Validate, expand and dry-run the spec and generate its forwards: the plan, and the dry run's
+    layers (on meta)."""
     spec = load_model_spec(spec_or_path, variables, train_mistakes=train_mistakes)
     registry = Registry(_imports(spec))
     graph = Expander(spec, registry).expand()
@@ -96,26 +137,8 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
         from specc.build.symbolic import label_symbolic_dims
 
         label_symbolic_dims(graph, registry, batch_size)
-    device = torch.device(device)
-    if dtype is not None:
-        dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    check_weights_fit(meta_modules, device, dtype, {node.name: node.location for node in graph.nodes})
-    modules = meta_modules if device.type == "meta" else _materialise(graph, registry, device)
-    if dtype is not None:
-        for module in modules.values():
-            module.to(dtype)
-    module = _graph_module(graph, modules, spec)
-    _apply_init(module, graph, spec, apply=device.type != "meta")
-    _apply_ties(module, spec)
-    compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(graph, meta_modules, spec), warnings=unused_items(graph))
-    for problem in compiled.warnings:
-        warnings.warn(SpecWarning(problem), stacklevel=2)
-    if spec.expect is not None:
-        from specc.build.expect import check_expectations
-
-        check_expectations(compiled)
-    return compiled
+    module_plan = plan_spec_module(graph, set(meta_modules), class_name(spec))
+    return CompilePlan(spec, registry, graph, module_plan), meta_modules
 
 
 def unused_items(graph: Graph) -> list[Problem]:
@@ -188,10 +211,10 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
     return module
 
 
-def _meta_twin(graph: Graph, meta_modules: dict[str, nn.Module], spec: Spec) -> nn.Module:
+def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Module:
     """The compiled model again on the meta device, from the dry run's modules."""
-    module = _graph_module(graph, meta_modules, spec)
-    _apply_ties(module, spec)
+    module = assemble(plan.module_plan, meta_modules)
+    _apply_ties(module, plan.spec)
     return module
 
 
@@ -240,20 +263,18 @@ def _imports(spec: Spec) -> dict[str, type]:
     return imported
 
 
-def _materialise(graph: Graph, registry: Registry, device: torch.device) -> dict[str, nn.Module]:
-    """Build every layer for real, in spec order (so a seeded build matches a hand-written one)."""
+def _build_layers(graph: Graph, registry: Registry, device: torch.device) -> dict[str, nn.Module]:
+    """Build every layer, in spec order (so a seeded build matches a hand-written one); on meta
+    without initialising (no values to set, and its decompositions would import torch._dynamo)."""
     modules = {}
+    skip_init = SkipInitOnMeta() if device.type == "meta" else contextlib.nullcontext()
     for node in graph.nodes:
         if node.op == "module" and not node.shared_with:
-            with torch.device(device):
+            with torch.device(device), skip_init:
                 modules[node.name] = registry.layer(node.target).cls(**node.args)
         elif node.op == "function" and node.target in FREE_TENSORS:
             modules[node.name] = FreeTensor(node.target, make_free_tensor(node.target, node.args, device))
     return modules
-
-
-def _graph_module(graph: Graph, modules: dict[str, nn.Module], spec: Spec) -> fx.GraphModule:
-    return build_spec_module(graph, modules, class_name(spec))
 
 
 def _apply_ties(module: nn.Module, spec: Spec) -> None:

@@ -178,21 +178,53 @@ class _Group:
         return [node for item in self.items for node in (item.nodes() if isinstance(item, _Group) else [item])]
 
 
+@dataclass
+class ModulePlan:
+    """How to assemble the compiled model from its layers: everything `build_spec_module` works out
+    from the graph alone (which containers are called, the class of each one's generated forward,
+    the model's own forward graph), so a rebuild of the same spec only constructs layers."""
+
+    tree: "_Group"
+    containers: list[tuple[str, type]]   # (path, class) of each called container, inner ones first
+    root_graph: fx.Graph                 # the model's forward; copied for each module
+    class_name: str
+
+
 def build_spec_module(graph: Graph, modules: dict[str, nn.Module], class_name: str) -> SpecModule:
     """The compiled model: `modules` (by path) placed in their containers, forwards generated from `graph`."""
+    return assemble(plan_spec_module(graph, set(modules), class_name), modules)
+
+
+def plan_spec_module(graph: Graph, layer_paths: set[str], class_name: str) -> ModulePlan:
+    """Generate the forwards of `graph`'s containers and of the model (`layer_paths`: the paths of its
+    layers and free tensors, which no container may take as its own level)."""
     tree = _group_tree(graph)
-    _choose_callable(tree, "", set(modules), set())
-    holders: dict[str, nn.Module] = {"": nn.Module()}
-    _place(tree, modules, holders)
+    _choose_callable(tree, "", layer_paths, set())
     flow = _Flow.of(graph)
     fx_graph = fx.Graph()
     values: dict[str, Any] = {}
     for node in graph.inputs:
         values[node.name] = fx_graph.placeholder(node.name)
-    _emit_items(tree, fx_graph, values, "", holders, flow)
+    containers: list[tuple[str, type]] = []
+    _emit_items(tree, fx_graph, values, "", containers, flow)
     outputs = [values[name] for name in graph.outputs]
     fx_graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
-    module = _generated(SpecModule, holders[""], fx_graph, class_name)
+    fx_graph.lint()
+    return ModulePlan(tree, containers, fx_graph, class_name)
+
+
+def assemble(plan: ModulePlan, modules: dict[str, nn.Module]) -> SpecModule:
+    """Place `modules` (by path) in the plan's containers, in spec order, under a new model."""
+    holders: dict[str, nn.Module] = {"": nn.Module()}
+    _place(plan.tree, modules, holders)
+    for path, container_class in plan.containers:
+        container = _adopt(container_class(), holders[path])
+        parent_path, _, leaf = path.rpartition(".")
+        holders[parent_path]._modules[leaf] = container   # same place in the parent's order
+        holders[path] = container
+    root_graph = fx.Graph()
+    root_graph.output(root_graph.graph_copy(plan.root_graph, {}))   # each model owns (and may edit) its graph
+    module = _generated(SpecModule, holders[""], root_graph, plan.class_name)
     for holder in module.modules():
         if type(holder) is nn.Module:   # the path levels of inlined containers
             holder.__class__ = Container
@@ -287,18 +319,19 @@ class _Flow:
         return cls(made, last_use)
 
 
-def _emit_items(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, holders: dict, flow: _Flow) -> None:
+def _emit_items(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, containers: list, flow: _Flow) -> None:
     for item in group.items:
         if isinstance(item, Node):
             values[item.name] = _emit(fx_graph, item, [values[name] for name in item.inputs], owner)
         elif item.callable:
-            _emit_call(item, fx_graph, values, owner, holders, flow)
+            _emit_call(item, fx_graph, values, owner, containers, flow)
         else:
-            _emit_items(item, fx_graph, values, owner, holders, flow)
+            _emit_items(item, fx_graph, values, owner, containers, flow)
 
 
-def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, holders: dict, flow: _Flow) -> None:
-    """Build the group's own GraphModule and call it from the enclosing forward."""
+def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, containers: list, flow: _Flow) -> None:
+    """Generate the group's own forward (a container class, added to `containers`) and call it from
+    the enclosing forward."""
     nodes = group.nodes()
     inside = {node.name for node in nodes}
     inputs = list(dict.fromkeys(name for node in nodes for name in node.inputs if name not in inside))
@@ -308,14 +341,10 @@ def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, hold
     for index, name in enumerate(inputs):
         inner_values[name] = inner_graph.placeholder("x" if len(inputs) == 1 else _argument_name(name, index))
     path = group.scope.module
-    _emit_items(group, inner_graph, inner_values, path, holders, flow)
+    _emit_items(group, inner_graph, inner_values, path, containers, flow)
     results = [inner_values[name] for name in outputs]
     inner_graph.output(results[0] if len(results) == 1 else tuple(results))
-    container = _container_type(_container_class(group.scope), inner_graph)()
-    _adopt(container, holders[path])
-    parent_path, _, leaf = path.rpartition(".")
-    holders[parent_path]._modules[leaf] = container   # same place in the parent's order
-    holders[path] = container
+    containers.append((path, _container_type(_container_class(group.scope), inner_graph)))
     call = fx_graph.call_module(_relative(path, owner), tuple(values[name] for name in inputs))
     for index, name in enumerate(outputs):
         values[name] = call if len(outputs) == 1 else fx_graph.call_function(operator.getitem, (call, index))
@@ -324,7 +353,6 @@ def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, hold
 def _generated(cls: type, holder: nn.Module, fx_graph: fx.Graph, class_name: str) -> _Generated:
     """A GraphModule over `holder`'s children, parameters and buffers, all of them in their order
     (fx alone would copy only what the graph uses, in the order it uses them)."""
-    fx_graph.lint()
     # Built over an empty graph: given the real one, fx would rebuild every holder module on the
     # way to each layer it calls (a third of a warm 7B build) only for us to replace them below.
     module = _adopt(cls(holder, fx.Graph(), class_name=class_name), holder)
