@@ -48,14 +48,31 @@ LAYERS = ["Linear: {out_features: 6}", "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU"
           "RMSNorm: {normalized_shape: 8, elementwise_affine: false}"]
 
 
-@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
-@pytest.mark.parametrize("layer", LAYERS)
-def test_each_layer_counts_the_same(layer, first, monkeypatch):
-    # on the input nothing needs a gradient yet, so a layer without weights saves nothing
-    before = "" if first else "  - Linear: {out_features: 8}\n"
-    spec = f"inputs: {{x: {{shape: [8]}}}}\nlayers:\n{before}  - {layer}\n  - Linear: {{out_features: 2}}\n"
+SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n_heads: 4, bias: false, rope: true}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, rope: true, dropout: 0.1}",
+                   "SwiGLU: {hidden_dim: 24}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
+                   "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
+                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
+
+
+# (input shape without the batch dim, its last dim, the layer)
+VECTOR_AND_SEQUENCE = [([8], 8, layer) for layer in LAYERS] + [([6, 16], 16, layer) for layer in SEQUENCE_LAYERS]
+
+
+def _counted_the_same(spec: str, batch_size: int, monkeypatch) -> None:
     assert _uses_rules(spec)
-    assert specc.summary(spec, batch_size=4).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=4).activation_bytes
+    by_rules, by_hooks = specc.summary(spec, batch_size=batch_size), _by_hooks(monkeypatch, spec, batch_size=batch_size)
+    assert by_rules.activation_bytes == by_hooks.activation_bytes
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
+@pytest.mark.parametrize("shape, width, layer", VECTOR_AND_SEQUENCE, ids=[case[2] for case in VECTOR_AND_SEQUENCE])
+def test_each_layer_counts_the_same(shape, width, layer, first, monkeypatch):
+    # on the input nothing needs a gradient yet, so a layer without weights saves nothing
+    before = "" if first else f"  - Linear: {{out_features: {width}}}\n"
+    _counted_the_same(f"inputs: {{x: {{shape: {shape}}}}}\nlayers:\n{before}  - {layer}\n  - Linear: {{out_features: 2}}\n",
+                      4, monkeypatch)
 
 
 @pytest.mark.parametrize("layer", ["Conv2d: {out_channels: 4, kernel_size: 3}", "MaxPool2d: {kernel_size: 2}",
@@ -66,25 +83,7 @@ def test_each_layer_counts_the_same(layer, first, monkeypatch):
 def test_each_image_layer_counts_the_same(layer, monkeypatch):
     spec = ("inputs: {x: {shape: [3, 8, 8]}}\nlayers:\n  - Conv2d: {out_channels: 5, kernel_size: 1}\n"
             f"  - {layer}\n  - Flatten\n  - Linear: {{out_features: 2}}\n")
-    assert _uses_rules(spec)
-    assert specc.summary(spec, batch_size=2).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=2).activation_bytes
-
-
-SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n_heads: 4, bias: false, rope: true}",
-                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2}",
-                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, rope: true, dropout: 0.1}",
-                   "SwiGLU: {hidden_dim: 24}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
-                   "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
-                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
-
-
-@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
-@pytest.mark.parametrize("layer", SEQUENCE_LAYERS)
-def test_each_sequence_layer_counts_the_same(layer, first, monkeypatch):
-    before = "" if first else "  - Linear: {out_features: 16}\n"
-    spec = f"inputs: {{x: {{shape: [6, 16]}}}}\nlayers:\n{before}  - {layer}\n  - Linear: {{out_features: 2}}\n"
-    assert _uses_rules(spec)
-    assert specc.summary(spec, batch_size=2).activation_bytes == _by_hooks(monkeypatch, spec, batch_size=2).activation_bytes
+    _counted_the_same(spec, 2, monkeypatch)
 
 
 def test_unruled_and_in_place_layers_take_the_hooks():
