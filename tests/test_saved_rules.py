@@ -16,7 +16,8 @@ from specc.summary.saved_rules import run_by_rules
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 RULED = {"mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
-         "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder"}
+         "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder",
+         "mobilenet_v3_small"}
 
 
 def _by_hooks(monkeypatch, spec, **options):
@@ -84,6 +85,18 @@ def test_each_image_layer_counts_the_same(layer, monkeypatch):
     spec = ("inputs: {x: {shape: [3, 8, 8]}}\nlayers:\n  - Conv2d: {out_channels: 5, kernel_size: 1}\n"
             f"  - {layer}\n  - Flatten\n  - Linear: {{out_features: 2}}\n")
     _counted_the_same(spec, 2, monkeypatch)
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
+@pytest.mark.parametrize("gate_first", [True, False])
+def test_a_gated_product_counts_the_same(gate_first, first, monkeypatch):
+    # a squeeze-excitation gate; on the input only the gate's side needs a gradient
+    branches = ["gate: [{Linear: {out_features: 8}}, Sigmoid]", "value: [ReLU]"]
+    order = branches if gate_first else branches[::-1]
+    before = "" if first else "  - Linear: {out_features: 8}\n"
+    spec = (f"inputs: {{x: {{shape: [8]}}}}\nlayers:\n{before}  - parallel:\n"
+            f"      {order[0]}\n      {order[1]}\n    merge: mul\n  - Linear: {{out_features: 2}}\n")
+    _counted_the_same(spec, 3, monkeypatch)
 
 
 def test_unruled_and_in_place_layers_take_the_hooks():

@@ -14,7 +14,8 @@ the saved tensors follow from torch's derivative formulas (tools/autograd/deriva
   standard deviation per channel;
 - MaxPool: the input and the int64 indices of the output; AvgPool: the input; AdaptiveAvgPool:
   the input, or nothing when it pools to a single value per channel (torch then takes a mean);
-- Embedding: the indices; Flatten and the add/cat merges: nothing;
+- Embedding: the indices; Flatten and the add/cat merges: nothing; a mul merge of two: each input
+  whose partner needs a gradient;
 - the norms and specc's transformer layers: summary/saved_blocks.py.
 
 An op saves nothing when none of its inputs needs a gradient and it has no trainable parameters
@@ -117,11 +118,26 @@ def run_by_rules(graph: Any, module: nn.Module, add_saved: Callable[[Tensor], No
             values[node.name], flops[node.name], needs_grad[node.name] = input_value(node), 0, False
             continue
         inputs = [values[name] for name in node.inputs]
-        counted = _run_node(node, inputs, module, any(needs_grad[name] for name in node.inputs), add_saved)
+        if node.op == "merge" and node.target == "mul":
+            counted = _run_product(node, inputs, module, [needs_grad[name] for name in node.inputs], add_saved)
+        else:
+            counted = _run_node(node, inputs, module, any(needs_grad[name] for name in node.inputs), add_saved)
         if counted is None:
             return None
         values[node.name], flops[node.name], needs_grad[node.name] = counted
     return values, flops
+
+
+def _run_product(node: Any, inputs: list, module: nn.Module, need_grad: list[bool],
+                 add_saved: Callable[[Tensor], None]) -> tuple[Tensor, int, bool] | None:
+    """`a * b` saves b for a's gradient and a for b's (a squeeze-excitation gate times its input)."""
+    predicted = predicted_node(node, inputs, module) if len(inputs) == 2 else None
+    if predicted is None:
+        return None
+    for tensor, other_needs_grad in ((inputs[1], need_grad[0]), (inputs[0], need_grad[1])):
+        if other_needs_grad:
+            add_saved(tensor)
+    return (*predicted, any(need_grad))
 
 
 def _run_node(node: Any, inputs: list, module: nn.Module, inputs_need_grad: bool,
