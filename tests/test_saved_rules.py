@@ -90,8 +90,8 @@ def test_each_image_layer_counts_the_same(layer, monkeypatch):
 @pytest.mark.parametrize("first", [True, False], ids=["on the input", "after a Linear"])
 @pytest.mark.parametrize("gate_first", [True, False])
 def test_a_gated_product_counts_the_same(gate_first, first, monkeypatch):
-    # a squeeze-excitation gate; on the input only the gate's side needs a gradient
-    branches = ["gate: [{Linear: {out_features: 8}}, Sigmoid]", "value: [ReLU]"]
+    # a gated product; on the input only the gate's side (a Linear) needs a gradient
+    branches = ["gate: [{Linear: {out_features: 8}}]", "value: [ReLU]"]
     order = branches if gate_first else branches[::-1]
     before = "" if first else "  - Linear: {out_features: 8}\n"
     spec = (f"inputs: {{x: {{shape: [8]}}}}\nlayers:\n{before}  - parallel:\n"
