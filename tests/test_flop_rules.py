@@ -1,7 +1,8 @@
 """FLOP formulas of the ruled layers (build/flop_rules.py) equal torch's FlopCounterMode: for each
 layer of the shape-rule zoo, and for every item of every spec in specs/ as `specc summary` and the
 HTML viewer count them; and summarising a small spec, checking it or drawing its viewer page imports
-no sympy or torch._dynamo (the summary's memory count takes summary/saved_rules.py for that)."""
+no sympy or torch._dynamo, nor does summarising Llama or GPT-2 (the summary's memory count takes
+summary/saved_rules.py for that)."""
 from __future__ import annotations
 
 import os
@@ -73,6 +74,8 @@ def test_summary_and_viewer_counts_of_every_spec_item(path, without_formulas):
 
 
 @pytest.mark.parametrize("command", [["summary", "specs/mlp.yaml"], ["summary", "specs/digits_cnn.yaml"],
+                                     ["summary", "specs/llama2_7b.yaml", "--set", "n_layers=2"],
+                                     ["summary", "specs/gpt2_small.yaml", "--set", "n_layers=2"],
                                      ["check", "specs/digits_cnn.yaml"],
                                      ["draw", "specs/resnet18.yaml", "-o", "{tmp}/resnet18.html"]])
 def test_summary_and_viewer_need_no_dynamo(command, tmp_path):
