@@ -128,7 +128,6 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
 IMPORT_PENDING = {
     "swin_t": "the generated window attention calls one submodule between calls of another",
     "t5_small": "the generated attention's position bias is called between the block's other calls",
-    "vit_b_16": "torch.fx cannot trace the generated class token / position embedding code",
 }
 
 

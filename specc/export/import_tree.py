@@ -15,6 +15,7 @@ import yaml
 from torch import fx
 
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES
+from specc.export.import_tensors import batch_expanded
 
 
 RESERVED = {*STRUCTURES, *FUNCTIONS, *FUNCTION_AS_LAYER}
@@ -87,6 +88,8 @@ class ListWriter:
                          or self._structure_inside(entry, prefix, current))
         if structure is None:
             structure = self._flat_residual(entries[index:], prefix, current, position)
+        if structure is None and isinstance(entry, fx.Node) and entry.op == "get_attr":
+            structure = self._batched_free_tensor(entry, following, prefix)
         if structure is not None:
             return structure
         if isinstance(entry, Group):
@@ -111,18 +114,29 @@ class ListWriter:
                 key = None
             else:
                 importer.first_call[node.target] = prefix + key
-        elif node.op == "get_attr":
-            raise importer.cannot(importer.container_of[node], f"{node.target}: a tensor of the module used directly")
+        elif node.op == "get_attr":     # a tensor of the module: a free tensor under its attribute name
+            item, inputs, key = importer.free_tensor(node), [], node.target.rpartition(".")[2]
         else:
             item, inputs = importer.function(node)
             item = item if isinstance(item, dict) else {item: None}
             key = None
-        if [importer.value_node(value) for value in inputs] != [current]:
+        if inputs and [importer.value_node(value) for value in inputs] != [current]:
             item["from"] = [self._reference(value) for value in inputs]
             if len(item["from"]) == 1:
                 item["from"] = item["from"][0]
         self.names[node] = prefix + (key if key is not None else str(position))
         return _compact(item), node, key
+
+    def _batched_free_tensor(self, node: fx.Node, following, prefix: str):
+        """`token.expand(x.shape[0], -1, -1)` right after `token`: one item with `batch: true`."""
+        source = batch_expanded(following, node, self.importer.shape_of) if isinstance(following, fx.Node) else None
+        if source is None or len(node.users) != 1:
+            return None
+        (op, args), = self.importer.free_tensor(node).items()
+        key = node.target.rpartition(".")[2]
+        item = {op: {**args, "batch": True}, "from": self._reference(source)}
+        self.names[node] = self.names[following] = prefix + key
+        return item, following, key, 2
 
     def _reference(self, node: fx.Node) -> str:
         node = self.importer.value_node(node)

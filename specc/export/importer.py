@@ -19,7 +19,9 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from specc.build.infer import DTYPES
-from specc.export.import_ops import Unsupported, fit_constructor, function_item, is_tuple_layer, layer_item
+from specc.export.import_functions import function_item
+from specc.export.import_ops import Unsupported, fit_constructor, is_tuple_layer, layer_item
+from specc.export.import_tensors import free_tensor_item
 from specc.export.import_tree import Group as _Group, ListWriter
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -136,6 +138,15 @@ class _Tracer(fx.Tracer):
     def __init__(self, opaque: set[str]):
         super().__init__()
         self.opaque = opaque
+        # buffers are traced, not folded into constants: what a forward computes from an index
+        # buffer (Swin's relative positions) becomes spec items rather than one opaque tensor
+        self.proxy_buffer_attributes = True
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        # a parameter's shape is known while tracing (`token.expand(n, *token.shape[1:])` unpacks
+        # it); fx offers that for parameters only, so the flag is set per attribute
+        self.param_shapes_constant = isinstance(attr_val, nn.Parameter)
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, module: nn.Module, path: str) -> bool:
         if path in self.opaque:
@@ -168,6 +179,7 @@ class _Importer:
         self.container_of: dict[fx.Node, str] = {}
         self.called = {path for node in graph.nodes for path, _ in node.meta.get("nn_module_stack", {}).values()}
         self.first_call: dict[str, str] = {}
+        self.pinned: set[fx.Node] = set()        # layers' first calls: their place is their path
 
     # ----- the spec ----------------------------------------------------------------------------
     def spec(self, name: str) -> dict:
@@ -221,12 +233,14 @@ class _Importer:
         return root
 
     def _open(self, groups: dict, path: str, node: fx.Node) -> _Group:
-        """The group for `path`, opened along the way; a group that was left and is used again
-        means the module's calls interleave with others': its parent has no spec form."""
+        """The group for `path`, opened along the way. A group that was left and is used again
+        takes the functions computed since into its list (their inputs are named wherever they
+        are); a layer or tensor registered in between means the module's calls interleave with
+        others': its parent has no spec form."""
         if path in groups:
             group = groups[path]
             if path and not _is_last(groups, path):
-                raise _Opaque(self._owner(path.rpartition(".")[0]), f"calls into {path} interleave with other calls")
+                self._reenter(groups, path)
             return group
         parent_path = path.rpartition(".")[0]
         parent = self._open(groups, parent_path, node)
@@ -234,12 +248,28 @@ class _Importer:
         parent.entries.append(group)
         return group
 
+    def _reenter(self, groups: dict, path: str) -> None:
+        """Move the entries that follow the groups on the way to `path` into them, so `path` is
+        the last group open again. Only function calls move: a layer's first call and a tensor
+        of the module are where their names (and state_dict keys) say."""
+        parts = path.split(".")
+        for depth in range(len(parts)):
+            outer, inner = groups[".".join(parts[:depth])], groups[".".join(parts[:depth + 1])]
+            after = outer.entries[outer.entries.index(inner) + 1:]
+            if any(isinstance(entry, _Group) or entry in self.pinned or entry.op == "get_attr" for entry in after):
+                raise _Opaque(self._owner(path.rpartition(".")[0]), f"calls into {path} interleave with other calls")
+            del outer.entries[len(outer.entries) - len(after):]
+            inner.entries.extend(after)
+            for entry in after:
+                self.container_of[entry] = inner.path
+
     def _container(self, node: fx.Node, called: set) -> str:
         """Where a node's item goes: a layer's first call under its module's parent path; a
         function (or a layer called again) where its inputs are, inside the module whose forward
         called it."""
         if node.op == "call_module" and node.target not in called:
             called.add(node.target)
+            self.pinned.add(node)
             return node.target.rpartition(".")[0]
         stack = [entry for entry in node.meta.get("nn_module_stack", {}).values() if entry[0] != node.target]
         caller = stack[-1][0] if stack else ""
@@ -335,6 +365,12 @@ class _Importer:
     def function(self, node: fx.Node) -> tuple[Any, list[fx.Node]]:
         try:
             return function_item(node, self.tensor_inputs(node), self.shape_of)
+        except Unsupported as error:
+            raise _Opaque(self._owner(self._caller(node)), str(error)) from None
+
+    def free_tensor(self, node: fx.Node) -> dict:
+        try:
+            return free_tensor_item(self.module, node.target)
         except Unsupported as error:
             raise _Opaque(self._owner(self._caller(node)), str(error)) from None
 
