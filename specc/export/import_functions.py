@@ -206,7 +206,8 @@ def _index_text(part: Any) -> str:
 
 
 def _listed(value: Any) -> Any:
-    return list(value) if isinstance(value, (tuple, torch.Size)) else value
+    """Plain lists for YAML (fx hands list args over as its own immutable list type)."""
+    return [_listed(item) for item in value] if isinstance(value, (list, tuple)) else value
 
 
 def _drop_defaults(values: dict, defaults: dict) -> dict:
