@@ -126,7 +126,6 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
 
 # What the importer cannot express yet (issue 16 stays open for them): kept as strict xfails.
 IMPORT_PENDING = {
-    "t5_small": "the generated attention's position bias is called between the block's other calls",
 }
 
 

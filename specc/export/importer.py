@@ -10,6 +10,8 @@ kept whole, as its class under `imports:`; nothing is dropped.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from typing import Any, Sequence
 
@@ -19,12 +21,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from specc.build.infer import DTYPES
+from specc.build.registry import FUNCTION_AS_LAYER
 from specc.export.import_functions import function_item
 from specc.export.import_ops import Unsupported, fit_constructor, is_tuple_layer, layer_item
 from specc.export.import_tensors import free_tensor_item
 from specc.export.import_tree import Group as _Group, ListWriter
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
@@ -153,7 +157,7 @@ class _Tracer(fx.Tracer):
             return True
         if isinstance(module, _CONTAINERS):
             return False
-        return type(module).__module__.startswith(("torch.nn", "specc.build.layers"))
+        return type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module))
 
 
 class _Importer:
@@ -349,12 +353,18 @@ class _Importer:
             layer, kwargs = layer_item(submodule, infer=node.target not in self.opaque)
         except Unsupported as error:
             raise _Opaque(self._owner(node.target), str(error)) from None
+        shapes = [tuple(shape) for value in self.tensor_inputs(node) if (shape := self.shape_of(value))]
+        if specc_layer(type(submodule)) and node.target not in self.opaque:
+            try:       # flags kept only as the presence of a tensor (`bias=False`) are found by trying
+                kwargs = fit_constructor(submodule, kwargs, shapes)
+            except Unsupported as error:
+                raise _Opaque(node.target, str(error)) from None      # the copy is imported instead
+            layer = _AS_FUNCTION.get(layer, layer)       # `Attention` is the spec's `attention` item
         if node.target in self.opaque:
             cls = type(submodule)
             if cls.__module__ in ("__main__", "builtins") or "<locals>" in cls.__qualname__:
                 raise ValueError(f"{node.target}: {cls.__qualname__} cannot be traced and is not importable "
                                  f"(define it in a module)")
-            shapes = [tuple(shape) for value in self.tensor_inputs(node) if (shape := self.shape_of(value))]
             try:
                 kwargs = fit_constructor(submodule, kwargs, shapes)
             except Unsupported as error:
@@ -377,6 +387,22 @@ class _Importer:
     def _caller(self, node: fx.Node) -> str:
         stack = list(node.meta.get("nn_module_stack", {}).values())
         return stack[-1][0] if stack else ""
+
+
+@functools.cache
+def specc_layer(cls: type) -> bool:
+    """specc's own layer, or the verbatim copy of it that `specc codegen` writes into its output."""
+    from specc.build import layers
+
+    original = getattr(layers, cls.__name__, None)
+    if original is cls:
+        return True
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
+        return False
+    try:
+        return inspect.getsource(cls) == inspect.getsource(original)
+    except (OSError, TypeError):     # defined where no source can be read: not known to be a copy
+        return False
 
 
 def _is_last(groups: dict, path: str) -> bool:
