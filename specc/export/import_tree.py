@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import fx
+from torch import fx, nn
 
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES
 from specc.export.import_tensors import batch_expanded
@@ -142,9 +142,12 @@ class ListWriter:
     def _call(self, node: fx.Node, prefix: str, current: fx.Node, position: int) -> tuple[Any, fx.Node, str | None]:
         importer = self.importer
         if node.op == "call_module":
-            inputs = importer.tensor_inputs(node)
             if set(node.kwargs) - {"need_weights"} or any(not isinstance(arg, fx.Node) for arg in node.args):
                 raise importer.cannot(importer.container_of[node], f"{node.target} is called with non-tensor arguments")
+            # every argument in order (`attention(q, k, k)`); `mha(h, h, h)` is the spec's one-input form
+            inputs = [importer.value_node(arg) for arg in node.args]
+            if len(set(inputs)) == 1 and isinstance(importer.module.get_submodule(node.target), nn.MultiheadAttention):
+                inputs = inputs[:1]
             key = node.target.rpartition(".")[2]
             first = importer.first_call.get(node.target)
             layer, kwargs = importer.layer(node)
