@@ -5,13 +5,13 @@ through) and run once on the example inputs for the shapes. Its calls are groupe
 path, so the spec's items nest like the module's attributes and its `state_dict` keys are the
 module's own: a submodule becomes a `sequential` (or a `residual` / `parallel` where its forward
 is one: `x + body(x)`, `cat([a(x), b(x)])`), identical submodules one block used several times.
-A submodule whose forward has no spec form (data-dependent control flow, an op specc lacks) is
-kept whole, as its class under `imports:`; nothing is dropped.
+Tensors the forward uses directly are free tensors (import_tensors.py); a function computed
+between two calls into a submodule joins that submodule's list. A submodule whose forward has no
+spec form (data-dependent control flow, an op specc lacks, layers of two submodules called in
+turn) is kept whole, as its class under `imports:`; nothing is dropped.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import re
 from typing import Any, Sequence
 
@@ -25,9 +25,9 @@ from specc.build.registry import FUNCTION_AS_LAYER
 from specc.export.import_functions import function_item
 from specc.export.import_ops import Unsupported, fit_constructor, is_tuple_layer, layer_item
 from specc.export.import_tensors import free_tensor_item
+from specc.export.import_trace import CONTAINERS, Tracer, failing_module, specc_layer
 from specc.export.import_tree import Group as _Group, ListWriter
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
@@ -138,36 +138,14 @@ class _Opaque(Exception):
         self.path, self.reason = path, reason
 
 
-class _Tracer(fx.Tracer):
-    def __init__(self, opaque: set[str]):
-        super().__init__()
-        self.opaque = opaque
-        # buffers are traced, not folded into constants: what a forward computes from an index
-        # buffer (Swin's relative positions) becomes spec items rather than one opaque tensor
-        self.proxy_buffer_attributes = True
-
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
-        # a parameter's shape is known while tracing (`token.expand(n, *token.shape[1:])` unpacks
-        # it); fx offers that for parameters only, so the flag is set per attribute
-        self.param_shapes_constant = isinstance(attr_val, nn.Parameter)
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
-
-    def is_leaf_module(self, module: nn.Module, path: str) -> bool:
-        if path in self.opaque:
-            return True
-        if isinstance(module, _CONTAINERS):
-            return False
-        return type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module))
-
-
 class _Importer:
     def __init__(self, module: nn.Module, inputs: tuple, opaque: set[str]):
         self.module, self.opaque = module, opaque
-        tracer = _Tracer(opaque)
+        tracer = Tracer(opaque)
         try:
             graph = tracer.trace(module)
         except Exception as error:  # noqa: BLE001 - any tracing failure: find the module that caused it
-            raise _Opaque(_failing_module(module, opaque), f"torch.fx cannot trace it ({error})") from None
+            raise _Opaque(failing_module(module, opaque), f"torch.fx cannot trace it ({error})") from None
         self.traced = fx.GraphModule(tracer.root, graph)
         modes = {submodule: submodule.training for submodule in module.modules()}
         module.eval()   # the example run must not move the user's BatchNorm statistics
@@ -299,7 +277,7 @@ class _Importer:
 
     def _owner(self, path: str) -> str:
         """The nearest module above `path` that is not a container (the one whose forward to keep)."""
-        while path and isinstance(self.module.get_submodule(path), _CONTAINERS):
+        while path and isinstance(self.module.get_submodule(path), CONTAINERS):
             path = path.rpartition(".")[0]
         return path
 
@@ -389,41 +367,10 @@ class _Importer:
         return stack[-1][0] if stack else ""
 
 
-@functools.cache
-def specc_layer(cls: type) -> bool:
-    """specc's own layer, or the verbatim copy of it that `specc codegen` writes into its output."""
-    from specc.build import layers
-
-    original = getattr(layers, cls.__name__, None)
-    if original is cls:
-        return True
-    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
-        return False
-    try:
-        return inspect.getsource(cls) == inspect.getsource(original)
-    except (OSError, TypeError):     # defined where no source can be read: not known to be a copy
-        return False
-
-
 def _is_last(groups: dict, path: str) -> bool:
     parent = groups[path.rpartition(".")[0]]
     return bool(parent.entries) and parent.entries[-1] is groups[path] and (
         not path.rpartition(".")[0] or _is_last(groups, path.rpartition(".")[0]))
-
-
-def _failing_module(module: nn.Module, opaque: set[str]) -> str:
-    """The deepest submodule that torch.fx cannot trace on its own ("" when only the root fails)."""
-    for path, child in module.named_modules():
-        if not path or path in opaque or isinstance(child, _CONTAINERS) or _Tracer(set()).is_leaf_module(child, path):
-            continue
-        if any(path.startswith(done + ".") for done in opaque):
-            continue
-        try:
-            _Tracer(set()).trace(child)
-        except Exception:  # noqa: BLE001
-            deeper = _failing_module(child, set())
-            return f"{path}.{deeper}" if deeper else path
-    return ""
 
 
 def _common_path(paths: list[str]) -> str:
