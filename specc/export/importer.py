@@ -237,7 +237,8 @@ class _Importer:
         parts = path.split(".")
         for depth in range(len(parts)):
             outer, inner = groups[".".join(parts[:depth])], groups[".".join(parts[:depth + 1])]
-            after = outer.entries[outer.entries.index(inner) + 1:]
+            position = next(index for index, entry in enumerate(outer.entries) if entry is inner)
+            after = outer.entries[position + 1:]
             if any(isinstance(entry, _Group) or entry in self.pinned or entry.op == "get_attr" for entry in after):
                 raise _Opaque(self._owner(path.rpartition(".")[0]), f"calls into {path} interleave with other calls")
             del outer.entries[len(outer.entries) - len(after):]
