@@ -209,3 +209,75 @@ class Functional(nn.Module):
         y = y.permute(0, 1, 3, 2).contiguous()
         y = y.view(y.size(0), -1)
         return self.fc(y).softmax(dim=-1)
+
+
+class Interleaved(nn.Module):
+    """A sum computed at the top level between two calls into `block` (codegen's flattened style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.ModuleDict({"norm": nn.LayerNorm(8), "proj": nn.Linear(8, 8)})
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.block.norm(x)
+        h = x + h
+        h = self.block.proj(h)
+        return self.head(h)
+
+
+class Alternating(nn.Module):
+    """Layers of `a` called around a layer of `b`: the items cannot nest like the attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.ModuleDict({"first": nn.Linear(4, 4), "second": nn.Linear(4, 4)})
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a.second(self.b(self.a.first(x)))
+
+
+class ScaledNorm(nn.Module):
+    """A weight of shape [dim] used directly: no spec parameter (those have a leading 1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class Tokens(nn.Module):
+    """ViT-style free tensors: a class token expanded over the batch, a learned scale, a position
+    buffer, and a module with a [dim] weight that stays an import."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 8)
+        self.token = nn.Parameter(torch.randn(1, 1, 8))
+        self.scale = nn.Parameter(torch.randn(1, 4, 8))
+        self.register_buffer("positions", torch.arange(4, dtype=torch.float32).unsqueeze(0))
+        self.norm = ScaledNorm(8)
+
+    def forward(self, x):                                   # x: [B, 3, 4]
+        h = self.proj(x)
+        token = self.token.expand(h.shape[0], -1, -1)
+        h = torch.cat([token, h], dim=1) * self.scale        # [B, 4, 8]
+        h = h + self.positions.unsqueeze(-1)
+        return self.norm(h)
+
+
+class NumberedAfterFunctions(nn.Module):
+    """Layer `1` called after three items (T5's `SelfAttention["3"]` after its bias items)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.add_module("1", nn.Linear(8, 8))
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x)) * 2.0
+        return getattr(self, "1")(h)

@@ -124,12 +124,9 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
         specc.from_module(wrapper, (torch.randn(2, 2),))
 
 
-# What the importer cannot express yet (issue 16 stays open for them): kept as strict xfails.
-IMPORT_PENDING = {
-    "swin_t": "the generated window attention calls one submodule between calls of another",
-    "t5_small": "the generated attention's position bias is called between the block's other calls",
-    "vit_b_16": "torch.fx cannot trace the generated class token / position embedding code",
-}
+# Specs whose codegen output the importer cannot express yet, as {stem: reason}: strict xfails
+# (none today: every spec in specs/ round-trips).
+IMPORT_PENDING: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("spec_path", [
@@ -222,3 +219,62 @@ def test_the_written_spec_is_checked_against_the_module(monkeypatch):
     with pytest.raises(ValueError, match="the imported spec's weights differ from the module's: 0.bias"):
         specc.from_module(model, (torch.randn(2, 4),))
     assert "bias" not in specc.from_module(model, (torch.randn(2, 4),), check=False)
+
+
+def test_a_function_between_a_submodules_calls_moves_into_its_list():
+    torch.manual_seed(0)
+    spec = assert_round_trip(models.Interleaved(), (torch.randn(2, 8),))
+    # x + norm(x), at the top level of the forward, joins block's list: there it is a residual
+    residual = {"residual": [{"LayerNorm": {}, "name": "norm"}], "flat": True, "names": {"body": ""}}
+    assert spec["layers"][0] == {"sequential": [residual, {"Linear": {"out_features": 8}, "name": "proj"}],
+                                 "name": "block"}
+
+
+def test_layers_of_two_submodules_called_in_turn_are_a_clear_error():
+    with pytest.raises(ValueError, match="cannot import Alternating: calls into a interleave with other calls"):
+        specc.from_module(models.Alternating(), (torch.randn(2, 4),))
+
+
+def test_tensors_used_directly_become_parameters_and_buffers():
+    torch.manual_seed(0)
+    spec = assert_round_trip(models.Tokens(), (torch.randn(2, 3, 4),))
+    layers = spec["layers"]
+    assert layers[1] == {"parameter": {"shape": [1, 8], "batch": True}, "from": "proj", "name": "token"}
+    assert {"parameter": {"shape": [4, 8]}, "name": "scale"} in layers
+    assert {"buffer": {"arange": 4, "dtype": "float32"}, "name": "positions"} in layers
+    # a [8] weight has no spec form (free tensors have a leading 1): its class is kept, not dropped
+    assert spec["imports"] == ["import_models.ScaledNorm"]
+    assert layers[-1] == {"ScaledNorm": {"dim": 8}, "name": "norm"}
+
+
+def test_a_numbered_layer_after_other_items_keeps_its_path():
+    torch.manual_seed(0)
+    spec = assert_round_trip(models.NumberedAfterFunctions(), (torch.randn(2, 8),))
+    gathered, numbered = spec["layers"]
+    assert gathered["flat"] is True and [item["name"] for item in gathered["sequential"]] == ["inp", "relu", "mul"]
+    assert numbered == {"Linear": {"out_features": 8}}                # layers.1: state_dict key 1.weight
+
+
+def test_codegens_copy_of_specc_attention_comes_back_as_the_attention_item(tmp_path: Path):
+    spec = """
+name: attn
+inputs: {x: {shape: [6, 8]}}
+layers:
+  - Linear: {out_features: 8}
+    name: q
+  - Linear: {out_features: 8}
+    from: x
+    name: k
+  - attention: {heads: 2, causal: true}
+    from: [q, k, k]
+"""
+    code_path = tmp_path / "generated_attn.py"
+    code_path.write_text(codegen(spec))
+    loader = importlib.util.spec_from_file_location(code_path.stem, code_path)
+    generated = importlib.util.module_from_spec(loader)
+    sys.modules[code_path.stem] = generated           # imported, as `specc import` does: its source is found
+    loader.loader.exec_module(generated)
+    torch.manual_seed(0)
+    imported = assert_round_trip(generated.Attn(), (torch.randn(2, 6, 8),))
+    assert "imports" not in imported
+    assert imported["layers"][2] == {"attention": {"heads": 2, "causal": True}, "from": ["q", "k", "k"]}

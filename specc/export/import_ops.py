@@ -1,19 +1,17 @@
 """How one traced operation of an `nn.Module` reads as a spec item (for `specc.from_module`).
 
 A torch.nn layer becomes `{LayerName: {its non-default kwargs}}`, sizes that specc infers left
-out; a tensor function or method becomes the specc function of the same meaning, with the spec's
-conventions (`reshape` shapes without the batch dim, torch dims elsewhere). Anything else raises
-`Unsupported`, and the importer keeps the module around it as an `imports:` class instead.
+out (tensor functions are read in import_functions.py). A layer whose constructor args cannot be
+read back raises `Unsupported`, and the importer keeps the module around it as an `imports:`
+class instead.
 """
 from __future__ import annotations
 
 import inspect
-import operator
 from typing import Any
 
 import torch
-from torch import fx, nn
-from torch.nn import functional as F
+from torch import nn
 
 from specc.build.registry import TUPLE_OUTPUT_LAYERS, layer_info
 
@@ -135,115 +133,3 @@ def _same(value: Any, default: Any) -> bool:
 
 def is_tuple_layer(module: nn.Module) -> bool:
     return type(module).__name__ in TUPLE_OUTPUT_LAYERS
-
-
-# ----- functions --------------------------------------------------------------------------------
-_UNARY = {torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
-          F.tanh: "tanh", F.silu: "silu", torch.exp: "exp", torch.log: "log", torch.abs: "abs", torch.neg: "neg",
-          torch.rsqrt: "rsqrt", operator.neg: "neg", torch.floor: "floor"}
-_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "log", "abs", "neg", "rsqrt", "floor", "contiguous"}
-_BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
-           torch.sub: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", operator.truediv: "div",
-           torch.div: "div", operator.matmul: "matmul", torch.matmul: "matmul", torch.minimum: "minimum",
-           torch.maximum: "maximum"}
-_BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul",
-                   "__add__": "add", "__mul__": "mul", "__sub__": "sub", "__truediv__": "div"}
-_COMMUTATIVE = {"add", "mul", "minimum", "maximum"}
-# functions that have a layer of the same meaning (and no parameters): the item is that layer
-_AS_LAYER = {F.hardswish: "Hardswish", F.hardsigmoid: "Hardsigmoid", F.relu6: "ReLU6", F.gelu: None}
-
-
-def function_item(node: fx.Node, tensors: list[fx.Node], shape_of) -> tuple[Any, list[fx.Node]]:
-    """`(item, inputs)`: the spec item for a call_function/call_method node and the tensor nodes it
-    consumes, in order.
-
-    Args:
-        node: the fx node.
-        tensors: which of the node's argument nodes carry tensors (the others are sizes).
-        shape_of: node -> its output shape (from the example run).
-
-    Raises:
-        Unsupported: no spec function means this.
-    """
-    target, args, kwargs = node.target, list(node.args), dict(node.kwargs)
-    name = target if node.op == "call_method" else None
-    if node.op == "call_function" and target in _UNARY or name in _UNARY_METHODS:
-        return (_UNARY.get(target) or name), [args[0]]
-    if node.op == "call_function" and target is F.gelu or name == "gelu":
-        approximate = kwargs.get("approximate", "none")
-        return ("gelu" if approximate == "none" else {"gelu": {"approximate": approximate}}), [args[0]]
-    if node.op == "call_function" and target in _AS_LAYER:
-        return {_AS_LAYER[target]: {}}, [args[0]]
-    if node.op == "call_function" and target in _BINARY or name in _BINARY_METHODS:
-        return _binary(_BINARY.get(target) or _BINARY_METHODS[name], args, tensors)
-    if target in (torch.flatten,) or name == "flatten":
-        start = kwargs.get("start_dim", args[1] if len(args) > 1 else (0 if name is None else 0))
-        end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
-        return {"flatten": _drop_defaults({"start_dim": start, "end_dim": end}, {"start_dim": 1, "end_dim": -1})}, [args[0]]
-    if target is torch.cat or target is torch.stack:
-        parts = args[0]
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-        op = "cat" if target is torch.cat else "stack"
-        return ({op: dim} if dim != 1 else op), list(parts)
-    if name in ("view", "reshape") or target is torch.reshape:
-        return _reshape(node, args, shape_of, "view" if name == "view" else "reshape")
-    if name == "permute" or target is torch.permute:
-        dims = args[1:] if name and not isinstance(args[1], (list, tuple)) else args[1]
-        return {"permute": list(dims)}, [args[0]]
-    if name == "transpose" or target is torch.transpose:
-        return {"transpose": [args[1], args[2]]}, [args[0]]
-    if name in ("unsqueeze", "squeeze") or target in (torch.unsqueeze, torch.squeeze):
-        op = name or target.__name__
-        return ({op: args[1]} if len(args) > 1 else op), [args[0]]
-    if name in ("mean", "sum", "amax") or target in (torch.mean, torch.sum, torch.amax):
-        op = name or target.__name__
-        call = _drop_defaults({"dim": _listed(kwargs.get("dim", args[1] if len(args) > 1 else None)),
-                               "keepdim": kwargs.get("keepdim", args[2] if len(args) > 2 else False)},
-                              {"dim": None, "keepdim": False})
-        return ({op: call} if call else op), [args[0]]
-    if name in ("softmax", "log_softmax") or target in (torch.softmax, F.softmax, torch.log_softmax, F.log_softmax):
-        op = name or target.__name__
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
-        return ({op: dim} if dim != -1 else op), [args[0]]
-    if name in ("chunk", "split") or target in (torch.chunk, torch.split):
-        op = name or target.__name__
-        return {op: [args[1], kwargs.get("dim", args[2] if len(args) > 2 else 0)]}, [args[0]]
-    if target is operator.getitem:
-        return _getitem(args)
-    raise Unsupported(f"{node.op} {getattr(target, '__name__', target)}")
-
-
-def _binary(op: str, args: list, tensors: list) -> tuple[Any, list]:
-    left, right = args[0], args[1]
-    if left in tensors and right in tensors:
-        return op, [left, right]
-    if left in tensors and isinstance(right, (int, float)):
-        return {op: {"other": right}}, [left]
-    if right in tensors and isinstance(left, (int, float)) and op in _COMMUTATIVE:
-        return {op: {"other": left}}, [right]
-    raise Unsupported(f"{op} of {type(left).__name__} and {type(right).__name__}")
-
-
-def _reshape(node: fx.Node, args: list, shape_of, op: str) -> tuple[Any, list]:
-    source, output = shape_of(args[0]), shape_of(node)
-    if output is None or source is None or output[0] != source[0]:
-        raise Unsupported(f"{op} that changes the batch dim")   # the spec's reshape keeps it
-    return {op: list(output[1:])}, [args[0]]
-
-
-def _getitem(args: list) -> tuple[Any, list]:
-    index = args[1]
-    if isinstance(index, int):
-        return {"getitem": index}, [args[0]]
-    if isinstance(index, tuple) and index and isinstance(index[-1], int) and all(
-            isinstance(part, slice) and part == slice(None) for part in index[:-1]):
-        return {"select": [len(index) - 1, index[-1]]}, [args[0]]
-    raise Unsupported(f"indexing with {index!r}")
-
-
-def _listed(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _drop_defaults(values: dict, defaults: dict) -> dict:
-    return {key: value for key, value in values.items() if defaults.get(key, _MISSING) != value}

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 import yaml
-from torch import fx
+from torch import fx, nn
 
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES
+from specc.export.import_tensors import batch_expanded
 
 
 RESERVED = {*STRUCTURES, *FUNCTIONS, *FUNCTION_AS_LAYER}
@@ -43,6 +44,7 @@ class ListWriter:
         self.blocks: dict[str, dict] = {}
         self._candidates: list[tuple[dict, str, str]] = []   # (item, class, its layers as YAML)
         self._local: list[dict] = []              # per list being written: value -> its key there
+        self._named: list[bool] = []              # per list being written: name every item
 
     def reference_of(self, node: fx.Node) -> str:
         node = self.importer.value_node(node)
@@ -50,10 +52,26 @@ class ListWriter:
 
     # ----- one list -------------------------------------------------------------------------------
     def items(self, group, prefix: str, current: fx.Node, entries: list | None = None) -> tuple[list, fx.Node]:
-        """The items of `group` (or of `entries`) under `prefix`, the chain starting at `current`."""
+        """The items of `group` (or of `entries`) under `prefix`, the chain starting at `current`.
+
+        A numbered layer (`self["3"]`) whose position earlier items already fill is placed by
+        writing the list again with every item named, the items before it gathered into a
+        `flat: true` sequential (no path level) so that it is the list's item 3."""
         entries = list(group.entries if entries is None else entries)
+        state = (dict(self.importer.first_call), len(self._candidates), len(self.importer.imports))
+        try:
+            return self._write(entries, prefix, current, named=False)
+        except _Crowded:
+            first_call, candidates, imports = state
+            self.importer.first_call.clear()
+            self.importer.first_call.update(first_call)
+            del self._candidates[candidates:], self.importer.imports[imports:]
+            return self._write(entries, prefix, current, named=True)
+
+    def _write(self, entries: list, prefix: str, current: fx.Node, named: bool) -> tuple[list, fx.Node]:
         items: list = []
         self._local.append({})
+        self._named.append(named)
         try:
             index = 0
             while index < len(entries):
@@ -63,19 +81,44 @@ class ListWriter:
                 current, index = output, index + used
         finally:
             self._local.pop()
+            self._named.pop()
         return items, current
 
     def _place(self, items: list, item: Any, key: str | None, prefix: str) -> None:
-        """Put the item at the position its path needs (`0`, `1`, …), padding with Identity."""
+        """Put the item at the position its path needs (`0`, `1`, …), padding with skipped items
+        (`if: false`: nothing is built, the value passes through), as a spec leaves a position."""
         if key is not None and key.isdigit():
             while len(items) < int(key):
-                items.append("Identity")
+                items.append({"Identity": {}, "if": False})
             if len(items) > int(key):
-                raise self.importer.cannot(prefix.rstrip("."), f"{prefix}{key}: its position is taken by earlier calls")
+                if not self._named[-1]:
+                    raise _Crowded()
+                moved = self._gather(items, int(key), prefix)
+                sources = item.get("from") if isinstance(item, dict) else None
+                if sources is not None:     # the item's own references were written before the gathering
+                    item["from"] = ([prefix + name if name in moved else name for name in sources]
+                                    if isinstance(sources, list) else prefix + sources if sources in moved else sources)
         elif key is not None:
             item = {item: {}} if isinstance(item, str) else item
             item["name"] = key
         items.append(item)
+
+    def _gather(self, items: list, position: int, prefix: str) -> set[str]:
+        """Fold the items after the last numbered one into a flat sequential, leaving `position`
+        items; what they are referred to by becomes their full name (they are one list down)."""
+        numbered = [index for index, item in enumerate(items) if not (isinstance(item, dict) and "name" in item)]
+        start = numbered[-1] + 1 if numbered else 0
+        count = len(items) - position + 1
+        if start > position - 1:
+            raise self.importer.cannot(prefix.rstrip("."), f"{prefix}{position}: its position is taken by earlier calls")
+        gathered = items[start:start + count]
+        items[start:start + count] = [{"sequential": gathered, "flat": True}]
+        moved = {item["name"] for item in gathered}
+        local = self._local[-1]
+        for node, key in local.items():
+            if key in moved:
+                local[node] = prefix + key
+        return moved
 
     def _entry(self, entries: list, index: int, prefix: str, current: fx.Node, position: int):
         """`(item, output value, key, entries used)` for the entry at `index`."""
@@ -87,6 +130,8 @@ class ListWriter:
                          or self._structure_inside(entry, prefix, current))
         if structure is None:
             structure = self._flat_residual(entries[index:], prefix, current, position)
+        if structure is None and isinstance(entry, fx.Node) and entry.op == "get_attr":
+            structure = self._batched_free_tensor(entry, following, prefix)
         if structure is not None:
             return structure
         if isinstance(entry, Group):
@@ -97,9 +142,12 @@ class ListWriter:
     def _call(self, node: fx.Node, prefix: str, current: fx.Node, position: int) -> tuple[Any, fx.Node, str | None]:
         importer = self.importer
         if node.op == "call_module":
-            inputs = importer.tensor_inputs(node)
             if set(node.kwargs) - {"need_weights"} or any(not isinstance(arg, fx.Node) for arg in node.args):
                 raise importer.cannot(importer.container_of[node], f"{node.target} is called with non-tensor arguments")
+            # every argument in order (`attention(q, k, k)`); `mha(h, h, h)` is the spec's one-input form
+            inputs = [importer.value_node(arg) for arg in node.args]
+            if len(set(inputs)) == 1 and isinstance(importer.module.get_submodule(node.target), nn.MultiheadAttention):
+                inputs = inputs[:1]
             key = node.target.rpartition(".")[2]
             first = importer.first_call.get(node.target)
             layer, kwargs = importer.layer(node)
@@ -108,21 +156,36 @@ class ListWriter:
                 submodule = importer.module.get_submodule(node.target)
                 if any(True for _ in submodule.parameters()) or any(True for _ in submodule.buffers()):
                     item["share"] = first
-                key = None
+                key = self._own_name(node)
             else:
                 importer.first_call[node.target] = prefix + key
-        elif node.op == "get_attr":
-            raise importer.cannot(importer.container_of[node], f"{node.target}: a tensor of the module used directly")
+        elif node.op == "get_attr":     # a tensor of the module: a free tensor under its attribute name
+            item, inputs, key = importer.free_tensor(node), [], node.target.rpartition(".")[2]
         else:
             item, inputs = importer.function(node)
             item = item if isinstance(item, dict) else {item: None}
-            key = None
-        if [importer.value_node(value) for value in inputs] != [current]:
+            key = self._own_name(node)
+        if inputs and [importer.value_node(value) for value in inputs] != [current]:
             item["from"] = [self._reference(value) for value in inputs]
             if len(item["from"]) == 1:
                 item["from"] = item["from"][0]
         self.names[node] = prefix + (key if key is not None else str(position))
         return _compact(item), node, key
+
+    def _own_name(self, node: fx.Node) -> str | None:
+        """An unnamed item's name: none (its index) unless the list names every item."""
+        return node.name if self._named[-1] else None
+
+    def _batched_free_tensor(self, node: fx.Node, following, prefix: str):
+        """`token.expand(x.shape[0], -1, -1)` right after `token`: one item with `batch: true`."""
+        source = batch_expanded(following, node, self.importer.shape_of) if isinstance(following, fx.Node) else None
+        if source is None or len(node.users) != 1:
+            return None
+        (op, args), = self.importer.free_tensor(node).items()
+        key = node.target.rpartition(".")[2]
+        item = {op: {**args, "batch": True}, "from": self._reference(source)}
+        self.names[node] = self.names[following] = prefix + key
+        return item, following, key, 2
 
     def _reference(self, node: fx.Node) -> str:
         node = self.importer.value_node(node)
@@ -217,14 +280,24 @@ class ListWriter:
         skip = self._last(shortcut) if shortcut is not None else current
         if operands != {self._last_of(body), skip} or self._first_of(body) != current:
             return None
+        if shortcut is None and len(body) == 1 and isinstance(body[0], Group) and body[0].key.isdigit():
+            return self._numbered_residual(body[0], entries[end], prefix, current, end + 1)
         item: dict = {"residual": self.items(None, prefix, current, entries=body)[0], "flat": True}
         names = {"body": ""}
         if shortcut is not None:
             item["shortcut"] = self.items(shortcut, f"{prefix}{shortcut.key}.", current)[0]
             names["shortcut"] = shortcut.key
         item["names"] = names
-        self.names[entries[end]] = f"{prefix}{position}.add"
-        return item, entries[end], None, end + 1
+        key = self._own_name(entries[end])
+        self.names[entries[end]] = f"{prefix}{key or position}.add"
+        return item, entries[end], key, end + 1
+
+    def _numbered_residual(self, group, add: fx.Node, prefix: str, current: fx.Node, used: int):
+        """`x = x + self.layer["1"](x)` written out in the caller: the residual is item `1` itself,
+        its body adding no level (a flat residual would put item 1 at index 0 of its own list)."""
+        item = {"residual": self.items(group, f"{prefix}{group.key}.", current)[0], "names": {"body": ""}}
+        self.names[add] = f"{prefix}{group.key}.add"
+        return item, add, group.key, used
 
     # ----- values of groups -------------------------------------------------------------------------
     def _last(self, group) -> fx.Node:
@@ -281,6 +354,10 @@ class ListWriter:
                     item["repeat"] = len(inner)
                     if name is not None:
                         item["name"] = name
+
+
+class _Crowded(Exception):
+    """A numbered layer's position is taken: the list is written again with every item named."""
 
 
 def _merge_op(node: fx.Node) -> str | None:

@@ -5,8 +5,10 @@ through) and run once on the example inputs for the shapes. Its calls are groupe
 path, so the spec's items nest like the module's attributes and its `state_dict` keys are the
 module's own: a submodule becomes a `sequential` (or a `residual` / `parallel` where its forward
 is one: `x + body(x)`, `cat([a(x), b(x)])`), identical submodules one block used several times.
-A submodule whose forward has no spec form (data-dependent control flow, an op specc lacks) is
-kept whole, as its class under `imports:`; nothing is dropped.
+Tensors the forward uses directly are free tensors (import_tensors.py); a function computed
+between two calls into a submodule joins that submodule's list. A submodule whose forward has no
+spec form (data-dependent control flow, an op specc lacks, layers of two submodules called in
+turn) is kept whole, as its class under `imports:`; nothing is dropped.
 """
 from __future__ import annotations
 
@@ -19,10 +21,14 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from specc.build.infer import DTYPES
-from specc.export.import_ops import Unsupported, fit_constructor, function_item, is_tuple_layer, layer_item
+from specc.build.registry import FUNCTION_AS_LAYER
+from specc.export.import_functions import function_item
+from specc.export.import_ops import Unsupported, fit_constructor, is_tuple_layer, layer_item
+from specc.export.import_tensors import free_tensor_item
+from specc.export.import_trace import CONTAINERS, Tracer, failing_module, specc_layer
 from specc.export.import_tree import Group as _Group, ListWriter
 
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
@@ -132,27 +138,14 @@ class _Opaque(Exception):
         self.path, self.reason = path, reason
 
 
-class _Tracer(fx.Tracer):
-    def __init__(self, opaque: set[str]):
-        super().__init__()
-        self.opaque = opaque
-
-    def is_leaf_module(self, module: nn.Module, path: str) -> bool:
-        if path in self.opaque:
-            return True
-        if isinstance(module, _CONTAINERS):
-            return False
-        return type(module).__module__.startswith(("torch.nn", "specc.build.layers"))
-
-
 class _Importer:
     def __init__(self, module: nn.Module, inputs: tuple, opaque: set[str]):
         self.module, self.opaque = module, opaque
-        tracer = _Tracer(opaque)
+        tracer = Tracer(opaque)
         try:
             graph = tracer.trace(module)
         except Exception as error:  # noqa: BLE001 - any tracing failure: find the module that caused it
-            raise _Opaque(_failing_module(module, opaque), f"torch.fx cannot trace it ({error})") from None
+            raise _Opaque(failing_module(module, opaque), f"torch.fx cannot trace it ({error})") from None
         self.traced = fx.GraphModule(tracer.root, graph)
         modes = {submodule: submodule.training for submodule in module.modules()}
         module.eval()   # the example run must not move the user's BatchNorm statistics
@@ -168,6 +161,7 @@ class _Importer:
         self.container_of: dict[fx.Node, str] = {}
         self.called = {path for node in graph.nodes for path, _ in node.meta.get("nn_module_stack", {}).values()}
         self.first_call: dict[str, str] = {}
+        self.pinned: set[fx.Node] = set()        # layers' first calls: their place is their path
 
     # ----- the spec ----------------------------------------------------------------------------
     def spec(self, name: str) -> dict:
@@ -221,12 +215,14 @@ class _Importer:
         return root
 
     def _open(self, groups: dict, path: str, node: fx.Node) -> _Group:
-        """The group for `path`, opened along the way; a group that was left and is used again
-        means the module's calls interleave with others': its parent has no spec form."""
+        """The group for `path`, opened along the way. A group that was left and is used again
+        takes the functions computed since into its list (their inputs are named wherever they
+        are); a layer or tensor registered in between means the module's calls interleave with
+        others': its parent has no spec form."""
         if path in groups:
             group = groups[path]
             if path and not _is_last(groups, path):
-                raise _Opaque(self._owner(path.rpartition(".")[0]), f"calls into {path} interleave with other calls")
+                self._reenter(groups, path)
             return group
         parent_path = path.rpartition(".")[0]
         parent = self._open(groups, parent_path, node)
@@ -234,12 +230,29 @@ class _Importer:
         parent.entries.append(group)
         return group
 
+    def _reenter(self, groups: dict, path: str) -> None:
+        """Move the entries that follow the groups on the way to `path` into them, so `path` is
+        the last group open again. Only function calls move: a layer's first call and a tensor
+        of the module are where their names (and state_dict keys) say."""
+        parts = path.split(".")
+        for depth in range(len(parts)):
+            outer, inner = groups[".".join(parts[:depth])], groups[".".join(parts[:depth + 1])]
+            position = next(index for index, entry in enumerate(outer.entries) if entry is inner)
+            after = outer.entries[position + 1:]
+            if any(isinstance(entry, _Group) or entry in self.pinned or entry.op == "get_attr" for entry in after):
+                raise _Opaque(self._owner(path.rpartition(".")[0]), f"calls into {path} interleave with other calls")
+            del outer.entries[len(outer.entries) - len(after):]
+            inner.entries.extend(after)
+            for entry in after:
+                self.container_of[entry] = inner.path
+
     def _container(self, node: fx.Node, called: set) -> str:
         """Where a node's item goes: a layer's first call under its module's parent path; a
         function (or a layer called again) where its inputs are, inside the module whose forward
         called it."""
         if node.op == "call_module" and node.target not in called:
             called.add(node.target)
+            self.pinned.add(node)
             return node.target.rpartition(".")[0]
         stack = [entry for entry in node.meta.get("nn_module_stack", {}).values() if entry[0] != node.target]
         caller = stack[-1][0] if stack else ""
@@ -265,7 +278,7 @@ class _Importer:
 
     def _owner(self, path: str) -> str:
         """The nearest module above `path` that is not a container (the one whose forward to keep)."""
-        while path and isinstance(self.module.get_submodule(path), _CONTAINERS):
+        while path and isinstance(self.module.get_submodule(path), CONTAINERS):
             path = path.rpartition(".")[0]
         return path
 
@@ -319,12 +332,18 @@ class _Importer:
             layer, kwargs = layer_item(submodule, infer=node.target not in self.opaque)
         except Unsupported as error:
             raise _Opaque(self._owner(node.target), str(error)) from None
+        shapes = [tuple(shape) for value in self.tensor_inputs(node) if (shape := self.shape_of(value))]
+        if specc_layer(type(submodule)) and node.target not in self.opaque:
+            try:       # flags kept only as the presence of a tensor (`bias=False`) are found by trying
+                kwargs = fit_constructor(submodule, kwargs, shapes)
+            except Unsupported as error:
+                raise _Opaque(node.target, str(error)) from None      # the copy is imported instead
+            layer = _AS_FUNCTION.get(layer, layer)       # `Attention` is the spec's `attention` item
         if node.target in self.opaque:
             cls = type(submodule)
             if cls.__module__ in ("__main__", "builtins") or "<locals>" in cls.__qualname__:
                 raise ValueError(f"{node.target}: {cls.__qualname__} cannot be traced and is not importable "
                                  f"(define it in a module)")
-            shapes = [tuple(shape) for value in self.tensor_inputs(node) if (shape := self.shape_of(value))]
             try:
                 kwargs = fit_constructor(submodule, kwargs, shapes)
             except Unsupported as error:
@@ -338,6 +357,12 @@ class _Importer:
         except Unsupported as error:
             raise _Opaque(self._owner(self._caller(node)), str(error)) from None
 
+    def free_tensor(self, node: fx.Node) -> dict:
+        try:
+            return free_tensor_item(self.module, node.target)
+        except Unsupported as error:
+            raise _Opaque(self._owner(self._caller(node)), str(error)) from None
+
     def _caller(self, node: fx.Node) -> str:
         stack = list(node.meta.get("nn_module_stack", {}).values())
         return stack[-1][0] if stack else ""
@@ -347,21 +372,6 @@ def _is_last(groups: dict, path: str) -> bool:
     parent = groups[path.rpartition(".")[0]]
     return bool(parent.entries) and parent.entries[-1] is groups[path] and (
         not path.rpartition(".")[0] or _is_last(groups, path.rpartition(".")[0]))
-
-
-def _failing_module(module: nn.Module, opaque: set[str]) -> str:
-    """The deepest submodule that torch.fx cannot trace on its own ("" when only the root fails)."""
-    for path, child in module.named_modules():
-        if not path or path in opaque or isinstance(child, _CONTAINERS) or _Tracer(set()).is_leaf_module(child, path):
-            continue
-        if any(path.startswith(done + ".") for done in opaque):
-            continue
-        try:
-            _Tracer(set()).trace(child)
-        except Exception:  # noqa: BLE001
-            deeper = _failing_module(child, set())
-            return f"{path}.{deeper}" if deeper else path
-    return ""
 
 
 def _common_path(paths: list[str]) -> str:

@@ -1,0 +1,70 @@
+"""Tracing for `specc.from_module`: which modules are leaves, and which one torch.fx cannot trace.
+
+torch.nn layers and specc's own (also the verbatim copies `specc codegen` writes into its output)
+are leaves: each is one spec item. The user's classes are traced through, so their calls become
+items; one that cannot be traced is found and kept whole (an `imports:` class).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from torch import fx, nn
+
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+class Tracer(fx.Tracer):
+    """torch.nn and specc layers are leaves (and modules in `opaque`); the user's classes are traced through."""
+
+    def __init__(self, opaque: set[str]):
+        super().__init__()
+        self.opaque = opaque
+        # buffers are traced, not folded into constants: what a forward computes from an index
+        # buffer (Swin's relative positions) becomes spec items rather than one opaque tensor
+        self.proxy_buffer_attributes = True
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        # a parameter's shape is known while tracing (`token.expand(n, *token.shape[1:])` unpacks
+        # it); fx offers that for parameters only, so the flag is set per attribute
+        self.param_shapes_constant = isinstance(attr_val, nn.Parameter)
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def is_leaf_module(self, module: nn.Module, path: str) -> bool:
+        if path in self.opaque:
+            return True
+        if isinstance(module, CONTAINERS):
+            return False
+        return type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module))
+
+
+@functools.cache
+def specc_layer(cls: type) -> bool:
+    """specc's own layer, or the verbatim copy of it that `specc codegen` writes into its output."""
+    from specc.build import layers
+
+    original = getattr(layers, cls.__name__, None)
+    if original is cls:
+        return True
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
+        return False
+    try:
+        return inspect.getsource(cls) == inspect.getsource(original)
+    except (OSError, TypeError):     # defined where no source can be read: not known to be a copy
+        return False
+
+
+def failing_module(module: nn.Module, opaque: set[str]) -> str:
+    """The deepest submodule that torch.fx cannot trace on its own ("" when only the root fails)."""
+    for path, child in module.named_modules():
+        if not path or path in opaque or isinstance(child, CONTAINERS) or Tracer(set()).is_leaf_module(child, path):
+            continue
+        if any(path.startswith(done + ".") for done in opaque):
+            continue
+        try:
+            Tracer(set()).trace(child)
+        except Exception:  # noqa: BLE001
+            deeper = failing_module(child, set())
+            return f"{path}.{deeper}" if deeper else path
+    return ""
