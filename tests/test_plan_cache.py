@@ -90,6 +90,22 @@ def test_what_the_plan_depends_on_makes_a_new_plan(tmp_path, monkeypatch):
     assert len(planned) == 4                                 # the same again: reused
 
 
+def test_a_compile_reads_the_spec_file_once(tmp_path, monkeypatch):
+    # the plan is kept under the text it was made of: the key and the compile see one reading
+    path = tmp_path / "net.yaml"
+    path.write_text("inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 3}\n")
+    reads, read_text = [], Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self == path:
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    specc.build(path)
+    assert len(reads) == 1
+
+
 def _width(model) -> int:
     return next(layer for layer in model.modules() if isinstance(layer, torch.nn.Linear)).out_features
 

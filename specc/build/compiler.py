@@ -86,12 +86,12 @@ def compile(spec_or_path: str | Path | dict | Spec, *, device: str | torch.devic
 
 
 def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, variables, train_mistakes) -> Compiled:
-    key = plan_cache.plan_key(spec_or_path, (batch_size, input_shapes, symbolic, train_mistakes, variables))
+    key, source = plan_cache.plan_key(spec_or_path, (batch_size, input_shapes, symbolic, train_mistakes, variables))
     plan = plan_cache.cached_plan(key)
     if plan is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plan, meta_modules = _plan(spec_or_path, batch_size, input_shapes, symbolic, variables, train_mistakes)
+            plan, meta_modules = _plan(source, batch_size, input_shapes, symbolic, variables, train_mistakes)
         for warning in caught:   # shown as they would have been; a compile that warns is planned each time
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         if not caught:

@@ -29,7 +29,7 @@ from specc.build.graph import Graph
 from specc.build.registry import Registry
 from specc.lang.errors import SpecError
 from specc.lang.safety import safe_mode
-from specc.lang.source import read_spec_text
+from specc.lang.source import SpecText, read_spec_text
 from specc.lang.spec import Spec
 
 MAX_PLANS = 16   # each is the spec, its graph and generated code: kilobytes, not weights
@@ -49,19 +49,22 @@ _plans: OrderedDict[tuple, CompilePlan] = OrderedDict()
 _lock = threading.Lock()
 
 
-def plan_key(spec_or_path: Any, options: tuple) -> tuple | None:
-    """The cache key of a compile of `spec_or_path` (YAML text or a path) with `options`, or None
-    when it is not cached (a parsed dict or Spec, an unreadable file, the cache turned off)."""
+def plan_key(spec_or_path: Any, options: tuple) -> tuple[tuple | None, Any]:
+    """The cache key of a compile of `spec_or_path` (YAML text or a path) with `options`, and what
+    to compile: the text the key was made of (a file is read once, so a plan is never kept under
+    text it was not made from). The key is None when nothing is cached (a parsed dict or Spec, an
+    unreadable file, the cache turned off); then `spec_or_path` is compiled as given."""
     if os.environ.get("SPECC_PLAN_CACHE", "1") == "0" or not isinstance(spec_or_path, (str, Path)) \
             or not _plain(options):
-        return None
+        return None, spec_or_path
     try:
         text, file = read_spec_text(spec_or_path)
     except SpecError:
-        return None   # the compile itself reports it
+        return None, spec_or_path   # the compile itself reports it
     place = str(Path(file).resolve()) if file != "<spec>" else file
     limits = tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("SPECC_")))
-    return text, file, place, repr(options), safe_mode(), limits, torch.get_default_dtype()
+    key = text, file, place, repr(options), safe_mode(), limits, torch.get_default_dtype()
+    return key, SpecText(text, file)
 
 
 def _plain(value: Any) -> bool:

@@ -7,6 +7,7 @@ so validation can point at the exact key a user must fix.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,19 @@ def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
     return data, source
 
 
-def read_spec_text(path_or_text: str | Path) -> tuple[str, str]:
-    """Return (text, file name) for a path, or for YAML text given directly."""
+@dataclass(frozen=True)
+class SpecText:
+    """A spec's YAML text as already read from `file`: loading it reads nothing again, so what is
+    loaded is exactly what the reader saw (build/plan_cache.py keys its plans on that text)."""
+
+    text: str
+    file: str
+
+
+def read_spec_text(path_or_text: str | Path | SpecText) -> tuple[str, str]:
+    """Return (text, file name) for a path, for YAML text given directly, or for a `SpecText`."""
+    if isinstance(path_or_text, SpecText):
+        return path_or_text.text, path_or_text.file
     if isinstance(path_or_text, Path) or ("\n" not in str(path_or_text) and str(path_or_text).endswith((".yaml", ".yml"))):
         path = Path(path_or_text)
         if not path.is_file():

@@ -87,10 +87,10 @@ def _mlp(layer: specc_layers.MLP, x: Tensor, out: Tensor, input_needs_grad: bool
     saved = [x, _hidden(x, width)]                         # the activation (ReLU saves its output, c_proj's input)
     if isinstance(layer.activation, _SAVES_ITS_INPUT):
         saved.append(_hidden(x, width))                    # the pre-activation, saved by GELU / SiLU
-    return saved + _dropout_mask(layer.dropout.p, out)
+    return saved + _mask_if_dropping(layer.dropout.p, out)
 
 
-def _dropout_mask(p: float, out: Tensor) -> list[Tensor]:
+def _mask_if_dropping(p: float, out: Tensor) -> list[Tensor]:
     return [like(out)] if p > 0 else []
 
 
@@ -112,16 +112,11 @@ def _causal_self_attention(layer: specc_layers.CausalSelfAttention, x: Tensor, o
     if grouped:                                            # repeat_interleave copies k (rotated) and v
         saved += [empty(per_head, x.dtype), empty(per_head, x.dtype)]
     saved += [empty((batch, heads, length), torch.float32), empty(per_head, x.dtype)]   # log-sum-exp, output
-    return saved + _dropout_mask(layer.resid_dropout.p, out)
-
-
-def _nothing(layer: nn.Module, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
-    return []
+    return saved + _mask_if_dropping(layer.resid_dropout.p, out)
 
 
 BLOCK_RULES: dict[type, BlockRule] = {
     nn.RMSNorm: _rms_norm, nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
     specc_layers.SwiGLU: _swiglu, specc_layers.MLP: _mlp,
     specc_layers.CausalSelfAttention: _causal_self_attention,
-    specc_layers.PositionalEmbedding: _nothing,            # x + weight[:T]: an add saves nothing
 }

@@ -14,7 +14,7 @@ the saved tensors follow from torch's derivative formulas (tools/autograd/deriva
   standard deviation per channel;
 - MaxPool: the input and the int64 indices of the output; AvgPool: the input; AdaptiveAvgPool:
   the input, or nothing when it pools to a single value per channel (torch then takes a mean);
-- Embedding: the indices; Flatten and the add/cat merges: nothing; a mul merge of two: each input
+- Embedding: the indices; Flatten, PositionalEmbedding (an add) and the add/cat merges: nothing; a mul merge of two: each input
   whose partner needs a gradient;
 - the norms and specc's transformer layers: summary/saved_blocks.py.
 
@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from specc.build import layers as specc_layers
 from specc.build.flop_rules import predicted_node
 from specc.build.infer import run_compiled_node
 from specc.build.shape_functions import empty, like
@@ -99,6 +100,7 @@ SAVED_RULES: dict[type, SavedRule] = {
     nn.AdaptiveAvgPool1d: _adaptive_average, nn.AdaptiveAvgPool2d: _adaptive_average,
     nn.AdaptiveAvgPool3d: _adaptive_average,
     nn.Flatten: _nothing, nn.Identity: _nothing,
+    specc_layers.PositionalEmbedding: _nothing,     # x + weight[:T]: an add saves nothing
     **BLOCK_RULES,
 }
 _VIEWS = (nn.Flatten,)              # run for real: a view shares its input's storage, as autograd sees it
