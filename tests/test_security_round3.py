@@ -1,0 +1,85 @@
+"""Security round 3 (issue 25): recursive YAML aliases, spec text from weights files and rules
+files, checkpoint structure bombs, `re:` rename rules. Each hostile input must give a located error
+(exit 2 from the CLI), never a hang, a traceback or a run command.
+
+Inputs that hung or exhausted memory before the fix run in a child process with a 2 GB
+address-space limit and a generous timeout, so a regression fails the test instead of hanging it.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDRESS_SPACE = 2 << 30
+HEADER = "inputs: {x: {shape: [8]}}\n"
+
+# Loads each spec text given as JSON on stdin with specc.load; prints [code, first message, line] each.
+LOAD_DRIVER = """
+import json, sys
+import specc
+from specc.lang.errors import SpecError
+results = []
+for text, overrides, safe in json.load(sys.stdin):
+    try:
+        specc.load(text, overrides, safe=safe)
+        results.append(["ok", "", 0])
+    except SpecError as error:
+        first = error.first
+        results.append([first.code, first.message, first.location.line if first.location else 0])
+print(json.dumps(results))
+"""
+
+
+def in_child(code: str, stdin: str = "", timeout: float = 120) -> str:
+    """Run `code` in a fresh Python limited to 2 GB of address space; return its last stdout line."""
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+    finished = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT, preexec_fn=limit_memory)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished.stdout.splitlines()[-1]
+
+
+RECURSIVE_ALIASES = {
+    "list_holding_itself": (HEADER + "layers:\n  - &x [*x]\n", 3),
+    "merge_of_itself": (HEADER + "vars: &d {a: 1, <<: *d}\nlayers: [ReLU]\n", 2),
+    "layers_in_a_sequential": (HEADER + "layers: &L\n  - ReLU\n  - sequential: *L\n", 4),
+    "two_anchors_in_a_ring": (HEADER + "vars:\n  a: &a [1, {b: &b [*a]}]\nlayers: [ReLU]\n", 3),
+}
+
+
+@pytest.fixture(scope="module")
+def recursive_results() -> dict:
+    cases = [[text, None, True] for text, _ in RECURSIVE_ALIASES.values()]
+    results = json.loads(in_child(LOAD_DRIVER, json.dumps(cases)))
+    return dict(zip(RECURSIVE_ALIASES, results))
+
+
+@pytest.mark.parametrize("case_id", list(RECURSIVE_ALIASES))
+def test_a_recursive_alias_is_refused_at_its_line(recursive_results, case_id):
+    code, message, line = recursive_results[case_id]
+    assert code == "LIMIT_EXCEEDED" and "recursive alias" in message, message
+    assert line == RECURSIVE_ALIASES[case_id][1]
+
+
+def test_a_recursive_alias_in_set_is_refused(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(HEADER + "vars: {w: 1}\nlayers: [ReLU]\n")
+    finished = subprocess.run([sys.executable, "-m", "specc", "--safe", "check", str(spec), "--set", "w=&x [*x]"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert finished.returncode == 2, finished.stderr
+    assert "recursive alias" in finished.stdout + finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_aliases_that_do_not_hold_themselves_still_load():
+    import specc
+    spec = specc.load(HEADER + "vars:\n  a: &a [1, 2]\n  b: [*a, *a]\n  c: {<<: &m {k: 1}, j: *m}\nlayers: [ReLU]\n")
+    assert spec.raw["vars"]["b"] == [[1, 2], [1, 2]] and spec.raw["vars"]["c"] == {"k": 1, "j": {"k": 1}}
