@@ -30,7 +30,7 @@ from specc.build.plan_cache import CompilePlan
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
+from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
@@ -325,9 +325,11 @@ def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True)
 def _initializer(how: str | dict, location) -> Any:
     name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
     function_name = name if name.endswith("_") else f"{name}_"
-    known = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    if function_name not in known:
+    problem = init_problem(how)
+    if problem is not None and function_name not in INIT_FUNCTIONS:
         raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, known) or "").rstrip("_") or None))
+                                (did_you_mean(function_name, list(INIT_FUNCTIONS)) or "").rstrip("_") or None))
+    if problem is not None:   # a kwarg the function does not take is refused before any call (or codegen)
+        raise SpecError(Problem(f"init: {problem}", location, "UNKNOWN_KWARG"))
     function = getattr(nn.init, function_name)
     return lambda parameter: function(parameter, **(kwargs or {}))

@@ -6,6 +6,8 @@ items; one that cannot be traced is found and kept whole (an `imports:` class).
 """
 from __future__ import annotations
 
+import re
+
 import functools
 import inspect
 from typing import Any
@@ -68,3 +70,20 @@ def failing_module(module: nn.Module, opaque: set[str]) -> str:
             deeper = failing_module(child, set())
             return f"{path}.{deeper}" if deeper else path
     return ""
+
+
+_WRITABLE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def refuse_unwritable_names(module: nn.Module) -> None:
+    """Every submodule, parameter and buffer name must be letters, digits and `_`: spec names are
+    identifiers or positions, and a name holding a newline or quote would break the code torch.fx
+    writes while tracing (a SyntaxError instead of a reason)."""
+    names = [name for name, _ in module.named_modules(remove_duplicate=False) if name]
+    names += [name for name, _ in module.named_parameters(remove_duplicate=False)]
+    names += [name for name, _ in module.named_buffers(remove_duplicate=False)]
+    for name in names:
+        bad = next((part for part in name.split(".") if not _WRITABLE_NAME.match(part)), None)
+        if bad is not None:
+            raise ValueError(f"cannot import {type(module).__name__}: the name {bad!r} (in {name!r}) is not letters, "
+                             f"digits and _, so it cannot be a spec name; rename that submodule or tensor")

@@ -48,6 +48,16 @@ class BlockSpec(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     layers: list[Item] = Field(min_length=1)
 
+    @field_validator("args")
+    @classmethod
+    def _args_are_names(cls, value: dict) -> dict:
+        # an arg becomes a constructor parameter in the code `specc codegen` writes
+        for key in value:
+            if not is_name(str(key)):
+                raise ValueError(f"block arg '{key}' is not a valid name (letters, digits and _; not starting "
+                                 f"with a digit; no Python keyword)")
+        return value
+
 
 class ExpectSpec(_Strict):
     """Checks verified whenever the spec compiles."""
