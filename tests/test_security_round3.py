@@ -83,3 +83,91 @@ def test_aliases_that_do_not_hold_themselves_still_load():
     import specc
     spec = specc.load(HEADER + "vars:\n  a: &a [1, 2]\n  b: [*a, *a]\n  c: {<<: &m {k: 1}, j: *m}\nlayers: [ReLU]\n")
     assert spec.raw["vars"]["b"] == [[1, 2], [1, 2]] and spec.raw["vars"]["c"] == {"k": 1, "j": {"k": 1}}
+
+
+# ----- checkpoints: structure bombs are a CHECKPOINT_ERROR before anything walks them ----------------
+
+FORMAT = "specc-checkpoint/1"
+
+
+def _dag(levels: int) -> list:
+    shared: list = [1]
+    for _ in range(levels):
+        shared = [shared, shared]          # a few bytes in the pickle, 2**levels values once expanded
+    return shared
+
+
+def _deep_checkpoint(path: Path, levels: int) -> None:
+    """A torch zip whose pickle nests `levels` lists (torch.save itself cannot write one that deep)."""
+    import io
+    import zipfile
+
+    import torch
+
+    small = io.BytesIO()
+    torch.save({"format": FORMAT}, small)
+    pickle = (b"\x80\x02}(X\x06\x00\x00\x00formatX" + len(FORMAT).to_bytes(4, "little") + FORMAT.encode()
+              + b"X\x01\x00\x00\x00x" + b"]" * (levels + 1) + b"a" * levels + b"u.")
+    with zipfile.ZipFile(io.BytesIO(small.getvalue())) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, pickle if info.filename.endswith("data.pkl") else source.read(info))
+
+
+@pytest.fixture(scope="module")
+def bomb_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    import torch
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    cycle: list = []
+    cycle.append(cycle)
+    files = {"dag": {"format": FORMAT, "history": _dag(40), "model": {}},
+             "spec_dag": {"format": FORMAT, "spec": {"vars": {"a": _dag(16)}}, "model": {}},
+             "cycle": {"format": FORMAT, "history": cycle}}
+    paths = {}
+    for name, content in files.items():
+        paths[name] = folder / f"{name}.pt"
+        torch.save(content, paths[name])
+    paths["deep"] = folder / "deep.pt"
+    _deep_checkpoint(paths["deep"], 200_000)
+    return paths
+
+
+CHECKPOINT_DRIVER = """
+import json, sys
+import specc
+from specc.build.checkpoint import load_checkpoint
+from specc.lang.errors import SpecError
+results = {}
+for name, path in json.load(sys.stdin).items():
+    messages = []
+    for read in (lambda: load_checkpoint(path),
+                 lambda: specc.build("inputs: {x: {shape: [4]}}\\nlayers: [ReLU]\\n", weights=path)):
+        try:
+            read()
+            messages.append(["ok", ""])
+        except SpecError as error:
+            messages.append([error.first.code, error.first.message])
+    results[name] = messages
+print(json.dumps(results))
+"""
+
+CHECKPOINT_WORDS = {"dag": "more than 2,000,000 values once its shared references are repeated",
+                    "spec_dag": "stored spec holds more than 20,000 values",
+                    "deep": "nests more than 200 levels deep", "cycle": "holds itself"}
+
+
+def test_checkpoint_structure_bombs_are_refused(bomb_checkpoints):
+    results = json.loads(in_child(CHECKPOINT_DRIVER, json.dumps({k: str(v) for k, v in bomb_checkpoints.items()})))
+    for name, words in CHECKPOINT_WORDS.items():
+        for code, message in results[name]:       # load_checkpoint and build(weights=) alike
+            assert code == "CHECKPOINT_ERROR" and words in message, (name, message)
+
+
+def test_checkpoint_bomb_through_the_cli_is_exit_2(bomb_checkpoints, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(HEADER + "layers: [ReLU]\n")
+    finished = subprocess.run([sys.executable, "-m", "specc", "export", str(spec), "--checkpoint",
+                               str(bomb_checkpoints["dag"]), "-o", str(tmp_path / "m.safetensors")],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert finished.returncode == 2, finished.stdout + finished.stderr
+    assert "shared references" in finished.stdout + finished.stderr and "Traceback" not in finished.stderr

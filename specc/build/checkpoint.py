@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from specc.lang.errors import Problem, SpecError
+from specc.lang.limits import limit, raise_hint
 
 FORMAT = "specc-checkpoint/1"
 
@@ -133,6 +134,7 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
                                 f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SpecError(Problem(f"{shown}: not a specc checkpoint (written by `specc train`)", None, "CHECKPOINT_ERROR"))
+    check_structure(state, shown)
     stored = state.get("checksum")
     if stored is not None:
         body = {key: value for key, value in state.items() if key not in ("format", "checksum")}
@@ -140,6 +142,62 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
             raise SpecError(Problem(f"{shown}: the checkpoint is corrupted (its checksum does not match its "
                                     f"contents)", None, "CHECKPOINT_ERROR"))
     return state
+
+
+def check_structure(state: dict[str, Any], shown: str | Path) -> None:
+    """Refuse a checkpoint whose lists and dicts would make reading it explode before anything walks
+    them: shared references (`b = [b, b]` 40 times: a few hundred bytes, 2**40 values to checksum),
+    cycles, and nesting deeper than Python's stack. The stored spec must also fit a spec file's
+    bounds (SPECC_MAX_YAML_NODES values, SPECC_MAX_NESTING levels), as it is validated like one.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR naming the bound and its environment variable.
+    """
+    _check_size(state, shown, "the checkpoint", "MAX_CHECKPOINT_VALUES", "MAX_CHECKPOINT_DEPTH")
+    if "spec" in state:
+        _check_size(state["spec"], shown, "the checkpoint's stored spec", "MAX_YAML_NODES", "MAX_NESTING")
+
+
+def _check_size(root: Any, shown: str | Path, what: str, values_bound: str, depth_bound: str) -> None:
+    """Count `root`'s values as if every shared reference were a copy, without expanding any: an
+    iterative post-order walk with an identity memo (each list/dict/tuple is sized once)."""
+    max_values, max_depth = limit(values_bound), limit(depth_bound)
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:
+        value, depth, children_done = stack.pop()
+        children = _children(value)
+        if children is None or id(value) in sizes:
+            continue
+        if not children_done:
+            if depth > max_depth:
+                raise _too_big(shown, f"{what} nests more than {max_depth:,} levels deep", depth_bound)
+            open_ids.add(id(value))
+            stack.append((value, depth, True))
+            for child in children:
+                if id(child) in open_ids:
+                    raise SpecError(Problem(f"{shown}: {what} holds itself (a list or dict inside itself)", None,
+                                            "CHECKPOINT_ERROR"))
+                stack.append((child, depth + 1, False))
+            continue
+        open_ids.discard(id(value))
+        sizes[id(value)] = size = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if size > max_values:
+            raise _too_big(shown, f"{what} holds more than {max_values:,} values once its shared references "
+                                  f"are repeated", values_bound)
+
+
+def _children(value: Any) -> list | None:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _too_big(shown: str | Path, message: str, bound: str) -> SpecError:
+    return SpecError(Problem(f"{shown}: {message} ({raise_hint(bound)})", None, "CHECKPOINT_ERROR"))
 
 
 def _reason(error: Exception) -> str:
