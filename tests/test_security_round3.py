@@ -171,3 +171,116 @@ def test_checkpoint_bomb_through_the_cli_is_exit_2(bomb_checkpoints, tmp_path):
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert finished.returncode == 2, finished.stdout + finished.stderr
     assert "shared references" in finished.stdout + finished.stderr and "Traceback" not in finished.stderr
+
+
+# ----- spec text stored in a .safetensors file: the one bounded loader, safe mode unless trusted -----
+
+def _nested(levels: int) -> str:
+    return "vars: {a: " + "[" * levels + "]" * levels + "}\n"
+
+
+def _stored_bomb() -> str:
+    lines = ["vars:", "  a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return HEADER + "\n".join(lines) + "\nlayers: [ReLU]\n"
+
+
+STORED = {   # name -> (metadata, words the error must hold)
+    "alias_bomb": ({"specc.spec": _stored_bomb()}, "more than 20,000 values"),
+    "huge_spec": ({"specc.spec": HEADER + "#" * 8_000_000 + "\nlayers: [ReLU]\n"}, "more than 1,000,000"),
+    "deep_nesting": ({"specc.spec": HEADER + _nested(5000) + "layers: [ReLU]\n"}, "nest deeper than 100 levels"),
+    "python_tag": ({"specc.spec": HEADER + "vars: !!python/object/apply:os.system ['touch CANARY']\nlayers: [ReLU]\n"},
+                   "'!!python/object/apply:os.system' is not allowed"),
+    "recursive_alias": ({"specc.spec": HEADER + "layers: &L\n  - ReLU\n  - sequential: *L\n"}, "recursive alias"),
+    "list_spec": ({"specc.spec": "- ReLU\n- ReLU\n"}, "not a mapping of spec keys"),
+    "bad_aliases_json": ({"specc.spec": HEADER + "layers: [ReLU]\n", "specc.aliases": "{not json"},
+                         "specc.aliases is not JSON"),
+    "alias_to_nothing": ({"specc.spec": HEADER + "layers: [ReLU]\n", "specc.aliases": '{"a": "missing"}'},
+                         "specc.aliases is not a mapping"),
+    "bad_input_shapes": ({"specc.spec": HEADER + "layers: [ReLU]\n", "specc.input_shapes": '{"x": "big"}'},
+                         "specc.input_shapes is not a mapping"),
+}
+
+STORED_DRIVER = """
+import json, sys
+import specc
+from specc.lang.errors import SpecError
+results = {}
+for name, path in json.load(sys.stdin).items():
+    try:
+        specc.build(path)
+        results[name] = ["ok", ""]
+    except SpecError as error:
+        results[name] = [error.first.code, str(error.first)]
+print(json.dumps(results))
+"""
+
+
+def _write_safetensors(path: Path, metadata: dict, tensors: dict | None = None) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)} if tensors is None else tensors, str(path), metadata=metadata)
+    return path
+
+
+def test_stored_spec_goes_through_the_bounded_loader(tmp_path):
+    paths = {name: str(_write_safetensors(tmp_path / f"{name}.safetensors", metadata))
+             for name, (metadata, _) in STORED.items()}
+    results = json.loads(in_child(STORED_DRIVER, json.dumps(paths)))
+    for name, (_, words) in STORED.items():
+        code, message = results[name]
+        assert code != "ok" and words in message, (name, message)
+    assert "stored spec" in results["python_tag"][1]           # located in the file's stored spec
+    assert not (ROOT / "CANARY").exists()
+
+
+@pytest.fixture
+def importing_file(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """A .safetensors file whose stored spec imports a module that touches a canary when imported."""
+    canary = tmp_path / "canary"
+    (tmp_path / "canary_layers.py").write_text(f"import pathlib\npathlib.Path({str(canary)!r}).touch()\n"
+                                               "from torch import nn\nclass Twice(nn.Module):\n"
+                                               "    def forward(self, x):\n        return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("SPECC_TRUST_CODE", raising=False)
+    spec = HEADER + "imports: [canary_layers.Twice]\nlayers: [Twice]\n"
+    return _write_safetensors(tmp_path / "model.safetensors", {"specc.spec": spec}, tensors={}), canary
+
+
+def test_a_stored_spec_is_loaded_in_safe_mode(importing_file):
+    import specc
+    from specc.lang.errors import SpecError
+
+    path, canary = importing_file
+    with pytest.raises(SpecError) as error:
+        specc.build(path)
+    assert error.value.first.code == "SAFE_MODE" and "trust_code=True" in error.value.first.message
+    assert not canary.exists()
+
+
+def test_trust_code_lets_a_stored_spec_import(importing_file):
+    import torch
+
+    import specc
+
+    path, canary = importing_file
+    model = specc.build(path, trust_code=True)
+    assert canary.exists()
+    assert torch.equal(model(torch.ones(1, 8)), 2 * torch.ones(1, 8))
+
+
+def test_a_checkpoints_spec_is_loaded_in_safe_mode(tmp_path, monkeypatch):
+    import torch
+
+    import specc
+    from specc.lang.errors import SpecError
+
+    monkeypatch.delenv("SPECC_TRUST_CODE", raising=False)
+    spec = {"inputs": {"x": {"shape": [8]}}, "imports": ["canary_layers.Twice"], "layers": ["Twice"],
+            "train": {"data": {"source": "data.csv", "target": "y"}}}
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"format": FORMAT, "spec": spec, "model": {}, "normalizer": None, "task": {}}, checkpoint)
+    with pytest.raises(SpecError) as error:
+        specc.evaluate(None, checkpoint)
+    assert error.value.first.code == "SAFE_MODE" and "--trust-code" in error.value.first.message

@@ -18,6 +18,7 @@ from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
 from specc.train.columns import check_npz_array
 from specc.train.sources import read_csv
+from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
 from specc.lang.train_config import CLASS_INDEX_LOSSES
 
@@ -105,7 +106,11 @@ def _restore(spec_or_path, state: dict, checkpoint, device: str | None, override
     """The spec (given, or the checkpoint's: validated just the same) and its model with the weights."""
     require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
                  checkpoint, "evaluate and predict")
-    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, overrides)
+    if spec_or_path is None:   # the checkpoint's own spec: safe mode unless its code is trusted (--trust-code)
+        with stored_spec_scope():
+            spec = load_train_spec(state["spec"], overrides)
+    else:
+        spec = load_train_spec(spec_or_path, overrides)
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
     load_model_state(compiled.module, state, checkpoint)

@@ -32,6 +32,7 @@ from specc.train.resume import apply_changes, check_resumable, read_resume_check
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
+from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
 from specc.lang.train_config import MATRIX_METRICS, Call, monitor_mode
 
@@ -105,7 +106,8 @@ def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Pa
     state = read_resume_checkpoint(resume) if resume is not None else None
     if spec_or_path is None and state is None:
         raise SpecError(Problem("give a spec, or --resume a checkpoint (its spec is used)", None, "MISSING_KEY"))
-    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, keys)
+    with stored_spec_scope() if spec_or_path is None else contextlib.nullcontext():  # the checkpoint's spec: safe
+        spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, keys)
     if state is not None:
         check_resumable(state["spec"], spec.raw, state, resume)
     threads = torch.get_num_threads()
