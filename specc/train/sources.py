@@ -21,6 +21,7 @@ import numpy as np
 from specc.lang.errors import Location, Problem, SpecError
 from specc.lang.train_config import DataConfig, check_dataset_path
 from specc.train.columns import IMAGE_SUFFIXES, ImageBytes, ImageFiles, NpyFile, check_npz_array
+from specc.train.folder_walk import class_folders, image_files
 
 
 @dataclass
@@ -297,14 +298,13 @@ def _folder(config: DataConfig, layout, context: Context) -> RawData:
     names = list(layout.inputs)
     if len(names) != 1:
         _fail(f"folder: feeds one image input; the spec has {', '.join(names)}", context.where)
-    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    classes = class_folders(root, context.where)
     if len(classes) < 2:
         found = f"one class folder ({classes[0]})" if classes else "no class folders"
         _fail(f"{root}: has {found}; a folder source needs one subfolder per class, at least two", context.where)
-    paths, labels = [], []
+    paths, labels, listed = [], [], [0]
     for name in classes:
-        files = sorted(path for path in (root / name).rglob("*")
-                       if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        files = image_files(root, name, IMAGE_SUFFIXES, context.where, listed)
         if not files:
             _fail(f"{root / name}: the class folder '{name}' has no png or jpg images", context.where)
         paths += files
