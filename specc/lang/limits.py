@@ -54,3 +54,4 @@ DEFAULTS.update({
     "MAX_FOLDER_ENTRIES": 10_000_000,  # files and folders a folder: source may list (ImageNet: 1.3 million)
     "MAX_FOLDER_DEPTH": 32,           # folder levels below a class folder
 })
+DEFAULTS["MAX_NPZ_BYTES"] = 0  # the arrays of one npz (read whole); unset = half the RAM (specc.train.npz)
