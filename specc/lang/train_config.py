@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
+from specc.lang.limits import limit
 from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
@@ -147,6 +148,16 @@ class DataConfig(_Strict):
     prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead
     augment: list[Augmentation] = Field(default_factory=list)  # training split only, batched on the device
 
+    @field_validator("num_workers")
+    @classmethod
+    def _bounded_workers(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_DATA_WORKERS", "worker processes")
+
+    @field_validator("prefetch_factor")
+    @classmethod
+    def _bounded_prefetch(cls, value: int) -> int:
+        return _at_most(value, "MAX_PREFETCH", "batches ahead per worker")
+
     @field_validator("dataset")
     @classmethod
     def _dataset_path(cls, value: Optional[str]) -> Optional[str]:
@@ -263,6 +274,11 @@ class TrainConfig(_Strict):
     log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+
+    @field_validator("threads")
+    @classmethod
+    def _bounded_threads(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_THREADS", "threads")
 
     @field_validator("log_histograms")
     @classmethod
@@ -475,3 +491,12 @@ def _torch_classes(kind: str) -> dict[str, Any]:
             torch.optim.lr_scheduler, UNSUPPORTED_SCHEDULERS
     return {name: item for name, item in vars(namespace).items()
             if isinstance(item, type) and issubclass(item, base) and not name.startswith("_") and name not in excluded}
+
+
+def _at_most(value: Optional[int], bound: str, what: str) -> Optional[int]:
+    """`value` if it is within the bound `bound` (specc.lang.limits): `num_workers: 10000` would
+    never start, `threads: 100000` runs out of memory."""
+    highest = limit(bound)
+    if value is not None and value > highest:
+        raise ValueError(f"{value:,} is more than {highest:,} {what}; set SPECC_{bound} to raise the bound")
+    return value

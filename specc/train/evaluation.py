@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
-from specc.train.columns import check_npz_array
+from specc.train.npz import read_npz
 from specc.train.sources import read_csv
 from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
@@ -121,13 +120,7 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
     if not path.is_file():
         raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
     if path.suffix == ".npz":
-        if not zipfile.is_zipfile(path):
-            raise SpecError(Problem(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)",
-                                    None, "DATA_ERROR"))
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        for key, array in arrays.items():
-            check_npz_array(path, key, array, None)
+        arrays = read_npz(path, None)
         names = list(layout.inputs)
         if all(name in arrays for name in names):
             return {name: arrays[name] for name in names}
