@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import build, compile as compile_spec
+from specc.build.compiler import compile as compile_spec
+from specc.weights.building import build
 from specc.lang.errors import SpecError
 from specc.summary.summarize import summary
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from specc.build.compiler import build, compile as compile_spec
+from specc.build.compiler import compile as compile_spec
+from specc.weights.building import build
 from specc.lang.errors import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,7 +328,7 @@ def test_port_check_fails_with_exit_1_when_the_outputs_differ(tmp_path: Path, sq
 
 # ----- fine-tuning: init_from and freeze -----------------------------------------------------------------
 def test_fine_tuning_trains_only_the_head_and_keeps_frozen_batchnorm_statistics(tmp_path: Path) -> None:
-    from specc.build.weights import save_weights
+    from specc.weights.loading import save_weights
     from specc.train.training import train
 
     torch.manual_seed(1)

@@ -67,7 +67,7 @@ def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torc
 
 def _check(text: str, module: nn.Module) -> None:
     """The spec builds, with the module's state_dict keys and shapes."""
-    from specc.build.compiler import build
+    from specc.weights.building import build
     from specc.lang.errors import SpecError
 
     try:

@@ -3,7 +3,7 @@
     specc port specs/gpt2_small.yaml --weights model.safetensors --map auto -o gpt2.safetensors \\
         --check io.safetensors
 
-The weights are paired with the spec's tensors (`specc.build.weights.load_into`), written with the
+The weights are paired with the spec's tensors (`specc.weights.loading.load_into`), written with the
 resolved spec in the metadata (so `specc.build("gpt2.safetensors")` rebuilds the model), and, with
 `--check`, the model is run on the io file's inputs and compared with its expected outputs.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from specc.build.compiled import Compiled
-from specc.build.weight_report import WeightsReport
-from specc.build.weights import load_into, save_weights
+from specc.weights.report import WeightsReport
+from specc.weights.loading import load_into, save_weights
 from specc.lang.errors import Problem, SpecError
 
 # names libraries give the expected output in an io file, when it is not named after a spec output
@@ -75,7 +75,7 @@ def check_outputs(compiled: Compiled, io_path: str | Path) -> tuple[float, str]:
     Returns:
         `(max abs difference, "name [shape]" of what was compared)`.
     """
-    from specc.build.weight_files import read_weight_file
+    from specc.weights.files import read_weight_file
 
     tensors = read_weight_file(io_path).tensors
     inputs, expected_name = _split_io(compiled, tensors, str(io_path))

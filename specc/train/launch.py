@@ -76,7 +76,7 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.build.checkpoint import load_checkpoint
+        from specc.weights.checkpoint import load_checkpoint
 
         spec_or_path = load_checkpoint(resume).get("spec")
     spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specc.build.weight_files import WeightFile
-from specc.build.weight_report import WeightsReport
+from specc.weights.files import WeightFile
+from specc.weights.report import WeightsReport
 from specc.lang.errors import Problem, SpecError
 
 MODES = ("auto", "strict")
