@@ -7,6 +7,7 @@ lives here, one stage up, so the build stage never imports the weights code.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
 
     With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
     PyTorch weight file (see `specc.weights.loading.load_into`); the load's `WeightsReport` is the
-    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
+    module's `weights_report` attribute; with "auto" its summary (what was paired and why) is
+    printed to stderr. `allow_missing` lists globs of tensors that may stay
     unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
     """
     if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
@@ -41,6 +43,8 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
     elif weights is not None:
         order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
         module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
+        if weights_map == "auto":   # what auto paired and why, for the reader to check
+            print(module.weights_report.summary(), file=sys.stderr)
     return module
 
 

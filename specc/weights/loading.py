@@ -197,19 +197,24 @@ def _targets(module: nn.Module, tensors: dict, order: list[str] | None) -> list:
 
     rank = {path: index for index, path in enumerate(order or [])}
 
-    def use_rank(key: str) -> int:
+    def use_rank(key: str) -> int | None:
         path = key
         while path:
             path = path.rpartition(".")[0]
             if path in rank:
                 return rank[path]
-        return len(rank)
+        return None
+
+    def position(key: str) -> int:   # unknown ones last, in state_dict order
+        found = use_rank(key)
+        return len(rank) if found is None else found
 
     targets = []
-    for key in sorted(tensors, key=use_rank):
+    for key in sorted(tensors, key=position):
         owner = key.rpartition(".")[0]
         layer = type(module.get_submodule(owner)).__name__ if owner else type(module).__name__
-        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point()))
+        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point(),
+                              use_rank(key)))
     return targets
 
 
