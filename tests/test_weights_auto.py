@@ -196,3 +196,62 @@ def test_auto_prints_what_it_paired_and_why(capsys) -> None:
     printed = capsys.readouterr().err
     assert "(auto): 0 matched by name, 6 by structure" in printed and "why: name words 4, numbers 2" in printed
     assert "resnet_0.bias <- resnets.0.bias (name words)" in printed
+
+
+# ----- checks against the library's outputs compare every output -------------------------------------------
+TWO_OUTPUTS = """
+inputs: {x: {shape: [8]}}
+layers:
+  - Linear: {out_features: 8}
+    name: hidden
+  - Linear: {out_features: 4}
+    name: pooled
+outputs: [hidden, pooled]
+"""
+
+
+def _two_output_io(tmp_path: Path, shift: float) -> tuple[dict, Path]:
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = build(TWO_OUTPUTS).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        hidden, pooled = model(x)
+    save_file({"x": x, "hidden": hidden, "pooled": pooled + shift}, tmp_path / "io.safetensors")
+    return model.state_dict(), tmp_path / "io.safetensors"
+
+
+def test_build_check_compares_every_output_not_just_the_first(tmp_path: Path) -> None:
+    state, io_path = _two_output_io(tmp_path, shift=0.0)
+    build(TWO_OUTPUTS, weights=state, weights_map="strict", check=io_path)   # both outputs agree
+    state, io_path = _two_output_io(tmp_path, shift=5.0)                      # BERT's pooler, off by +5
+    with pytest.raises(SpecError, match=r"tolerance 1e-04\): pooled \[2, 4\] differs by 5.0e\+00") as raised:
+        build(TWO_OUTPUTS, weights=state, weights_map="strict", check=io_path)
+    assert "hidden" not in str(raised.value)
+
+
+def test_port_check_prints_and_fails_on_any_output(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    state, io_path = _two_output_io(tmp_path, shift=5.0)
+    (tmp_path / "spec.yaml").write_text(TWO_OUTPUTS)
+    save_file(state, tmp_path / "weights.safetensors")
+    result = CliRunner().invoke(app, ["port", str(tmp_path / "spec.yaml"), "--weights", str(tmp_path / "weights.safetensors"),
+                                      "--map", "strict", "-o", str(tmp_path / "out.safetensors"), "--check", str(io_path)])
+    assert result.exit_code == 1, result.output
+    assert "checked: hidden [2, 8] from io.safetensors matches" in result.output
+    assert "checked: pooled [2, 4] from io.safetensors DIFFERS (max |difference| 5.0e+00" in result.output
+
+
+def test_a_check_file_without_every_output_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state, io_path = _two_output_io(tmp_path, shift=0.0)
+    tensors = load_file(io_path)
+    save_file({"x": tensors["x"], "output": tensors["hidden"]}, tmp_path / "one.safetensors")
+    with pytest.raises(SpecError, match="no expected output named hidden, pooled; every output of the spec is compared"):
+        build(TWO_OUTPUTS, weights=state, weights_map="strict", check=tmp_path / "one.safetensors")

@@ -16,12 +16,16 @@ from torch import nn
 
 from specc.build.compiler import compile
 from specc.lang.spec import Spec
+from specc.weights.check import check_outputs, require_close
 from specc.weights.loading import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
+
+CHECK_TOLERANCE = 1e-4   # `build(..., check=...)`: the largest |difference| an output may show
 
 
 def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
           dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), safe: bool | None = None, **variables: Any) -> nn.Module:
+          allow_missing: Any = (), safe: bool | None = None, check: str | Path | None = None,
+          **variables: Any) -> nn.Module:
     """Compile a spec and return just the `nn.Module` (see `specc.build.compiler.compile` for the arguments).
 
     `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
@@ -31,8 +35,12 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
     With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
     PyTorch weight file (see `specc.weights.loading.load_into`); the load's `WeightsReport` is the
     module's `weights_report` attribute; with "auto" its summary (what was paired and why) is
-    printed to stderr. `allow_missing` lists globs of tensors that may stay
-    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
+    printed to stderr. `allow_missing` lists globs of tensors that may stay unmatched.
+
+    `check` is an io file of inputs and expected outputs (`specc.weights.check`): every output of
+    the loaded model must come within 1e-4 of it, else a CHECKPOINT_ERROR names each output that
+    differs (the model is returned in eval mode). `safe=True` refuses `imports:`, `dataset:` and
+    compile options (see `compile`).
     """
     if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
         return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, **variables)
@@ -45,6 +53,8 @@ def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device 
         module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
         if weights_map == "auto":   # what auto paired and why, for the reader to check
             print(module.weights_report.summary(), file=sys.stderr)
+    if check is not None:
+        require_close(check_outputs(compiled, check), CHECK_TOLERANCE, str(check))
     return module
 
 
