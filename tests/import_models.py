@@ -239,7 +239,7 @@ class Alternating(nn.Module):
 
 
 class ScaledNorm(nn.Module):
-    """A weight of shape [dim] used directly: no spec parameter (those have a leading 1)."""
+    """A weight of shape [dim] used directly: a spec parameter of exactly that shape."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -252,7 +252,7 @@ class ScaledNorm(nn.Module):
 
 class Tokens(nn.Module):
     """ViT-style free tensors: a class token expanded over the batch, a learned scale, a position
-    buffer, and a module with a [dim] weight that stays an import."""
+    buffer, and a module with a [dim] weight used directly."""
 
     def __init__(self):
         super().__init__()

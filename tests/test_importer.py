@@ -239,12 +239,13 @@ def test_tensors_used_directly_become_parameters_and_buffers():
     torch.manual_seed(0)
     spec = assert_round_trip(models.Tokens(), (torch.randn(2, 3, 4),))
     layers = spec["layers"]
-    assert layers[1] == {"parameter": {"shape": [1, 8], "batch": True}, "from": "proj", "name": "token"}
-    assert {"parameter": {"shape": [4, 8]}, "name": "scale"} in layers
-    assert {"buffer": {"arange": 4, "dtype": "float32"}, "name": "positions"} in layers
-    # a [8] weight has no spec form (free tensors have a leading 1): its class is kept, not dropped
-    assert spec["imports"] == ["import_models.ScaledNorm"]
-    assert layers[-1] == {"ScaledNorm": {"dim": 8}, "name": "norm"}
+    # parameters and buffers keep their exact shapes: the module's state_dict is the spec's
+    assert layers[1] == {"parameter": {"shape": [1, 1, 8], "batch": True}, "from": "proj", "name": "token"}
+    assert {"parameter": {"shape": [1, 4, 8]}, "name": "scale"} in layers
+    assert {"buffer": {"value": [[0.0, 1.0, 2.0, 3.0]]}, "name": "positions"} in layers
+    # a [8] weight used directly (RMSNorm's, GRN's) is a parameter of that shape: the class is traced through
+    assert "imports" not in spec
+    assert layers[-1]["name"] == "norm" and {"parameter": {"shape": [8]}, "name": "weight"} in layers[-1]["sequential"]
 
 
 def test_a_numbered_layer_after_other_items_keeps_its_path():
