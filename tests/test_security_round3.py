@@ -135,7 +135,7 @@ def bomb_checkpoints(tmp_path_factory) -> dict[str, Path]:
 CHECKPOINT_DRIVER = """
 import json, sys
 import specc
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 results = {}
 for name, path in json.load(sys.stdin).items():

@@ -27,7 +27,6 @@ from specc.build import plan_cache
 from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
 from specc.build.plan_cache import CompilePlan
-from specc.build.weights import apply_weights, load_into, load_state, read_stored_spec
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
 from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
@@ -185,66 +184,11 @@ def with_model_problems(error: SpecError) -> SpecError:
     return SpecError(sorted_problems(problems))
 
 
-def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), safe: bool | None = None, trust_code: bool | None = None,
-          **variables: Any) -> nn.Module:
-    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
-
-    `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
-    spec, so the trained model is rebuilt from the file alone; that spec is loaded in safe mode
-    unless `trust_code=True` (see `build_from_safetensors`). `weights` loads a state_dict, a
-    `.safetensors` file or a `specc train` checkpoint into the built model.
-
-    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
-    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
-    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
-    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
-    """
-    if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
-        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, trust_code=trust_code,
-                                      **variables)
-    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, safe=safe, **variables)
-    module = compiled.module
-    if weights is not None and weights_map is None and not allow_missing:
-        apply_weights(module, weights)
-    elif weights is not None:
-        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
-        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
-    return module
-
-
 def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Module:
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
     return module
-
-
-def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cpu", dtype: Any = None,
-                           safe: bool | None = None, trust_code: bool | None = None, **variables: Any) -> nn.Module:
-    """Rebuild a trained model from a `.safetensors` file written by `specc export`.
-
-    Args:
-        path: the file; its metadata holds the resolved spec.
-        device, dtype: as in `specc.build`.
-        trust_code: the stored spec may import code (`imports:`); default False, so it is loaded in
-            safe mode (SPECC_TRUST_CODE=1 or `--trust-code` also trust it).
-        **variables: var overrides (they must leave the weights' shapes unchanged).
-
-    Returns:
-        The model with the file's weights, in eval mode.
-
-    Raises:
-        SpecError: unreadable file, or weights that do not fit the spec (CHECKPOINT_ERROR); a problem
-            in the stored spec is located in it (`model.safetensors (stored spec):3:5`).
-    """
-    stored, input_shapes, state = read_stored_spec(path)
-    with stored_spec_scope(trust_code):
-        module = compile(stored, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, safe=safe,
-                         **variables).module
-    load_state(module, state, path)
-    return module.eval()
 
 
 def class_name(spec: Spec) -> str:

@@ -2,13 +2,17 @@
 
 A free tensor is a tensor of the model rather than a function of an input: a class token, a
 position embedding, a relative-position index. It is registered under the item's qualified name
-(`class_token`, `blocks.0.attn.index`) so that is its state_dict key, and its value has a leading
-1 as the batch dim (`[1, *shape]`), so it broadcasts against batched tensors; `batch: true`
-repeats it (as a view) over the batch of its input.
+(`class_token`, `blocks.0.attn.index`) so that is its state_dict key.
 
   parameter  learnable (`shape`, `init` as in the spec's `init:`, default zeros)
   buffer     not learnable, saved in the state_dict
   constant   not learnable, not saved (rebuilt from the spec)
+
+A parameter or buffer has exactly the shape written, as a library's `nn.Parameter` does (a GRN
+weight `[C]`, a position embedding `[1, 197, 768]`), so its state_dict entry is the library's; it
+meets batched tensors by torch's broadcasting (trailing dims align). A constant is a computed
+helper (positions, masks) that the spec's functions treat like an input of batch 1: `[1, *shape]`.
+`batch: true` repeats a tensor's first dim, which must be 1, over the batch of its input (as a view).
 """
 from __future__ import annotations
 
@@ -56,12 +60,27 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
                                    did_you_mean(str(args["dtype"]), DTYPES)))
     if not isinstance(args.get("batch", False), bool):
         problems.append(locate(f"{op}: batch must be true or false", (op, "batch"), "TYPE_ERROR"))
+    elif args.get("batch") and op != "constant" and not problems:
+        problems += _batch_dim_problems(op, args, locate)
     return dict(args), problems
+
+
+def _batch_dim_problems(op: str, args: dict, locate) -> list[Problem]:
+    """`batch: true` repeats the first dim over the batch: a parameter's or buffer's must be 1."""
+    form = next((key for key in ("shape", "zeros", "ones", "value", "arange") if key in args), None)
+    written = args.get(form)
+    if form == "arange" or (form == "value" and isinstance(written, list) and len(written) != 1) or (
+            form in ("shape", "zeros", "ones") and isinstance(written, list) and written
+            and isinstance(written[0], int) and written[0] != 1):
+        return [locate(f"{op}: batch: true repeats the first dim over the batch, so it must be 1 "
+                       f"(write {form}: [1, ...]); got {written!r}", (op, form), "TYPE_ERROR")]
+    return []
 
 
 def _shape_problems(shape: Any, key: str, op: str, locate, required: bool) -> list[Problem]:
     if shape is None:
-        return [locate(f"{op} needs '{key}' (the shape without the batch dim, e.g. [1, 768])", (op,),
+        what = "the shape without the batch dim, e.g. [7]" if op == "constant" else "the tensor's shape, e.g. [1, 197, 768]"
+        return [locate(f"{op} needs '{key}' ({what})", (op,),
                        "MISSING_ARGUMENT")] if required else []
     if contains_deferred(shape) or _ints(shape, positive=True):
         return []
@@ -114,10 +133,11 @@ INIT_FUNCTIONS: dict[str, tuple[str, ...]] = _init_functions()
 
 
 def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.Tensor:
-    """The tensor of a free-tensor item, `[1, *shape]`, on `device` (initialised unless on meta)."""
+    """The tensor of a free-tensor item on `device` (initialised unless on meta): a parameter's or
+    buffer's exactly as written, a constant's `[1, *shape]`."""
     with torch.device(device):
         if op == "parameter":
-            tensor = torch.zeros(1, *args["shape"])
+            tensor = torch.zeros(*args["shape"])
             if "init" in args and tensor.device.type != "meta":
                 _initialise(tensor, args["init"])
             return nn.Parameter(tensor)
@@ -129,7 +149,7 @@ def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.T
             tensor = torch.arange(*bounds, dtype=dtype)
         else:
             tensor = (torch.zeros if "zeros" in args else torch.ones)(*args.get("zeros", args.get("ones")), dtype=dtype)
-        return tensor.unsqueeze(0)
+        return tensor.unsqueeze(0) if op == "constant" else tensor
 
 
 def _initialise(tensor: torch.Tensor, how: str | dict) -> None:

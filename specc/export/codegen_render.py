@@ -127,10 +127,10 @@ class ClassWriter:
         return lines
 
     def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:
-        """The tensor as `make_free_tensor` builds it: `[1, *shape]`, initialised the same way."""
+        """The tensor as `make_free_tensor` builds it (a constant `[1, *shape]`), initialised the same way."""
         args, raw = node.args, self.tree.item_args.get(node.location, {})
         if node.target == "parameter":
-            tensor = f"torch.zeros(1, {self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
+            tensor = f"torch.zeros({self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
             if args.get("init") is not None:
                 tensor = init_call(args["init"], tensor)
             return f"nn.Parameter({tensor})"
@@ -144,7 +144,7 @@ class ClassWriter:
         else:
             form = "zeros" if "zeros" in args else "ones"
             tensor = f"torch.{form}({self._free_values(template, args[form], raw.get(form), owner, 'size')}{dtype})"
-        return f"{tensor}.unsqueeze(0)"
+        return f"{tensor}.unsqueeze(0)" if node.target == "constant" else tensor
 
     @staticmethod
     def _free_values(template: Template, values: list, written: Any, owner: Part, hint: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from specc.build.checkpoint import load_checkpoint, load_model_state, require_keys
+from specc.weights.checkpoint import load_checkpoint, load_model_state, require_keys
 from specc.train.data import Normalizer, TensorData, batches, layout_of, shape_inputs
 from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output

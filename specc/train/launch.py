@@ -80,7 +80,7 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.build.checkpoint import load_checkpoint
+        from specc.weights.checkpoint import load_checkpoint
 
         from specc.lang.safety import stored_spec_scope
 

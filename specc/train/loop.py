@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from specc.train import ranks
-from specc.build.checkpoint import restore_rng, rng_state, save_checkpoint
+from specc.weights.checkpoint import restore_rng, rng_state, save_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
@@ -133,7 +133,7 @@ class Session:
         return self.config.swa is not None and epoch >= self.config.swa.start_epoch
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything `--resume` needs to continue exactly (see specc.build.checkpoint for the layout)."""
+        """Everything `--resume` needs to continue exactly (see specc.weights.checkpoint for the layout)."""
         return {
             "spec": self.spec.raw, "epoch": self.epoch, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedulers": self.schedulers.state_dict(),

@@ -71,8 +71,8 @@ def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
 
 def start_from_weights(spec: Spec, compiled: Compiled) -> None:
     """`train: {init_from: ..., freeze: [...]}`: load the weights to fine-tune, freeze what the globs name
-    (see specc.build.freeze)."""
-    from specc.build.freeze import freeze, init_from
+    (see specc.weights.freeze)."""
+    from specc.weights.freeze import freeze, init_from
 
     config = spec.train
     base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()

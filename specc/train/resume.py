@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from specc.build.checkpoint import load_checkpoint, require_keys
+from specc.weights.checkpoint import load_checkpoint, require_keys
 from specc.lang.errors import Problem, SpecError
 from specc.lang.train_config import Call
 from specc.train.optim import Schedulers

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from specc.train import ranks
-from specc.build.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from specc.lang.errors import Problem, SpecError
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet

@@ -19,7 +19,7 @@ from specc.lang.spec import IDENTIFIER
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
-    from specc.build.weight_report import WeightsReport
+    from specc.weights.report import WeightsReport
 
 SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
 ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
@@ -155,7 +155,7 @@ def read_weights(source: Any) -> tuple[dict, dict | None]:
     path = Path(source)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)[1], None
-    from specc.build.checkpoint import load_checkpoint
+    from specc.weights.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     return state["model"], state.get("normalizer")
@@ -191,7 +191,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             `.pt/.pth/.bin/.ckpt` (read with weights_only=True; Lightning and `{"state_dict"}` /
             `{"model"}` wrappers are unwrapped).
         weights_map: "strict" (names must match), "auto" (names, then structure; see
-            `specc.build.weight_map`) or a mapping of rename rules (then names must match).
+            `specc.weights.mapping`) or a mapping of rename rules (then names must match).
         allow_missing: globs of model or file keys that may stay unmatched (they are reported).
         order: module paths in the order the model uses them (the compiler passes its graph's);
             by default the state_dict order.
@@ -205,8 +205,8 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
     """
     import torch
 
-    from specc.build.weight_files import read_weight_file
-    from specc.build.weight_map import plan_load
+    from specc.weights.files import read_weight_file
+    from specc.weights.mapping import plan_load
 
     if isinstance(allow_missing, str):
         allow_missing = [allow_missing]
@@ -235,23 +235,28 @@ def _unique_state(module: nn.Module) -> dict:
 
 
 def _targets(module: nn.Module, tensors: dict, order: list[str] | None) -> list:
-    from specc.build.weight_map import Target
+    from specc.weights.mapping import Target
 
     rank = {path: index for index, path in enumerate(order or [])}
 
-    def use_rank(key: str) -> int:
+    def use_rank(key: str) -> int | None:
         path = key
         while path:
             path = path.rpartition(".")[0]
             if path in rank:
                 return rank[path]
-        return len(rank)
+        return None
+
+    def position(key: str) -> int:   # unknown ones last, in state_dict order
+        found = use_rank(key)
+        return len(rank) if found is None else found
 
     targets = []
-    for key in sorted(tensors, key=use_rank):
+    for key in sorted(tensors, key=position):
         owner = key.rpartition(".")[0]
         layer = type(module.get_submodule(owner)).__name__ if owner else type(module).__name__
-        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point()))
+        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point(),
+                              use_rank(key)))
     return targets
 
 
