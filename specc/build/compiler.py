@@ -30,7 +30,7 @@ from specc.build.plan_cache import CompilePlan
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
 from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
-from specc.lang.safety import safe_scope, stored_spec_scope
+from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
 
