@@ -20,7 +20,7 @@ from specc.build.input_sizes import Deferred, contains_deferred, needs_input
 from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
-from specc.lang.spec import IDENTIFIER, Spec, is_name
+from specc.lang.spec import IDENTIFIER, Spec, is_path
 
 @dataclass(frozen=True)
 class Context:
@@ -109,30 +109,32 @@ class Expander(ItemReading):
 
     # ----- items -------------------------------------------------------------------------------
     def _expand_items(self, items: list, path: tuple, context: Context, current: list[str]) -> list[str]:
+        number = 0   # an unnamed item's key: the items built before it, as nn.Sequential numbers its layers
         for index, raw in enumerate(items):
-            current = self._expand_item(raw, path + (index,), context, current, index)
+            current, built = self._expand_item(raw, path + (index,), context, current, number)
+            number += built
         return current
 
-    def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str], index: int) -> list[str]:
+    def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str],
+                     number: int) -> tuple[list[str], bool]:
+        """Expand one item; returns its output and whether it was built (a skipped item takes no number)."""
         item = self._parse_item(raw, path)
         self._count_item(path, context, item.op if item else None)   # skipped and broken items count too
         if item is None:
-            return current
-        name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
-        key = str(index) if name is None else str(name)
-        if name is not None and not is_name(key):
-            self._problem(f"name '{name}' must be an identifier (letters, digits, _; no Python keyword)",
-                          path + ("name",), "TYPE_ERROR")
-            return current
-        if key in context.refs.maps[0]:
-            self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
-            return current
+            return current, True
+        name = self._item_name(item, context)
+        if name is False:
+            return current, True
         self._check_path_keys(item)
         repeat = self._repeat_count(item, context)
         item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
         if item is None:
-            context.refs[key] = current[0] if current else None  # a skipped item passes its input on
-            return current
+            if name is not None and self._claim(name, path, context):
+                context.refs[name] = current[0] if current else None  # a skipped item passes its input on
+            return current, False
+        key = str(number) if name is None else name
+        if not self._claim(key, path, context):
+            return current, True
         inputs = self._item_inputs(item, context, current)
         qualified = context.prefix + key
         if repeat is None:
@@ -141,7 +143,29 @@ class Expander(ItemReading):
             output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
         self._declare_output(item, context, output)
         context.refs[key] = output[0] if output else None
-        return output or current
+        return output or current, True
+
+    def _item_name(self, item: Item, context: Context) -> str | None | bool:
+        """The item's `name:` as a string, None when unnamed, False (reported) when it is no module path."""
+        if item.meta.get("name") is None:
+            return None
+        name = self._substitute(item.meta["name"], context.variables, item.path + ("name",))
+        if name is None:
+            return False              # a bad var in it, reported
+        if isinstance(name, int) and not isinstance(name, bool) and name >= 0:
+            return str(name)          # `name: 3`: the library's number
+        if not is_path(name):
+            self._problem(f"name {name!r} must be an identifier or a dotted module path like resnets.0 or "
+                          f"attention.self.query (parts: letters, digits, _ or a number; no Python keyword)",
+                          item.path + ("name",), "TYPE_ERROR")
+            return False
+        return name
+
+    def _claim(self, key: str, path: tuple, context: Context) -> bool:
+        if key in context.refs.maps[0]:
+            self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
+            return False
+        return True
 
     def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
         for repetition in range(count):
@@ -326,8 +350,8 @@ class Expander(ItemReading):
             if part not in names:
                 self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
                               did_you_mean(str(part), names))
-            elif name != "" and not is_name(name):
-                self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
+            elif name != "" and not is_path(name):
+                self._problem(f"names: {part} must be an identifier, a dotted path or '' (no level), got {name!r}",
                               item.path + ("names", part), "TYPE_ERROR")
             else:
                 names[part] = f"{name}." if name else ""
