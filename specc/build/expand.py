@@ -137,8 +137,12 @@ class Expander(ItemReading, StructureExpansion):
         repeat = self._repeat_count(item, context)
         item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
         if item is None:
-            if name is not None and self._claim(name, path, context):
-                self._name_output(context, name, current)  # a skipped item passes its input on
+            if name is not None and name not in context.refs.maps[0]:
+                # a skipped item passes its input on under its name; kept below the list's own names,
+                # so a built alternative may take the name after it (`if: $se` / `if: $(not se)`)
+                context.refs.maps[1][name] = current[0] if current else None
+                if current:
+                    self.spec_paths[join_path(context.lists[-1], name)] = current[0]
             return current, False
         key = str(number) if name is None else name
         if not self._claim(key, path, context):
