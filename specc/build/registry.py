@@ -75,6 +75,11 @@ class LayerInfo:
     def required(self) -> list[str]:
         return [p.name for p in self.parameters if p.default is inspect.Parameter.empty]
 
+    @property
+    def knows_sizes(self) -> bool:
+        """torch's and specc's layers: a size arg's name (`num_channels`) means the input's size."""
+        return self.cls.__module__.split(".")[0] in ("torch", "specc")
+
     def inferable(self) -> list[str]:
         """Args the dry run may fill in: known size names that the constructor requires.
 
