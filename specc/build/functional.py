@@ -1,8 +1,6 @@
 """Tensor functions that the spec language adds on top of torch's (kept tiny: they appear in forward)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -92,10 +90,11 @@ def _chunk_size(length: int) -> int:
     """C dividing L with the fewest steps 2C + L/C, or isqrt(L) (and a tail) when no divisor is near."""
     if length < 4:
         return max(length, 1)
-    divisors = [size for size in range(1, 2 * math.isqrt(length) + 1) if length % size == 0]
+    root = int(length ** 0.5)       # exact below 2**52 steps
+    divisors = [size for size in range(1, 2 * root + 1) if length % size == 0]
     best = min(divisors, key=lambda size: 2 * size + length // size)
-    ideal = 2 * math.sqrt(2 * length)
-    return best if 2 * best + length // best <= 1.25 * ideal else math.isqrt(length)
+    ideal = 2 * (2 * length) ** 0.5
+    return best if 2 * best + length // best <= 1.25 * ideal else root
 
 
 def _chunked_states(a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, count: int,

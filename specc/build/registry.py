@@ -165,7 +165,7 @@ FUNCTIONS: dict[str, FunctionInfo] = {info.name: info for info in [
 ]}
 
 # Functions that need the module's train/eval state become modules instead.
-FUNCTION_AS_LAYER = {"dropout": "Dropout", "attention": "Attention"}
+FUNCTION_AS_LAYER = {"dropout": "Dropout", "attention": "Attention", "scan": "LinearScan"}
 
 MERGES = ("cat", "add", "mul", "stack", "mean", "max", "list")
 STRUCTURES = ("parallel", "residual", "sequential")
