@@ -28,6 +28,13 @@ def is_name(text: Any) -> bool:
     and no keyword — a branch named `as` made the generated forward a SyntaxError."""
     return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
 
+
+def is_path(text: Any) -> bool:
+    """A module path an item may be named with: names or numbers joined by dots (`head`, `resnets.0`,
+    `attention.self.query`), so a spec can hold a layer wherever a library's state_dict has it."""
+    return isinstance(text, str) and all(part.isdigit() and part.isascii() or is_name(part)
+                                         for part in text.split("."))
+
 Item = Union[str, dict[str, Any]]
 
 
