@@ -175,6 +175,9 @@ _SPECC_FUNCTIONS: dict[str, Callable[[list[str], dict], str]] = {
     "to": lambda arguments, kwargs: f"{arguments[0]}.to({_dtype(kwargs['dtype'])})",
     "expand": lambda arguments, kwargs: f"{arguments[0]}.expand({', '.join([f'{arguments[0]}.shape[0]', *map(literal, _sizes(kwargs['shape']))])})",
     "gather": lambda arguments, kwargs: f"torch.gather({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]})",
+    **{name: (lambda arguments, kwargs, name=name:
+              f"torch.{name}({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]}, {arguments[2]})")
+       for name in ("scatter", "scatter_add", "index_add")},
     "einsum": lambda arguments, kwargs: f"torch.einsum({', '.join([literal(kwargs['equation']), *arguments])})",
 }
 

@@ -29,7 +29,7 @@ from specc.export.import_tensors import free_tensor_item
 from specc.export.import_trace import CONTAINERS, Tracer, failing_module, refuse_unwritable_names, specc_layer
 from specc.export.import_tree import Group as _Group, ListWriter
 
-_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
+_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function in ("attention", "scan")}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
