@@ -52,7 +52,13 @@ LAYERS = ["Linear: {out_features: 6}", "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU"
 SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n_heads: 4, bias: false, rope: true}",
                    "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2}",
                    "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, rope: true, dropout: 0.1}",
-                   "SwiGLU: {hidden_dim: 24}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
+                   "CausalSelfAttention: {n_heads: 4, layout: hf}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, layout: hf, bias: false}",
+                   "CausalSelfAttention: {n_heads: 4, layout: meta, rope: true, head_dim: 8}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 1, layout: hf, rope: true, out_bias: false}",
+                   "CausalSelfAttention: {n_heads: 2, rope: true, rope_fraction: 0.5}",
+                   "SwiGLU: {hidden_dim: 24}", "SwiGLU: {hidden_dim: 24, layout: hf, activation: gelu_tanh}",
+                   "SwiGLU: {hidden_dim: 24, activation: relu}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
                    "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
                    "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
 

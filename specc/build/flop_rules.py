@@ -121,8 +121,9 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor) -> int | None:
 def _causal_self_attention(layer: specc_layers.CausalSelfAttention, x: Tensor) -> int | None:
     if x.dim() != 3:
         return None
-    batch, length, width = x.shape
-    return (_linear(layer.c_attn, x) + 2 * batch * length * width * width
+    batch, length, _ = x.shape
+    projections = [*layer.input_projections(), layer.output_projection]
+    return (sum(2 * batch * length * linear.in_features * linear.out_features for linear in projections)
             + attention_flops(batch * layer.n_heads, length, length, layer.head_dim, layer.head_dim))
 
 
@@ -140,7 +141,7 @@ def _two_linears(first: str, *others: str) -> Callable[..., int | None]:
 def _attention(layer: specc_layers.Attention, query: Tensor, key: Tensor, value: Tensor) -> int:
     heads = layer.heads
     return attention_flops(query.shape[0] * heads, query.shape[1], key.shape[1], query.shape[-1] // heads,
-                           value.shape[-1] // heads)
+                           value.shape[-1] // layer.kv_heads)
 
 
 _COUNTED: dict[type, Callable[..., int | None]] = {
@@ -150,7 +151,7 @@ _COUNTED: dict[type, Callable[..., int | None]] = {
     nn.TransformerEncoderLayer: _encoder_layer,
     specc_layers.CausalSelfAttention: _causal_self_attention,
     specc_layers.MLP: _two_linears("c_fc", "c_proj"),
-    specc_layers.SwiGLU: _two_linears("w1", "w2", "w3"),
+    specc_layers.SwiGLU: _two_linears("gate", "down", "up"),
     specc_layers.Attention: _attention,
 }
 # recurrent layers run fused kernels whose counts are torch's business: always measured

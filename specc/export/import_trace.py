@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import fx, nn
 
+from specc.build.layers import LAYER_MODULES
+
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -36,7 +38,7 @@ class Tracer(fx.Tracer):
             return True
         if isinstance(module, CONTAINERS):
             return False
-        return type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module))
+        return type(module).__module__.startswith(("torch.nn", *LAYER_MODULES)) or specc_layer(type(module))
 
 
 @functools.cache
@@ -47,7 +49,7 @@ def specc_layer(cls: type) -> bool:
     original = getattr(layers, cls.__name__, None)
     if original is cls:
         return True
-    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ in layers.LAYER_MODULES:
         return False
     try:
         return inspect.getsource(cls) == inspect.getsource(original)

@@ -7,14 +7,16 @@ saved by two ops is one entry), as torch's derivative formulas make them:
 - RMSNorm: the input and the inverse RMS per row, when the input needs a gradient; with a weight,
   also the normalized input (the product with the weight saves it for the weight's gradient);
 - LayerNorm / GroupNorm: the input, a mean and an inverse standard deviation per normalized group;
-- SwiGLU: the input (w1 and w3), w1's and w3's outputs (silu and the product), silu's output, and
-  the product (w2's input);
+- SwiGLU: the input (gate and up), gate's and up's outputs (the activation and the product; ReLU
+  saves its output instead of gate's), the activation's output, and the product (down's input);
 - MLP: the input, the hidden pre-activation (GELU and SiLU save their input), the activation
   (c_proj's input; ReLU saves that same tensor), and the output dropout's mask;
 - CausalSelfAttention, with scaled_dot_product_attention counted as the fused kernel a real device
   runs (spec_rows._fused_attention): the input; the fused q/k/v projection while q, k or v is still
-  a view of it; rotary cos and sin and the rotated q and k; repeated k and v (grouped-query); the
-  kernel's log-sum-exp and output (c_proj reads the output through a view); the dropout's mask.
+  a view of it (split layouts: each of q, k, v that the kernel reads unrotated and unrepeated);
+  rotary cos and sin (of the rotated features only) and the rotated q and k; repeated k and v
+  (grouped-query); the kernel's log-sum-exp and output (the output projection reads it through a
+  view); the dropout's mask.
 
 Rules answer float32 only (the log-sum-exp and norm statistics stay float32 whatever the input's
 dtype); anything else returns None and the hooks count. tests/test_saved_rules.py compares.
@@ -72,8 +74,12 @@ def _hidden(x: Tensor, width: int) -> Tensor:
 
 @_float32
 def _swiglu(layer: specc_layers.SwiGLU, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
-    width = layer.w1.out_features
-    return [x] + [_hidden(x, width) for _ in range(4)]   # w1 x, w3 x, silu(w1 x), their product
+    width = layer.gate.out_features
+    if isinstance(layer.activation, nn.ReLU) and not layer.activation.inplace:   # saves its output only
+        return [x] + [_hidden(x, width) for _ in range(3)]   # up x, relu(gate x), their product
+    if not isinstance(layer.activation, _SAVES_ITS_INPUT):
+        return None
+    return [x] + [_hidden(x, width) for _ in range(4)]   # gate x, up x, silu(gate x), their product
 
 
 _SAVES_ITS_INPUT = (nn.GELU, nn.SiLU)
@@ -103,16 +109,30 @@ def _causal_self_attention(layer: specc_layers.CausalSelfAttention, x: Tensor, o
     heads, head_dim = layer.n_heads, layer.head_dim
     per_head = (batch, heads, length, head_dim)
     grouped = layer.n_kv_heads != heads
-    saved = [x]
-    if not (layer.rope and grouped):                       # q (no rope) or v (not repeated) views the projection
-        saved.append(empty((batch, length, layer.c_attn.out_features), x.dtype))
+    saved = [x] + _projections_attention_saves(layer, x, grouped)
     if layer.rope:                                         # q * cos and rotated * sin save cos and sin
-        saved += [empty((length, head_dim), x.dtype), empty((length, head_dim), x.dtype)]
+        saved += [empty((length, layer.rotary_dim), x.dtype), empty((length, layer.rotary_dim), x.dtype)]
         saved += [empty(per_head, x.dtype), empty(per_head, x.dtype)] if not grouped else [empty(per_head, x.dtype)]
     if grouped:                                            # repeat_interleave copies k (rotated) and v
         saved += [empty(per_head, x.dtype), empty(per_head, x.dtype)]
     saved += [empty((batch, heads, length), torch.float32), empty(per_head, x.dtype)]   # log-sum-exp, output
+    if layer.rope and layer.rotary_dim != head_dim:        # cat makes q contiguous per head, so is the output:
+        saved.append(empty((batch, length, heads * head_dim), x.dtype))   # merging the heads copies it
     return saved + _mask_if_dropping(layer.resid_dropout.p, out)
+
+
+def _projections_attention_saves(layer: specc_layers.CausalSelfAttention, x: Tensor, grouped: bool) -> list[Tensor]:
+    """The projections' outputs that attention keeps: q (no rope), k (no rope, not repeated), v (not repeated);
+    with the fused layout they are views of one tensor, saved once."""
+    batch, length, _ = x.shape
+    q_dim, kv_dim, _ = layer.split_sizes
+    if layer.layout == "fused":
+        fused = layer.c_attn.out_features
+        return [] if layer.rope and grouped else [empty((batch, length, fused), x.dtype)]
+    kept = [q_dim] if not layer.rope else []
+    kept += [kv_dim] if not (layer.rope or grouped) else []
+    kept += [kv_dim] if not grouped else []
+    return [empty((batch, length, width), x.dtype) for width in kept]
 
 
 BLOCK_RULES: dict[type, BlockRule] = {
