@@ -15,6 +15,7 @@ from torch import nn
 
 from specc.build import infer, layers as specc_layers
 from specc.build.compiler import compile as compile_spec
+from specc.build.moe_layers import MoE
 from specc.build.registry import FUNCTIONS
 from specc.build.shape_functions import function_output, merge_output
 from specc.build.shape_rules import MODULE_RULES, module_output
@@ -190,6 +191,8 @@ def _attention_zoo():
         (specc_layers.CausalSelfAttention(16, 2, layout="meta", rope=True, rope_fraction=0.5), [meta(2, 5, 16)]),
         (specc_layers.SwiGLU(16, 40), [meta(2, 5, 16)]),
         (specc_layers.SwiGLU(16, 40, layout="hf", activation="gelu_tanh"), [meta(2, 5, 16)]),
+        (MoE(16, 24, 4, 2), [meta(2, 5, 16)]),
+        (MoE(16, 24, 3, 1, layout="per_expert", renormalize=False), [meta(2, 7, 16)]),
         (specc_layers.PositionalEmbedding(10, 16), [meta(2, 5, 16)]),
         (specc_layers.ClassToken(16), [meta(2, 5, 16)]),
         (specc_layers.LayerScale(16), [meta(2, 5, 16)]),

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["CausalSelfAttention"]
+
 # Submodule names of each layout: query, key, value, output (`fused`: one Linear makes q, k and v).
 PROJECTION_NAMES = {
     "fused": ("c_attn", "c_proj"),
@@ -146,6 +148,7 @@ class CausalSelfAttention(nn.Module):
         self.rope, self.rope_base, self.rope_scaling = rope, rope_base, rope_scaling
         self.rotary_dim = rotary_dim_of(self.head_dim, rope_fraction) if rope else self.head_dim
         self.max_len, self.dropout, self.layout = max_len, dropout, layout
+        self.bias, self.out_bias, self.rope_fraction = bias, out_bias, rope_fraction   # as given (import reads them)
         q_dim, kv_dim = n_heads * self.head_dim, n_kv_heads * self.head_dim
         self.split_sizes = [q_dim, kv_dim, kv_dim]
         names = PROJECTION_NAMES[layout]

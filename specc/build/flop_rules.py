@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from specc.build import layers as specc_layers
+from specc.build import moe_layers
 from specc.build.graph import Node
 from specc.build.infer import call_inputs, run_compiled_node
 from specc.build.registry import passes_first_output
@@ -144,6 +145,14 @@ def _attention(layer: specc_layers.Attention, query: Tensor, key: Tensor, value:
                            value.shape[-1] // layer.kv_heads)
 
 
+def _mixture_of_experts(layer: moe_layers.MoE, x: Tensor) -> int | None:
+    """The router on every token, then top_k experts per token: top_k / n_experts of the dense figure."""
+    if x.dim() < 1:
+        return None
+    tokens = prod(x.shape[:-1])
+    return _linear(layer.gate, x.reshape(tokens, -1)) + tokens * layer.top_k * layer.expert_flops_per_token()
+
+
 _COUNTED: dict[type, Callable[..., int | None]] = {
     nn.Linear: _linear,
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _conv),
@@ -153,6 +162,7 @@ _COUNTED: dict[type, Callable[..., int | None]] = {
     specc_layers.MLP: _two_linears("c_fc", "c_proj"),
     specc_layers.SwiGLU: _two_linears("gate", "down", "up"),
     specc_layers.Attention: _attention,
+    moe_layers.MoE: _mixture_of_experts,
 }
 # recurrent layers run fused kernels whose counts are torch's business: always measured
 _MEASURED = {nn.LSTM, nn.GRU, nn.RNN}

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # The modules whose classes are specc's layers (codegen copies their source; import keeps them as layers).
-LAYER_MODULES = ("specc.build.layers", "specc.build.attention_layers")
+LAYER_MODULES = ("specc.build.layers", "specc.build.attention_layers", "specc.build.moe_layers")
 
 ACTIVATIONS = {
     "gelu": nn.GELU,                                   # exact erf GELU (nanoGPT)
@@ -128,7 +128,8 @@ class SwiGLU(nn.Module):
         else:
             setattr(self, up, nn.Linear(dim, hidden_dim, bias=bias))
             setattr(self, down, nn.Linear(hidden_dim, dim, bias=bias))
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = activation                 # the name, as given (specc import reads it back)
+        self.act = ACTIVATIONS[activation]()
 
     @property
     def gate(self) -> nn.Linear:
@@ -143,7 +144,7 @@ class SwiGLU(nn.Module):
         return getattr(self, SWIGLU_NAMES[self.layout][2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.activation(self.gate(x)) * self.up(x))  # (B, T, hidden) -> (B, T, C)
+        return self.down(self.act(self.gate(x)) * self.up(x))  # (B, T, hidden) -> (B, T, C)
 
 
 class OffsetRMSNorm(nn.Module):

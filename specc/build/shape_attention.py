@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from specc.build import layers as specc_layers
+from specc.build import moe_layers
 from specc.build.shape_functions import empty, floats, one_input, weight_dtype
 
 Tensor = torch.Tensor
@@ -106,6 +107,13 @@ def _attention(module: specc_layers.Attention, args: tuple, kwargs: dict) -> Ten
     return empty((query.shape[0], query.shape[1], value.shape[-1] // kv_heads * module.heads), query.dtype)
 
 
+def _mixture_of_experts(module: moe_layers.MoE, args: tuple, kwargs: dict) -> Tensor | None:
+    x = one_input(args, kwargs)
+    if x is None or x.dim() < 1 or x.shape[-1] != module.gate.in_features or not weight_dtype(module, x):
+        return None
+    return empty(x.shape, x.dtype)
+
+
 ATTENTION_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     nn.MultiheadAttention: _multihead_attention,
     nn.TransformerEncoderLayer: _encoder_layer,
@@ -117,4 +125,5 @@ ATTENTION_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     specc_layers.ClassToken: _class_token,
     specc_layers.LayerScale: _layer_scale,
     specc_layers.Attention: _attention,
+    moe_layers.MoE: _mixture_of_experts,
 }

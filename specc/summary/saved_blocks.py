@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from specc.build import layers as specc_layers
+from specc.build import moe_layers
 from specc.build.shape_functions import empty, like
 
 Tensor = torch.Tensor
@@ -75,9 +76,9 @@ def _hidden(x: Tensor, width: int) -> Tensor:
 @_float32
 def _swiglu(layer: specc_layers.SwiGLU, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
     width = layer.gate.out_features
-    if isinstance(layer.activation, nn.ReLU) and not layer.activation.inplace:   # saves its output only
+    if isinstance(layer.act, nn.ReLU) and not layer.act.inplace:   # saves its output only
         return [x] + [_hidden(x, width) for _ in range(3)]   # up x, relu(gate x), their product
-    if not isinstance(layer.activation, _SAVES_ITS_INPUT):
+    if not isinstance(layer.act, _SAVES_ITS_INPUT):
         return None
     return [x] + [_hidden(x, width) for _ in range(4)]   # gate x, up x, silu(gate x), their product
 
@@ -135,8 +136,32 @@ def _projections_attention_saves(layer: specc_layers.CausalSelfAttention, x: Ten
     return [empty((batch, length, width), x.dtype) for width in kept]
 
 
+def _index(*shape: int) -> Tensor:
+    return empty(shape, torch.long)
+
+
+@_float32
+def _mixture_of_experts(layer: moe_layers.MoE, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor] | None:
+    """Whatever the routing, N*k (token, slot) pairs go through the experts, so the bytes are fixed;
+    the per-expert pieces are counted as one tensor of all pairs each."""
+    if not isinstance(layer.experts.activation_module(), _SAVES_ITS_INPUT) or not x.dim():
+        return None
+    tokens, k, experts = x.numel() // x.shape[-1], layer.top_k, layer.n_experts
+    pairs, width, hidden = tokens * k, x.shape[-1], layer.hidden_dim
+    saved = [x, empty((tokens, experts), torch.float32), _index(tokens, k)]    # router input, softmax, top-k indices
+    if layer.renormalize:                                  # weights / their sum saves both
+        saved += [empty((tokens, k), torch.float32), empty((tokens, 1), torch.float32)]
+    if layer.training:                                     # the load-balancing loss: the one-hot shares
+        saved.append(empty((k, experts), torch.float32))
+    saved += [_index(pairs), empty((pairs, width), x.dtype)]                  # the gather's index, the gathered rows
+    saved += [empty((pairs, hidden), x.dtype) for _ in range(4)]             # gate, up, activation, product
+    saved += [_index(pairs), empty((pairs, 1), x.dtype)]                       # the weights' order, the weights
+    return saved + [empty((pairs, width), x.dtype), empty((pairs, width), x.dtype)]   # outputs; index_add's source
+
+
 BLOCK_RULES: dict[type, BlockRule] = {
     nn.RMSNorm: _rms_norm, nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
     specc_layers.SwiGLU: _swiglu, specc_layers.MLP: _mlp,
     specc_layers.CausalSelfAttention: _causal_self_attention,
+    moe_layers.MoE: _mixture_of_experts,
 }
