@@ -225,11 +225,12 @@ def _constructor_signature(cls: type) -> inspect.Signature:
 
 @lru_cache(maxsize=1)
 def _builtin_layers() -> dict[str, type]:
-    from specc.build import layers as specc_layers
+    from specc.build.layers import LAYER_MODULES
 
     found = {}
-    for module in (nn, specc_layers):
-        for name, value in vars(module).items():
+    for module in (nn, *map(importlib.import_module, LAYER_MODULES)):
+        names = getattr(module, "__all__", None) if module is not nn else None   # specc's: what they export
+        for name, value in ((name, getattr(module, name)) for name in names) if names else vars(module).items():
             if (inspect.isclass(value) and issubclass(value, nn.Module) and name[:1].isupper()
                     and name not in _NOT_LAYERS and not name.startswith("Lazy") and not name.startswith("_")):
                 found[name] = value

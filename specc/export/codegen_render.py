@@ -19,6 +19,7 @@ from specc.export.codegen_source import (Statement, allocate, checked_name, comm
                                   module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
 from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
 from specc.build.graph import Node
+from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
 
 _STREAMS = {"body": "h", "shortcut": "shortcut"}    # variable names for values inside a residual
@@ -226,7 +227,7 @@ class ClassWriter:
 
         if getattr(nn, target, None) is cls:
             return f"nn.{target}"
-        if cls.__module__ == "specc.build.layers":
+        if cls.__module__ in LAYER_MODULES:
             self.specc_layers.add(cls)
         else:
             self.user_imports[cls.__name__] = cls.__module__

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from specc.build.layers import LAYER_MODULES
 from specc.export.import_ops import torch_base
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -41,7 +42,7 @@ class Tracer(fx.Tracer):
             return True
         if isinstance(module, CONTAINERS):
             return False
-        if type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module)):
+        if type(module).__module__.startswith(("torch.nn", *LAYER_MODULES)) or specc_layer(type(module)):
             return True
         # another library's subclass of a torch.nn layer (timm's LayerNorm): one item, as the layer it is
         return torch_base(type(module)) is not None and not module._modules
@@ -55,7 +56,7 @@ def specc_layer(cls: type) -> bool:
     original = getattr(layers, cls.__name__, None)
     if original is cls:
         return True
-    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ in layers.LAYER_MODULES:
         return False
     try:
         return inspect.getsource(cls) == inspect.getsource(original)

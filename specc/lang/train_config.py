@@ -265,6 +265,7 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     swa: Optional[SWAConfig] = None
     grad_clip: Optional[float] = Field(None, gt=0)  # max total gradient norm
+    aux_loss_weight: float = Field(0.0, ge=0)  # × the MoE layers' load-balancing loss, added to the loss
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs: mode, fullgraph, dynamic, backend
     device: str = "auto"             # auto = cuda > mps > cpu

@@ -103,6 +103,7 @@ class Session:
     world_size: int = 1
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
     progress: EpochProgress | None = None  # the epoch being trained, between steps
+    aux_loss: Callable[[], torch.Tensor] | None = None   # weighted MoE load-balancing loss of the last forward
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
@@ -334,6 +335,8 @@ def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch
     with session.autocast():
         output = first_output(session.training_forward(*inputs))
         loss = session.loss_fn(*session.task.align(output, target))
+        if session.aux_loss is not None:
+            loss = loss + session.aux_loss()
     session.optimizer.zero_grad(set_to_none=True)
     clip = session.config.grad_clip
     if session.scaler is not None:

@@ -14,6 +14,7 @@ from specc.train import ranks
 from specc.build.compiled import Compiled
 from specc.build.compiler import compile as compile_spec
 from specc.train.augment import build_augmenter
+from specc.train.auxiliary import auxiliary_loss
 from specc.train.data import DataSplits, Examples, Layout, Normalizer, layout_of, make_splits, shard_size
 from specc.train.streaming import load_data
 from specc.lang.errors import Location, Problem, SpecError
@@ -138,6 +139,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
         scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None, augment=augment,
+        aux_loss=auxiliary_loss(model, config.aux_loss_weight, locate(("train", "aux_loss_weight"))),
     )
 
 
