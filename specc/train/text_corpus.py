@@ -238,7 +238,7 @@ def build_tokenizer(config: Any, train_text: TextChunks, base_dir: Path,
         return tokenizers.CharTokenizer("".join(seen))
     if isinstance(config, str):
         return tokenizers.read_tokenizer_file(resolve_path(config, base_dir, where), where)
-    return tokenizers.train_bpe(train_text(), config.bpe.vocab_size, config.bpe.min_frequency)
+    return tokenizers.train_bpe(train_text(), config.bpe.vocab_size, config.bpe.min_frequency, where)
 
 
 def _write_cache(folder: Path, chunks: TextChunks, total: int, config: DataConfig, base_dir: Path,

@@ -128,3 +128,28 @@ def split_windows(corpus: TokenCorpus, block_size: int, samples_per_epoch: int |
             samples = math.ceil((end - start - 1) / block_size)   # every evaluation window
         windows[name] = TokenWindows(corpus.tokens, start, end, block_size, samples, units)
     return windows
+
+
+def unigram_baseline(corpus: TokenCorpus, chunk: int = 1 << 24) -> dict[str, dict[str, float]]:
+    """What a model that ignores the context scores: each split's cross-entropy under the training
+    split's token frequencies (add-one smoothed), in nats per token and bits per character.
+
+    Read in chunks of the memory-mapped file, so it costs one pass and bounded memory.
+    """
+    vocabulary = corpus.tokenizer.vocab_size
+
+    def frequencies(start: int, end: int) -> np.ndarray:
+        counts = np.zeros(vocabulary, dtype=np.int64)
+        for low in range(start, end, chunk):
+            counts += np.bincount(corpus.tokens[low:min(end, low + chunk)], minlength=vocabulary)[:vocabulary]
+        return counts
+
+    train = frequencies(*corpus.bounds["train"])
+    log_probability = np.log((train + 1) / (train.sum() + vocabulary))
+    baseline = {}
+    for name, (start, end) in corpus.bounds.items():
+        if end > start:
+            nats = float(-(frequencies(start, end) * log_probability).sum() / (end - start))
+            baseline[name] = {"loss": nats, "bits_per_char": nats / math.log(2) * (end - start)
+                              / max(corpus.counts[name]["chars"], 1)}
+    return baseline

@@ -127,9 +127,22 @@ class HuggingFaceTokenizer(Tokenizer):
         return self.tokenizer.to_str()
 
 
-def train_bpe(chunks: Iterable[str], vocab_size: int, min_frequency: int = 2) -> HuggingFaceTokenizer:
+def _library(where: Location | None = None) -> Any:
+    """Hugging Face `tokenizers` (the `data` extra), or a located error saying how to install it."""
+    try:
+        import tokenizers as library
+    except ImportError:
+        _fail("BPE and tokenizer.json tokenizers need Hugging Face's tokenizers: pip install tokenizers "
+              "(or specc[data])", where)
+    return library
+
+
+def train_bpe(chunks: Iterable[str], vocab_size: int, min_frequency: int = 2,
+              where: Location | None = None) -> HuggingFaceTokenizer:
     """Byte-level BPE (GPT-2's scheme) learned from `chunks`, the training split's text."""
-    from tokenizers import Tokenizer as Rust, decoders, models, pre_tokenizers, trainers
+    library = _library(where)
+    Rust, decoders, models = library.Tokenizer, library.decoders, library.models
+    pre_tokenizers, trainers = library.pre_tokenizers, library.trainers
 
     tokenizer = Rust(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -142,7 +155,7 @@ def train_bpe(chunks: Iterable[str], vocab_size: int, min_frequency: int = 2) ->
 
 def read_tokenizer_file(path: Path, where: Location | None) -> HuggingFaceTokenizer:
     """A `tokenizer.json` (Hugging Face's format), size-bounded; a bad file is a located error."""
-    from tokenizers import Tokenizer as Rust
+    Rust = _library(where).Tokenizer
 
     size = path.stat().st_size
     if size > MAX_TOKENIZER_FILE_BYTES:
@@ -162,8 +175,7 @@ def from_state(state: dict[str, Any], where: Location | None = None) -> Tokenize
     if kind == "char":
         return CharTokenizer(data)
     if kind in ("bpe", "file"):
-        from tokenizers import Tokenizer as Rust
-
+        Rust = _library(where).Tokenizer
         try:
             return HuggingFaceTokenizer(Rust.from_str(data), kind)
         except Exception as error:  # the library raises plain Exception on bad JSON

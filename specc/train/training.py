@@ -32,6 +32,7 @@ from specc.train.resume import apply_changes, check_resumable, read_resume_check
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
 from specc.train.text_data import check_tokenizer, read_text_data
+from specc.train.token_windows import unigram_baseline
 from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
 from specc.lang.spec import Spec
@@ -137,6 +138,8 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         prepared = prepare_data(spec, compiled, corpus)
     if state is not None:
         check_tokenizer(state.get("tokenizer"), prepared.tokenizer, spec, resume)
+    if prepared.corpus is not None and verbose:
+        print(baseline_line(prepared.corpus), flush=True)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
@@ -156,6 +159,15 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         if ranks.is_main():
             _write_summary(session.run_dir, result)
     return result
+
+
+def baseline_line(corpus) -> str:
+    """`unigram baseline: ...`: the loss to beat on text, printed before training starts."""
+    baseline = unigram_baseline(corpus)
+    shown = "  ".join(f"{split}_loss {values['loss']:.4f} ({values['bits_per_char']:.4f} bits/char)"
+                      for split, values in baseline.items() if split != "train")
+    return (f"tokenizer {corpus.tokenizer.describe()}; unigram baseline (the training split's token "
+            f"frequencies): {shown or 'no val or test split'}")
 
 
 def new_run_dir(out: Path, spec: Spec) -> Path:
