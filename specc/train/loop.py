@@ -107,6 +107,7 @@ class Session:
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
+    tokenizer: dict[str, str] | None = None  # text data: the tokenizer's state (specc.train.tokenizer)
 
     @property
     def is_main(self) -> bool:
@@ -144,7 +145,7 @@ class Session:
             "rng": rng_state(self.generator),
             "trackers": {"best": self.best.state_dict(), "early": self.early.state_dict() if self.early else None},
             "history": self.history, "normalizer": self.normalizer.state_dict(),
-            "classes": self.classes, "fold": self.fold,
+            "classes": self.classes, "fold": self.fold, "tokenizer": self.tokenizer,
             "task": {"kind": self.task.kind, "num_classes": self.task.num_classes,
                      "classes_first": self.task.classes_first},
         }
@@ -318,8 +319,9 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
         log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
     session.progress = None
     ranks.share_buffers(session.model)
-    return {"train_loss": _checked_mean(losses, sizes, epoch),
-            **_prefixed("train", session.metrics["train"].compute())}
+    loss = _checked_mean(losses, sizes, epoch)
+    session.metrics["train"].units = getattr(train, "units", {})
+    return {"train_loss": loss, **_prefixed("train", session.metrics["train"].compute(loss))}
 
 
 def _stop_requested(session: Session, agreement_point: bool) -> bool:
@@ -375,7 +377,9 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
             count += len(target)
             metrics.update(output, target)
         loss_sum, count = ranks.reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(count)]))
-        return {"loss": (loss_sum / count.clamp(min=1)).item(), **metrics.compute()}
+        loss = (loss_sum / count.clamp(min=1)).item()
+        metrics.units = getattr(data, "units", {})   # text: tokens per char / byte, for bits_per_*
+        return {"loss": loss, **metrics.compute(loss)}
     finally:
         model.train(was_training)
 

@@ -31,6 +31,9 @@ from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
+from specc.train.text_data import check_tokenizer, read_text_data
+from specc.train.token_windows import unigram_baseline
+from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
 from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
@@ -126,13 +129,19 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
+    with stage(f"tokenising ({config.data.source})", verbose and config.data.is_text):
+        spec, corpus = read_text_data(spec, out / ".tokens")   # sets `$tokenizer.vocab_size` before compiling
     with stage(f"compiling {spec.display_name}", verbose):
         compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
         with stage("loading the initial weights", verbose and config.init_from is not None):
             start_from_weights(spec, compiled)
     with stage(f"loading data ({config.data.source or 'dataset'})", verbose):
-        prepared = prepare_data(spec, compiled)
+        prepared = prepare_data(spec, compiled, corpus)
+    if state is not None:
+        check_tokenizer(state.get("tokenizer"), prepared.tokenizer, spec, resume)
+    if prepared.corpus is not None and verbose:
+        print(baseline_line(prepared.corpus), flush=True)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
@@ -146,10 +155,21 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
             for change in spec_changes(state["spec"], spec.raw):
                 print(f"resume: {change}", flush=True)
         _write_spec(session.run_dir, spec)
+        if prepared.tokenizer is not None and ranks.is_main():
+            write_text_atomic(session.run_dir / "tokenizer.json", tokenizer_file_text(prepared.tokenizer))
         result = _run_split(session, verbose)
         if ranks.is_main():
             _write_summary(session.run_dir, result)
     return result
+
+
+def baseline_line(corpus) -> str:
+    """`unigram baseline: ...`: the loss to beat on text, printed before training starts."""
+    baseline = unigram_baseline(corpus)
+    shown = "  ".join(f"{split}_loss {values['loss']:.4f} ({values['bits_per_char']:.4f} bits/char)"
+                      for split, values in baseline.items() if split != "train")
+    return (f"tokenizer {corpus.tokenizer.describe()}; unigram baseline (the training split's token "
+            f"frequencies): {shown or 'no val or test split'}")
 
 
 def new_run_dir(out: Path, spec: Spec) -> Path:
