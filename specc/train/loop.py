@@ -24,7 +24,8 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from specc.train import ranks
-from specc.build.checkpoint import restore_rng, rng_state, save_checkpoint
+from specc.build.checkpoint import restore_rng, rng_state
+from specc.train.sharded_state import remove_checkpoint, write_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
@@ -106,6 +107,7 @@ class Session:
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
+    sharded: bool = False                  # strategy fsdp: checkpoints are DCP folders (specc.train.sharded_state)
 
     @property
     def is_main(self) -> bool:
@@ -135,8 +137,8 @@ class Session:
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything `--resume` needs to continue exactly (see specc.build.checkpoint for the layout)."""
         return {
-            "spec": self.spec.raw, "epoch": self.epoch, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "schedulers": self.schedulers.state_dict(),
+            "spec": self.spec.raw, "epoch": self.epoch, "schedulers": self.schedulers.state_dict(),
+            **({} if self.sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "swa": None if self.swa_model is None else {
                 "model": self.swa_model.state_dict(), "scheduler": self.swa_scheduler.state_dict()},
@@ -150,8 +152,9 @@ class Session:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `checkpoint_state`."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not state.get("sharded"):  # a sharded checkpoint's tensors are restored by specc.train.sharded_state
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedulers.load_state_dict(state["schedulers"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -198,11 +201,7 @@ def _save_interrupted(session: Session) -> str:
     epoch = session.epoch + 1
     if progress is None or progress.in_step or progress.step == 0:
         return f"interrupted during epoch {epoch} (not between two steps: nothing new saved){kept}"
-    path = session.run_dir / INTERRUPTED
-    if session.is_main:
-        state = session.checkpoint_state()
-        state["interrupted"] = progress.state_dict(session.metrics["train"])
-        save_checkpoint(state, path)
+    path = write_checkpoint(session, INTERRUPTED, extra={"interrupted": progress.state_dict(session.metrics["train"])})
     return (f"interrupted during epoch {epoch} after step {progress.step}: saved {path} "
             f"(--resume it to continue exactly){kept}")
 
@@ -215,11 +214,11 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
         improved = session.best.update(record[session.best.monitor], epoch)
         if session.early is not None:
             session.early.update(record[session.early.monitor], epoch)
+        if improved:
+            write_checkpoint(session, "best.pt", verify=True)
+        write_checkpoint(session, "last.pt")
         if session.is_main:
-            if improved:
-                save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt", verify=True)
-            save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
-            (session.run_dir / INTERRUPTED).unlink(missing_ok=True)  # last.pt has moved past it
+            remove_checkpoint(session.run_dir, INTERRUPTED)  # last.pt has moved past it
             log.epoch_finished(record, session.history)
         if session.early is not None and ranks.any_rank(session.early.should_stop):
             return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
@@ -363,14 +362,19 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
     was_training = model.training
     model.eval()
     try:
-        loss_sum, count = torch.zeros((), device=data.device), 0
+        loss_sum, count, steps = torch.zeros((), device=data.device), 0, 0
         for inputs, target in batches(data, batch_size, rank=rank, world_size=world_size):
             with autocast():
                 output = first_output(model(*inputs))
                 loss = loss_fn(*task.align(output, target))
             loss_sum += loss.float() * len(target)
             count += len(target)
+            steps += 1
             metrics.update(output, target)
+        lockstep = math.ceil(shard_size(len(data), world_size) / batch_size) if isinstance(data, TensorData) else 0
+        for _ in range(lockstep - steps):
+            with autocast():  # a sharded model gathers its weights in every forward: all ranks run as many
+                model(*data.head(1).inputs)
         loss_sum, count = ranks.reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(count)]))
         return {"loss": (loss_sum / count.clamp(min=1)).item(), **metrics.compute()}
     finally:

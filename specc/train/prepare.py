@@ -15,6 +15,7 @@ from specc.build.compiled import Compiled
 from specc.build.compiler import compile as compile_spec
 from specc.train.augment import build_augmenter
 from specc.train.data import DataSplits, Examples, Layout, Normalizer, layout_of, make_splits, shard_size
+from specc.train.sharding import block_units, checkpoint_blocks, shard_model, sharded_checkpoints, strategy_of
 from specc.train.streaming import load_data
 from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
@@ -63,10 +64,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
-    """Compile the spec's model; seeding first makes the initial weights reproducible."""
+    """Compile the spec's model; seeding first makes the initial weights reproducible.
+
+    With `strategy: fsdp` the model is compiled on `meta` and each process materialises its own
+    shards only, with the values a 1-process build has (specc.train.sharding). With
+    `activation_checkpointing: blocks`, each block recomputes its activations in backward.
+    """
     if seed is not None:
         torch.manual_seed(seed)
-    return compile_spec(spec, device=device, symbolic=False)
+    config = spec.train
+    if config is not None and strategy_of(config, ranks.world_size()) == "fsdp":
+        compiled = compile_spec(spec, device="meta", symbolic=False)
+        shard_model(compiled, config, device, spec.source.locate)
+        compiled.device = device
+        return compiled
+    compiled = compile_spec(spec, device=device, symbolic=False)
+    if config is not None and config.activation_checkpointing == "blocks":
+        checkpoint_blocks(compiled.module, block_units(compiled))
+    return compiled
 
 
 def start_from_weights(spec: Spec, compiled: Compiled) -> None:
@@ -105,6 +120,10 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     """
     config: TrainConfig = spec.train
     world_size = ranks.world_size()
+    sharded = strategy_of(config, world_size) == "fsdp"   # fsdp keeps bf16 parameters: no fp16 GradScaler
+    if config.swa is not None and sharded_checkpoints(config):
+        raise SpecError(Problem("swa averages a full copy of the model; it does not combine with strategy: fsdp",
+                                locate(("train", "swa")), "TYPE_ERROR"))
     locate = spec.source.locate
     normalizer = Normalizer.fit(config.data.normalize, split.train)
     splits = DataSplits(*(normalizer(data).to(device) if data is not None else None
@@ -127,7 +146,8 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     generator.manual_seed(config.seed)
     early = config.early_stopping
     forward = _compiled_forward(model, config)
-    ddp = None if world_size == 1 else ranks.wrap_model(TrainedOutput(forward), device)
+    data_parallel = world_size > 1 and strategy_of(config, world_size) == "ddp"  # fsdp: the model is its own wrapper
+    ddp = ranks.wrap_model(TrainedOutput(forward), device) if data_parallel else None
     return Session(
         spec=spec, config=config, device=device, model=model, forward=forward,
         ddp=ddp, rank=ranks.rank(), world_size=world_size,
@@ -137,7 +157,8 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         best=Tracker(config.checkpoint.monitor or config.default_monitor(), config.checkpoint.mode),
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
-        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None, augment=augment,
+        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" and not sharded else None,
+        augment=augment, sharded=sharded_checkpoints(config),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from specc.build.checkpoint import load_checkpoint, require_keys
+from specc.build.checkpoint import is_sharded, read_sharded_state
 from specc.lang.errors import Problem, SpecError
 from specc.lang.train_config import Call
 from specc.train.optim import Schedulers
@@ -28,6 +29,10 @@ def read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         SpecError: CHECKPOINT_ERROR for an unreadable, corrupted or incomplete checkpoint.
     """
+    if is_sharded(path):  # its tensors are read later, each rank its own shards
+        state = read_sharded_state(path)
+        require_keys(state, tuple(key for key in RESUME_KEYS if key not in ("model", "optimizer")), path, "--resume")
+        return state
     state = load_checkpoint(path)
     require_keys(state, RESUME_KEYS, path, "--resume")
     return state

@@ -1,0 +1,148 @@
+"""`strategy: fsdp` on two gloo processes: sharded weights built on meta, DCP checkpoints, activation
+checkpointing. One launch through torchrun's Python API runs every 2-process training (as
+tests/test_distributed.py does); the 1-process references run in the test process.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import yaml
+
+from specc.build.checkpoint import load_checkpoint
+from specc.train import launch as launcher
+
+torch.set_num_threads(1)  # two pytest workers share two cores
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+# GPT-2's spec, tiny: every sharded dim is even, so each rank holds exactly half of every tensor.
+# SGD, not Adam: Adam divides by the root of tiny second moments, which turns float rounding into
+# visible weight differences. No dropout: two ranks with batches of 8 compute what one process computes with 16.
+TINY_GPT = {**yaml.safe_load((SPECS / "gpt2_small.yaml").read_text()), "name": "fsdp_gpt"}
+TINY_GPT["vars"] = {**TINY_GPT["vars"], "vocab_size": 32, "block_size": 8, "dim": 16, "n_layers": 2, "n_heads": 2}
+TINY_GPT["train"] = {"data": {"source": "synthetic:sequence", "args": {"samples": 200},
+                              "split": {"val": 0.1, "test": 0.1}},
+                     "batch_size": 8, "epochs": 2, "loss": "CrossEntropyLoss", "metrics": ["accuracy"],
+                     "optimizer": {"SGD": {"lr": 0.2, "momentum": 0.9}}, "strategy": "fsdp", "threads": 1, "log_every": 5}
+
+
+def gpt(**train_keys) -> dict:
+    spec = copy.deepcopy(TINY_GPT)
+    spec["train"].update(train_keys)
+    return spec
+
+
+def rank_scenarios(out: str, from_one: str, facts: str) -> dict:
+    """Each rank: the fsdp trainings, in one process group; writes what it measured."""
+    from specc.train.prepare import build_model
+    from specc.lang.spec import load
+    from specc.train.training import train
+
+    dist.init_process_group("gloo")
+    try:
+        compiled = build_model(load(gpt()), torch.device("cpu"), 0)
+        local = sum(parameter.to_local().numel() for parameter in compiled.module.parameters())
+        Path(facts, f"rank{dist.get_rank()}.json").write_text(json.dumps({"local": local}))
+        results = {"fsdp": train(gpt(), out=out, verbose=False),
+                   "three": train(gpt(epochs=3), out=out, verbose=False),
+                   "checkpointed": train(gpt(activation_checkpointing="blocks"), out=out, verbose=False)}
+        results["from_one"] = train(None, out=out, verbose=False, resume=from_one, epochs=3, batch_size=8)
+        return results
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    from specc.train.training import train
+
+    out, facts = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("facts")
+    # written by one process (fsdp keeps DCP checkpoints there too), resumed below by two
+    one = train(gpt(batch_size=16), out=out / "one", verbose=False)
+    results = launcher.launch(rank_scenarios, (str(out), str(one.last_checkpoint), str(facts)), nproc=2)
+    return {**results, "one": one, "out": out, "facts": facts}
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(checkpoint)["model"]
+
+
+def assert_same_training(sharded, single, rel=1e-5) -> None:
+    assert sharded.status == single.status == "completed"
+    assert len(sharded.history) == len(single.history)
+    for together, alone in zip(sharded.history, single.history):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            assert together[key] == pytest.approx(alone[key], rel=rel), key
+
+
+def assert_same_weights(first: dict, second: dict, atol=1e-5) -> None:
+    assert sorted(first) == sorted(second)
+    for key in first:
+        difference = (first[key] - second[key]).abs().max().item()
+        assert torch.allclose(first[key], second[key], rtol=1e-4, atol=atol), (key, difference)
+
+
+def test_sharded_start_equals_one_process_build():
+    """The same seed, the same full model: each rank fills its shards from per-layer draws."""
+    from specc.build.compiler import compile as compile_spec
+    from specc.build.materialize import initial_values
+    from specc.lang.spec import load
+    from specc.train.prepare import build_model
+
+    spec = load(gpt())
+    built = build_model(spec, torch.device("cpu"), 0).module.state_dict()
+    compiled = compile_spec(spec, device="meta", symbolic=False)
+    replayed = {}
+    for name, tensor in initial_values(compiled, 0):
+        if name not in spec.tie:
+            replayed[name] = tensor
+    for key, value in built.items():
+        assert torch.equal(value, replayed[spec.tie.get(key, key)]), key  # a tied weight is its source
+
+
+def test_each_rank_holds_half_of_the_parameters(runs):
+    from specc.lang.spec import load
+    from specc.train.prepare import build_model
+
+    whole = sum(p.numel() for p in build_model(load(gpt()), torch.device("cpu"), 0).module.parameters())
+    held = [json.loads((runs["facts"] / f"rank{rank}.json").read_text())["local"] for rank in (0, 1)]
+    assert held == [whole // 2, whole // 2]
+
+
+def test_fsdp_trains_like_one_process_with_the_global_batch(runs, tmp_path):
+    from specc.train.training import train
+
+    single = train(gpt(batch_size=16, strategy=None), out=tmp_path, verbose=False)
+    assert_same_training(runs["fsdp"], single)
+    assert runs["fsdp"].last_checkpoint.name == "last.dcp" and single.last_checkpoint.name == "last.pt"
+    assert_same_weights(weights(runs["fsdp"].last_checkpoint), weights(single.last_checkpoint))
+
+
+def test_activation_checkpointing_trains_the_same(runs):
+    assert_same_training(runs["checkpointed"], runs["fsdp"], rel=1e-6)
+    assert_same_weights(weights(runs["checkpointed"].last_checkpoint), weights(runs["fsdp"].last_checkpoint),
+                        atol=1e-6)
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
+    from specc.train.training import train
+
+    resumed = train(None, out=tmp_path, verbose=False, resume=runs["fsdp"].last_checkpoint, epochs=3,
+                    batch_size=16)
+    assert [record["epoch"] for record in resumed.history] == [1, 2, 3]
+    assert_same_training(resumed, runs["three"])
+    assert_same_weights(weights(resumed.last_checkpoint), weights(runs["three"].last_checkpoint))
+
+
+def test_a_one_process_checkpoint_resumes_in_two(runs):
+    assert [record["epoch"] for record in runs["from_one"].history] == [1, 2, 3]
+    assert_same_training(runs["from_one"], runs["three"])
+    assert_same_weights(weights(runs["from_one"].last_checkpoint), weights(runs["three"].last_checkpoint))
