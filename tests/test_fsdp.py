@@ -146,3 +146,97 @@ def test_a_one_process_checkpoint_resumes_in_two(runs):
     assert [record["epoch"] for record in runs["from_one"].history] == [1, 2, 3]
     assert_same_training(runs["from_one"], runs["three"])
     assert_same_weights(weights(runs["from_one"].last_checkpoint), weights(runs["three"].last_checkpoint))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: its children, theirs, ...)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_checkpointed_blocks_give_the_same_gradients():
+    """`activation_checkpointing: blocks` recomputes each block in backward: same loss, same gradients."""
+    from specc.lang.spec import load
+    from specc.train.prepare import build_model
+
+    plain = build_model(load(gpt(strategy=None)), torch.device("cpu"), 0).module
+    checkpointed = build_model(load(gpt(strategy=None, activation_checkpointing="blocks")), torch.device("cpu"), 0).module
+    wrapped = [name for name, module in checkpointed.named_modules() if type(module).__name__ == "CheckpointWrapper"]
+    assert wrapped == ["h.0", "h.1"]
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())  # checkpoints keep their names
+    tokens = torch.randint(0, 32, (4, 8), generator=torch.Generator().manual_seed(1))
+    for model in (plain, checkpointed):
+        model(tokens).logsumexp(-1).mean().backward()
+    gradients = {name: p.grad for name, p in plain.named_parameters()}
+    for name, parameter in checkpointed.named_parameters():
+        assert torch.equal(parameter.grad, gradients[name.replace("._checkpoint_wrapped_module", "")]), name
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_dcp_checkpoint_bit_identically(runs, tmp_path):
+    """`kill -9` of every process mid-epoch 2: last.dcp (epoch 1) is whole, and the resumed run ends with
+    the very weights of the uninterrupted 3-epoch run."""
+    spec = tmp_path / "fsdp_gpt.yaml"
+    spec.write_text(yaml.safe_dump(gpt(epochs=3, data={**TINY_GPT["train"]["data"],
+                                                       "args": {"samples": 200}})))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "specc", "train", str(spec), "--nproc", "2", "--out",
+                                str(tmp_path / "runs")], env=environment, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 1/3"):
+                break
+        for pid in [process.pid, *descendants(process.pid)]:  # the launcher and both training processes
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    last = next((tmp_path / "runs" / "fsdp_gpt").iterdir()) / "last.dcp"
+    assert load_checkpoint(last)["epoch"] == 1
+    resumed = subprocess.run([sys.executable, "-m", "specc", "train", "--nproc", "2", "--resume", str(last)],
+                             env=environment, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final, straight = weights(last), weights(runs["three"].last_checkpoint)
+    assert load_checkpoint(last)["epoch"] == 3
+    for key in straight:
+        assert torch.equal(final[key], straight[key]), key
+
+
+def test_summary_estimates_memory_per_process_without_starting_any(tmp_path):
+    """`specc summary --strategy fsdp --nproc 8`: weights, gradients and Adam's two moments divided by 8;
+    activation checkpointing keeps a block's input instead of its saved tensors."""
+    from typer.testing import CliRunner
+
+    from specc.build.compiler import compile as compile_spec
+    from specc.cli import app
+    from specc.summary.sharded_memory import estimate
+
+    spec = gpt(optimizer={"AdamW": {"lr": 0.01}})
+    compiled = compile_spec(spec, device="meta", symbolic=False)
+    weights_bytes = 4 * sum(p.numel() for p in compiled.module.parameters())
+    sharded, replicated = (estimate(compiled, strategy, 8, 4, "AdamW") for strategy in ("fsdp", "ddp"))
+    assert (sharded.parameters, sharded.gradients, sharded.optimizer_state) == (
+        weights_bytes // 8, weights_bytes // 8, 2 * weights_bytes // 8)
+    assert (replicated.parameters, replicated.optimizer_state, replicated.gathered) == (
+        weights_bytes, 2 * weights_bytes, 0)
+    block = 4 * sum(p.numel() for p in compiled.module.get_submodule("h.0").parameters())
+    assert sharded.gathered == 2 * block  # h.0 and h.1 gathered in turn
+    assert 0 < sharded.checkpointed_activations < sharded.activations == replicated.activations
+    path = tmp_path / "gpt.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["summary", str(path), "--strategy", "fsdp", "--nproc", "8", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert figures["parameters"] == weights_bytes // 8 and figures["nproc"] == 8 and figures["optimizer"] == "AdamW"
+    refused = CliRunner().invoke(app, ["summary", str(path), "--strategy", "zero3"])
+    assert refused.exit_code == 2 and "choose fsdp or ddp" in refused.output

@@ -20,6 +20,7 @@ from torch import nn
 
 from specc.build.compiled import Compiled
 from specc.build.materialize import initial_values, local_targets, tied_names
+from specc.build.units import block_units
 from specc.lang.errors import Location, Problem, SpecError
 from specc.lang.train_config import TrainConfig
 from specc.train import ranks
@@ -39,29 +40,6 @@ def sharded_checkpoints(config: TrainConfig) -> bool:
     """`strategy: fsdp` runs write DCP checkpoints (`last.dcp/`), on any number of processes, so that
     they resume on any other number."""
     return config.strategy == "fsdp"
-
-
-def block_units(compiled: Compiled) -> list[str]:
-    """Module paths of the spec's natural sharding units: every block use and every repetition of a
-    `repeat:`, outermost first (a block inside a block belongs to the outer one)."""
-    units: list[str] = []
-    paths = {name for name, _ in compiled.module.named_modules()}
-    for node in compiled.graph.nodes:
-        for scope in node.scopes:
-            path = _unit_path(scope)
-            if path is not None and path in paths:
-                if path not in units:
-                    units.append(path)
-                break
-    return units
-
-
-def _unit_path(scope) -> str | None:
-    if scope.kind == "block" and scope.module:
-        return scope.module
-    if scope.kind == "repeat" and scope.module and scope.index is not None:
-        return f"{scope.module}.{scope.index}"
-    return None
 
 
 def chosen_units(compiled: Compiled, globs: list[str], locate) -> list[str]:
