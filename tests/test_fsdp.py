@@ -55,6 +55,7 @@ def rank_scenarios(out: str, from_one: str, facts: str) -> dict:
                    "three": train(gpt(epochs=3), out=out, verbose=False),
                    "checkpointed": train(gpt(activation_checkpointing="blocks"), out=out, verbose=False)}
         results["from_one"] = train(None, out=out, verbose=False, resume=from_one, epochs=3, batch_size=8)
+        results["tensor"] = train(gpt(parallel={"tensor": 2}), out=out, verbose=False)  # a 1 x 2 mesh
         return results
     finally:
         dist.destroy_process_group()
@@ -163,6 +164,30 @@ def descendants(pid: int) -> list[int]:
         found += children
         frontier = children
     return found
+
+
+def test_tensor_parallel_with_fsdp_trains_like_one_process(runs, tmp_path):
+    """`parallel: {tensor: 2}` on 2 processes: a 1 x 2 mesh (FSDP over 1, the MLPs split over 2); both
+    processes see the same batches of 8, so one process with batches of 8 is the reference."""
+    from specc.train.training import train
+
+    single = train(gpt(strategy=None), out=tmp_path, verbose=False)
+    assert_same_training(runs["tensor"], single)
+    assert_same_weights(weights(runs["tensor"].last_checkpoint), weights(single.last_checkpoint))
+
+
+def test_tensor_parallel_splits_the_feed_forward_layers():
+    from specc.build.compiler import compile as compile_spec
+    from specc.train.tensor_parallel import parallelize, plans_for
+
+    model = compile_spec(gpt(), device="meta", symbolic=False).module
+    assert plans_for(model) == {f"h.{index}.feed_forward.body.mlp": {"c_fc": "colwise", "c_proj": "rowwise"}
+                                for index in (0, 1)}
+    llama = compile_spec(SPECS / "llama2_7b.yaml", device="meta", symbolic=False, n_layers=1, dim=64, n_heads=4,
+                         hidden_dim=128, vocab_size=32, max_len=16).module
+    assert plans_for(llama) == {"layers.0.feed_forward.body.mlp": {"w1": "colwise", "w3": "colwise", "w2": "rowwise"}}
+    with pytest.raises(Exception, match="no feed-forward layer to split"):
+        parallelize(torch.nn.Sequential(torch.nn.Linear(2, 2)), None, None)
 
 
 def test_checkpointed_blocks_give_the_same_gradients():

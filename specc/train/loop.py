@@ -108,6 +108,16 @@ class Session:
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
     sharded: bool = False                  # strategy fsdp: checkpoints are DCP folders (specc.train.sharded_state)
+    replicas: int = 1                      # parallel.tensor: processes that see the same batches
+
+    @property
+    def data_rank(self) -> int:
+        """Which share of each batch this process trains on (a tensor-parallel group shares one)."""
+        return self.rank // self.replicas
+
+    @property
+    def data_world_size(self) -> int:
+        return self.world_size // self.replicas
 
     @property
     def is_main(self) -> bool:
@@ -122,7 +132,7 @@ class Session:
         """`evaluate_split` with this run's loss, task, batch size and autocast, on this rank's shard."""
         return evaluate_split(model, data, loss_fn=self.loss_fn, task=self.task, metrics=metrics,
                               batch_size=eval_batch_size(self.config), autocast=self.autocast,
-                              rank=self.rank, world_size=self.world_size)
+                              rank=self.data_rank, world_size=self.data_world_size)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CPU/MPS, fp16 on CUDA (with the GradScaler), or nothing."""
@@ -292,18 +302,18 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
                                                  train.device, session.optimizer.param_groups[0]["lr"])
     losses, sizes, skip = progress.losses, progress.sizes, progress.step
-    steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
+    steps = count_steps(shard_size(len(train), session.data_world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
-                                                    drop_single=True, rank=session.rank,
-                                                    world_size=session.world_size, pad=True), start=1):
+                                                    drop_single=True, rank=session.data_rank,
+                                                    world_size=session.data_world_size, pad=True), start=1):
         if step <= skip:  # done before the interruption this epoch resumes from
             log.step(None)
             continue
         progress.in_step = True
         loss_target = target
         if session.augment is not None:  # metrics keep the true targets; the loss sees mixed ones
-            inputs, loss_target = session.augment(inputs, target, (epoch, step, session.rank))
+            inputs, loss_target = session.augment(inputs, target, (epoch, step, session.data_rank))
         output, loss = train_step(session, inputs, loss_target)
         losses.append(loss)
         sizes.append(len(target))

@@ -73,7 +73,11 @@ def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
     if seed is not None:
         torch.manual_seed(seed)
     config = spec.train
-    if config is not None and strategy_of(config, ranks.world_size()) == "fsdp":
+    strategy = strategy_of(config, ranks.world_size()) if config is not None else "none"
+    if strategy == "ddp" and config.parallel.tensor > 1:
+        raise SpecError(Problem("parallel.tensor splits layers over processes that FSDP then shards: it needs "
+                                "strategy: fsdp", spec.source.locate(("train", "parallel")), "TYPE_ERROR"))
+    if strategy == "fsdp":
         compiled = compile_spec(spec, device="meta", symbolic=False)
         shard_model(compiled, config, device, spec.source.locate)
         compiled.device = device
@@ -121,6 +125,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     config: TrainConfig = spec.train
     world_size = ranks.world_size()
     sharded = strategy_of(config, world_size) == "fsdp"   # fsdp keeps bf16 parameters: no fp16 GradScaler
+    replicas = config.parallel.tensor if sharded else 1
     if config.swa is not None and sharded_checkpoints(config):
         raise SpecError(Problem("swa averages a full copy of the model; it does not combine with strategy: fsdp",
                                 locate(("train", "swa")), "TYPE_ERROR"))
@@ -140,7 +145,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         ("train", "optimizer", config.optimizer.name, "groups", index, "params")))
     scheduler_path = ("train", "scheduler")
     schedulers = Schedulers.build(
-        config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
+        config, optimizer, count_steps(shard_size(len(splits.train), world_size // replicas), config.batch_size),
         lambda index: locate(scheduler_path + ((index,) if isinstance(config.scheduler, list) else ())))
     generator = torch.Generator()
     generator.manual_seed(config.seed)
@@ -158,7 +163,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
         scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" and not sharded else None,
-        augment=augment, sharded=sharded_checkpoints(config),
+        augment=augment, sharded=sharded_checkpoints(config), replicas=replicas,
     )
 
 
