@@ -265,3 +265,38 @@ def test_summary_estimates_memory_per_process_without_starting_any(tmp_path):
     assert figures["parameters"] == weights_bytes // 8 and figures["nproc"] == 8 and figures["optimizer"] == "AdamW"
     refused = CliRunner().invoke(app, ["summary", str(path), "--strategy", "zero3"])
     assert refused.exit_code == 2 and "choose fsdp or ddp" in refused.output
+
+
+def test_evaluate_and_export_read_a_sharded_run(runs, tmp_path):
+    """One process, no process group: best.dcp evaluates to the run's own test figures, and last.dcp
+    exports to one safetensors file holding the full weights."""
+    import specc
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    run = runs["fsdp"]
+    evaluated = specc.evaluate(None, run.best_checkpoint, split="test")
+    assert evaluated["loss"] == pytest.approx(run.metrics["test"]["loss"], rel=1e-5)
+    assert evaluated["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+    exported = tmp_path / "gpt.safetensors"
+    result = CliRunner().invoke(app, ["export", str(run.run_dir / "spec.yaml"), "--checkpoint",
+                                      str(run.last_checkpoint), "-o", str(exported)])
+    assert result.exit_code == 0, result.output
+    rebuilt, full = specc.build(exported).state_dict(), weights(run.last_checkpoint)
+    assert sorted(rebuilt) == sorted(full)
+    for key in full:
+        assert torch.equal(rebuilt[key], full[key]), key
+
+
+def test_a_damaged_sharded_checkpoint_is_refused(runs, tmp_path):
+    import shutil
+
+    from specc.lang.errors import SpecError
+
+    copy_of = tmp_path / "last.dcp"
+    shutil.copytree(runs["fsdp"].last_checkpoint.resolve(), copy_of)
+    shard = next(copy_of.glob("__0_*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(SpecError, match="corrupted or incomplete"):
+        load_checkpoint(copy_of)
