@@ -27,6 +27,9 @@ def train(
     nproc: Annotated[int, typer.Option(min=1, help="Train on N processes of this machine (DDP through torchrun's "
                                                    "launcher; batch_size is per process). Several machines: "
                                                    "torchrun, see docs/distributed.md.")] = 1,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="Override train.strategy: ddp (every process holds the model) or fsdp (each holds a shard; "
+             "docs/distributed.md).", show_default=False)] = None,
 ) -> None:
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
@@ -36,7 +39,8 @@ def train(
     """
     try:
         with user_errors():
-            keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
+            keys = {key: value for key, value in (("epochs", epochs), ("device", device),
+                                                               ("strategy", strategy)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
                 from specc.train.launch import LaunchError, launch_training
 

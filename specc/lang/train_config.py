@@ -19,6 +19,7 @@ from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
 from specc.lang.limits import limit
+from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
 from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy", "text")
@@ -331,6 +332,10 @@ class TrainConfig(_Strict):
     log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+    strategy: StrategyName = None        # ddp | fsdp (docs/distributed.md); default: ddp on several processes
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)        # strategy fsdp: units, resharding, CPU offload
+    activation_checkpointing: CheckpointingName = "none"        # blocks: recompute each block's activations
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # {tensor: N}: tensor parallel (with fsdp)
 
     @field_validator("threads")
     @classmethod

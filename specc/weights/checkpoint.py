@@ -17,6 +17,17 @@ so `torch.load(..., weights_only=True)` reads it and a run can be rebuilt from t
     checksum    "sha256:<hex>" of every tensor and value above, verified on load
     interrupted {"epoch": e, "step": s, ...} in interrupted.pt only: the state after step s of epoch e
 
+A `strategy: fsdp` run writes sharded checkpoints instead (`last.dcp/`, a link to a folder):
+
+    last.dcp -> .last.dcp.<id>/
+        .metadata, __0_0.distcp, ...   torch.distributed.checkpoint (DCP): "model" and "optimizer",
+                                       each process's shards in its own file (specc.train.sharded_state)
+        state.pt    every other key above, a checkpoint itself (checksummed), plus `sharded: True` and
+                    `files`: the sha256 of each DCP file
+
+DCP reshards on load, so such a folder resumes on any number of processes; `load_checkpoint` reads it
+without a process group, the model's full tensors included, so every command reads sharded runs.
+
 Writing checks the disk: a full disk is a CHECKPOINT_ERROR naming the file, and the previous
 file stays intact. Reading checks the checksum, so flipped bytes are an error, not wrong weights.
 """
@@ -110,7 +121,8 @@ def _digest(value: Any, digest) -> None:
 
 
 def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> dict[str, Any]:
-    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum.
+    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum; a sharded
+    one (a `.dcp` folder) with its model's full tensors.
 
     Args:
         path: the file.
@@ -120,6 +132,9 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         SpecError: CHECKPOINT_ERROR when the file is missing, corrupted or not a specc checkpoint.
     """
     path, shown = Path(path), Path(shown_as or path)
+    if path.is_dir():  # a `strategy: fsdp` run's last.dcp/ (see below)
+        if is_sharded(path):
+            return load_sharded_checkpoint(path)
     if not path.is_file():
         raise SpecError(Problem(f"checkpoint not found: {shown}", None, "CHECKPOINT_ERROR"))
     with open(path, "rb") as handle:
@@ -246,3 +261,63 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- sharded checkpoints (strategy: fsdp) ---------------------------------------------------------
+STATE_FILE = "state.pt"
+SUFFIX = ".dcp"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """True for a sharded checkpoint folder (or the link to one)."""
+    return Path(path).is_dir() and (Path(path) / STATE_FILE).is_file()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """`{file name: "sha256:<hex>"}` of every DCP file in `folder` (not state.pt)."""
+    digests = {}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.name != STATE_FILE and not file.name.startswith(f".{STATE_FILE}"):
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            digests[file.name] = f"sha256:{digest.hexdigest()}"
+    return digests
+
+
+def read_sharded_state(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """state.pt of a sharded checkpoint, its DCP files checked against their recorded sha256.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a missing, changed or extra file.
+    """
+    folder = Path(path)
+    state = load_checkpoint(folder / STATE_FILE, shown_as=folder)
+    if verify:
+        recorded, found = state.get("files", {}), file_digests(folder.resolve())
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise SpecError(Problem(f"{path}: the checkpoint is corrupted or incomplete ({', '.join(changed)} "
+                                    f"missing or changed since it was written)", None, "CHECKPOINT_ERROR"))
+    return state
+
+
+def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint as one process's dict: state.pt's keys plus `model`, the full tensors
+    gathered from every shard on the CPU (the optimizer state stays on disk).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a corrupted or unreadable checkpoint.
+    """
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    state = read_sharded_state(path)
+    try:
+        loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
+    except Exception as error:  # DCP raises several types for damaged folders
+        raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
+                                "CHECKPOINT_ERROR")) from None
+    model = loaded.get("model", {})
+    state["model"] = {name: tensor for name, tensor in model.items() if isinstance(tensor, torch.Tensor)}
+    return state
