@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
+from specc.lang.prune_config import PruneConfig
 from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
@@ -263,6 +264,22 @@ class TrainConfig(_Strict):
     log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+    prune: Optional[PruneConfig] = None  # gradual magnitude pruning (specc.train.pruning)
+
+    @model_validator(mode="after")
+    def _prune_fits_the_run(self) -> "TrainConfig":
+        prune = self.prune
+        if prune is None:
+            return self
+        if prune.schedule.end_epoch is not None and prune.schedule.end_epoch > self.epochs:
+            raise ArgumentError(f"prune end_epoch {prune.schedule.end_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "end_epoch"))
+        if prune.schedule.start_epoch > self.epochs:
+            raise ArgumentError(f"prune start_epoch {prune.schedule.start_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "start_epoch"))
+        if self.swa is not None:   # AveragedModel would average masked and unmasked copies of each weight
+            raise ArgumentError("prune and swa cannot be combined: remove one of them", ("prune",))
+        return self
 
     @field_validator("log_histograms")
     @classmethod

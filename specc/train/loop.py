@@ -28,6 +28,7 @@ from specc.build.checkpoint import restore_rng, rng_state, save_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
+from specc.train.pruning import Pruner, plain_state_dict
 from specc.train.progress import INTERRUPTED, EpochProgress, NonFiniteLoss, check_finite, epoch_progress
 from specc.train.run_log import RunLog
 from specc.lang.spec import Spec
@@ -106,6 +107,7 @@ class Session:
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
+    pruner: Pruner | None = None           # `train.prune:` (specc.train.pruning)
 
     @property
     def is_main(self) -> bool:
@@ -135,7 +137,7 @@ class Session:
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything `--resume` needs to continue exactly (see specc.build.checkpoint for the layout)."""
         return {
-            "spec": self.spec.raw, "epoch": self.epoch, "model": self.model.state_dict(),
+            "spec": self.spec.raw, "epoch": self.epoch, "model": plain_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(), "schedulers": self.schedulers.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "swa": None if self.swa_model is None else {
@@ -146,11 +148,14 @@ class Session:
             "classes": self.classes, "fold": self.fold,
             "task": {"kind": self.task.kind, "num_classes": self.task.num_classes,
                      "classes_first": self.task.classes_first},
+            "prune": None if self.pruner is None else self.pruner.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `checkpoint_state`."""
         self.model.load_state_dict(state["model"])
+        if self.pruner is not None and state.get("prune"):   # masks go back on the plain weights just loaded
+            self.pruner.load_state_dict(state["prune"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedulers.load_state_dict(state["schedulers"])
         if self.scaler is not None and state["scaler"]:
@@ -212,7 +217,9 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
         record = run_epoch(session, epoch, log)
         session.history.append(record)
         session.epoch = epoch
-        improved = session.best.update(record[session.best.monitor], epoch)
+        # while pruning is under way a better epoch is a denser model: best.pt waits for the final sparsity
+        pruning = session.pruner is not None and epoch < session.pruner.end
+        improved = not pruning and session.best.update(record[session.best.monitor], epoch)
         if session.early is not None:
             session.early.update(record[session.early.monitor], epoch)
         if session.is_main:
@@ -257,6 +264,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
         session.start_swa()
     point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
     learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
+    if session.pruner is not None:   # the cut comes before the epoch's steps (repeating it on resume changes nothing)
+        session.pruner.step(epoch)
     train = session.splits.train
     streamed = getattr(train, "streamed", False)
     if streamed:
@@ -270,6 +279,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     check_finite(record, {"val_loss", session.best.monitor, *(e.monitor for e in session.schedulers.entries),
                           *([session.early.monitor] if session.early else [])}, epoch)
     record["lr"] = learning_rate
+    if session.pruner is not None:
+        record["sparsity"] = round(session.pruner.sparsity(), 6)
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()

@@ -19,6 +19,7 @@ from specc.train.streaming import load_data
 from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
+from specc.train.pruning import Pruner
 from specc.train.optim import Schedulers, build_optimizer
 from specc.lang.spec import Spec, load
 from specc.lang.train_config import CLASS_INDEX_LOSSES, MATRIX_METRICS, TrainConfig
@@ -138,6 +139,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
         scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None, augment=augment,
+        pruner=None if config.prune is None else Pruner(config.prune, model, config.epochs, locate),
     )
 
 
