@@ -127,3 +127,37 @@ def test_the_cli_prints_the_comparison_and_json(trained, tmp_path):
     result = runner.invoke(app, ["quantize", str(spec), "--checkpoint", str(trained.best_checkpoint),
                                  "--method", "int8_dynamic"])
     assert result.exit_code == 2 and "did you mean 'int8-dynamic'" in result.output
+
+
+@pytest.mark.parametrize(("method", "quantized_ops"), [
+    ("int8", {"DynamicQuantizeLinear", "MatMulInteger"}),
+    ("int8-static", {"QuantizeLinear", "DequantizeLinear"}),
+])
+def test_onnx_export_quantized_by_onnxruntime_is_smaller_and_checked(trained, tmp_path, method, quantized_ops):
+    onnx = pytest.importorskip("onnx", reason="ONNX export needs the `export` extra")
+    import yaml
+
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(yaml.safe_dump(DIGITS))
+    output = tmp_path / "digits_int8.onnx"
+    result = CliRunner().invoke(app, ["export", str(spec), "--checkpoint", str(trained.best_checkpoint),
+                                      "-o", str(output), "--quantize", method])
+    assert result.exit_code == 0, result.output
+    assert f"{method}; float:" in result.output
+    assert "checked on 256 examples of the spec's data" in result.output and "top class agrees on" in result.output
+    agreement = float(result.output.split("top class agrees on ")[1].split("%")[0])
+    assert agreement >= 90
+    ops = {node.op_type for node in onnx.load(str(output)).graph.node}
+    assert quantized_ops <= ops
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.yaml", "digits_int8.onnx"]   # no temp left
+
+
+def test_onnx_quantization_needs_an_onnx_output(trained, tmp_path):
+    import yaml
+
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(yaml.safe_dump(DIGITS))
+    result = CliRunner().invoke(app, ["export", str(spec), "-o", str(tmp_path / "m.pt2"), "--quantize", "int8"])
+    assert result.exit_code == 2 and "--quantize writes an ONNX model" in result.output
+    result = CliRunner().invoke(app, ["export", str(spec), "-o", str(tmp_path / "m.onnx"), "--quantize", "int4"])
+    assert result.exit_code == 2 and "--quantize int4: choose int8 or int8-static" in result.output
