@@ -161,3 +161,17 @@ def test_onnx_quantization_needs_an_onnx_output(trained, tmp_path):
     assert result.exit_code == 2 and "--quantize writes an ONNX model" in result.output
     result = CliRunner().invoke(app, ["export", str(spec), "-o", str(tmp_path / "m.onnx"), "--quantize", "int4"])
     assert result.exit_code == 2 and "--quantize int4: choose int8 or int8-static" in result.output
+
+
+@pytest.mark.parametrize("entry", ["int8", {"method": "int3"}, {"method": "int8-dynamic", "layers": [3]}])
+def test_a_malformed_quantization_entry_is_a_checkpoint_error(trained, tmp_path, entry):
+    from specc.build.checkpoint import save_checkpoint
+
+    state = load_checkpoint(trained.best_checkpoint)
+    state.pop("checksum", None)
+    state.pop("format", None)
+    broken = tmp_path / "broken.pt"
+    save_checkpoint({**state, "quantization": entry}, broken)
+    with pytest.raises(SpecError) as error:
+        evaluate(DIGITS, broken)
+    assert error.value.first.code == "CHECKPOINT_ERROR" and "`quantization` entry is malformed" in str(error.value)

@@ -22,6 +22,7 @@ file stays intact. Reading checks the checksum, so flipped bytes are an error, n
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib
@@ -30,7 +31,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -168,18 +169,25 @@ def _load_weights_only(path: Path) -> Any:
 
 
 def import_torchao() -> Any:
-    """Import torchao.quantization without its noise: on a CPU machine it logs a warning per GPU-only
-    extension it cannot load, and warns about torch internals, none of it about the user's model.
+    """Import torchao.quantization quietly (see `torchao_quiet`).
 
     Raises:
         ImportError: torchao is not installed.
     """
+    with torchao_quiet():
+        return importlib.import_module("torchao.quantization")
+
+
+@contextlib.contextmanager
+def torchao_quiet() -> Iterator[None]:
+    """On a CPU machine torchao logs a warning per GPU-only extension it cannot load, and warns about
+    torch internals while it quantizes: noise, none of it about the user's model."""
     previous = logging.root.manager.disable
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            return importlib.import_module("torchao.quantization")
+            yield
         finally:
             logging.disable(previous)
 

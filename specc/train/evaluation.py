@@ -124,7 +124,7 @@ def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
     if state.get("quantization"):
-        from specc.train.quantize import load_quantized
+        from specc.train.quantized import load_quantized
 
         load_quantized(compiled, state, checkpoint)
     else:

@@ -12,29 +12,22 @@ same way (which gives the same tensor layout), then load the stored tensors.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
-import logging
 import statistics
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from specc.build.checkpoint import import_torchao, load_checkpoint, load_model_state, save_checkpoint
-from specc.lang.errors import Problem, SpecError
+from specc.build.checkpoint import load_checkpoint, save_checkpoint
 from specc.lang.spec import Spec
 from specc.train.evaluation import restore, score, split_data
+from specc.train.quantized import apply_quantization, check_method, quantizable_layers
 
-METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
-QUANTIZED_LAYERS = (nn.Linear,)   # what torchao's int8/int4 configs rewrite
-INT4_GROUP_SIZE = 128             # torchao's default group of int4 weights sharing a scale
 
 
 @dataclass
@@ -94,7 +87,7 @@ def quantize(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
         SpecError: an unknown method, one this machine cannot run, no layer it can quantize, torchao
             missing, or the usual checkpoint and data errors.
     """
-    _check_method(method)
+    check_method(method)
     state = load_checkpoint(checkpoint)
     spec, compiled, cpu = restore(spec_or_path, state, checkpoint, "cpu", overrides)   # quantized kernels: CPU here
     data, task = split_data(spec, compiled, state, split, cpu)
@@ -111,93 +104,6 @@ def quantize(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
                          "spec": spec.raw, "model": quantized_model.state_dict(),
                          "quantization": {"method": method, "layers": quantized}}, report.output, verify=True)
     return report
-
-
-def quantizable_layers(compiled, method: str) -> tuple[list[str], list[str]]:
-    """(paths of the layers `method` quantizes, "path (Kind): why" of the layers with weights it leaves in float).
-
-    Raises:
-        SpecError: no layer of the model can be quantized by `method`.
-    """
-    quantized, kept = [], []
-    for name, module in compiled.module.named_modules():
-        kind = type(module).__name__
-        if isinstance(module, QUANTIZED_LAYERS):
-            reason = _int4_misfit(module) if method == "int4-weight" else None
-            if reason:
-                kept.append(f"{name} ({kind}): {reason}")
-            else:
-                quantized.append(name)
-        elif any(parameter.dim() >= 2 for parameter in module.parameters(recurse=False)):
-            kept.append(f"{name} ({kind}): torchao's {method} quantizes nn.Linear only")
-    if not quantized:
-        raise SpecError(Problem(f"{method} quantizes nn.Linear layers, and this model has none it can take; "
-                                f"left in float: {'; '.join(kept) or 'every layer'}", None, "TYPE_ERROR"))
-    return quantized, kept
-
-
-def _int4_misfit(layer: nn.Linear) -> str | None:
-    if layer.in_features % INT4_GROUP_SIZE:
-        return f"int4 groups of {INT4_GROUP_SIZE} need in_features divisible by {INT4_GROUP_SIZE}, not {layer.in_features}"
-    return None
-
-
-def apply_quantization(module: nn.Module, method: str, layers: set[str]) -> None:
-    """Quantize the named layers of `module` in place with torchao's config for `method`."""
-    torchao = _import_torchao()
-    configs = {"int8-dynamic": torchao.quantization.Int8DynamicActivationInt8WeightConfig,
-               "int8-weight": torchao.quantization.Int8WeightOnlyConfig}
-    config = configs[method]() if method in configs else \
-        torchao.quantization.Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
-    with _quiet():
-        torchao.quantization.quantize_(module, config, filter_fn=lambda layer, name: name in layers)
-
-
-def load_quantized(compiled, state: dict[str, Any], checkpoint: str | Path) -> None:
-    """Quantize a freshly built float model as the checkpoint's method did, then load its tensors."""
-    quantization = state["quantization"]
-    method = quantization.get("method")
-    if method not in METHODS:
-        raise SpecError(Problem(f"{checkpoint}: unknown quantization method {method!r}", None, "CHECKPOINT_ERROR"))
-    _check_method(method)
-    apply_quantization(compiled.module, method, set(quantization.get("layers") or ()))
-    load_model_state(compiled.module, state, checkpoint, assign=True)
-    compiled.module.eval()
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        from specc.lang.errors import did_you_mean
-
-        raise SpecError(Problem(f"unknown quantization method '{method}'; choose {', '.join(METHODS)}", None,
-                                "TYPE_ERROR", did_you_mean(method, METHODS)))
-    _import_torchao()
-    if method == "int4-weight" and not torch.cuda.is_available():
-        raise SpecError(Problem("int4-weight needs torchao's int4 kernels, which run on CUDA GPUs; this machine has "
-                                "none: use int8-weight (the same idea at 8 bits) or int8-dynamic", None, "TYPE_ERROR"))
-
-
-def _import_torchao():
-    try:
-        with _quiet():
-            import_torchao()
-    except ImportError:
-        raise SpecError(Problem("quantization needs torchao: pip install 'specc[quantize]' (or pip install torchao)",
-                                None, "MISSING_KEY")) from None
-    return sys.modules["torchao"]
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """torchao logs and warns about torch internals while it quantizes: noise about no user's model."""
-    previous = logging.root.manager.disable
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(previous)
 
 
 def _measure(spec: Spec, module: nn.Module, data, task, device: torch.device, repeats: int) -> Measurement:
