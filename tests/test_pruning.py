@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils import prune
 
 import specc.train.loop
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.prune_config import PruneConfig
 from specc.train.pruning import Pruner, plain_state_dict
@@ -48,8 +48,13 @@ def test_the_cubic_schedule_reaches_the_amount_at_end_epoch():
     assert targets[4] == pytest.approx(0.8)
 
 
-def test_a_trained_model_has_the_stated_sparsity_and_plain_checkpoints(tmp_path):
-    result = train(SPEC, out=tmp_path, verbose=False)
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    return train(SPEC, out=tmp_path_factory.mktemp("runs"), verbose=False)
+
+
+def test_a_trained_model_has_the_stated_sparsity_and_plain_checkpoints(pruned_run):
+    result = pruned_run
     assert result.status == "completed"
     best = load_checkpoint(result.best_checkpoint)
     assert best["epoch"] >= 4                       # best.pt waits for the final sparsity
@@ -142,3 +147,26 @@ def test_a_pattern_that_selects_nothing_is_an_error_with_a_suggestion(tmp_path):
     with pytest.raises(SpecError) as error:
         train(spec_with(params=["1.*"]), out=tmp_path, verbose=False)
     assert "matches only tensors of one dim" in str(error.value)
+
+
+def test_summary_shows_a_checkpoints_sparsity_per_tensor_and_in_total(pruned_run, tmp_path):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    spec = tmp_path / "pruned.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    result = CliRunner().invoke(app, ["summary", str(spec), "--checkpoint", str(pruned_run.best_checkpoint)])
+    assert result.exit_code == 0, result.output
+    total = sum(numel for numel in (8 * 9, 32 * 512, 10 * 32))
+    assert f"Weight sparsity: 50.00% ({round(total / 2):,} of {total:,} values in 3 weight tensors are zero)" in \
+        " ".join(result.output.split())
+    assert "head.weight" in result.output and "50.00%" in result.output
+    result = CliRunner().invoke(app, ["summary", str(spec), "--checkpoint", str(pruned_run.best_checkpoint),
+                                      "--format", "json"])
+    payload = json.loads(result.output)          # one document: the summary and the sparsity
+    assert payload["sparsity"]["total"] == total and payload["sparsity"]["zeros"] == round(total / 2)
+    assert [t["name"] for t in payload["sparsity"]["tensors"]] == PRUNED

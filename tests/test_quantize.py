@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.cli import app
 from specc.lang.errors import SpecError
 from specc.train.evaluation import evaluate, predict
@@ -165,7 +165,7 @@ def test_onnx_quantization_needs_an_onnx_output(trained, tmp_path):
 
 @pytest.mark.parametrize("entry", ["int8", {"method": "int3"}, {"method": "int8-dynamic", "layers": [3]}])
 def test_a_malformed_quantization_entry_is_a_checkpoint_error(trained, tmp_path, entry):
-    from specc.build.checkpoint import save_checkpoint
+    from specc.weights.checkpoint import save_checkpoint
 
     state = load_checkpoint(trained.best_checkpoint)
     state.pop("checksum", None)

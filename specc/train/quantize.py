@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.lang.spec import Spec
 from specc.train.evaluation import restore, score, split_data
 from specc.train.quantized import apply_quantization, check_method, quantizable_layers

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc.build.checkpoint import import_torchao, load_model_state, torchao_quiet
+from specc.weights.checkpoint import import_torchao, load_model_state, torchao_quiet
 from specc.lang.errors import Problem, SpecError, did_you_mean
 
 METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
