@@ -255,3 +255,14 @@ def test_a_check_file_without_every_output_is_refused(tmp_path: Path) -> None:
     save_file({"x": tensors["x"], "output": tensors["hidden"]}, tmp_path / "one.safetensors")
     with pytest.raises(SpecError, match="no expected output named hidden, pooled; every output of the spec is compared"):
         build(TWO_OUTPUTS, weights=state, weights_map="strict", check=tmp_path / "one.safetensors")
+
+
+def test_an_embedding_and_a_head_of_the_same_shape_go_by_kind() -> None:
+    spec = ("inputs: {tokens: {shape: [4], dtype: long}}\nlayers:\n"
+            "  - Embedding: {num_embeddings: 16, embedding_dim: 8}\n    name: table\n"
+            "  - Linear: {out_features: 16, bias: false}\n    name: output\n")
+    file = {"model.embed_tokens.weight": torch.randn(16, 8), "lm_head.weight": torch.randn(16, 8)}
+    model = build(spec, weights=file, weights_map="auto")
+    assert torch.equal(model.table.weight, file["model.embed_tokens.weight"])
+    assert torch.equal(model.output.weight, file["lm_head.weight"])
+    assert model.weights_report.reasons == {"table.weight": "kind", "output.weight": "kind"}

@@ -185,13 +185,14 @@ class _State:
         source_groups = owners([key for key in self.free_sources if self.sources[key].is_floating_point()],
                                self.source_shape)
         use_rank = {key.rpartition(".")[0]: self.targets[key].rank for key in floating}
+        layers = {key.rpartition(".")[0]: self.targets[key].layer for key in floating}
         for signature, target_modules in target_groups.items():
             source_modules = source_groups.get(signature, [])
             if len(source_modules) != len(target_modules):
                 continue   # a different number of such modules: no pairing can be trusted
             keys_of = dict(target_modules + source_modules)
             pairs, undecided = pair_modules([owner for owner, _ in target_modules],
-                                            [owner for owner, _ in source_modules], use_rank)
+                                            [owner for owner, _ in source_modules], use_rank, layers)
             for target_owner, source_owner, why in pairs:
                 for target, source in zip(keys_of[target_owner], keys_of[source_owner]):
                     self.take(Assignment(target, [source], self.how(target, source), why=why), "structure")

@@ -5,6 +5,8 @@ tensors they hold. Within a group of same-signature modules, a pairing is accept
 evidence decides it, in this order:
 
 1. the only one: one model module and one file module of that signature;
+1b. kind: an embedding table and a bias-free Linear can hold the same `[V, D]` weight; the model
+   knows which of its modules is an `Embedding`, and a file's name says so (`embed`, `wte`, ...);
 2. numbers: the numbers in their paths (`layers.3`, `resnets_1`) agree as a whole, so the group
    splits into smaller groups of equal numbers (`layers.0.*` with `model.layers.0.*`);
 3. name words: the words that set a module apart from the rest of its group (after splitting
@@ -22,6 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z]+|[A-Z][a-z]*|\d+")
+_EMBEDDING_WORDS = {"embed", "embedding", "emb", "wte", "wpe", "tok", "token", "shared"}   # name words of tables
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc", "q_attn")   # GPT-2's `Conv1D` layers, stored [in, out]
 
 
@@ -68,21 +71,34 @@ def owners(keys: list[str], shape_of) -> dict[tuple, list[tuple[str, list[str]]]
     return groups
 
 
-def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int]
+def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int], layers: dict[str, str]
                  ) -> tuple[list[tuple[str, str, str]], list[tuple[list[str], list[str]]]]:
     """Pair same-signature model modules (`targets`, in order of use) with file modules.
+
+    Args:
+        layers: each target module's layer class (`Embedding`, `Linear`, ...).
 
     Returns:
         `(pairs, undecided)`: (target, source, why) triples, and the groups evidence left open.
     """
     if len(targets) == 1:
         return [(targets[0], sources[0], "the only one of its kind")], []
+    kinds = {**{t: layers.get(t) == "Embedding" for t in targets},
+             **{s: bool(_EMBEDDING_WORDS & set(name_words(s.rpartition(".")[2]))) for s in sources}}
+    split = _split_by(targets, sources, kinds.get)
+    if split:
+        pairs, undecided = [], []
+        for group_targets, group_sources in split:
+            found, left = pair_modules(group_targets, group_sources, use_rank, layers)
+            pairs += [(t, s, why if why != "the only one of its kind" else "kind") for t, s, why in found]
+            undecided += left
+        return pairs, undecided
     for numbers_of in (_index_numbers, _all_numbers):
         split = _split_by(targets, sources, numbers_of)
         if split:
             pairs, undecided = [], []
             for group_targets, group_sources in split:
-                found, left = pair_modules(group_targets, group_sources, use_rank)
+                found, left = pair_modules(group_targets, group_sources, use_rank, layers)
                 pairs += [(t, s, why if why != "the only one of its kind" else "numbers") for t, s, why in found]
                 undecided += left
             return pairs, undecided
