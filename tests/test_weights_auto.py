@@ -266,3 +266,42 @@ def test_an_embedding_and_a_head_of_the_same_shape_go_by_kind() -> None:
     assert torch.equal(model.table.weight, file["model.embed_tokens.weight"])
     assert torch.equal(model.output.weight, file["lm_head.weight"])
     assert model.weights_report.reasons == {"table.weight": "kind", "output.weight": "kind"}
+
+
+# ----- a Hugging Face checkpoint folder: config.json, shards, index -------------------------------------------
+def test_port_reads_a_sharded_folder_and_its_config(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    state = load_file(reference("hf_gpt2_tiny.safetensors"))
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:14], "model-00002-of-00002.safetensors": keys[14:]}
+    folder = tmp_path / "gpt2-tiny"
+    folder.mkdir()
+    for shard, names in shards.items():
+        save_file({key: state[key] for key in names}, folder / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {key: shard for shard, names in shards.items() for key in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text(reference("hf_gpt2_tiny_config.json").read_text())
+    result = CliRunner().invoke(app, ["port", str(SPECS / "gpt2_small.yaml"), "--weights", str(folder), "--config",
+                                      str(folder), "-o", str(tmp_path / "gpt2.safetensors"),
+                                      "--check", str(reference("hf_gpt2_tiny_io.safetensors"))])
+    assert result.exit_code == 0, result.output
+    assert "model.safetensors.index.json (auto): 4 matched by name, 24 by structure" in result.output
+    assert "    h.0.attention.body.norm.bias <- h.0.ln_1.bias (order of use)" in result.output
+    assert "checked: logits [2, 32, 1000] from hf_gpt2_tiny_io.safetensors matches" in result.output
+
+
+def test_config_vars_are_only_the_ones_the_spec_declares(tmp_path: Path) -> None:
+    from specc.weights.hf_config import config_vars
+
+    llama = json.loads(reference("hf_llama_gqa_tiny_config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(llama))
+    found = config_vars(tmp_path, {"dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "rope_base", "norm_eps"})
+    assert found == {"dim": 96, "n_layers": 2, "n_heads": 6, "n_kv_heads": 2, "hidden_dim": 256,
+                     "rope_base": 500000.0, "norm_eps": 1e-6}   # rope_theta read from rope_parameters
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(SpecError, match="a config is a JSON object"):
+        config_vars(tmp_path, {"dim"})
