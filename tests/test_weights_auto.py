@@ -42,6 +42,13 @@ REFERENCE_MODELS = {
     "hf_t5_tiny": ("t5_small.yaml", lambda: {"variant": "tiny"}, ["input_ids", "decoder_input_ids"],
                    ["last_hidden_state", "encoder_last_hidden_state"]),
     "timm_convnextv2_atto": ("convnextv2_atto.yaml", lambda: {"variant": "reference"}, ["input"], ["output"]),
+    # specs written on other branches (their defaults are the reference configs); skipped until they land
+    "hf_llama_gqa_tiny": ("llama3.yaml", dict, ["input_ids"], ["logits"]),
+    "hf_qwen2_tiny": ("qwen2.yaml", dict, ["input_ids"], ["logits"]),
+    "hf_gemma_tiny": ("gemma.yaml", dict, ["input_ids"], ["logits"]),
+    "hf_mixtral_tiny": ("mixtral.yaml", dict, ["input_ids"], ["logits"]),
+    "hf_bert_tiny": ("bert.yaml", dict, ["input_ids", "attention_mask"], ["last_hidden_state", "pooler_output"]),
+    "diffusers_unet2d_tiny": ("diffusion_unet.yaml", dict, ["sample", "timestep"], ["output"]),
 }
 
 
@@ -305,3 +312,18 @@ def test_config_vars_are_only_the_ones_the_spec_declares(tmp_path: Path) -> None
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(SpecError, match="a config is a JSON object"):
         config_vars(tmp_path, {"dim"})
+
+
+def test_hugging_face_llama_into_meta_names_is_refused_not_transposed() -> None:
+    """The issue's case: HF Llama's gate/up/down into llama2_7b.yaml's w1/w3/w2 used to pair by
+    shape, transposing plain Linear weights to fit; now the MLP is refused with a rename rule."""
+    sizes = dict(vocab_size=512, max_len=24, dim=96, n_layers=2, n_heads=6, hidden_dim=256, norm_eps=1e-6,
+                 rope_base=500000.0)
+    with pytest.raises(SpecError) as raised:
+        build(SPECS / "llama2_7b.yaml", weights=reference("hf_llama_gqa_tiny.safetensors"), weights_map="auto",
+              **sizes)
+    message = str(raised.value)
+    assert ("auto will not guess: model layers.0.feed_forward.body.mlp.w1 / layers.0.feed_forward.body.mlp.w3 "
+            "and file layers.0.mlp.gate_proj / layers.0.mlp.up_proj") in message
+    assert "{'layers.*.mlp.gate_proj.*': 'layers.*.feed_forward.body.mlp.w1.*'}" in message
+    assert "layers.0.feed_forward.body.mlp.w2.weight" not in message   # down_proj: decided by its shape
