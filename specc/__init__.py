@@ -27,6 +27,7 @@ _EXPORTS = {
     "Compiled": "specc.build.compiled",
     "evaluate": "specc.train.evaluation",
     "predict": "specc.train.evaluation",
+    "generate": "specc.train.generation",
     "codegen": "specc.export.eject",
     "from_module": "specc.export.importer",
 }

@@ -77,7 +77,7 @@ def test_flat_and_names_remove_and_rename_path_levels() -> None:
 @pytest.mark.parametrize("meta, code, words", [
     ("flat: yes_please", "TYPE_ERROR", "flat must be true or false"),
     ("names: {bdy: ''}", "UNKNOWN_KEY", "names: residual has no part 'bdy'"),
-    ("names: {body: 'a.b'}", "TYPE_ERROR", "must be an identifier or ''"),
+    ("names: {body: 'a..b'}", "TYPE_ERROR", "must be an identifier, a dotted path or ''"),
 ])
 def test_path_keys_mistakes_are_located(meta: str, code: str, words: str) -> None:
     text = f"inputs: {{x: {{shape: [4]}}}}\nlayers:\n  - residual: [Linear: {{out_features: 4}}]\n    {meta}\n"

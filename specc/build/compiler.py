@@ -29,7 +29,7 @@ from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
 from specc.build.plan_cache import CompilePlan
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
+from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
@@ -250,34 +250,56 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
 def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
     """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
     parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
-    layer_types = {node.target for node in graph.nodes if node.op == "module"}
-    parameters = dict(module.named_parameters())
     with torch.no_grad():
-        for key, how in spec.init.items():
-            location = spec.source.locate(("init", key))
-            initialise = _initializer(how, location)
-            if key in layer_types:
-                targets = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
-                chosen = [p for name in targets if (p := getattr(module.get_submodule(name), "weight", None)) is not None]
-            else:
-                chosen = [p for name, p in parameters.items()
-                          if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
-            if not chosen:
-                raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
-                                        "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-            for parameter in chosen if apply else []:
+        for key, location, initialise, names in init_targets(module, graph, spec):
+            for name in names if apply else []:
                 try:
-                    initialise(parameter)
+                    initialise(module.get_parameter(name))
                 except ValueError as error:
                     raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
+
+
+def init_targets(module: nn.Module, graph: Graph, spec: Spec,
+                 every_name: bool = False) -> list[tuple[str, Any, Any, list[str]]]:
+    """`(key, location, initialise, parameter names)` per `init:` key, in the order a build applies
+    them (a sharded build replays it, see specc.build.materialize). `every_name`: a tied parameter
+    under each of its names, as it was before `tie:` joined them.
+
+    Raises:
+        SpecError: an unknown initialisation, or a key that matches nothing.
+    """
+    layer_types = {node.target for node in graph.nodes if node.op == "module"}
+    parameters = dict(module.named_parameters(remove_duplicate=not every_name))
+    targets = []
+    for key, how in spec.init.items():
+        location = spec.source.locate(("init", key))
+        initialise = _initializer(how, location)
+        if key in layer_types:
+            modules = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
+            chosen = [f"{name}.weight" for name in modules
+                      if isinstance(getattr(module.get_submodule(name), "weight", None), nn.Parameter)]
+        else:
+            chosen = [name for name in parameters if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
+        if not chosen:
+            raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
+                                    "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
+        targets.append((key, location, initialise, chosen))
+    return targets
+
+
+def spec_registry(spec: Spec) -> Registry:
+    """The layers a spec may use: torch.nn, specc's own and its `imports:`."""
+    return Registry(_imports(spec))
 
 
 def _initializer(how: str | dict, location) -> Any:
     name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
     function_name = name if name.endswith("_") else f"{name}_"
-    known = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    if function_name not in known:
+    problem = init_problem(how)
+    if problem is not None and function_name not in INIT_FUNCTIONS:
         raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, known) or "").rstrip("_") or None))
+                                (did_you_mean(function_name, list(INIT_FUNCTIONS)) or "").rstrip("_") or None))
+    if problem is not None:   # a kwarg the function does not take is refused before any call (or codegen)
+        raise SpecError(Problem(f"init: {problem}", location, "UNKNOWN_KWARG"))
     function = getattr(nn.init, function_name)
     return lambda parameter: function(parameter, **(kwargs or {}))

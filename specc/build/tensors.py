@@ -16,6 +16,7 @@ helper (positions, masks) that the spec's functions treat like an input of batch
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -43,7 +44,7 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
         problems += _shape_problems(args.get("shape"), "shape", op, locate, required=not problems)
         if "init" in args and not _init_ok(args["init"]):
             problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...) or "
-                                   f"{{name: {{kwargs}}}}, got {args['init']!r}", (op, "init"), "TYPE_ERROR"))
+                                   f"{{name: {{kwargs}}}}: {init_problem(args['init'])}", (op, "init"), "TYPE_ERROR"))
     else:
         forms = [key for key in _VALUE_FORMS if key in args]
         if len(forms) != 1:
@@ -93,8 +94,42 @@ def _ints(value: Any, positive: bool = False, allow_scalar: bool = False) -> boo
 
 
 def _init_ok(how: Any) -> bool:
-    name = how if isinstance(how, str) else next(iter(how)) if isinstance(how, dict) and len(how) == 1 else None
-    return isinstance(name, str) and hasattr(nn.init, name.rstrip("_") + "_")
+    return init_problem(how) is None
+
+
+def init_problem(how: Any) -> str | None:
+    """Why `how` (`zeros`, `{normal: {std: 0.02}}`) is not an nn.init call a spec may make, or None.
+
+    The function must be a public `nn.init.*_` initialiser and every kwarg a parameter of it (its
+    tensor and generator excepted), so nothing but a known name and a known keyword ever reaches
+    the call, or the code `specc codegen` writes for it.
+    """
+    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items())) if isinstance(how, dict) and len(how) == 1 \
+        else (None, None)
+    function_name = f"{name.rstrip('_')}_" if isinstance(name, str) else ""
+    if function_name not in INIT_FUNCTIONS:
+        return f"unknown initialisation {name!r}"
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, dict):
+        return f"{name}: its args must be a mapping of keyword args, got {kwargs!r}"
+    accepted = INIT_FUNCTIONS[function_name]
+    for key in kwargs:
+        if key not in accepted:
+            return f"{name} has no argument {key!r} (it takes {', '.join(accepted) or 'none'})"
+    return None
+
+
+def _init_functions() -> dict[str, tuple[str, ...]]:
+    functions = {}
+    for name in dir(nn.init):
+        if name.endswith("_") and not name.startswith("_") and callable(getattr(nn.init, name)):
+            parameters = list(inspect.signature(getattr(nn.init, name)).parameters)[1:]   # [0] is the tensor
+            functions[name] = tuple(p for p in parameters if p != "generator")   # a Generator is no YAML value
+    return functions
+
+
+INIT_FUNCTIONS: dict[str, tuple[str, ...]] = _init_functions()
 
 
 def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.Tensor:

@@ -333,7 +333,7 @@ def _runner(path: Path):
         return lambda inputs: _tensors(program(*inputs))
     from specc.weights.building import build_from_safetensors
 
-    rebuilt = build_from_safetensors(path)
+    rebuilt = build_from_safetensors(path, trust_code=True)   # the file just written from this spec
     return lambda inputs: _tensors(rebuilt(*inputs))
 
 

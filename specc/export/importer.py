@@ -26,10 +26,10 @@ from specc.export.import_functions import function_item
 from specc.export.import_ops import (Unsupported, example_values, fit_constructor, is_tuple_layer, layer_item,
                                      stand_in, torch_base)
 from specc.export.import_tensors import free_tensor_item
-from specc.export.import_trace import CONTAINERS, Tracer, failing_module, specc_layer
+from specc.export.import_trace import CONTAINERS, Tracer, failing_module, refuse_unwritable_names, specc_layer
 from specc.export.import_tree import Group as _Group, ListWriter
 
-_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
+_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function in ("attention", "scan")}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
@@ -51,6 +51,7 @@ def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torc
         ValueError: the module's own forward has no spec form (the reason says which op).
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    refuse_unwritable_names(module)
     opaque: set[str] = set()
     for _ in range(100):
         try:
