@@ -327,3 +327,28 @@ def test_hugging_face_llama_into_meta_names_is_refused_not_transposed() -> None:
             "and file layers.0.mlp.gate_proj / layers.0.mlp.up_proj") in message
     assert "{'layers.*.mlp.gate_proj.*': 'layers.*.feed_forward.body.mlp.w1.*'}" in message
     assert "layers.0.feed_forward.body.mlp.w2.weight" not in message   # down_proj: decided by its shape
+
+
+def test_a_sharded_llama_folder_ports_strictly_with_its_config(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from specc.export.port import port
+
+    if not (SPECS / "llama3.yaml").exists():
+        pytest.skip("specs/llama3.yaml is not on this branch")
+    state = load_file(reference("hf_llama_gqa_tiny.safetensors"))
+    state = {key: value for key, value in state.items() if ".layers.1." not in key}   # a one-layer Llama
+    keys = sorted(state)
+    folder = tmp_path / "llama-tiny"
+    folder.mkdir()
+    shards = {"model-00001-of-00002.safetensors": keys[:6], "model-00002-of-00002.safetensors": keys[6:]}
+    for shard, names in shards.items():
+        save_file({key: state[key] for key in names}, folder / shard, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {key: shard for shard, names in shards.items() for key in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = json.loads(reference("hf_llama_gqa_tiny_config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))   # the config decides
+    result = port(SPECS / "llama3.yaml", folder, tmp_path / "llama.safetensors", weights_map="strict", config=folder)
+    assert result.report.ok and len(result.report.by_name) == 12   # embed, norm, head + 9 of layer 0
+    rebuilt = build(tmp_path / "llama.safetensors")
+    assert sum(".layers." in key for key in rebuilt.state_dict()) == 9
