@@ -1,6 +1,7 @@
 """`specc draw`: svg/png/pdf/dot/Mermaid output, clusters and merges, folding, autograd, missing `dot`."""
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -223,8 +224,13 @@ def test_default_output_is_the_spec_name_next_to_the_spec(tmp_path):
 def test_digraph_displays_inline_in_jupyter():
     digraph = draw(ROOT / "specs/parallel_cnn.yaml")
     bundle = digraph._repr_mimebundle_()
-    assert "<svg" in bundle["image/svg+xml"] and "cat dim=1" in bundle["image/svg+xml"]
-    assert "<svg" in digraph._repr_image_svg_xml()
+    # the viewer in its own document: the page's quotes and tags are escaped inside srcdoc
+    srcdoc = re.fullmatch(r'<iframe srcdoc="([^"]*)"[^>]*></iframe>', bundle["text/html"]).group(1)
+    assert "<" not in srcdoc and html.unescape(srcdoc) == digraph.to_html()
+    svg = digraph._repr_image_svg_xml()
+    assert "<svg" in svg and "cat dim=1" in svg
+    autograd = draw(ROOT / "specs/mnist_net.yaml", autograd=True)._repr_mimebundle_()
+    assert "<svg" in autograd["image/svg+xml"]
 
 
 def test_autograd_graph_names_parameters_from_the_spec():

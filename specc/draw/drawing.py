@@ -63,6 +63,22 @@ class Drawing(graphviz.Digraph):
         spec, depth, expand, variables = self.source_spec
         return spec_html(spec, depth=depth, expand=expand, **variables)
 
+    def to_iframe(self, height: int = 600) -> str:
+        """The viewer inside an `<iframe srcdoc>`: its page, script and styles stay in their own document,
+        so embedding it in Jupyter or VS Code leaves the notebook page alone."""
+        return (f'<iframe srcdoc="{escape(self.to_html(), quote=True)}" title="specc viewer" '
+                f'style="width:100%;height:{int(height)}px;border:1px solid #ddd" '
+                'sandbox="allow-scripts allow-downloads"></iframe>')
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, str]:
+        """Jupyter's display: the interactive viewer (the autograd graph keeps graphviz's SVG)."""
+        if self.source_spec is None:
+            return super()._repr_mimebundle_(include, exclude, **kwargs)
+        return {"text/html": self.to_iframe(), "text/plain": f"<specc drawing of {self.name}>"}
+
+    def _repr_html_(self) -> str:
+        return self.to_iframe()
+
 
 class GraphvizNotFound(graphviz.ExecutableNotFound):
     """graphviz's `dot` program is missing; the `.dot` source was written to `source_path` instead."""

@@ -191,7 +191,8 @@ def _table(result: SpecDiff) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=io.StringIO(), width=1_000, color_system=None, highlight=False)
+    # force_jupyter=False: in a notebook rich would display the table itself and leave the buffer empty
+    console = Console(file=io.StringIO(), width=1_000, color_system=None, highlight=False, force_jupyter=False)
     console.print(f"{result.a_name} → {result.b_name}")
     if result.changes:
         grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")

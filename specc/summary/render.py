@@ -46,7 +46,9 @@ def render(result: "ModelSummary", output_format: str = "table", width: int | No
     if output_format == "table":
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=width or PLAIN_WIDTH, color_system=None, highlight=False)
+        # force_jupyter=False: in a notebook rich would display the table itself and leave the buffer empty
+        console = Console(file=io.StringIO(), width=width or PLAIN_WIDTH, color_system=None, highlight=False,
+                          force_jupyter=False)
         _print_table(result, console)
         return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).rstrip()
     raise ValueError(f"unknown format '{output_format}'; choose one of {', '.join(FORMATS)}")
