@@ -29,7 +29,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
 from benchmarks import (cli_cost, compile_cost, draw_cost, forward, gpu, quantization, scan, sharded,  # noqa: E402
-                        streaming, training)
+                        streaming, train_start, training)
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -38,6 +38,7 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "compile": (compile_cost.run, {}, {"repeats": 1, "small": True}),
     "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml"}),
     "train": (training.run, {}, {"repeats": 1, "models": ("mlp",)}),
+    "train_start": (train_start.run, {}, {"repeats": 1}),
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
     "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),

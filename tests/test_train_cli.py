@@ -148,3 +148,26 @@ def test_ctrl_c_saves_last_pt_exits_130_and_resume_continues(workdir):
     assert f"from epoch {epochs_done + 1}" in resumed.stdout
     with open(run_dir / "metrics.csv") as handle:
         assert [int(row["epoch"]) for row in csv.DictReader(handle)] == list(range(1, epochs_done + 3))
+
+
+def test_a_first_line_before_the_imports_and_quiet_keeps_only_the_final_table(workdir):
+    """The run says it started before torch & co are imported (stderr); --quiet prints the table alone,
+    -v each stage with its time; the fast exit after the table leaves every file of the run complete."""
+    kfold = IRIS.replace("split: {val: 0.2, test: 0.2}", "split: {kfold: 3}").replace("name: iris_cli", "name: iris_quiet")
+    (workdir / "quiet.yaml").write_text(textwrap.dedent(kfold))
+    quiet = specc("train", "quiet.yaml", "--epochs", 2, "--out", "quiet_runs", "--quiet", cwd=workdir)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith("3-fold cross-validation: ") and "val_accuracy" in quiet.stdout
+    assert not any(line.startswith(("fold ", "training ")) for line in lines) and len(lines) < 15
+    assert "loading torch" not in quiet.stderr
+    (run_dir,) = (workdir / "quiet_runs" / "iris_quiet").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert all((run_dir / f"fold_{index}" / "best.pt").exists() for index in (1, 2, 3))
+
+    loud = specc("train", "iris.yaml", "--epochs", 1, "--out", "loud_runs", "-v", cwd=workdir)
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stderr.splitlines()[0] == "specc train: loading torch and the training modules ..."
+    assert any(line.startswith("compiling iris_cli: ") and line.endswith(" s") for line in loud.stdout.splitlines())
+    (run_dir,) = (workdir / "loud_runs" / "iris_cli").iterdir()
+    assert (run_dir / "curves.png").stat().st_size > 0 and list(run_dir.glob("events.out.tfevents.*"))

@@ -131,3 +131,35 @@ def test_off_a_terminal_an_epoch_is_one_line_unless_columns_is_set(tmp_path, cap
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
     log.finish()
+
+
+def test_a_narrow_terminal_never_elides_a_digit_of_the_final_tables():
+    import io
+
+    from rich.console import Console
+
+    from specc.train.run_log import print_folds, print_metrics
+
+    metrics = {split: {"loss": 12345.678901, "accuracy": 0.987654, "balanced_accuracy": 0.912345}
+               for split in ("train", "val", "test")}
+    folds = [{"val_balanced_accuracy": 0.9 + index / 100} for index in range(5)]
+    for width in (24, 40):
+        screen = io.StringIO()
+        console = Console(file=screen, width=width, force_terminal=False, force_jupyter=False)
+        print_metrics(console, "best", metrics)
+        print_folds(console, "folds", folds, {"val_balanced_accuracy": (0.92, 0.0141)})
+        text = screen.getvalue()
+        assert "…" not in text
+        for number in ("12345.6789", "0.9877", "0.9123", "0.9400", "0.9200 ± 0.0141", "balanced_accuracy"):
+            assert number in text, (width, number)
+
+
+def test_curves_of_many_metrics_are_a_grid_not_a_strip():
+    names = ["loss", "accuracy", "f1", "precision", "recall", "auroc", "balanced_accuracy"]
+    history = [{"epoch": epoch, **{f"{split}_{name}": 1 / epoch for split in ("train", "val") for name in names},
+                "lr": 0.01} for epoch in (1, 2)]
+    figure = curves_figure(history)
+    width, height = (round(inches * 100) for inches in figure.get_size_inches())
+    assert len(figure.axes) == 8 and (width, height) == (1350, 1020)   # 3 columns, 3 rows at 100 dpi
+    positions = {(round(axes.get_position().x0, 2), round(axes.get_position().y0, 2)) for axes in figure.axes}
+    assert len({x for x, _ in positions}) == 3 and len({y for _, y in positions}) == 3

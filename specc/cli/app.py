@@ -6,6 +6,7 @@ Heavy imports happen inside the commands so `specc --help` stays instant.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,6 +27,9 @@ app = typer.Typer(
 SpecPath = Annotated[Path, typer.Argument(help="Path to the YAML spec.", show_default=False, metavar="SPEC")]
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override a var (width=128) or a dotted spec key (train.epochs=5); repeatable.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final table (and errors).")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Also print each stage before the first "
+                                                                     "epoch as a line with its time.")]
 VariantOption = Annotated[Optional[str], typer.Option(
     "--variant", metavar="NAME", help="Use one of the spec's `variants:` (its var overrides; --set applies after it).")]
 
@@ -136,13 +140,40 @@ CheckpointOption = Annotated[Path, typer.Option(help="A best.pt or last.pt writt
 DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1 or mps (overrides train.device).")]
 
 
+FAST_EXIT_COMMANDS = ("train", "evaluate")
+
+
+def starting(command: str, quiet: bool) -> None:
+    """A first line before the seconds of importing torch, torchmetrics and the rest (on stderr: stdout
+    keeps the run's own lines)."""
+    if not quiet:
+        typer.echo(f"specc {command}: loading torch and the training modules ...", err=True)
+
+
 def main() -> None:
     """Console-script entry point. A bug in specc prints one line (SPECC_DEBUG=1 shows the traceback)."""
     try:
         app()
+    except SystemExit as done:
+        command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+        if command in FAST_EXIT_COMMANDS and not isinstance(done.code, str):
+            _exit_now(done.code)
+        raise
     except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug
         if os.environ.get("SPECC_DEBUG"):
             raise
         typer.echo(f"specc: internal error: {type(error).__name__}: {error} "
                    "(please report it; SPECC_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)
+
+
+def _exit_now(code: Any) -> None:
+    """Leave without the interpreter's teardown of torch, scipy and matplotlib (seconds after the final
+    table): every file of the run is written and closed by now, so only the streams need flushing."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0)

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli.app import (CheckpointOption, DeviceOption, SetOption, SpecPath, UsageFailure, VariantOption, app,
-                           output_folder_exists, overrides, user_errors)
+from specc.cli.app import (CheckpointOption, DeviceOption, QuietOption, SetOption, SpecPath, UsageFailure,
+                           VariantOption, VerboseOption, app, output_folder_exists, overrides, starting, user_errors)
 
 
 @app.command()
@@ -30,6 +30,8 @@ def train(
     strategy: Annotated[Optional[str], typer.Option(
         help="Override train.strategy: ddp (every process holds the model) or fsdp (each holds a shard; "
              "docs/distributed.md).", show_default=False)] = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
@@ -37,6 +39,7 @@ def train(
     2 for spec, data or checkpoint errors, 130 when interrupted by Ctrl-C or SIGTERM (interrupted.pt
     is saved; last.pt keeps the last complete epoch).
     """
+    starting("train", quiet)
     try:
         with user_errors():
             keys = {key: value for key, value in (("epochs", epochs), ("device", device),
@@ -49,9 +52,12 @@ def train(
                 except LaunchError as error:
                     raise UsageFailure(str(error), code=1) from None
             else:
+                from specc.train.run_log import show_stage_lines
                 from specc.train.training import train as run_training
 
-                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
+                show_stage_lines(verbose)
+                result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), quiet=quiet,
+                                      **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -70,8 +76,10 @@ def evaluate(
     set_: SetOption = None,
     variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
+    quiet: QuietOption = False,
 ) -> None:
     """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
+    starting("evaluate", quiet or output_format == "json")
     with user_errors(output_format):
         from specc.train.evaluation import evaluate as run_evaluation
 

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,6 +26,7 @@ from specc.train.tensorboard import TensorBoard, histograms_due
 Session = Any
 
 NOT_PLOTTED = ("epoch", "seconds", "data_seconds", "lr")
+CURVE_COLUMNS = 3   # curves.png panels per row
 
 
 class RunLog:
@@ -110,11 +112,25 @@ class RunLog:
         self.tensorboard.close()
 
 
+STAGE_LINES = {"on": False}   # `-v`: every stage also as a line with its time, on a terminal or not
+
+
+def show_stage_lines(on: bool = True) -> None:
+    """`specc train -v`: print each stage before the first epoch as a line, with the seconds it took."""
+    STAGE_LINES["on"] = on
+
+
 @contextlib.contextmanager
 def stage(text: str, verbose: bool = True) -> Iterator[None]:
     """What the run is doing before its first epoch (compiling, loading data), as a spinner on a
-    terminal that gives way to the next stage; nothing off a terminal, where logs stay as they were."""
+    terminal that gives way to the next stage; nothing off a terminal, where logs stay as they were
+    (with `-v`, a line per stage and its time)."""
     console = status_console()
+    if verbose and STAGE_LINES["on"]:
+        started = time.perf_counter()
+        yield
+        print(f"{text}: {time.perf_counter() - started:.2f} s", flush=True)
+        return
     if not verbose or not console.is_terminal:
         yield
         return
@@ -262,11 +278,14 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
     names = list(dict.fromkeys(key.partition("_")[2] for key in history[0] if key not in NOT_PLOTTED))
     with_lr = any(isinstance(record.get("lr"), (int, float)) for record in history)
     panels = len(names) + with_lr
-    figure = Figure(figsize=(4.5 * panels, 3.4), layout="constrained")
+    # a grid, at most CURVE_COLUMNS wide: 7 panels in one row made a 4050 px wide strip
+    columns = min(panels, CURVE_COLUMNS)
+    rows = math.ceil(panels / columns)
+    figure = Figure(figsize=(4.5 * columns, 3.4 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     epochs = [record["epoch"] for record in history]
     for index, name in enumerate(names):
-        axes = figure.add_subplot(1, panels, index + 1)
+        axes = figure.add_subplot(rows, columns, index + 1)
         for split in ("train", "val"):
             values = [record.get(f"{split}_{name}", math.nan) for record in history]
             if any(not math.isnan(value) for value in values):
@@ -277,7 +296,7 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
         axes.grid(alpha=0.3)
         axes.legend()
     if with_lr:
-        axes = figure.add_subplot(1, panels, panels)
+        axes = figure.add_subplot(rows, columns, panels)
         axes.plot(epochs, [record.get("lr", math.nan) for record in history], marker="o", markersize=3,
                   color="#7f7f7f", label="lr")
         axes.set_yscale("log")
@@ -298,9 +317,9 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
     splits = list(metrics)
     names = list(dict.fromkeys(name for values in metrics.values() for name in values))
     table = Table()
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True)
     for split in splits:
-        table.add_column(split, justify="right")
+        table.add_column(split, justify="right", no_wrap=True)
     matrices = []
     for name in names:
         cells = [metrics[split].get(name) for split in splits]
@@ -309,7 +328,7 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
             continue
         table.add_row(name, *("" if cell is None else f"{cell:.4f}" for cell in cells))
     console.print(_wrapped(title, line_width(console if console.is_terminal else None)), crop=False, markup=False)
-    console.print(table)
+    print_whole(console, table)
     for name in matrices:
         for split in splits:
             if isinstance(metrics[split].get(name), list):
@@ -321,14 +340,25 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
 def print_folds(console: Console, title: str, folds: list[dict[str, float]], summary: dict[str, tuple]) -> None:
     """K-fold results: one column per fold, then mean ± std."""
     table = Table()
-    table.add_column("metric")
+    table.add_column("metric", no_wrap=True)
     for index in range(len(folds)):
-        table.add_column(f"fold {index + 1}", justify="right")
-    table.add_column("mean ± std", justify="right")
+        table.add_column(f"fold {index + 1}", justify="right", no_wrap=True)
+    table.add_column("mean ± std", justify="right", no_wrap=True)
     for name, (mean, std) in summary.items():
         table.add_row(name, *(f"{fold.get(name, math.nan):.4f}" for fold in folds), f"{mean:.4f} ± {std:.4f}")
     console.print(title)
-    console.print(table)
+    print_whole(console, table)
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """The table at its natural width even on a narrower terminal: longer lines (the terminal wraps
+    them), never a number cut to "…"."""
+    width = console.width
+    console.width = max(width, console.measure(table, options=console.options.update(width=10 ** 4)).maximum)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def line_width(terminal: Console | None) -> int:

@@ -81,7 +81,7 @@ def _short_number(value: float) -> str:
 
 def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Path = "runs",
           resume: str | Path | None = None, overrides: dict[str, Any] | None = None, verbose: bool = True,
-          **train_keys: Any) -> TrainResult:
+          quiet: bool = False, **train_keys: Any) -> TrainResult:
     """Train the spec's model as its `train:` section says.
 
     This process trains; `specc.train(..., nproc=N)` (specc.train.launch) starts N processes that
@@ -98,6 +98,7 @@ def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Pa
             A spec or overrides that differ from the checkpoint's are printed and applied.
         overrides: vars or dotted keys, like `--set` (`{"width": 32, "train.data.split.seed": 1}`).
         verbose: print progress and the final table.
+        quiet: only the final table (K-fold: the folds' table): no stage, epoch or note lines.
         **train_keys: keys of the `train:` section (`epochs=5`, `device="cpu"`).
 
     Returns:
@@ -120,14 +121,15 @@ def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Pa
         torch.set_num_threads(spec.train.threads)
     try:
         with ranks.process_group(resolve_device(spec.train.device)) as device:
-            return _train(spec, device, Path(out), resume, state, verbose and ranks.is_main())
+            return _train(spec, device, Path(out), resume, state, verbose and ranks.is_main(), quiet)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | None, state: dict | None,
-           verbose: bool) -> TrainResult:
+           verbose: bool, quiet: bool = False) -> TrainResult:
     config = spec.train
+    tables, verbose = verbose, verbose and not quiet  # --quiet keeps the final table alone
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
@@ -148,7 +150,7 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
             _write_spec(run_dir, spec)
-            return _train_folds(spec, compiled, prepared, device, run_dir, verbose)
+            return _train_folds(spec, compiled, prepared, device, run_dir, verbose, tables)
     with stage("torch.compile" if config.compile else "setting up the optimizer", verbose):
         session = _open_split(spec, compiled, prepared, 0, device, state, resume)  # refuses before any write
     session.run_dir = Path(resume).parent if resume is not None else ranks.on_main(new_run_dir, out, spec)
@@ -159,7 +161,7 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         _write_spec(session.run_dir, spec)
         if prepared.tokenizer is not None and ranks.is_main():
             write_text_atomic(session.run_dir / "tokenizer.json", tokenizer_file_text(prepared.tokenizer))
-        result = _run_split(session, verbose)
+        result = _run_split(session, verbose, tables=tables)
         if ranks.is_main():
             _write_summary(session.run_dir, result)
     return result
@@ -215,7 +217,9 @@ def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: to
     return session
 
 
-def _run_split(session: Session, verbose: bool, label: str = "", show_table: bool = True) -> TrainResult:
+def _run_split(session: Session, verbose: bool, label: str = "", show_table: bool = True,
+               tables: bool | None = None) -> TrainResult:
+    """One holdout run; `tables` (default: `verbose`) prints the final table even when `verbose` is off."""
     spec, run_dir, device = session.spec, session.run_dir, session.device
     log = RunLog(run_dir, epochs=spec.train.epochs, verbose=verbose, label=label, session=session) \
         if session.is_main else SilentLog()
@@ -241,12 +245,12 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     result = TrainResult(run_dir, status, message, session.history, last_checkpoint=last, best_checkpoint=best)
     if result.ok and result.best_checkpoint:
         result.metrics = best_metrics(session, result.best_checkpoint)
-        if show_table and verbose:
-            print_metrics(log.console, f"best checkpoint: epoch {session.best.best_epoch} ({session.best.monitor} "
-                                       f"{session.best.best:.4f}), {result.best_checkpoint}", result.metrics)
         log.final_metrics(session, {**result.metrics, **_confusion_matrices(session, result.metrics)},
                           session.best.best_epoch or session.epoch)
-    log.finish()
+    log.finish()   # TensorBoard's files closed before the table: the process can end right after it
+    if result.metrics and show_table and (verbose if tables is None else tables):
+        print_metrics(log.console, f"best checkpoint: epoch {session.best.best_epoch} ({session.best.monitor} "
+                                   f"{session.best.best:.4f}), {result.best_checkpoint}", result.metrics)
     return result
 
 
@@ -294,7 +298,7 @@ def _finish_swa(session: Session) -> str:
 
 
 def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device, run_dir: Path,
-                 verbose: bool) -> TrainResult:
+                 verbose: bool, tables: bool = True) -> TrainResult:
     """K runs, one per fold, each in run_dir/fold_<k>; reports every fold and the mean ± std."""
     folds = []
     count = len(prepared.splits)
@@ -314,7 +318,7 @@ def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device,
     result = TrainResult(run_dir, "completed" if statuses <= {"completed", "early_stopped"} else statuses.pop(),
                          folds=folds, summary=summary,
                          metrics=_nest({name: mean for name, (mean, _) in summary.items()}))
-    if verbose and summary:
+    if tables and summary:
         from rich.console import Console
 
         print_folds(Console(highlight=False), f"{count}-fold cross-validation: {run_dir}", per_fold, summary)
