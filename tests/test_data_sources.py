@@ -216,3 +216,49 @@ def test_npy_labels_outside_the_model_outputs_are_rejected(tmp_path):
     np.save(tmp_path / "labels.npy", np.arange(20) % 5)
     with pytest.raises(SpecError, match="classes 0..4 but the model outputs 3 class scores"):
         prepared(write_spec(tmp_path, MLP.format(classes=3, data='{source: "npy:x.npy", target: labels.npy}')))
+
+
+SYNTHETIC_CNN = """\
+    name: synthetic_cnn
+    inputs:
+      image: {shape: [3, 32, 32]}
+    layers:
+      - Conv2d: {out_channels: 16, kernel_size: 3, padding: 1}
+      - ReLU
+      - MaxPool2d: {kernel_size: 2}
+      - Conv2d: {out_channels: 32, kernel_size: 3, padding: 1}
+      - ReLU
+      - AdaptiveAvgPool2d: {output_size: 1}
+      - Flatten
+      - Linear: {out_features: 10}
+    train:
+      data: {source: "synthetic:classification", args: {samples: 800}, split: {val: 0.25}}
+      epochs: 4
+      batch_size: 32
+      loss: CrossEntropyLoss
+      optimizer: {Adam: {lr: 0.01}}
+      metrics: [accuracy]
+"""
+
+
+def test_synthetic_images_are_learnable_by_a_small_cnn(tmp_path):
+    """10 classes of 3x32x32 images: chance is 0.1; the old generator (10 informative values among
+    3,072 pixels) left this CNN there."""
+    torch.manual_seed(0)
+    result = train(textwrap.dedent(SYNTHETIC_CNN), out=tmp_path, verbose=False)
+    assert result.ok
+    assert result.metrics["test"]["accuracy"] > 0.6 and result.metrics["val"]["accuracy"] > 0.6
+
+
+def test_synthetic_images_are_images_and_vectors_stay_as_they_were():
+    from specc.train.sources import is_image
+
+    spec = load_train_spec(textwrap.dedent(SYNTHETIC_CNN), {})
+    data = prepare_data(spec, build_model(spec, torch.device("cpu"), 0)).examples.data
+    (images,), labels = data.inputs, data.target
+    assert images.shape == (800, 3, 32, 32) and set(labels.tolist()) == set(range(10))
+    # a class's stripes run one way: the horizontal and vertical differences tell two classes apart
+    steepness = [(images[labels == label].diff(dim=-1).abs().mean().item(),
+                  images[labels == label].diff(dim=-2).abs().mean().item()) for label in (0, 5)]
+    assert steepness[0][0] > 1.3 * steepness[0][1] and steepness[1][1] > 1.3 * steepness[1][0]
+    assert is_image([3, 32, 32]) and is_image([1, 8, 8]) and not is_image([3072]) and not is_image([16, 128])

@@ -174,6 +174,8 @@ def _synthetic(config: DataConfig, layout, context: Context) -> RawData:
     if dtype.is_floating_point is False:
         _fail(f"synthetic:{kind} makes float features; the input is declared {dtype}", context.where)
     features = math.prod(shape)
+    if kind == "classification" and is_image(shape):
+        return _image_classification(config, layout, tuple(shape), samples, noise, context)
     if kind == "classification":
         return _classification(config, layout, features, samples, context)
     from sklearn.datasets import make_regression
@@ -208,6 +210,37 @@ def _classification(config: DataConfig, layout, features: int, samples: int, con
                                n_redundant=0, n_classes=classes, n_clusters_per_class=1,
                                random_state=context.seed)
     return RawData(x.astype(np.float32), y)
+
+
+def is_image(shape) -> bool:
+    """[channels, height, width] with a few channels and room for a pattern: what a CNN takes."""
+    return len(shape) == 3 and shape[0] <= 4 and min(shape[1:]) >= 4
+
+
+def _image_classification(config: DataConfig, layout, shape: tuple[int, int, int], samples: int, noise: float,
+                          context: Context) -> RawData:
+    """Images a small CNN can learn: each class is a stripe pattern of its own angle and frequency (and
+    colour mix), at a random phase per image, under Gaussian noise. Scattering a few informative values
+    among thousands of pixels (`make_classification`) leaves a CNN at chance."""
+    classes = int(config.args.get("classes", layout.num_outputs if layout.class_index else 2))
+    if classes < 2:
+        _fail(f"synthetic:classification needs classes >= 2 (got {classes})", context.where)
+    channels, height, width = shape
+    rng = np.random.default_rng(context.seed)
+    angles = np.pi * np.arange(classes) / classes
+    cycles = 1.5 + (np.arange(classes) % 3)          # stripes across the image: 1.5, 2.5 or 3.5
+    colours = rng.uniform(0.5, 1.0, size=(classes, channels))
+    labels = rng.integers(0, classes, size=samples)
+    rows, columns = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    images = np.empty((samples, channels, height, width), dtype=np.float32)
+    for start in range(0, samples, 256):   # in slices: one float64 copy of a slice at a time
+        label = labels[start:start + 256]
+        phase = rng.uniform(0, 2 * np.pi, size=(len(label), 1, 1))
+        along = np.cos(angles[label])[:, None, None] * columns + np.sin(angles[label])[:, None, None] * rows
+        stripes = np.sin(2 * np.pi * cycles[label][:, None, None] * along + phase)
+        pattern = colours[label][:, :, None, None] * stripes[:, None]
+        images[start:start + 256] = pattern + noise * rng.standard_normal(pattern.shape)
+    return RawData(images.reshape(samples, -1), labels)
 
 
 def _token_sequences(config, layout, shape, dtype, samples, noise, context) -> RawData:
