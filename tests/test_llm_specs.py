@@ -287,3 +287,46 @@ def test_small_language_models_export_with_a_dynamic_sequence_length(path, sizes
     exported = torch.export.export(model, (torch.randint(0, vocab, (2, 16)),), dynamic_shapes=({1: sequence},))
     shorter = torch.randint(0, vocab, (2, 7))
     torch.testing.assert_close(exported.module()(shorter), model(shorter))
+
+
+@pytest.mark.parametrize("path, sizes", [
+    ("gpt2_small.yaml", {"n_layers": 2, "dim": 64, "n_heads": 4, "block_size": 32}),
+    ("llama2_7b.yaml", {"n_layers": 2, "dim": 64, "n_heads": 4, "hidden_dim": 176, "max_len": 64}),
+    ("gpt_char.yaml", {"vocab_size": 65}),
+])
+def test_example_llms_start_at_the_loss_of_a_uniform_guess(path, sizes):
+    """The published init (N(0, 0.02), residual projections / sqrt(2 n_layers)): the first loss is about
+    ln(vocab); PyTorch's default N(0, 1) embedding tied to the head started GPT-2 at ~51."""
+    import specc
+
+    torch.manual_seed(0)
+    model = specc.build(Path(__file__).resolve().parents[1] / "specs" / path, **sizes)
+    vocab = next(p for name, p in model.named_parameters() if name.endswith(("wte.weight", "tok_embeddings.weight"))).shape[0]
+    tokens = torch.randint(0, vocab, (4, 33))
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tokens[:, 1:].reshape(-1)).item()
+    assert abs(loss - math.log(vocab)) < 0.1 * math.log(vocab), (loss, math.log(vocab))
+    projections = [p for name, p in model.named_parameters() if name.endswith("attn.c_proj.weight")]
+    layers = sizes.get("n_layers", 4)
+    assert projections and all(abs(p.std().item() - 0.02 / math.sqrt(2 * layers)) < 0.002 for p in projections)
+
+
+def test_init_values_may_use_vars_and_a_bad_one_is_located(tmp_path):
+    import specc
+    from specc.lang.errors import SpecError
+
+    path = tmp_path / "scaled.yaml"
+    path.write_text("name: scaled\ninputs: {x: {shape: [8]}}\nvars: {n_layers: 2}\n"
+                    "layers: [Linear: {out_features: 4096}]\n"
+                    "init:\n  Linear: {normal: {std: $(0.02 / (2 * n_layers) ** 0.5)}}\n")
+    weight = next(iter(specc.build(path, n_layers=8).parameters()))
+    assert abs(weight.std().item() - 0.005) < 0.0005
+    path.write_text(path.read_text().replace("$(0.02 / (2 * n_layers) ** 0.5)", "$(0.02 / depth)"))
+    with pytest.raises(SpecError) as error:
+        specc.build(path)
+    assert error.value.first.location.line == 6 and "depth" in error.value.first.message
+    path.write_text(path.read_text().replace("$(0.02 / depth)", "wide"))
+    with pytest.raises(SpecError) as error:
+        specc.build(path)
+    assert error.value.first.location.line == 6

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
+from specc.lang.expressions import ExpressionError, references, resolve_vars, substitute
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
@@ -255,7 +256,7 @@ def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True)
             for name in names if apply else []:
                 try:
                     initialise(module.get_parameter(name))
-                except ValueError as error:
+                except (ValueError, TypeError) as error:   # e.g. `std: wide`: the spec's mistake, located
                     raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
 
 
@@ -271,7 +272,7 @@ def init_targets(module: nn.Module, graph: Graph, spec: Spec,
     layer_types = {node.target for node in graph.nodes if node.op == "module"}
     parameters = dict(module.named_parameters(remove_duplicate=not every_name))
     targets = []
-    for key, how in spec.init.items():
+    for key, how in resolved_init(spec).items():
         location = spec.source.locate(("init", key))
         initialise = _initializer(how, location)
         if key in layer_types:
@@ -285,6 +286,28 @@ def init_targets(module: nn.Module, graph: Graph, spec: Spec,
                                     "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
         targets.append((key, location, initialise, chosen))
     return targets
+
+
+def resolved_init(spec: Spec) -> dict[str, Any]:
+    """`init:` with its `$var` / `$(expression)` values worked out from the spec's vars
+    (`"*.c_proj.weight": {normal: {std: $(0.02 / sqrt(2 * n_layers))}}`).
+
+    Raises:
+        SpecError: an expression that does not evaluate, at its init key.
+    """
+    if not references(spec.init):
+        return dict(spec.init)
+    variables: dict[str, Any] = {}
+    for name, value in spec.vars.items():   # one at a time: a var init does not use may stay unresolved
+        with contextlib.suppress(ExpressionError):
+            variables.update(resolve_vars({name: value}, variables))
+    resolved = {}
+    for key, how in spec.init.items():
+        try:
+            resolved[key] = substitute(how, variables)
+        except ExpressionError as error:
+            raise SpecError(Problem(f"init: {key}: {error}", spec.source.locate(("init", key)), "TYPE_ERROR")) from None
+    return resolved
 
 
 def spec_registry(spec: Spec) -> Registry:

@@ -18,6 +18,7 @@ from specc.export.codegen_source import (Statement, allocate, checked_name, comm
                                   identifier, init_call, keyword_argument, literal, merge_call, module_call,
                                   module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
 from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
+from specc.build.compiler import resolved_init
 from specc.build.graph import Node
 from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
@@ -353,7 +354,7 @@ class ClassWriter:
                  '        """The spec\'s `init:` section, applied before weights are tied (as specc does)."""',
                  "        parameters = dict(self.named_parameters())", "        with torch.no_grad():"]
         layer_types = {node.target for node in self.graph.nodes if node.op == "module"}
-        for key, how in self.spec.init.items():
+        for key, how in resolved_init(self.spec).items():   # `$(...)` values as numbers
             if key in layer_types:
                 paths = [node.name for node in self.graph.nodes if node.target == key and not node.shared_with
                          and getattr(self.compiled.module.get_submodule(node.name), "weight", None) is not None]
