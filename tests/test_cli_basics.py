@@ -66,3 +66,18 @@ def test_draw_default_path_leaves_a_git_work_tree_and_says_where(tmp_path, monke
     assert done.exit_code == 0, done.output
     cached = tmp_path / "cache" / "specc" / "drawings" / "parallel_cnn.dot"
     assert cached.exists() and str(cached) in done.output and not (project / "parallel_cnn.dot").exists()
+
+
+def test_usage_lines_name_every_argument_the_same_way():
+    """Upper-case names, `{X}` when required and `[X]` when optional (click's marks), on every command."""
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__
+        output = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        (usage,) = [line.strip() for line in output.splitlines() if "Usage:" in line]
+        assert re.fullmatch(rf"Usage: specc {name} \[OPTIONS\]( \{{[A-Z]+\}}| \[[A-Z]+\])*", usage), usage
+
+
+@pytest.mark.parametrize("command", ["summary", "draw"])
+def test_a_negative_depth_is_refused(command):
+    result = CliRunner().invoke(app, [command, str(ROOT / "specs/mlp.yaml"), "--depth", "-3"])
+    assert result.exit_code == 2 and "--depth" in result.output and "greater than or equal to 0" in result.output

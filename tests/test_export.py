@@ -198,3 +198,31 @@ def test_specc_export_is_callable_in_any_import_order(tmp_path: Path) -> None:
     path = specc.export(SPECS / "mlp.yaml", tmp_path / "mlp.safetensors", hidden=16)
     assert path == tmp_path / "mlp.safetensors"
     assert load_weights(path)[0]["vars"]["hidden"] == 16
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnxscript"])
+def test_export_without_the_export_extra_says_what_to_install(tmp_path, monkeypatch, missing):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == missing else find_spec(name, *rest))
+    result = CliRunner().invoke(app, ["export", str(ROOT / "specs/mlp.yaml"), "-o", str(tmp_path / "mlp.onnx")])
+    assert result.exit_code == 2
+    assert f"needs the Python package '{missing}'" in result.output and "pip install 'specc[export]'" in result.output
+    assert "internal error" not in result.output and not (tmp_path / "mlp.onnx").exists()
+
+
+def test_exported_onnx_holds_no_file_paths_of_this_machine(tmp_path):
+    import onnx
+
+    path = tmp_path / "mnist.onnx"
+    result = CliRunner().invoke(app, ["export", str(ROOT / "specs/mnist_net.yaml"), "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(path))
+    texts = [entry.value for node in model.graph.node for entry in node.metadata_props]
+    texts += [entry.value for entry in [*model.metadata_props, *model.graph.metadata_props]]
+    assert texts and model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    data = path.read_bytes()
+    for folder in {str(ROOT), str(Path(torch.__file__).parent), str(Path.home()), str(tmp_path)}:
+        assert folder.encode() not in data and not any(folder in text for text in texts)
+    assert b'File "' not in data

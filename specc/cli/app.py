@@ -97,6 +97,11 @@ class UsageFailure(Exception):
         self.code = code
 
 
+# optional packages -> the extra of pyproject.toml that installs them
+OPTIONAL_MODULES = {"onnx": "export", "onnxscript": "export", "onnxruntime": "export", "safetensors": "export",
+                    "PIL": "data", "pyarrow": "data", "tokenizers": "data", "torchao": "quantize"}
+
+
 @contextmanager
 def user_errors(output_format: str = "text") -> Iterator[None]:
     """Turn spec errors and other user mistakes into clear messages and exit code 2."""
@@ -115,6 +120,13 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     except UsageFailure as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(error.code) from None
+    except ModuleNotFoundError as error:
+        extra = OPTIONAL_MODULES.get((error.name or "").partition(".")[0])
+        if extra is None:   # not one of specc's extras: a bug, reported as one
+            raise
+        typer.echo(f"error: this needs the Python package '{error.name}', which is not installed: "
+                   f"pip install 'specc[{extra}]'", err=True)
+        raise typer.Exit(2) from None
     except FileNotFoundError as error:
         typer.echo(f"error: file not found: {error.filename or error}", err=True)
         raise typer.Exit(2) from None

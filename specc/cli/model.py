@@ -62,7 +62,7 @@ def draw(
         "-o", "--output", help="File to write (- for stdout); the extension picks the format: .svg .png .pdf "
                                ".dot .mmd (Mermaid) .html (interactive viewer). Default: <spec name>.svg next "
                                "to the spec, or outside it when the spec is in a git repository.")] = None,
-    depth: Annotated[Optional[int], typer.Option(help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
+    depth: Annotated[Optional[int], typer.Option(min=0, help="Open blocks/branches this many levels deep; deeper ones become one box.")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Draw every repetition instead of one box marked ×N.")] = False,
     rankdir: Annotated[str, typer.Option(help="Direction: TB (top to bottom), LR, BT or RL.")] = "TB",
     autograd: Annotated[bool, typer.Option("--autograd", help="Draw the autograd graph of one forward pass (torchviz).")] = False,
@@ -98,7 +98,7 @@ def summary(
     spec: SpecPath,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1,
                                             help="Batch size of the example input; shapes and FLOPs include it.")] = 1,
-    depth: Annotated[Optional[int], typer.Option(help="Show rows down to this nesting depth (0: top-level items only).")] = None,
+    depth: Annotated[Optional[int], typer.Option(min=0, help="Show rows down to this nesting depth (0: top-level items only).")] = None,
     expand: Annotated[bool, typer.Option("--expand", help="Show every repetition instead of one row marked ×N.")] = False,
     backward: Annotated[bool, typer.Option("--backward", help="Add backward FLOPs (estimated as 2x forward).")] = False,
     device: Annotated[str, typer.Option(help="meta (allocates nothing) or cpu for a real run.")] = "meta",

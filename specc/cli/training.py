@@ -15,7 +15,7 @@ from specc.cli.app import (CheckpointOption, DeviceOption, QuietOption, SetOptio
 def train(
     spec: Annotated[Optional[Path], typer.Argument(
         help="Path to the YAML spec; leave it out with --resume to use the checkpoint's own spec.",
-        show_default=False)] = None,
+        show_default=False, metavar="SPEC")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
     device: DeviceOption = None,
     set_: SetOption = None,

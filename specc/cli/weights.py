@@ -32,7 +32,10 @@ def export(
     """
     with user_errors():
         output_folder_exists(output)
-        from specc.export.exporter import check_export, prepare, write
+        from specc.export.exporter import check_export, prepare, require, write
+
+        if output.suffix == ".onnx":   # before the model is built: a missing package is told first
+            require("onnx", "onnxscript", *(["onnxruntime"] if check_output or quantize else []))
 
         if quantize is not None and output.suffix != ".onnx":
             raise UsageFailure(f"--quantize writes an ONNX model: give -o with .onnx, not {output.suffix or 'no suffix'}")
@@ -163,7 +166,7 @@ def port(
 @app.command("import")
 def import_(
     target: Annotated[str, typer.Argument(help="module:callable returning an nn.Module, e.g. my_models:ResNet.",
-                                          show_default=False)],
+                                          show_default=False, metavar="TARGET")],
     input_shape: Annotated[list[str], typer.Option(
         "--input-shape", metavar="SIZES", help="An input's shape without the batch dim (3,32,32); once per input.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(

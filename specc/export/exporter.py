@@ -161,6 +161,7 @@ def write_onnx(prepared: Prepared, path: Path) -> None:
         SpecError: EXPORT_ERROR at the item whose operation has no ONNX translation.
     """
     compiled = prepared.compiled
+    require("onnx", "onnxscript")   # torch.onnx would report them missing as an export failure of the model
     program = exported_program(prepared)
     size = sum(t.numel() * t.element_size() for t in compiled.module.state_dict().values())
     try:
@@ -170,22 +171,38 @@ def write_onnx(prepared: Prepared, path: Path) -> None:
     except Exception as error:  # noqa: BLE001
         node = _onnx_failing_node(compiled, program, error)
         raise SpecError(_export_problem(compiled, node, "ONNX", _reason(error))) from None
-    _name_batch_dim(path)
+    _tidy_onnx(path)
 
 
-def _name_batch_dim(path: Path) -> None:
-    """The exporter calls the dynamic dim `s97`; onnxruntime users see `batch` instead."""
+def require(*modules: str) -> None:
+    """Raise ModuleNotFoundError (its `name` set) for the first of `modules` that is not installed."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named '{module}'", name=module)
+
+
+def _tidy_onnx(path: Path) -> None:
+    """The exporter calls the dynamic dim `s97`: onnxruntime users see `batch` instead. It also stores
+    each node's Python stack trace, with this machine's file paths: a shared file should not."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     symbol = model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    if not symbol:
-        return
-    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info] if symbol else []:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param == symbol:
                 dim.dim_param = "batch"
+    for node in [*model.graph.node, *(node for function in model.functions for node in function.node)]:
+        kept = [entry for entry in node.metadata_props if not _has_paths(entry)]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     onnx.save(model, str(path))
+
+
+def _has_paths(entry: Any) -> bool:
+    return entry.key.endswith("stack_trace") or 'File "' in entry.value
 
 
 @contextlib.contextmanager
