@@ -171,3 +171,15 @@ def test_a_first_line_before_the_imports_and_quiet_keeps_only_the_final_table(wo
     assert any(line.startswith("compiling iris_cli: ") and line.endswith(" s") for line in loud.stdout.splitlines())
     (run_dir,) = (workdir / "loud_runs" / "iris_cli").iterdir()
     assert (run_dir / "curves.png").stat().st_size > 0 and list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_training_a_spec_without_train_says_so_even_with_train_overrides():
+    import specc
+    from specc.lang.errors import SpecError
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "mlp.yaml"
+    for overrides in ({"hidden": 64, "train.data.split.seed": 1}, {"hidden": 64}):
+        with pytest.raises(SpecError) as error:
+            specc.train(str(spec), overrides=overrides, verbose=False)
+        (problem,) = error.value.problems
+        assert "has no `train:` section" in problem.message and problem.location.file.endswith("mlp.yaml")

@@ -50,10 +50,19 @@ def load_train_spec(spec_or_path: Any, overrides: dict[str, Any] | None = None) 
     Raises:
         SpecError: the spec is invalid or has no `train:` section.
     """
-    spec = load(spec_or_path, overrides or None)
+    try:
+        spec = load(spec_or_path, overrides or None)
+    except SpecError:
+        # `train.*` overrides on a spec without `train:` make a partial section whose errors would
+        # hide the real mistake: say that the spec has none
+        others = {key: value for key, value in (overrides or {}).items() if not key.startswith("train.")}
+        if others == (overrides or {}) or load(spec_or_path, others or None).train is not None:
+            raise
+        spec = load(spec_or_path, others or None)
     if spec.train is None:
-        raise SpecError(Problem("the spec has no `train:` section (see docs/train.md)", spec.source.locate(()),
-                                "MISSING_KEY"))
+        raise SpecError(Problem("the spec has no `train:` section, so it cannot be trained; add one (see "
+                                "docs/train.md) or train a spec that has one (specs/digits_cnn.yaml)",
+                                spec.source.locate(()), "MISSING_KEY"))
     return spec
 
 
