@@ -195,12 +195,12 @@ def _weights_map(value: str) -> Any:
     """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
     if value in ("auto", "strict"):
         return value
-    import yaml
+    from specc.lang.source import load_yaml, read_spec_text
 
     path = Path(value)
     if not path.is_file():
         raise UsageFailure(f"--map must be auto, strict or a rules file; {value} is none of them")
-    rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rules, _ = load_yaml(*read_spec_text(path))   # the spec loader's bounds: size, nesting, aliases, no tags
     if not isinstance(rules, dict):
         raise UsageFailure(f"{path}: the rules must be a mapping {{pattern: replacement}}")
     return rules

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specc.lang.rename_rules import check_name_length, compile_rules
 from specc.lang.errors import Problem, SpecError
 from specc.weights.files import WeightFile
 from specc.weights.pairing import Ambiguity, conv1d_layout, name_tokens, owners, pair_modules
@@ -290,42 +291,14 @@ def _align_prefix(sources: dict[str, torch.Tensor], target_keys: set[str]) -> di
 
 
 def _rename(sources: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
-    if not isinstance(rules, dict):
-        raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, got {rules!r}",
-                                None, "TYPE_ERROR"))
-    compiled = [(_rule_pattern(pattern), _rule_replacement(pattern, str(replacement)))
-                for pattern, replacement in rules.items()]
+    """The file's keys renamed by the first rule matching each (see rename_rules.py for the bounds)."""
+    compiled = compile_rules(rules)
     renamed = {}
     for key, value in sources.items():
-        new = key
-        for pattern, replacement in compiled:
-            if pattern.fullmatch(key):
-                new = pattern.sub(replacement, key)
-                break
+        check_name_length(key)
+        new = next((name for name in (rule.rename(key) for rule in compiled) if name is not None), key)
         renamed[new] = value
     return renamed
-
-
-def _rule_pattern(pattern: str) -> re.Pattern:
-    try:
-        if pattern.startswith("re:"):
-            return re.compile(pattern[3:])
-        return re.compile("".join("(.+?)" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
-    except re.error as error:
-        raise SpecError(Problem(f"weights_map: bad rename rule {pattern!r}: {error}", None, "TYPE_ERROR")) from None
-
-
-def _rule_replacement(pattern: str, replacement: str) -> str:
-    """A glob rule's `*`s become the groups its pattern captured, in order (`re:` rules use `\\1`)."""
-    if pattern.startswith("re:"):
-        return replacement
-    pieces = replacement.split("*")
-    out = []
-    for index, piece in enumerate(pieces):
-        out.append(piece.replace("\\", "\\\\"))
-        if index < len(pieces) - 1:
-            out.append(f"\\g<{index + 1}>")
-    return "".join(out)
 
 
 def _natural(key: str) -> tuple:
