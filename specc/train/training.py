@@ -29,7 +29,7 @@ from specc.train.metrics import MetricSet
 from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
                            resolve_device, start_from_weights)
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
-from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
+from specc.train.run_dir import lock_run_dir, remove_stale_temporaries, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
 from specc.lang.spec import Spec
@@ -160,7 +160,12 @@ def new_run_dir(out: Path, spec: Spec) -> Path:
 def _locked(run_dir: Path):
     """Hold the run directory's lock (rank 0) while the run writes into it."""
     held = {}
-    ranks.on_main(lambda: held.update(lock=lock_run_dir(run_dir)))
+
+    def lock_and_tidy() -> None:
+        held["lock"] = lock_run_dir(run_dir)
+        remove_stale_temporaries(run_dir)   # of writes that a kill -9 stopped in an earlier run here
+
+    ranks.on_main(lock_and_tidy)
     try:
         yield
     finally:

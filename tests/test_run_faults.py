@@ -1,0 +1,104 @@
+"""Faults while a run writes its files (issue 25, part B): a full disk during a checkpoint write, a
+writer killed mid-write, a signal at the end of the run or during start-up."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from specc.cli import app
+from specc.train import training
+
+torch.set_num_threads(1)  # two pytest workers share two cores
+
+SPEC = """name: tiny
+inputs: {x: {shape: [64]}}
+layers:
+  - Linear: {out_features: 10}
+train:
+  data: {source: 'sklearn:digits'}
+  loss: CrossEntropyLoss
+  epochs: 2
+  threads: 1
+"""
+
+# What torch's zip writer raises when a write to a full disk comes up short.
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def full_disk_after(monkeypatch, saves: int, error: BaseException, full: bool = True) -> None:
+    """torch.save works `saves` times, then writes half a file and raises `error`; the disk reads as full."""
+    real_save, real_statvfs, calls = torch.save, os.statvfs, []
+
+    def save(obj, handle, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > saves:
+            handle.write(b"PK\x03\x04 half a checkpoint")
+            raise error
+        return real_save(obj, handle, *args, **kwargs)
+
+    def statvfs(path):
+        usage = real_statvfs(path)
+        return os.statvfs_result((*usage[:4], 0 if full else usage.f_bavail, *usage[5:]))
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+@pytest.mark.parametrize("error", [RuntimeError(TORCH_SHORT_WRITE), OSError(errno.ENOSPC, "No space left on device")])
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_promise(tmp_path, monkeypatch, error):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    full_disk_after(monkeypatch, saves=2, error=error)  # epoch 1 writes best.pt and last.pt; epoch 2 fails
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    assert f"no space left while writing {run_dir / 'best.pt'}; the previous checkpoint is intact" in result.output
+    assert "internal error" not in result.output
+    monkeypatch.undo()
+    for name in ("best.pt", "last.pt"):   # the previous checkpoints, whole
+        assert training.load_checkpoint(run_dir / name)["epoch"] == 1
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_short_write_on_a_disk_with_room_is_a_located_write_error(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    training.save_checkpoint({"epoch": 1}, path)
+    full_disk_after(monkeypatch, saves=0, error=RuntimeError(TORCH_SHORT_WRITE), full=False)
+    with pytest.raises(training.SpecError) as failure:
+        training.save_checkpoint({"epoch": 2}, path)
+    assert failure.value.first.code == "CHECKPOINT_ERROR"
+    assert str(failure.value) == (f"cannot write {path} ([enforce fail at inline_container.cc:672] . unexpected pos "
+                                  f"704 vs 598); the previous checkpoint is intact")
+    monkeypatch.undo()
+    assert training.load_checkpoint(path)["epoch"] == 1
+
+
+def test_other_errors_while_saving_are_not_disguised_as_write_errors(tmp_path, monkeypatch):
+    full_disk_after(monkeypatch, saves=0, error=RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        training.save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_temporary_files_of_killed_writers_are_removed_at_the_next_start(tmp_path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    first = training.train(tmp_path / "spec.yaml", out=tmp_path / "runs", verbose=False, epochs=1)
+    stale = first.run_dir / f".last.pt.{dead_pid()}.tmp"   # what a kill -9 during a write leaves
+    stale.write_bytes(b"PK\x03\x04 half")
+    living = first.run_dir / f".notes.txt.{os.getpid()}.tmp"  # a live process's write is left alone
+    living.write_bytes(b"PK\x03\x04 being written")
+    training.train(tmp_path / "spec.yaml", out=tmp_path / "runs", verbose=False, epochs=2,
+                   resume=first.last_checkpoint)
+    assert not stale.exists()
+    assert living.exists()
