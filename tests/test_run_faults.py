@@ -3,9 +3,12 @@ writer killed mid-write, a signal at the end of the run or during start-up."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,77 @@ def test_temporary_files_of_killed_writers_are_removed_at_the_next_start(tmp_pat
                    resume=first.last_checkpoint)
     assert not stale.exists()
     assert living.exists()
+
+
+def signal_during(monkeypatch, owner, name: str, signum: int) -> None:
+    """`owner.name` sends this process `signum` before it does its work: a signal at that moment."""
+    real = getattr(owner, name)
+
+    def with_signal(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, with_signal)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_curves_png_is_drawn_after_the_last_epoch_keeps_the_final_files(tmp_path, monkeypatch, signum):
+    from specc.train.run_log import RunLog
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    signal_during(monkeypatch, RunLog, "close", signum)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 130, result.output
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert "interrupted after the last epoch, while reporting the best checkpoint" in summary["message"]
+    assert training.load_checkpoint(run_dir / "last.pt")["epoch"] == 2
+
+
+def test_a_signal_while_the_best_checkpoint_is_evaluated_still_writes_summary_json(tmp_path, monkeypatch):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    signal_during(monkeypatch, training, "best_metrics", signal.SIGINT)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 130, result.output
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "curves.png").is_file()
+
+
+SLOW_DATASET = '''
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Slow(Dataset):
+    """Announces that start-up has reached it, then takes a minute to load."""
+
+    def __init__(self):
+        Path("loading").write_text("now")
+        time.sleep(60)
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.zeros(4), 0
+'''
+
+
+def test_sigterm_during_start_up_exits_130_as_help_promises(tmp_path):
+    (tmp_path / "slow_data.py").write_text(SLOW_DATASET)
+    (tmp_path / "spec.yaml").write_text("name: slow\ninputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 2}\n"
+                                        "train:\n  data: {dataset: slow_data.Slow}\n  loss: CrossEntropyLoss\n")
+    process = subprocess.Popen([sys.executable, "-m", "specc", "train", "spec.yaml", "--out", "runs"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (tmp_path / "loading").exists() and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, (stdout, stderr)   # before the fix: -15, killed by the signal
+    assert "interrupted" in stderr

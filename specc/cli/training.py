@@ -1,9 +1,12 @@
 """Commands that train and run a model: train, evaluate, predict."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -35,7 +38,7 @@ def train(
     is saved; last.pt keeps the last complete epoch).
     """
     try:
-        with user_errors():
+        with user_errors(), _sigterm_interrupts():
             keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
                 from specc.train.launch import LaunchError, launch_training
@@ -55,6 +58,25 @@ def train(
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C from the start of `specc train`, so a run stopped while it compiles or
+    reads its data exits with 130, as a Ctrl-C does (the loop installs its own handler while it
+    trains: stop after the current step, save interrupted.pt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
