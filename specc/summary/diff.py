@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specc.lang.spec import load
-from specc.summary.render import readable, shape_text
+from specc.summary.render import markdown_text, readable, shape_text
 from specc.summary.rows import LayerRow
 from specc.summary.summarize import summary
 
@@ -207,10 +207,10 @@ def _table(result: SpecDiff) -> str:
 
 
 def _markdown(result: SpecDiff) -> str:
-    lines = [f"### {result.a_name} → {result.b_name}", ""]
+    lines = [f"### {markdown_text(result.a_name)} → {markdown_text(result.b_name)}", ""]
     if result.changes:
         lines += ["| " + " | ".join(HEADERS) + " |", "|:-:|:--|:--|:--|:--|--:|--:|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells(item)) + " |" for item in result.changes]
+        lines += ["| " + " | ".join(markdown_text(cell, formatting=False) for cell in cells(item)) + " |" for item in result.changes]
     else:
         lines.append("no item differs")
     lines += ["", "| Total | |", "|:--|:--|"] + [f"| {label} | {value} |" for label, value in totals(result)]
