@@ -45,3 +45,39 @@ def test_a_newline_in_the_title_cannot_split_the_mermaid_front_matter(tmp_path):
     lines = text.splitlines()
     assert lines[:4] == ["---", 'title: "net --- flowchart LR   evil"', "---", "flowchart TB"]
     assert yaml.safe_load("\n".join(lines[1:2])) == {"title": "net --- flowchart LR   evil"}
+
+
+TITLE_SEQUENCE = "\x1b]0;pwned\x07"   # sets a terminal's window title
+
+
+def test_escape_sequences_in_a_file_name_are_shown_not_obeyed(tmp_path):
+    path = spec_named(tmp_path, f"net{TITLE_SEQUENCE}")
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "net\\x1b]0;pwned\\x07.yaml" in result.output
+
+
+def test_escape_sequences_in_an_error_message_are_shown_not_obeyed(tmp_path):
+    path = tmp_path / "spec.yaml"
+    # YAML's double-quoted escapes: \e is ESC, \a is BEL
+    path.write_text(SPEC + 'train:\n  data: {source: "csv:\\e]0;pwned\\a.csv"}\n  loss: MSELoss\n')
+    result = CliRunner().invoke(app, ["train", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "\x1b" not in result.output
+    assert "data file not found: \\x1b]0;pwned\\x07.csv" in result.output
+
+
+def test_rich_markup_in_a_file_name_is_printed_as_written(tmp_path):
+    path = spec_named(tmp_path, "[red]net[bold]")
+    result = CliRunner().invoke(app, ["summary", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("[red]net[bold]  input x [1, 4] float32")   # before: "net  input ..."
+
+
+def test_printable_keeps_layout_and_text_and_escapes_control_characters():
+    from specc.lang.terminal import console_text, printable
+
+    assert printable("a\tb\nc é 中") == "a\tb\nc é 中"
+    assert printable("x\x1b[2Jy\x9bz\u202e") == "x\\x1b[2Jy\\x9bz\\u202e"
+    assert console_text("[link=http://example.com]x[/link]") == "\\[link=http://example.com]x\\[/link]"

@@ -11,7 +11,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from specc.cli.app import (CheckpointOption, DeviceOption, SetOption, SpecPath, UsageFailure, VariantOption, app,
-                           output_folder_exists, overrides, user_errors)
+                           echo, output_folder_exists, overrides, user_errors)
 
 
 @app.command()
@@ -52,7 +52,7 @@ def train(
 
                 result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
-        typer.echo("interrupted", err=True)
+        echo("interrupted", err=True)
         raise typer.Exit(130) from None
     if result.status == "diverged":
         raise typer.Exit(1)
@@ -95,7 +95,7 @@ def evaluate(
 
         metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
+            echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:
             from rich.console import Console
 
@@ -124,4 +124,4 @@ def predict(
 
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
         if str(path) != "-":   # `-o -` printed the predictions themselves
-            typer.echo(f"wrote {path}")
+            echo(f"wrote {path}")

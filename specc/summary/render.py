@@ -12,6 +12,7 @@ import os
 from html import escape
 from typing import TYPE_CHECKING, Any, Callable
 
+from specc.lang.terminal import console_text, printable
 from specc.summary.layout import COLUMNS, Fitted, fit, table_width
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def print_summary(result: "ModelSummary", output_format: str = "table", console:
 
 
 def _print_table(result: "ModelSummary", console: "Console") -> None:
-    console.print(f"[bold]{result.model}[/bold]  {_inputs_text(result)}")
+    console.print(f"[bold]{console_text(result.model)}[/bold]  {console_text(_inputs_text(result))}")
     fitted = fit(result, cell_of(result), console.width)
     width = console.width
     console.width = max(width, table_width(fitted.widths))  # too narrow even for Layer and Params: longer lines, not cut ones
@@ -88,13 +89,14 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
     """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     fitted = fitted or fit(result, cell_of(result), 10 ** 6)
     grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
     for column, width in zip(fitted.columns, fitted.widths):
         grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
     for row, texts in zip(result.rows, fitted.rows):
-        grid.add_row(*texts, style="bold" if row.children else None)
+        grid.add_row(*(Text(printable(text)) for text in texts), style="bold" if row.children else None)
     return grid
 
 

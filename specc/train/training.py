@@ -24,6 +24,7 @@ import torch
 from specc.train import ranks
 from specc.build.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from specc.lang.errors import Problem, SpecError
+from specc.lang.terminal import printable
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet
 from specc.train.progress import deferred_signals
@@ -143,7 +144,7 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     with _locked(session.run_dir):
         if state is not None and verbose:
             for change in spec_changes(state["spec"], spec.raw):
-                print(f"resume: {change}", flush=True)
+                print(printable(f"resume: {change}"), flush=True)
         _write_spec(session.run_dir, spec)
         result = _run_split(session, verbose)
         if ranks.is_main():
