@@ -179,3 +179,80 @@ def test_sigterm_during_start_up_exits_130_as_help_promises(tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, (stdout, stderr)   # before the fix: -15, killed by the signal
     assert "interrupted" in stderr
+
+
+# --- checkpoints and specs from strangers: located errors, never a KeyError or a traceback ---------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "spec.yaml").write_text(SPEC)
+    result = training.train(folder / "spec.yaml", out=folder / "runs", verbose=False, epochs=1)
+    return folder / "spec.yaml", result.best_checkpoint
+
+
+@pytest.mark.parametrize("normalizer", [
+    "standard", {"kind": "standard"}, {"kind": "standard", "stats": [[torch.zeros(64)]]},
+    {"kind": "standard", "stats": [["a", "b"]]}, {"kind": 3, "stats": []},
+    {"kind": "standard", "stats": [[torch.zeros(64), torch.ones(3)]]},
+])
+def test_a_checkpoint_with_a_malformed_normalizer_is_a_located_error(tmp_path, trained, normalizer):
+    spec, checkpoint = trained
+    state = training.load_checkpoint(checkpoint)
+    state["normalizer"] = normalizer
+    training.save_checkpoint(state, tmp_path / "bad.pt")
+    (tmp_path / "in.csv").write_text("a,b\n1,2\n")
+    for command in (["evaluate", str(spec), "--checkpoint", str(tmp_path / "bad.pt")],
+                    ["predict", str(spec), "--checkpoint", str(tmp_path / "bad.pt"), "--input", str(tmp_path / "in.csv")],
+                    ["export", str(spec), "--checkpoint", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "m.pt2")]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert f"{tmp_path / 'bad.pt'}: the checkpoint's `normalizer` is malformed" in result.output
+
+
+def test_a_normalizer_for_other_inputs_is_a_located_error(tmp_path, trained):
+    spec, checkpoint = trained
+    state = training.load_checkpoint(checkpoint)
+    state["normalizer"] = {"kind": "standard", "stats": [[torch.zeros(3), torch.ones(3)]]}
+    training.save_checkpoint(state, tmp_path / "other.pt")
+    result = CliRunner().invoke(app, ["evaluate", str(spec), "--checkpoint", str(tmp_path / "other.pt")])
+    assert result.exit_code == 2, result.output
+    assert "other.pt: the checkpoint's `normalizer` does not fit the model's inputs (The size of tensor a (64)" \
+        in result.output
+
+
+def test_build_with_weights_from_a_checkpoint_without_a_model_is_a_located_error(tmp_path, trained):
+    import specc
+
+    spec, checkpoint = trained
+    state = training.load_checkpoint(checkpoint)
+    del state["model"]
+    training.save_checkpoint(state, tmp_path / "empty.pt")
+    with pytest.raises(training.SpecError, match="empty.pt: the checkpoint lacks model, which loading its weights"):
+        specc.build(spec, weights=tmp_path / "empty.pt")
+
+
+def test_an_input_size_index_of_4301_digits_is_a_located_error(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: '$(in.shape[" + "9" * 4301 + "])'}\n")
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:3:5: Linear 'Linear': in.shape[999999999999… (4,301 characters)] is out of range" in result.output
+
+
+@pytest.mark.parametrize("text, where", [
+    ('vars: {"w\\ud800": 2}\n', "1:8"), ('vars: {w: "x\\ud800"}\n', "1:8"),
+    ('inputs2: {"x\\ud800": 1}\n', "1:11"),
+])
+def test_a_lone_surrogate_in_a_spec_string_is_a_located_error(tmp_path, text, where):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text + "inputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 2}\n")
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:{where}: '" in result.output and "holds a lone surrogate" in result.output
+
+
+def test_a_deep_dotted_set_key_is_a_located_error(tmp_path):
+    (tmp_path / "spec.yaml").write_text("vars: {a: 1}\ninputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 2}\n")
+    result = CliRunner().invoke(app, ["check", str(tmp_path / "spec.yaml"), "--set", "vars" + ".a" * 5000 + "=1"])
+    assert result.exit_code == 2 and "internal error" not in result.output and "RecursionError" not in result.output

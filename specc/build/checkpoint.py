@@ -190,6 +190,28 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
                                 "CHECKPOINT_ERROR"))
+    if "normalizer" in keys:
+        check_normalizer(state["normalizer"], path)
+
+
+def check_normalizer(normalizer: Any, path: str | Path) -> None:
+    """The input scaling stored with the weights has the shape `Normalizer.state_dict` writes:
+    `{"kind": str, "stats": [None or [shift, scale] per input]}`, shift and scale floating tensors
+    of one shape (a file from a stranger may hold anything there).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR saying what is wrong.
+    """
+    def fits(entry: Any) -> bool:
+        return entry is None or (isinstance(entry, (list, tuple)) and len(entry) == 2
+                                 and all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in entry)
+                                 and entry[0].shape == entry[1].shape)
+
+    if not (isinstance(normalizer, dict) and isinstance(normalizer.get("kind"), str)
+            and isinstance(normalizer.get("stats"), list) and all(fits(entry) for entry in normalizer["stats"])):
+        raise SpecError(Problem(f"{path}: the checkpoint's `normalizer` is malformed (it needs kind: a name and "
+                                f"stats: a list holding, per input, null or [shift, scale] tensors of one shape)",
+                                None, "CHECKPOINT_ERROR"))
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
