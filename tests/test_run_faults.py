@@ -3,6 +3,7 @@ writer killed mid-write, a signal at the end of the run or during start-up."""
 from __future__ import annotations
 
 import errno
+import getpass
 import json
 import os
 import signal
@@ -256,3 +257,22 @@ def test_a_deep_dotted_set_key_is_a_located_error(tmp_path):
     (tmp_path / "spec.yaml").write_text("vars: {a: 1}\ninputs: {x: {shape: [4]}}\nlayers:\n  - Linear: {out_features: 2}\n")
     result = CliRunner().invoke(app, ["check", str(tmp_path / "spec.yaml"), "--set", "vars" + ".a" * 5000 + "=1"])
     assert result.exit_code == 2 and "internal error" not in result.output and "RecursionError" not in result.output
+
+
+def test_a_run_writes_nothing_in_the_project_but_its_run_directory(tmp_path):
+    home, temporary, project = tmp_path / "home", tmp_path / "tmp", tmp_path / "project"
+    for folder in (home, temporary, project):
+        folder.mkdir()
+    (project / "spec.yaml").write_text(SPEC.replace("epochs: 2", "epochs: 1"))
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR")}
+    environment.update(HOME=str(home), TMPDIR=str(temporary))
+    result = subprocess.run([sys.executable, "-m", "specc", "train", "spec.yaml", "--out", "runs"], cwd=project,
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in project.iterdir()) == ["runs", "spec.yaml"]
+    # the libraries' own caches, as docs/train.md lists them: matplotlib's font list, torch's inductor folder
+    written = {str(path.relative_to(tmp_path)) for path in [*home.rglob("*"), *temporary.rglob("*")]}
+    assert written <= {"home/.cache", "home/.cache/matplotlib", "home/.config", "home/.config/matplotlib",
+                       "tmp/torchinductor_" + getpass.getuser()} | \
+        {name for name in written if name.startswith("home/.cache/matplotlib/fontlist")}, written
