@@ -178,9 +178,8 @@ def quantize(
                                   overrides=overrides(set_, variant))
         if output_format == "json":
             echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
-                                   "quantized": report.quantized, "kept_float": report.kept_float,
-                                   "rows": report.rows(), "output": str(report.output) if report.output else None},
-                                  indent=2))
+                             "quantized": report.quantized, "kept_float": report.kept_float,
+                             "rows": report.rows(), "output": str(report.output) if report.output else None}, indent=2))
             return
         from specc.train.quantize import print_report
 

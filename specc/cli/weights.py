@@ -73,7 +73,7 @@ def _export_quantized(spec: Path, prepared: Any, output: Path, method: str, keys
         float_size = float_path.stat().st_size
         quantize_onnx(float_path, output, method, names, batches)
     echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, {method}; "
-               f"float: {float_size / 1e6:.2f} MB, {output.stat().st_size / float_size:.2f}x)")
+         f"float: {float_size / 1e6:.2f} MB, {output.stat().st_size / float_size:.2f}x)")
     if not check:
         return
     examples = batches or [prepared.compiled.example_inputs(size, device="cpu") for size in (1, 3)]
@@ -81,7 +81,7 @@ def _export_quantized(spec: Path, prepared: Any, output: Path, method: str, keys
     agreement = "" if result.agreement is None else f", top class agrees on {result.agreement:.1%}"
     where = "the spec's data" if batches else "random inputs"
     echo(f"checked on {result.examples} examples of {where}: max |difference| {result.max_difference:.2e} "
-               f"({result.relative_difference:.1%} of the outputs' range){agreement}")
+         f"({result.relative_difference:.1%} of the outputs' range){agreement}")
     if not result.ok:
         raise UsageFailure("the quantized model strays too far from the float model (see docs/export.md)", code=1)
 
