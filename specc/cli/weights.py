@@ -133,6 +133,9 @@ def port(
         "--check", help="A .safetensors of inputs and expected outputs (named after the spec's; docs/weights.md): "
                 "run the model and compare every output.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="A Hugging Face config.json (or its folder): sets the spec's vars it names (dim, n_layers, "
+                         "n_heads, ...); --set still wins.")] = None,
     set_: SetOption = None,
     variant: VariantOption = None,
 ) -> None:
@@ -145,7 +148,8 @@ def port(
         from specc.export.port import port as port_weights
 
         result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
-                              allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
+                              allow_missing=allow_missing or (), check=check_io, config=config,
+                              **overrides(set_, variant))
         echo(result.report.summary())
         echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
         for check in result.checks:   # every output of the model, each against its own expected tensor

@@ -175,9 +175,28 @@ def _expand(node: fx.Node, args: list, shape_of) -> Any:
 
 def _reshape(node: fx.Node, args: list, shape_of, op: str) -> tuple[Any, list]:
     source, output = shape_of(args[0]), shape_of(node)
-    if output is None or source is None or output[0] != source[0]:
+    if output is None or source is None:
+        raise Unsupported(f"{op} of a tensor of unknown shape")
+    if output[0] == source[0]:
+        return {op: list(output[1:])}, [args[0]]
+    inserted = _inserted_ones(list(source), list(output))
+    if inserted is None:
         raise Unsupported(f"{op} that changes the batch dim")   # the spec's reshape keeps it
-    return {op: list(output[1:])}, [args[0]]
+    # only size-1 dims added (a [C] layer scale as [1, C, 1, 1]): the same tensor, unsqueezed
+    return {"sequential": [{"unsqueeze": dim} for dim in inserted]}, [args[0]]
+
+
+def _inserted_ones(source: list[int], output: list[int]) -> list[int] | None:
+    """The `unsqueeze` dims that turn `source` into `output`, when `output` only adds 1s; else None."""
+    current, dims = list(source), []
+    for index, size in enumerate(output):
+        if index < len(current) and current[index] == size:
+            continue
+        if size != 1:
+            return None
+        current.insert(index, 1)
+        dims.append(index)
+    return dims if current == output and dims else None
 
 
 def _getitem(args: list) -> tuple[Any, list]:
