@@ -7,7 +7,6 @@ state_dict save/load.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import gc
 import re
@@ -26,6 +25,7 @@ from specc.build.graph import Graph
 from specc.build import plan_cache
 from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
+from specc.build.initial_values import apply_init, apply_trainable
 from specc.build.plan_cache import CompilePlan
 from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import Registry, import_layer
@@ -108,8 +108,9 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
         for module in modules.values():
             module.to(dtype)
     module = assemble(plan.module_plan, modules)
-    _apply_init(module, graph, spec, apply=device.type != "meta")
+    apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
+    apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
                         meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
     for problem in compiled.warnings:
@@ -215,6 +216,7 @@ def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Modu
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
+    apply_trainable(module, plan.graph)
     return module
 
 
@@ -295,39 +297,3 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
     for target, source in spec.tie.items():
         owner_path, _, attribute = target.rpartition(".")
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
-
-
-def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
-    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
-    parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
-    layer_types = {node.target for node in graph.nodes if node.op == "module"}
-    parameters = dict(module.named_parameters())
-    with torch.no_grad():
-        for key, how in spec.init.items():
-            location = spec.source.locate(("init", key))
-            initialise = _initializer(how, location)
-            if key in layer_types:
-                targets = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
-                chosen = [p for name in targets if (p := getattr(module.get_submodule(name), "weight", None)) is not None]
-            else:
-                chosen = [p for name, p in parameters.items()
-                          if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
-            if not chosen:
-                raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
-                                        "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-            for parameter in chosen if apply else []:
-                try:
-                    initialise(parameter)
-                except ValueError as error:
-                    raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
-
-
-def _initializer(how: str | dict, location) -> Any:
-    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-    function_name = name if name.endswith("_") else f"{name}_"
-    known = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    if function_name not in known:
-        raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, known) or "").rstrip("_") or None))
-    function = getattr(nn.init, function_name)
-    return lambda parameter: function(parameter, **(kwargs or {}))

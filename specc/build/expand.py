@@ -153,11 +153,13 @@ class Expander(ItemReading, StructureExpansion):
             return current, True
         qualified = context.prefix + key
         context = replace(context, item=join_path(context.lists[-1], key))
+        start = len(self.nodes)
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
             output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
         self._declare_output(item, context, output)
+        self._mark_fixed(item, context, self.nodes[start:])
         self._name_output(context, key, output)
         return output or current, True
 

@@ -11,7 +11,8 @@ from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURE
 
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
              "flat", "names",  # flat/names: path levels, so state_dict keys can match another library's
-             "batch_dim", "outputs")  # batch_check.py: where the output's batch dim is; keep a layer's whole tuple
+             "batch_dim", "outputs",  # batch_check.py: where the output's batch dim is; keep a layer's whole tuple
+             "trainable")             # false: the item's weights stay fixed (requires_grad False)
 
 
 @dataclass
@@ -171,6 +172,18 @@ class ItemReading:
                               "TYPE_ERROR")
             return False
         return condition
+
+    def _mark_fixed(self, item: Item, context, nodes: list) -> None:
+        """`trainable: false`: every layer and parameter the item built keeps its values in training."""
+        if "trainable" not in item.meta:
+            return
+        value = self._substitute(item.meta["trainable"], context.variables, item.path + ("trainable",))
+        if not isinstance(value, bool):
+            if value is not None:
+                self._problem(f"trainable must be true or false, got {value!r}", item.path + ("trainable",), "TYPE_ERROR")
+            return
+        for node in nodes if value is False else []:
+            node.meta["trainable"] = False
 
     def _declare_output(self, item: Item, context, output: list[str]) -> None:
         """`batch_dim:` and `outputs:` describe the node the item ends with (batch_check.py reads the first)."""

@@ -6,6 +6,7 @@ spec wrote as the block's args) become constructor args. `specc.codegen` fills t
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import keyword
@@ -20,6 +21,7 @@ from specc.export.codegen_source import (Statement, allocate, free_tensor_use, f
 from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
 from specc.build.graph import Node
 from specc.build.registry import layer_info
+from specc.build.tensors import value_init
 
 _STREAMS = {"body": "h", "shortcut": "shortcut"}    # variable names for values inside a residual
 _REGISTER = {"parameter": "register_parameter", "buffer": "register_buffer", "constant": "register_buffer"}
@@ -131,7 +133,9 @@ class ClassWriter:
         args, raw = node.args, self.tree.item_args.get(node.location, {})
         if node.target == "parameter":
             tensor = f"torch.zeros(1, {self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
-            if args.get("init") is not None:
+            if value_init(args.get("init")) is not None:   # `{arange: 16}` and the like: the values, shaped
+                tensor = _fill(args["init"])(tensor)
+            elif args.get("init") is not None:
                 name, kwargs = (args["init"], {}) if isinstance(args["init"], str) else next(iter(args["init"].items()))
                 extra = "".join(f", {key}={literal(value)}" for key, value in (kwargs or {}).items())
                 tensor = f"nn.init.{name.rstrip('_')}_({tensor}{extra})"
@@ -342,6 +346,9 @@ class ClassWriter:
     # ----- init: and tie: ----------------------------------------------------------------------
     def _init_and_ties(self) -> list[str]:
         lines = ["        self._init_weights()  # the spec's `init:`"] if self.spec.init else []
+        lines += [f"        self.get_submodule({literal(path)}).requires_grad_(False)  # spec `trainable: false`"
+                  if kind == "module" else f"        self.get_parameter({literal(path)}).requires_grad_(False)"
+                  for path, kind in self._fixed()]
         for target, source in self.spec.tie.items():
             owner, _, attribute = target.rpartition(".")
             source_owner, _, source_attribute = source.rpartition(".")
@@ -355,16 +362,39 @@ class ClassWriter:
                  "        parameters = dict(self.named_parameters())", "        with torch.no_grad():"]
         layer_types = {node.target for node in self.graph.nodes if node.op == "module"}
         for key, how in self.spec.init.items():
-            name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-            call = f"nn.init.{name if name.endswith('_') else name + '_'}"
-            extra = "".join(f", {argument}={literal(value)}" for argument, value in (kwargs or {}).items())
+            fill = _fill(how)
             if key in layer_types:
                 paths = [node.name for node in self.graph.nodes if node.target == key and not node.shared_with
                          and getattr(self.compiled.module.get_submodule(node.name), "weight", None) is not None]
                 lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {key}",
-                          f"                {call}(self.get_submodule(path).weight{extra})"]
+                          f"                {fill('self.get_submodule(path).weight')}"]
             else:
-                lines += ["            for name, parameter in parameters.items():",
+                names = [name for name, _ in self.compiled.module.named_parameters()]
+                matched = any(fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key for name in names)
+                tensors = "parameters" if matched else "dict(self.named_buffers())"   # buffers when no parameter matches
+                lines += [f"            for name, parameter in {tensors}.items():",
                           f"                if fnmatch.fnmatchcase(name, {literal(key)}) or name.rsplit(\".\", 1)[-1] == {literal(key)}:",
-                          f"                    {call}(parameter{extra})"]
+                          f"                    {fill('parameter')}"]
         return lines
+
+    def _fixed(self) -> list[tuple[str, str]]:
+        """(path, "module" | "parameter") of the items marked `trainable: false`."""
+        return [(node.shared_with or node.name, "module" if node.op == "module" else "parameter")
+                for node in self.graph.nodes if node.meta.get("trainable") is False
+                and (node.op == "module" or node.target == "parameter")]
+
+
+def _fill(how: Any):
+    """The statement setting a tensor from an `init:` entry: an nn.init call, or values (`arange`, ...)."""
+    values = value_init(how)
+    if values is not None:
+        form, argument = values
+        if form == "constant":
+            return lambda tensor: f"{tensor}.fill_({literal(argument)})"
+        made = (f"torch.arange(*{literal(argument if isinstance(argument, list) else [argument])})" if form == "arange"
+                else f"torch.tensor({literal(argument)})")
+        return lambda tensor: f"{tensor}.copy_({made}.reshape({tensor}.shape))"
+    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
+    call = f"nn.init.{name if name.endswith('_') else name + '_'}"
+    extra = "".join(f", {argument}={literal(value)}" for argument, value in (kwargs or {}).items())
+    return lambda tensor: f"{call}({tensor}{extra})"
