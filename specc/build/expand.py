@@ -147,7 +147,9 @@ class Expander(ItemReading, StructureExpansion):
         key = str(number) if name is None else name
         if not self._claim(key, path, context):
             return current, True
-        inputs = self._item_inputs(item, context, current)
+        # a repeated item whose `from:` uses a var (`from: $(levels[i])`) reads it in each repetition
+        each = repeat is not None and "$" in str(item.meta.get("from", ""))
+        inputs = current if each else self._item_inputs(item, context, current)
         if inputs is None:             # an unknown `from:` name, reported: checking the item would only add noise
             context.refs[key] = None
             return current, True
@@ -157,7 +159,7 @@ class Expander(ItemReading, StructureExpansion):
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
-            output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+            output = self._expand_repeated(item, context, inputs, qualified, name, repeat, each)
         self._declare_output(item, context, output)
         self._mark_fixed(item, context, self.nodes[start:])
         self._name_output(context, key, output)
@@ -191,14 +193,18 @@ class Expander(ItemReading, StructureExpansion):
             return False
         return True
 
-    def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
+    def _expand_repeated(self, item, context, inputs, qualified, name, count, each: bool = False) -> list[str]:
+        """Each repetition takes the previous one's output, or with `each` its own `from:` (read with `$i`)."""
         for repetition in range(count):
             scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
                             scopes=context.scopes + (scope,), item=f"{context.item}.{repetition}")
             if repetition:
                 self._count_item(item.path, inner, item.op)
-            inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
+            sources = self._item_inputs(item, inner, inputs) if each else inputs
+            if sources is None:
+                return inputs
+            inputs = self._expand_single(item, inner, sources, f"{qualified}.{repetition}", name) or inputs
             if inputs:
                 self.spec_paths[inner.item] = inputs[0]
                 self.repeats.setdefault(context.item, []).append(inputs[0])
