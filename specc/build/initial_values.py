@@ -32,7 +32,7 @@ def apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) 
             initialise = _initializer(how, location)
             chosen = _chosen(module, graph, key, layer_types, parameters)
             if not chosen:
-                raise SpecError(Problem(f"init: '{key}' matches no layer type, parameter or buffer", location,
+                raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter, nor a buffer", location,
                                         "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
             for tensor in chosen:
                 _check_values(how, tensor, key, location)

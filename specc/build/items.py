@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from specc.lang.errors import did_you_mean
+from specc.build.input_sizes import needs_input
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, TUPLE_OUTPUT_LAYERS
 
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
@@ -161,11 +162,15 @@ class ItemReading:
         location_path = item.path + (item.op,) if item.args is not None else item.path
         self._problem(f"unknown {kind} '{item.op}'", location_path, "UNKNOWN_LAYER", did_you_mean(item.op, choices))
 
-    def _enabled(self, item: Item, context) -> bool:
-        """`if:` — false (or a `$(condition)` that is false) skips the item."""
+    def _enabled(self, item: Item, context, current: list[str]) -> bool:
+        """`if:` — false (or a `$(condition)` that is false) skips the item; one reading `$in` (or a block
+        arg defaulted from it) is decided by the sizes the items built so far give."""
         if "if" not in item.meta:
             return True
-        condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
+        if needs_input(item.meta["if"], context.variables):
+            condition = self._condition_from_sizes(item, context, current)
+        else:
+            condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
         if not isinstance(condition, bool):
             if condition is not None:  # None: a bad var, reported already
                 self._problem(f"if must be true, false or a $(condition), got {condition!r}", item.path + ("if",),
