@@ -115,3 +115,26 @@ layers:
         x = torch.randn(3, 4)
         assert model.proj.out_features == width
         assert torch.equal(model(x), model.proj(x) + torch.relu(model.proj(x)))
+
+
+def test_a_constant_sized_by_a_named_dim_warns_naming_the_dim():
+    compiled = compile_spec("""\
+inputs: {tokens: {shape: [seq], dtype: long}}
+vars: {seq: 16}
+layers:
+  - Embedding: {num_embeddings: 100, embedding_dim: 8}
+    name: embed
+  - constant: {arange: $seq}
+    name: positions
+  - Embedding: {num_embeddings: 16, embedding_dim: 8}
+    name: wpe
+  - add: {}
+    from: [embed, wpe]
+""")
+    fixed = [problem for problem in compiled.warnings if problem.code == "FIXED_DIM"]
+    assert [(problem.location.line, problem.location.column) for problem in fixed] == [(6, 5)]
+    assert "constant 'positions' is sized by the named dim 'seq'" in fixed[0].message
+    model = compiled.module
+    assert model(torch.zeros(2, 16, dtype=torch.long)).shape == (2, 16, 8)
+    with pytest.raises(RuntimeError):        # the warned-about fact: another length no longer fits
+        model(torch.zeros(2, 12, dtype=torch.long))

@@ -112,7 +112,7 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
     _apply_ties(module, spec)
     apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
+                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=[*graph.warnings, *unused_items(graph)])
     for problem in compiled.warnings:
         warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:

@@ -17,7 +17,7 @@ from specc.build.graph import Graph, Node, Scope
 from specc.build.items import Item, ItemReading, join_path
 from specc.build.structures import StructureExpansion
 from specc.build.infer import DryRun
-from specc.build.input_sizes import Deferred, contains_deferred, needs_input, resolve
+from specc.build.input_sizes import Deferred, contains_deferred, needs_input
 from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
@@ -60,6 +60,9 @@ class Expander(ItemReading, StructureExpansion):
         self.spec_paths: dict[str, str] = {}      # every item's spec path (`enc.conv`, `m.2`) -> its output node
         self.repeats: dict[str, list[str]] = {}   # a repeat's spec path -> each repetition's output (`from: m.*`)
         self.dry_run: DryRun | None = None        # started by the first `if:` that reads an input size
+        self.warnings: list[Problem] = []
+        self.named_dims = {str(size) for declared in spec.inputs.values() for size in declared.shape
+                           if isinstance(size, str) and IDENTIFIER.match(size)}
 
     # ----- entry point -------------------------------------------------------------------------
     def expand(self) -> Graph:
@@ -85,7 +88,7 @@ class Expander(ItemReading, StructureExpansion):
         if self.problems:
             # a mistake inside a repeated item or a block used twice is reported once, with its use sites
             raise SpecError(sorted_problems(self.problems))
-        return Graph(self.nodes, outputs)
+        return Graph(self.nodes, outputs, self.warnings)
 
     def _global_vars(self) -> dict:
         resolved: dict = {}
@@ -263,6 +266,7 @@ class Expander(ItemReading, StructureExpansion):
         """`parameter` / `buffer` / `constant`: a tensor of the model, not computed from an input."""
         kwargs, problems = free_tensor_args(item.op, args, self._locator(item, context))
         self.problems.extend(problems)
+        self._warn_fixed_dims(item, name or qualified)
         inputs = inputs[:1] if kwargs.get("batch") else []
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
@@ -291,24 +295,6 @@ class Expander(ItemReading, StructureExpansion):
                     scopes=context.scopes, location=self._locate(item.path), label=name or owner_node.target,
                     shared_with=owner_node.shared_with or owner_node.name, meta={"via": list(context.via)})
         return [self._add(node)]
-
-    def _condition_from_sizes(self, item: Item, context: Context, current: list[str]) -> Any:
-        """`if: $(in.channels != out)`: the items built so far run on meta now (once each, however many
-        such `if:`s follow), giving the size of the item's input; None when a mistake is reported."""
-        sources = self._item_inputs(item, context, current) if "from" in item.meta else current
-        if not sources or self.problems:   # the mistakes found so far are reported rather than run
-            return None
-        if self.dry_run is None:
-            self.dry_run = DryRun(self.registry)
-        try:
-            self.dry_run.advance(self.nodes)
-        except SpecError as error:
-            raise SpecError(sorted_problems([*self.problems, *error.problems])) from None
-        try:
-            return resolve(Deferred(item.meta["if"], context.variables, sources[0]), self.dry_run.feature_shape)
-        except ExpressionError as error:
-            self._fail_var(error, item.path + ("if",), context.variables)
-            return None
 
     # ----- parsing and references ---------------------------------------------------------------
     def _repeat_count(self, item: Item, context: Context) -> int | None:
