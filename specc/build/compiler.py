@@ -27,7 +27,6 @@ from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
 from specc.build.initial_values import apply_init, apply_trainable
 from specc.build.plan_cache import CompilePlan
-from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
@@ -186,61 +185,12 @@ def with_model_problems(error: SpecError) -> SpecError:
     return SpecError(sorted_problems(problems))
 
 
-def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), safe: bool | None = None, **variables: Any) -> nn.Module:
-    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
-
-    `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
-    spec, so the trained model is rebuilt from the file alone. `weights` loads a state_dict, a
-    `.safetensors` file or a `specc train` checkpoint into the built model.
-
-    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
-    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
-    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
-    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
-    """
-    if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
-        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, **variables)
-    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, safe=safe, **variables)
-    module = compiled.module
-    if weights is not None and weights_map is None and not allow_missing:
-        apply_weights(module, weights)
-    elif weights is not None:
-        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
-        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
-    return module
-
-
 def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Module:
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
     apply_trainable(module, plan.graph)
     return module
-
-
-def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cpu", dtype: Any = None,
-                           safe: bool | None = None, **variables: Any) -> nn.Module:
-    """Rebuild a trained model from a `.safetensors` file written by `specc export`.
-
-    Args:
-        path: the file; its metadata holds the resolved spec.
-        device, dtype: as in `specc.build`.
-        **variables: var overrides (they must leave the weights' shapes unchanged).
-
-    Returns:
-        The model with the file's weights, in eval mode.
-
-    Raises:
-        SpecError: unreadable file, or weights that do not fit the spec (CHECKPOINT_ERROR).
-    """
-    spec, state = load_weights(path)
-    input_shapes = spec.pop(INPUT_SHAPES_KEY, None)
-    module = compile(spec, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, safe=safe,
-                     **variables).module
-    load_state(module, state, path)
-    return module.eval()
 
 
 def class_name(spec: Spec) -> str:
@@ -297,3 +247,8 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
     for target, source in spec.tie.items():
         owner_path, _, attribute = target.rpartition(".")
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
+
+
+def spec_registry(spec: Spec) -> Registry:
+    """The layers a spec may use: torch.nn, specc's own and its `imports:`."""
+    return Registry(_imports(spec))
