@@ -6,6 +6,7 @@ spec wrote as the block's args) become constructor args. `specc.codegen` fills t
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import keyword
@@ -341,6 +342,9 @@ class ClassWriter:
     # ----- init: and tie: ----------------------------------------------------------------------
     def _init_and_ties(self) -> list[str]:
         lines = ["        self._init_weights()  # the spec's `init:`"] if self.spec.init else []
+        lines += [f"        self.get_submodule({literal(path)}).requires_grad_(False)  # spec `trainable: false`"
+                  if kind == "module" else f"        self.get_parameter({literal(path)}).requires_grad_(False)"
+                  for path, kind in self._fixed()]
         for target, source in self.spec.tie.items():
             owner, _, attribute = target.rpartition(".")
             source_owner, _, source_attribute = source.rpartition(".")
@@ -360,10 +364,19 @@ class ClassWriter:
                 lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {comment_text(key)}",
                           f"                {init_call(how, 'self.get_submodule(path).weight')}"]
             else:
-                lines += ["            for name, parameter in parameters.items():",
+                names = [name for name, _ in self.compiled.module.named_parameters()]
+                matched = any(fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key for name in names)
+                tensors = "parameters" if matched else "dict(self.named_buffers())"   # buffers when no parameter matches
+                lines += [f"            for name, parameter in {tensors}.items():",
                           f"                if fnmatch.fnmatchcase(name, {literal(key)}) or name.rsplit(\".\", 1)[-1] == {literal(key)}:",
                           f"                    {init_call(how, 'parameter')}"]
         return lines
+
+    def _fixed(self) -> list[tuple[str, str]]:
+        """(path, "module" | "parameter") of the items marked `trainable: false`."""
+        return [(node.shared_with or node.name, "module" if node.op == "module" else "parameter")
+                for node in self.graph.nodes if node.meta.get("trainable") is False
+                and (node.op == "module" or node.target == "parameter")]
 
 
 def _attribute(name: str) -> str:

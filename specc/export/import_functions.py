@@ -115,7 +115,7 @@ def function_item(node: fx.Node, tensors: list[fx.Node], shape_of) -> tuple[Any,
     if name in ("chunk", "split") or target in (torch.chunk, torch.split):
         op = name or target.__name__
         size = call.get(1, "chunks" if op == "chunk" else "split_size_or_sections")
-        return {op: [size, call.get(2, "dim", 0)]}, [args[0]]
+        return {op: [_listed(size), call.get(2, "dim", 0)]}, [args[0]]  # fx: its own list type
     if target is operator.getitem:
         return _getitem(args)
     if name == "to" or name in _CASTS:
