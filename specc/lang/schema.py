@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs")
 
 _VAR = {"type": "string", "pattern": r"^\$"}          # `$width`, `$(width * 2)`, `$in.channels`
-_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+_DOTTED_NAME = {"type": "string", "pattern": r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$"}
 _BLOCK_KEY = r"^[a-z_][A-Za-z0-9_]*$"                 # a use of one of the spec's blocks
 
 
@@ -89,7 +89,9 @@ def _args(kwargs: dict) -> dict:
 def _meta_properties(catalogue: ItemCatalogue, item_list: dict) -> dict:
     merge_names = {"enum": list(catalogue.merges)}
     return {
-        "name": {**_NAME, "description": "the item's name: its submodule path, state_dict prefix and label"},
+        "name": {"anyOf": [_DOTTED_NAME, {"type": "integer", "minimum": 0}],
+                 "description": "the item's name (a dotted module path such as resnets.0 allowed): its submodule "
+                                "path, state_dict prefix and label"},
         "from": {"description": "earlier item(s) or input(s) to consume",
                  "anyOf": [{"type": ["string", "integer"]}, {"type": "array", "items": {"type": ["string", "integer"]}}]},
         "repeat": {"description": "repeat N times in sequence ($i is the index); 0 skips the item",
