@@ -184,6 +184,9 @@ def test_schema_knows_the_functions_and_their_args():
     assert not list(validator.iter_errors(good))
     bad = yaml.safe_load(spec("cumsum: {dims: 1}"))
     assert any("'dims' was unexpected" in error.message for error in validator.iter_errors(bad))
+    for item in ("topk: {k: two}", "sort: {descending: maybe}", "one_hot: {num_classes: 0}"):
+        assert list(validator.iter_errors(yaml.safe_load(spec(item)))), item
+    assert not list(validator.iter_errors(yaml.safe_load(spec("topk: {k: $k, largest: false}"))))
     new = {"sin", "cos", "sqrt", "erf", "softplus", "remainder", "floor_divide", "sign", "reciprocal", "topk",
            "sort", "argsort", "argmax", "argmin", "scatter", "scatter_add", "index_add", "one_hot", "cumsum", "cumprod"}
     assert new <= set(FUNCTIONS)
