@@ -21,7 +21,7 @@ from specc.export.eject import codegen
 from specc.lang.errors import SpecError
 from specc.summary.rows import flop_counter
 from test_codegen import load_generated
-from test_shape_rules import layout, meta
+from test_shape_rules import layout
 
 # Inputs of every case: x [B, 4, 6] floats, y [B, 4, 6] positive floats, index [B, 4, 6] in 0..5,
 # ints [B, 4, 6] in -7..7.

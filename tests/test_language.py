@@ -184,13 +184,13 @@ def test_in_is_refused_where_sizes_are_not_known_yet():
 TOKENS = """\
 inputs: {x: {shape: [5, 8]}}
 layers:
-  - parameter: {shape: [1, 8], batch: true}
+  - parameter: {shape: [1, 1, 8], batch: true}
     name: class_token
     from: x
   - cat:
     from: [class_token, x]
     name: joined
-  - parameter: {shape: [6, 8], init: {normal: {std: 0.02}}}
+  - parameter: {shape: [1, 6, 8], init: {normal: {std: 0.02}}}
     name: position
   - add:
     from: [joined, position]

@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import build, compile as compile_spec
+from specc.build.compiler import compile as compile_spec
+from specc.weights.building import build
 from specc.build.expect import count_parameters
 from twins.mobilenet_v3 import MobileNetV3Small
 from twins.swin import SwinTransformer

@@ -225,10 +225,12 @@ class Expander(ItemReading, StructureExpansion):
             return []
         if item.op == "dropout" and isinstance(args, (int, float)):
             args = {"p": args}
+        if item.meta.get("share") is not None and args is None:   # the shared layer's arguments: none needed
+            return self._add_shared(item, context, inputs, qualified, name, info.name, {})
         kwargs, problems = layer_kwargs(info, args, self._locator(item, context))
         self.problems.extend(problems)
         if item.meta.get("share") is not None:
-            return self._add_shared(item, context, inputs, qualified, name, info.name)
+            return self._add_shared(item, context, inputs, qualified, name, info.name, kwargs)
         node = Node(name=qualified, op="module", target=info.name, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or info.name,
                     meta={"via": list(context.via), **_deferred_args(kwargs)})
@@ -257,7 +259,7 @@ class Expander(ItemReading, StructureExpansion):
                     meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
-    def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
+    def _add_shared(self, item, context, inputs, qualified, name, target, given: dict) -> list[str]:
         reference = self._substitute(item.meta["share"], context.variables, item.path + ("share",))
         owner = self._reference(str(reference), context, item.path + ("share",))
         if owner is None:
@@ -266,6 +268,15 @@ class Expander(ItemReading, StructureExpansion):
         if owner_node.op != "module":
             self._problem(f"share: '{reference}' is not a layer with weights", item.path + ("share",), "TYPE_ERROR")
             return []
+        if owner_node.target != target:
+            self._problem(f"share: '{reference}' is a {owner_node.target}, not a {target}", item.path + ("share",),
+                          "TYPE_ERROR")
+            return []
+        for key, value in given.items():   # arguments written anyway must be the shared layer's
+            if key in owner_node.args and owner_node.args[key] != value:
+                self._problem(f"share: '{reference}' has {key}={owner_node.args[key]!r}, not {value!r}; "
+                              f"leave the arguments out", item.path + (item.op,), "TYPE_ERROR")
+                return []
         node = Node(name=qualified, op="module", target=owner_node.target, args=owner_node.args, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or owner_node.target,
                     shared_with=owner_node.shared_with or owner_node.name, meta={"via": list(context.via)})

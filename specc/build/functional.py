@@ -133,7 +133,8 @@ def batch_expand(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
-              heads: int, causal: bool = False, scale: float | None = None, dropout: float = 0.0) -> torch.Tensor:
+              heads: int, causal: bool = False, scale: float | None = None, dropout: float = 0.0,
+              kv_heads: int | None = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention on `[B, T, H*d]` inputs; returns `[B, T, H*d_v]`.
 
     Args:
@@ -144,9 +145,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         causal: mask out future keys (the decoder's self-attention).
         scale: multiplies q·k; None is 1/sqrt(d) (T5 uses 1.0).
         dropout: dropout on the attention weights (pass 0 in eval).
+        kv_heads: heads of k and v, each shared by heads // kv_heads query heads (grouped-query
+            attention); None is `heads`.
     """
     batch, length = q.shape[0], q.shape[1]
-    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
+    kv_heads = kv_heads or heads
+    q = q.unflatten(-1, (heads, -1)).transpose(1, 2)                                 # (B, H, T, d)
+    k, v = (t.unflatten(-1, (kv_heads, -1)).transpose(1, 2) for t in (k, v))         # (B, Hkv, S, d)
+    if kv_heads != heads:
+        k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))       # (B, H, S, d)
     if mask is not None and mask.dim() == 3:
         mask = mask.unsqueeze(1)
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,

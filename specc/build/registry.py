@@ -75,6 +75,11 @@ class LayerInfo:
     def required(self) -> list[str]:
         return [p.name for p in self.parameters if p.default is inspect.Parameter.empty]
 
+    @property
+    def knows_sizes(self) -> bool:
+        """torch's and specc's layers: a size arg's name (`num_channels`) means the input's size."""
+        return self.cls.__module__.split(".")[0] in ("torch", "specc")
+
     def inferable(self) -> list[str]:
         """Args the dry run may fill in: known size names that the constructor requires.
 
@@ -220,11 +225,12 @@ def _constructor_signature(cls: type) -> inspect.Signature:
 
 @lru_cache(maxsize=1)
 def _builtin_layers() -> dict[str, type]:
-    from specc.build import layers as specc_layers
+    from specc.build.layers import LAYER_MODULES
 
     found = {}
-    for module in (nn, specc_layers):
-        for name, value in vars(module).items():
+    for module in (nn, *map(importlib.import_module, LAYER_MODULES)):
+        names = getattr(module, "__all__", None) if module is not nn else None   # specc's: what they export
+        for name, value in ((name, getattr(module, name)) for name in names) if names else vars(module).items():
             if (inspect.isclass(value) and issubclass(value, nn.Module) and name[:1].isupper()
                     and name not in _NOT_LAYERS and not name.startswith("Lazy") and not name.startswith("_")):
                 found[name] = value
