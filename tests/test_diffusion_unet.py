@@ -157,3 +157,16 @@ def test_attention_block_equals_diffusers_attention():
     x = torch.randn(2, 32, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), hand(x), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_tensor_count_is_the_same_every_time():
+    """The timestep input is last used early; once freed, its storage's address was reused by a later
+    saved tensor, which the count then left out as an input (a different total run to run)."""
+    from specc.summary.rows import SavedForBackward
+    first = specc.summary(SPEC, batch_size=3).memory_bytes()
+    assert all(specc.summary(SPEC, batch_size=3).memory_bytes() == first for _ in range(3))
+    saved, value = SavedForBackward(nn.Linear(2, 2)), torch.empty(4, device="meta")
+    saved.exclude(value)
+    storage = value.untyped_storage()
+    del value
+    assert storage._cdata in saved._excluded and any(kept.untyped_storage()._cdata == storage._cdata for kept in saved._kept)
