@@ -232,3 +232,22 @@ def test_import_reads_them_back(tmp_path: Path):
     with torch.no_grad():
         for got, want in zip(rebuilt(x), module(x)):
             torch.testing.assert_close(got, want)
+
+
+SAVED_CASES = ["relu:", "sigmoid:", "tanh:", "exp:", "sqrt:", "rsqrt:", "reciprocal:", "softmax: -1", "log_softmax: -1",
+               "silu:", "gelu:", "log:", "sin:", "cos:", "erf:", "abs:", "softplus: {beta: 2.0}", "neg:", "sign:",
+               "floor:", "sub: 1.0", "mul: 0.5", "div: 3.0"]
+
+
+@pytest.mark.parametrize("item", SAVED_CASES)
+@pytest.mark.parametrize("after_a_layer", [True, False])
+def test_saved_tensor_rules_count_what_autograd_saves(item, after_a_layer, monkeypatch):
+    """The summary's rule for a one-input function (summary/saved_rules.py) gives the bytes the
+    saved-tensor hooks count; on a model input (no gradient) it saves nothing."""
+    from test_saved_rules import _by_hooks, _uses_rules
+    positive = "  - exp:\n" if item.split(":")[0] in ("sqrt", "rsqrt", "log") else ""
+    first = "  - Linear: {out_features: 8}\n" if after_a_layer else ""
+    text = f"inputs: {{x: {{shape: [5, 8]}}}}\nlayers:\n{first}{positive}  - {item}\n  - Linear: {{out_features: 3}}\n"
+    ruled, hooked = specc.summary(text, batch_size=3), _by_hooks(monkeypatch, text, batch_size=3)
+    assert _uses_rules(text)
+    assert ruled.memory_bytes() == hooked.memory_bytes()
