@@ -18,7 +18,10 @@ from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
 from specc.train.columns import check_npz_array
 from specc.train.sources import read_csv
-from specc.lang.spec import Spec
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
+from specc.lang.spec import Spec, load
+from specc.lang.tokenizer_vars import tokenizer_vars
+from specc.train.tokenizer import from_state as tokenizer_from_state
 from specc.lang.train_config import CLASS_INDEX_LOSSES
 
 SPLITS = ("train", "val", "test")
@@ -48,7 +51,9 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
         raise SpecError(Problem(f"unknown split '{split}'; choose train, val or test", None, "TYPE_ERROR"))
     state = load_checkpoint(checkpoint)
     spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
-    prepared = prepare_data(spec, model)
+    corpus = read_text_data(spec, cache_root_of(checkpoint, Path("runs")))[1] if spec.train.data.is_text else None
+    check_tokenizer(state.get("tokenizer"), None if corpus is None else corpus.tokenizer, spec, checkpoint)
+    prepared = prepare_data(spec, model, corpus)
     fold = prepared.splits[state.get("fold") or 0]
     data = fold.named().get(split)
     if data is None:
@@ -106,6 +111,9 @@ def _restore(spec_or_path, state: dict, checkpoint, device: str | None, override
     require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
                  checkpoint, "evaluate and predict")
     spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, overrides)
+    if tokenizer_vars(spec.raw) and state.get("tokenizer"):   # the size the checkpoint was trained with
+        size = tokenizer_from_state(state["tokenizer"]).vocab_size
+        spec = load(spec, {name: size for name in tokenizer_vars(spec.raw)})
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
     load_model_state(compiled.module, state, checkpoint)

@@ -31,7 +31,7 @@ from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
 from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
 from specc.train.run_dir import new_run_dir as make_run_dir
-from specc.train.text_data import check_tokenizer, read_text_data
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
 from specc.train.token_windows import unigram_baseline
 from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
@@ -128,7 +128,7 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     with stage(f"tokenising ({config.data.source})", verbose and config.data.is_text):
-        spec, corpus = read_text_data(spec, out / ".tokens")   # sets `$tokenizer.vocab_size` before compiling
+        spec, corpus = read_text_data(spec, cache_root_of(resume, out))   # sets `$tokenizer.vocab_size`
     with stage(f"compiling {spec.display_name}", verbose):
         compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
@@ -243,8 +243,9 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
 
 def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For TensorBoard: the val/test confusion matrices of a classifier whose spec does not ask for
-    them. One process only (under torchrun every rank would have to take part)."""
-    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or \
+    them. One process only (under torchrun every rank would have to take part); none for a language
+    model (a vocabulary-square image says nothing)."""
+    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or session.tokenizer or \
             any("confusion_matrix" in values for values in metrics.values()):
         return {}
     matrix = MetricSet.build([Call(name="confusion_matrix")], session.task, session.device, lambda index: None)
