@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
 from specc.lang.train_config import DataConfig

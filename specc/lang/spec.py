@@ -29,6 +29,13 @@ def is_name(text: Any) -> bool:
     and no keyword — a branch named `as` made the generated forward a SyntaxError."""
     return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
 
+
+def is_path(text: Any) -> bool:
+    """A module path an item may be named with: names or numbers joined by dots (`head`, `resnets.0`,
+    `attention.self.query`), so a spec can hold a layer wherever a library's state_dict has it."""
+    return isinstance(text, str) and all(part.isdigit() and part.isascii() or is_name(part)
+                                         for part in text.split("."))
+
 Item = Union[str, dict[str, Any]]
 
 
@@ -48,6 +55,16 @@ class BlockSpec(_Strict):
 
     args: dict[str, Any] = Field(default_factory=dict)
     layers: list[Item] = Field(min_length=1)
+
+    @field_validator("args")
+    @classmethod
+    def _args_are_names(cls, value: dict) -> dict:
+        # an arg becomes a constructor parameter in the code `specc codegen` writes
+        for key in value:
+            if not is_name(str(key)):
+                raise ValueError(f"block arg '{key}' is not a valid name (letters, digits and _; not starting "
+                                 f"with a digit; no Python keyword)")
+        return value
 
 
 class ExpectSpec(_Strict):

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
+from specc.lang.limits import limit
+from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
+from specc.lang.prune_config import PruneConfig
 from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy", "text")
@@ -169,6 +172,16 @@ class DataConfig(_Strict):
     samples_per_epoch: Optional[int] = Field(None, ge=1)  # training windows per epoch
     steps: Optional[int] = Field(None, ge=1)              # or: training steps per epoch
 
+    @field_validator("num_workers")
+    @classmethod
+    def _bounded_workers(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_DATA_WORKERS", "worker processes")
+
+    @field_validator("prefetch_factor")
+    @classmethod
+    def _bounded_prefetch(cls, value: int) -> int:
+        return _at_most(value, "MAX_PREFETCH", "batches ahead per worker")
+
     @field_validator("dataset")
     @classmethod
     def _dataset_path(cls, value: Optional[str]) -> Optional[str]:
@@ -310,6 +323,7 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     swa: Optional[SWAConfig] = None
     grad_clip: Optional[float] = Field(None, gt=0)  # max total gradient norm
+    aux_loss_weight: float = Field(0.0, ge=0)  # × the MoE layers' load-balancing loss, added to the loss
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs: mode, fullgraph, dynamic, backend
     device: str = "auto"             # auto = cuda > mps > cpu
@@ -319,6 +333,33 @@ class TrainConfig(_Strict):
     log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+    strategy: StrategyName = None        # ddp | fsdp (docs/distributed.md); default: ddp on several processes
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)        # strategy fsdp: units, resharding, CPU offload
+    activation_checkpointing: CheckpointingName = "none"        # blocks: recompute each block's activations
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # {tensor: N}: tensor parallel (with fsdp)
+    prune: Optional[PruneConfig] = None  # gradual magnitude pruning (specc.train.pruning)
+
+    @field_validator("threads")
+    @classmethod
+    def _bounded_threads(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_THREADS", "threads")
+
+    @model_validator(mode="after")
+    def _prune_fits_the_run(self) -> "TrainConfig":
+        prune = self.prune
+        if prune is None:
+            return self
+        if prune.schedule.end_epoch is not None and prune.schedule.end_epoch > self.epochs:
+            raise ArgumentError(f"prune end_epoch {prune.schedule.end_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "end_epoch"))
+        if prune.schedule.start_epoch > self.epochs:
+            raise ArgumentError(f"prune start_epoch {prune.schedule.start_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "start_epoch"))
+        if self.swa is not None:   # AveragedModel would average masked and unmasked copies of each weight
+            raise ArgumentError("prune and swa cannot be combined: remove one of them", ("prune",))
+        if self.strategy == "fsdp":   # torch.nn.utils.prune reparametrises whole tensors, not DTensor shards
+            raise ArgumentError("prune works on whole tensors; it does not combine with strategy: fsdp", ("prune",))
+        return self
 
     @field_validator("log_histograms")
     @classmethod
@@ -531,3 +572,12 @@ def _torch_classes(kind: str) -> dict[str, Any]:
             torch.optim.lr_scheduler, UNSUPPORTED_SCHEDULERS
     return {name: item for name, item in vars(namespace).items()
             if isinstance(item, type) and issubclass(item, base) and not name.startswith("_") and name not in excluded}
+
+
+def _at_most(value: Optional[int], bound: str, what: str) -> Optional[int]:
+    """`value` if it is within the bound `bound` (specc.lang.limits): `num_workers: 10000` would
+    never start, `threads: 100000` runs out of memory."""
+    highest = limit(bound)
+    if value is not None and value > highest:
+        raise ValueError(f"{value:,} is more than {highest:,} {what}; set SPECC_{bound} to raise the bound")
+    return value

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc.build.checkpoint import load_checkpoint, load_model_state
+from specc.weights.checkpoint import load_checkpoint, load_model_state
 from specc.lang.errors import Problem, SpecError
 from specc.lang.spec import Spec, load
 from specc.lang.tokenizer_vars import tokenizer_vars
