@@ -13,7 +13,8 @@ streamed epoch against a hand-written DataLoader loop, and against the in-memory
 (training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one), scan (the `scan`
 item against a hand-written loop and the closed O(L²) form at L = 64, 256, 1,024: time and peak memory),
 fsdp (peak memory per process of `strategy: fsdp` against ddp, and its step against a hand-written FSDP2
-loop, on 2 CPU processes).
+loop, on 2 CPU processes), lm (specs/gpt_char.yaml on Python's documentation against a hand-written
+nanoGPT loop: time per step and val loss; generation tokens/s with and without the KV cache).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, scan, sharded, streaming, training  # noqa: E402
+from benchmarks import (cli_cost, compile_cost, draw_cost, forward, gpu, language_model, scan, sharded,  # noqa: E402
+                        streaming, training)
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -41,6 +43,7 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
     "scan": (scan.run, {}, {"repeats": 1, "turns": 1, "lengths": (64,), "closed_repeats": 1}),
     "fsdp": (sharded.run, {}, {"repeats": 1, "steps": 1, "size": "small"}),
+    "lm": (language_model.run, {}, {"repeats": 1, "steps": 2, "generation_repeats": 1, "new_tokens": 8}),
 }
 
 
