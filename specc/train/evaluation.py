@@ -17,8 +17,11 @@ from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
 from specc.train.npz import read_npz
 from specc.train.sources import read_csv
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
 from specc.lang.safety import stored_spec_scope
-from specc.lang.spec import Spec
+from specc.lang.spec import Spec, load
+from specc.lang.tokenizer_vars import tokenizer_vars
+from specc.train.tokenizer import from_state as tokenizer_from_state
 from specc.lang.train_config import CLASS_INDEX_LOSSES
 
 SPLITS = ("train", "val", "test")
@@ -51,16 +54,19 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
 
 
 def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: torch.device,
-               checkpoint: str | Path = "the checkpoint") -> tuple[TensorData, Task]:
+               checkpoint: str | Path | None = None) -> tuple[TensorData, Task]:
     """One split of the spec's data (same source and split seed as training), scaled with the
-    checkpoint's statistics, on `device`; and the task.
+    checkpoint's statistics, on `device`; and the task. Text data are tokenised with a cache beside
+    the runs `checkpoint` belongs to, and must give the checkpoint's tokenizer.
 
     Raises:
         SpecError: an unknown or empty split.
     """
     if split not in SPLITS:
         raise SpecError(Problem(f"unknown split '{split}'; choose train, val or test", None, "TYPE_ERROR"))
-    prepared = prepare_data(spec, model)
+    corpus = read_text_data(spec, cache_root_of(checkpoint, Path("runs")))[1] if spec.train.data.is_text else None
+    check_tokenizer(state.get("tokenizer"), None if corpus is None else corpus.tokenizer, spec, checkpoint or "")
+    prepared = prepare_data(spec, model, corpus)
     fold = prepared.splits[state.get("fold") or 0]
     data = fold.named().get(split)
     if data is None:
@@ -144,6 +150,9 @@ def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides
             spec = load_train_spec(state["spec"], overrides)
     else:
         spec = load_train_spec(spec_or_path, overrides)
+    if tokenizer_vars(spec.raw) and state.get("tokenizer"):   # the size the checkpoint was trained with
+        size = tokenizer_from_state(state["tokenizer"]).vocab_size
+        spec = load(spec, {name: size for name in tokenizer_vars(spec.raw)})
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
     if state.get("quantization"):

@@ -35,7 +35,7 @@ from specc.train.run_dir import lock_run_dir, remove_stale_temporaries, unlock, 
 from specc.weights.checkpoint import is_sharded
 from specc.train.sharded_state import existing_checkpoint, restore_sharded
 from specc.train.run_dir import new_run_dir as make_run_dir
-from specc.train.text_data import check_tokenizer, read_text_data
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
 from specc.train.token_windows import unigram_baseline
 from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
@@ -134,7 +134,7 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
     with stage(f"tokenising ({config.data.source})", verbose and config.data.is_text):
-        spec, corpus = read_text_data(spec, out / ".tokens")   # sets `$tokenizer.vocab_size` before compiling
+        spec, corpus = read_text_data(spec, cache_root_of(resume, out))   # sets `$tokenizer.vocab_size`
     with stage(f"compiling {spec.display_name}", verbose):
         compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
@@ -275,8 +275,9 @@ def _report_best(session: Session, log: RunLog, result: TrainResult, show_table:
 
 def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For TensorBoard: the val/test confusion matrices of a classifier whose spec does not ask for
-    them. One process only (under torchrun every rank would have to take part)."""
-    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or \
+    them. One process only (under torchrun every rank would have to take part); none for a language
+    model (a vocabulary-square image says nothing)."""
+    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or session.tokenizer or \
             any("confusion_matrix" in values for values in metrics.values()):
         return {}
     matrix = MetricSet.build([Call(name="confusion_matrix")], session.task, session.device, lambda index: None)
