@@ -24,12 +24,14 @@ LOADED = {
     "llama3": ("hf_llama_gqa_tiny", ["logits"]),
     "qwen2": ("hf_qwen2_tiny", ["logits"]),
     "gemma": ("hf_gemma_tiny", ["logits"]),
+    "mixtral": ("hf_mixtral_tiny", ["logits"]),
 }
 # spec, variant -> the library's parameter count
 FULL_SIZE = {
     ("llama3", "llama3_8b"): 8_030_261_248,     # Meta-Llama-3-8B
     ("qwen2", "qwen2_7b"): 7_615_616_512,        # Qwen2-7B
     ("gemma", "gemma_7b"): 8_537_680_896,        # gemma-7b (tied head)
+    ("mixtral", "mixtral_8x7b"): 46_702_792_704,  # Mixtral-8x7B-v0.1
 }
 
 
@@ -70,7 +72,7 @@ def test_a_wrong_tensor_shows_in_the_outputs(spec):
     stem, names = LOADED[spec]
     weights, io = reference(stem)
     state = load_file(weights)
-    first, second = (f"model.layers.{i}.mlp.up_proj.weight" for i in (0, 1))
+    first, second = (f"model.layers.{i}.self_attn.v_proj.weight" for i in (0, 1))
     state[first], state[second] = state[second], state[first]
     model = specc.build(SPECS / f"{spec}.yaml", weights=state, weights_map="strict")
     (logits,) = outputs_of(model, [io["input_ids"]])
@@ -89,3 +91,38 @@ def test_llama3_keys_are_the_libraries_keys():
     expected = {name: tuple(tensor.shape) for name, tensor in load_file(weights).items()}
     assert {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()} == expected
     assert expected["model.layers.0.self_attn.k_proj.weight"] == (32, 96)   # 2 kv heads of 16
+
+
+def hub_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers 5.x's stacked Mixtral experts as the Hub's per-expert files hold them (the
+    conversion the reference config's `_reference.expert_weights` states)."""
+    converted = {}
+    for key, tensor in state.items():
+        if ".mlp.experts.gate_up_proj" in key:
+            prefix = key.replace("mlp.experts.gate_up_proj", "block_sparse_moe.experts")
+            for e, (gate, up) in enumerate(expert.chunk(2) for expert in tensor):
+                converted |= {f"{prefix}.{e}.w1.weight": gate, f"{prefix}.{e}.w3.weight": up}
+        elif ".mlp.experts.down_proj" in key:
+            prefix = key.replace("mlp.experts.down_proj", "block_sparse_moe.experts")
+            converted |= {f"{prefix}.{e}.w2.weight": expert for e, expert in enumerate(tensor)}
+        else:
+            converted[key.replace(".mlp.gate.", ".block_sparse_moe.gate.")] = tensor
+    return converted
+
+
+def test_mixtral_hub_layout_loads_the_per_expert_file_strictly():
+    weights, io = reference("hf_mixtral_tiny")
+    state = hub_layout(load_file(weights))
+    assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in state and len(state) == 21 - 4 + 4 * 3 * 2
+    model = specc.build(SPECS / "mixtral.yaml", variant="hub_layout", weights=state, weights_map="strict")
+    assert_every_output_matches(outputs_of(model, [io["input_ids"]]), io, ["logits"])
+
+
+def test_mixtral_summary_counts_only_routed_tokens():
+    from specc.summary.summarize import summary
+
+    table = summary(SPECS / "mixtral.yaml", batch_size=1, expand=True)
+    row = next(row for row in table.rows if row.path == "model.layers.0.mlp")
+    tokens, dim, hidden, experts, top_k = 24, 64, 128, 4, 2
+    dense_experts = tokens * experts * 2 * 3 * dim * hidden
+    assert row.flops == 2 * tokens * dim * experts + dense_experts * top_k // experts
