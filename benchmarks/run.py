@@ -10,7 +10,8 @@ Families: forward (per-call overhead of the compiled module), compile (Llama 2 7
 cli (`specc --help`, `specc summary`, a small spec's check/summary/draw), train (per-epoch loop
 cost), draw (1,000-item spec to SVG and as the HTML viewer in headless Chromium), stream (a
 streamed epoch against a hand-written DataLoader loop, and against the in-memory path), gpu
-(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one).
+(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one), moe (a
+mixture-of-experts forward against a hand-written sparse-dispatch MoE).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, streaming, training  # noqa: E402
+from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, moe, streaming, training  # noqa: E402
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -36,6 +37,8 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
     "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
+    "moe": (moe.run, {}, {"repeats": 1, "turn_seconds": 0.0005, "turns": 2,
+                          "sizes": {"dim": 16, "hidden": 24, "n_experts": 4, "top_k": 2, "tokens": 12}}),
 }
 
 
