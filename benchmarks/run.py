@@ -10,8 +10,10 @@ Families: forward (per-call overhead of the compiled module), compile (Llama 2 7
 cli (`specc --help`, `specc summary`, a small spec's check/summary/draw), train (per-epoch loop
 cost), draw (1,000-item spec to SVG and as the HTML viewer in headless Chromium), stream (a
 streamed epoch against a hand-written DataLoader loop, and against the in-memory path), gpu
-(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one), moe (a
-mixture-of-experts forward against a hand-written sparse-dispatch MoE).
+(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one), scan (the `scan`
+item against a hand-written loop and the closed O(L²) form at L = 64, 256, 1,024: time and peak memory),
+fsdp (peak memory per process of `strategy: fsdp` against ddp, and its step against a hand-written FSDP2
+loop, on 2 CPU processes), moe (a mixture-of-experts forward against a hand-written sparse-dispatch MoE).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, moe, streaming, training  # noqa: E402
+from benchmarks import (cli_cost, compile_cost, draw_cost, forward, gpu, moe, scan, sharded,  # noqa: E402
+                        streaming, training)
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -37,6 +40,8 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
     "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
+    "scan": (scan.run, {}, {"repeats": 1, "turns": 1, "lengths": (64,), "closed_repeats": 1}),
+    "fsdp": (sharded.run, {}, {"repeats": 1, "steps": 1, "size": "small"}),
     "moe": (moe.run, {}, {"repeats": 1, "turn_seconds": 0.0005, "turns": 2,
                           "sizes": {"dim": 16, "hidden": 24, "n_experts": 4, "top_k": 2, "tokens": 12}}),
 }

@@ -198,6 +198,8 @@ def _attention_zoo():
         (specc_layers.LayerScale(16), [meta(2, 5, 16)]),
         (specc_layers.Attention(4), [meta(2, 5, 16), meta(2, 7, 16), meta(2, 7, 8)]),
         (specc_layers.Attention(2, causal=True), [meta(2, 5, 8)] * 3),
+        (specc_layers.LinearScan(), [meta(2, 7, 4, 3), meta(2, 7, 4, 3)]),
+        (specc_layers.LinearScan(dim=-1, reverse=True), [meta(2, 4, 1, 10), meta(2, 4, 3, 10), meta(2, 4, 3)]),
         (specc_layers.Attention(4, n_kv_heads=2, rope=True), [meta(2, 5, 16), meta(2, 7, 8), meta(2, 7, 8)]),
     ]
 

@@ -11,17 +11,16 @@ are computed in `forward`, so they are right on whatever device the module ends 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specc.build.attention_layers import (  # noqa: F401 - specc layers and helpers, named here for the registry
     CausalSelfAttention, apply_rotary, check_rope_scaling, rotary_cos_sin, rotary_dim_of, rotary_inverse_frequencies,
 )
-from specc.build.functional import attention
+from specc.build.functional import attention, linear_scan
 
 __all__ = [
     "PositionalEmbedding", "CausalSelfAttention", "MLP", "SwiGLU", "OffsetRMSNorm",
-    "ClassToken", "LayerScale", "DropPath", "Attention", "LayerNorm2d",
+    "ClassToken", "LayerScale", "DropPath", "Attention", "LayerNorm2d", "LinearScan",
 ]
 
 # The modules whose classes are specc's layers (codegen copies their source; import keeps them as layers).
@@ -315,3 +314,27 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class LinearScan(nn.Module):
+    """The `scan` item: the linear recurrence `h_t = a_t * h_{t-1} + b_t` along a dim, every state
+    returned (a state-space model's selective scan; Mamba's `h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t`).
+
+    No weights. Computed by a chunked scan (see `linear_scan`): O(L) memory, 2C + L/C small steps.
+
+    Args:
+        dim: the time dim (torch's numbering: the batch is 0), default 1.
+        reverse: run from the last step back (h_t = a_t h_{t+1} + b_t).
+
+    Shapes: a, b broadcastable to (B, ..., L, ...)[, initial: that shape without dim] -> the broadcast shape.
+    """
+
+    def __init__(self, dim: int = 1, reverse: bool = False):
+        super().__init__()
+        self.dim, self.reverse = dim, reverse
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> torch.Tensor:
+        return linear_scan(a, b, initial, dim=self.dim, reverse=self.reverse)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, reverse={self.reverse}"

@@ -112,6 +112,10 @@ def summary(
     units: Annotated[str, typer.Option(help="Memory in MiB (2**20 bytes, as torchsummary) or MB (10**6, as torchinfo).")] = "MiB",
     set_: SetOption = None,
     variant: VariantOption = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="Add the training memory per process under fsdp or ddp (see --nproc; nothing is started).",
+        show_default=False)] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes for the --strategy estimate.")] = 1,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
@@ -128,6 +132,15 @@ def summary(
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         print_summary(result, output_format)
+        if strategy is not None:
+            from specc.summary.sharded_memory import estimate_spec, render_estimate
+
+            try:
+                estimate = estimate_spec(spec, strategy, nproc, batch_size, result.activation_bytes,
+                                         **overrides(set_, variant))
+            except ValueError as error:
+                raise UsageFailure(str(error)) from None
+            print(json.dumps(estimate.to_dict()) if output_format == "json" else render_estimate(estimate))
 
 
 @app.command()

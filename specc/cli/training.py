@@ -1,4 +1,4 @@
-"""Commands that train and run a model: train, evaluate, predict."""
+"""Commands that train and run a model: train, evaluate, predict, generate."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,9 @@ def train(
     nproc: Annotated[int, typer.Option(min=1, help="Train on N processes of this machine (DDP through torchrun's "
                                                    "launcher; batch_size is per process). Several machines: "
                                                    "torchrun, see docs/distributed.md.")] = 1,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="Override train.strategy: ddp (every process holds the model) or fsdp (each holds a shard; "
+             "docs/distributed.md).", show_default=False)] = None,
 ) -> None:
     """Train the model as the spec's `train:` section says; writes runs/<spec name>/<timestamp>/.
 
@@ -36,7 +39,8 @@ def train(
     """
     try:
         with user_errors():
-            keys = {key: value for key, value in (("epochs", epochs), ("device", device)) if value is not None}
+            keys = {key: value for key, value in (("epochs", epochs), ("device", device),
+                                                               ("strategy", strategy)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
                 from specc.train.launch import LaunchError, launch_training
 
@@ -103,3 +107,27 @@ def predict(
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
         if str(path) != "-":   # `-o -` printed the predictions themselves
             typer.echo(f"wrote {path}")
+
+
+@app.command()
+def generate(
+    spec: SpecPath,
+    checkpoint: CheckpointOption,
+    prompt: Annotated[str, typer.Option(help="The text to continue.")] = "\n",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to sample.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Divides the scores: < 1 sharper, > 1 flatter, 0 greedy.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k likeliest tokens only.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the sampling: the same seed gives the same text.")] = 0,
+    cache: Annotated[bool, typer.Option(help="Use the key/value cache (same tokens, linear time).")] = True,
+    device: DeviceOption = None,
+    set_: SetOption = None,
+    variant: VariantOption = None,
+) -> None:
+    """Sample text from a checkpoint trained on text, decoded with its saved tokenizer."""
+    with user_errors():
+        from specc.train.generation import generate as run_generation
+
+        result = run_generation(spec, checkpoint, prompt=prompt, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=top_k, seed=seed, device=device, cache=cache,
+                                overrides=overrides(set_, variant))
+        typer.echo(result.text)

@@ -80,7 +80,8 @@ def port(
     allow_missing: Annotated[Optional[list[str]], typer.Option(
         "--allow-missing", metavar="GLOB", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
     check_io: Annotated[Optional[Path], typer.Option(
-        "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
+        "--check", help="A .safetensors of inputs and expected outputs (named after the spec's; docs/weights.md): "
+                "run the model and compare every output.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
     set_: SetOption = None,
     variant: VariantOption = None,
@@ -97,12 +98,12 @@ def port(
                               allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
         typer.echo(result.report.summary())
         typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
-        if result.max_difference is not None:
-            ok = result.max_difference <= tolerance
-            typer.echo(f"checked: {result.checked} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
-                       f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
-            if not ok:
-                raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+        for check in result.checks:   # every output of the model, each against its own expected tensor
+            ok = check.difference <= tolerance
+            typer.echo(f"checked: {check} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                       f"(max |difference| {check.difference:.1e}, tolerance {tolerance:.0e})")
+        if any(not check.difference <= tolerance for check in result.checks):
+            raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
 
 
 @app.command("import")

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import csv
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from specc.build.checkpoint import load_checkpoint, load_model_state, require_keys
+from specc.weights.checkpoint import load_checkpoint, load_model_state, require_keys
 from specc.train.data import Normalizer, TensorData, batches, layout_of, shape_inputs
 from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
-from specc.train.columns import check_npz_array
+from specc.train.npz import read_npz
 from specc.train.sources import read_csv
+from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
 from specc.lang.train_config import CLASS_INDEX_LOSSES
 
@@ -105,7 +105,11 @@ def _restore(spec_or_path, state: dict, checkpoint, device: str | None, override
     """The spec (given, or the checkpoint's: validated just the same) and its model with the weights."""
     require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
                  checkpoint, "evaluate and predict")
-    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, overrides)
+    if spec_or_path is None:   # the checkpoint's own spec: safe mode unless its code is trusted (--trust-code)
+        with stored_spec_scope():
+            spec = load_train_spec(state["spec"], overrides)
+    else:
+        spec = load_train_spec(spec_or_path, overrides)
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
     load_model_state(compiled.module, state, checkpoint)
@@ -116,13 +120,7 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
     if not path.is_file():
         raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
     if path.suffix == ".npz":
-        if not zipfile.is_zipfile(path):
-            raise SpecError(Problem(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)",
-                                    None, "DATA_ERROR"))
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        for key, array in arrays.items():
-            check_npz_array(path, key, array, None)
+        arrays = read_npz(path, None)
         names = list(layout.inputs)
         if all(name in arrays for name in names):
             return {name: arrays[name] for name in names}

@@ -17,6 +17,17 @@ so `torch.load(..., weights_only=True)` reads it and a run can be rebuilt from t
     checksum    "sha256:<hex>" of every tensor and value above, verified on load
     interrupted {"epoch": e, "step": s, ...} in interrupted.pt only: the state after step s of epoch e
 
+A `strategy: fsdp` run writes sharded checkpoints instead (`last.dcp/`, a link to a folder):
+
+    last.dcp -> .last.dcp.<id>/
+        .metadata, __0_0.distcp, ...   torch.distributed.checkpoint (DCP): "model" and "optimizer",
+                                       each process's shards in its own file (specc.train.sharded_state)
+        state.pt    every other key above, a checkpoint itself (checksummed), plus `sharded: True` and
+                    `files`: the sha256 of each DCP file
+
+DCP reshards on load, so such a folder resumes on any number of processes; `load_checkpoint` reads it
+without a process group, the model's full tensors included, so every command reads sharded runs.
+
 Writing checks the disk: a full disk is a CHECKPOINT_ERROR naming the file, and the previous
 file stays intact. Reading checks the checksum, so flipped bytes are an error, not wrong weights.
 """
@@ -31,6 +42,7 @@ from typing import Any
 import torch
 
 from specc.lang.errors import Problem, SpecError
+from specc.lang.limits import limit, raise_hint
 
 FORMAT = "specc-checkpoint/1"
 
@@ -109,7 +121,8 @@ def _digest(value: Any, digest) -> None:
 
 
 def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> dict[str, Any]:
-    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum.
+    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum; a sharded
+    one (a `.dcp` folder) with its model's full tensors.
 
     Args:
         path: the file.
@@ -119,6 +132,9 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         SpecError: CHECKPOINT_ERROR when the file is missing, corrupted or not a specc checkpoint.
     """
     path, shown = Path(path), Path(shown_as or path)
+    if path.is_dir():  # a `strategy: fsdp` run's last.dcp/ (see below)
+        if is_sharded(path):
+            return load_sharded_checkpoint(path)
     if not path.is_file():
         raise SpecError(Problem(f"checkpoint not found: {shown}", None, "CHECKPOINT_ERROR"))
     with open(path, "rb") as handle:
@@ -133,6 +149,7 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
                                 f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SpecError(Problem(f"{shown}: not a specc checkpoint (written by `specc train`)", None, "CHECKPOINT_ERROR"))
+    check_structure(state, shown)
     stored = state.get("checksum")
     if stored is not None:
         body = {key: value for key, value in state.items() if key not in ("format", "checksum")}
@@ -140,6 +157,62 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
             raise SpecError(Problem(f"{shown}: the checkpoint is corrupted (its checksum does not match its "
                                     f"contents)", None, "CHECKPOINT_ERROR"))
     return state
+
+
+def check_structure(state: dict[str, Any], shown: str | Path) -> None:
+    """Refuse a checkpoint whose lists and dicts would make reading it explode before anything walks
+    them: shared references (`b = [b, b]` 40 times: a few hundred bytes, 2**40 values to checksum),
+    cycles, and nesting deeper than Python's stack. The stored spec must also fit a spec file's
+    bounds (SPECC_MAX_YAML_NODES values, SPECC_MAX_NESTING levels), as it is validated like one.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR naming the bound and its environment variable.
+    """
+    _check_size(state, shown, "the checkpoint", "MAX_CHECKPOINT_VALUES", "MAX_CHECKPOINT_DEPTH")
+    if "spec" in state:
+        _check_size(state["spec"], shown, "the checkpoint's stored spec", "MAX_YAML_NODES", "MAX_NESTING")
+
+
+def _check_size(root: Any, shown: str | Path, what: str, values_bound: str, depth_bound: str) -> None:
+    """Count `root`'s values as if every shared reference were a copy, without expanding any: an
+    iterative post-order walk with an identity memo (each list/dict/tuple is sized once)."""
+    max_values, max_depth = limit(values_bound), limit(depth_bound)
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:
+        value, depth, children_done = stack.pop()
+        children = _children(value)
+        if children is None or id(value) in sizes:
+            continue
+        if not children_done:
+            if depth > max_depth:
+                raise _too_big(shown, f"{what} nests more than {max_depth:,} levels deep", depth_bound)
+            open_ids.add(id(value))
+            stack.append((value, depth, True))
+            for child in children:
+                if id(child) in open_ids:
+                    raise SpecError(Problem(f"{shown}: {what} holds itself (a list or dict inside itself)", None,
+                                            "CHECKPOINT_ERROR"))
+                stack.append((child, depth + 1, False))
+            continue
+        open_ids.discard(id(value))
+        sizes[id(value)] = size = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if size > max_values:
+            raise _too_big(shown, f"{what} holds more than {max_values:,} values once its shared references "
+                                  f"are repeated", values_bound)
+
+
+def _children(value: Any) -> list | None:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _too_big(shown: str | Path, message: str, bound: str) -> SpecError:
+    return SpecError(Problem(f"{shown}: {message} ({raise_hint(bound)})", None, "CHECKPOINT_ERROR"))
 
 
 def _reason(error: Exception) -> str:
@@ -188,3 +261,63 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- sharded checkpoints (strategy: fsdp) ---------------------------------------------------------
+STATE_FILE = "state.pt"
+SUFFIX = ".dcp"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """True for a sharded checkpoint folder (or the link to one)."""
+    return Path(path).is_dir() and (Path(path) / STATE_FILE).is_file()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """`{file name: "sha256:<hex>"}` of every DCP file in `folder` (not state.pt)."""
+    digests = {}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.name != STATE_FILE and not file.name.startswith(f".{STATE_FILE}"):
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            digests[file.name] = f"sha256:{digest.hexdigest()}"
+    return digests
+
+
+def read_sharded_state(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """state.pt of a sharded checkpoint, its DCP files checked against their recorded sha256.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a missing, changed or extra file.
+    """
+    folder = Path(path)
+    state = load_checkpoint(folder / STATE_FILE, shown_as=folder)
+    if verify:
+        recorded, found = state.get("files", {}), file_digests(folder.resolve())
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise SpecError(Problem(f"{path}: the checkpoint is corrupted or incomplete ({', '.join(changed)} "
+                                    f"missing or changed since it was written)", None, "CHECKPOINT_ERROR"))
+    return state
+
+
+def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint as one process's dict: state.pt's keys plus `model`, the full tensors
+    gathered from every shard on the CPU (the optimizer state stays on disk).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a corrupted or unreadable checkpoint.
+    """
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    state = read_sharded_state(path)
+    try:
+        loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
+    except Exception as error:  # DCP raises several types for damaged folders
+        raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
+                                "CHECKPOINT_ERROR")) from None
+    model = loaded.get("model", {})
+    state["model"] = {name: tensor for name, tensor in model.items() if isinstance(tensor, torch.Tensor)}
+    return state
