@@ -25,13 +25,16 @@ LOADED = {
     "qwen2": ("hf_qwen2_tiny", ["logits"]),
     "gemma": ("hf_gemma_tiny", ["logits"]),
     "mixtral": ("hf_mixtral_tiny", ["logits"]),
+    "bert": ("hf_bert_tiny", ["last_hidden_state", "pooler_output"]),
 }
+INPUTS = {"bert": ["input_ids", "attention_mask"]}   # the others take input_ids only
 # spec, variant -> the library's parameter count
 FULL_SIZE = {
     ("llama3", "llama3_8b"): 8_030_261_248,     # Meta-Llama-3-8B
     ("qwen2", "qwen2_7b"): 7_615_616_512,        # Qwen2-7B
     ("gemma", "gemma_7b"): 8_537_680_896,        # gemma-7b (tied head)
     ("mixtral", "mixtral_8x7b"): 46_702_792_704,  # Mixtral-8x7B-v0.1
+    ("bert", "bert_base"): 109_482_240,           # bert-base-uncased's BertModel, pooler included
 }
 
 
@@ -63,7 +66,7 @@ def test_spec_loads_the_library_file_strictly_and_reproduces_its_outputs(spec):
     model = specc.build(SPECS / f"{spec}.yaml", weights=weights, weights_map="strict")
     report = model.weights_report
     assert not report.unmatched_model and not report.unmatched_file and not report.by_structure
-    assert_every_output_matches(outputs_of(model, [io["input_ids"]]), io, names)
+    assert_every_output_matches(outputs_of(model, [io[name] for name in INPUTS.get(spec, ["input_ids"])]), io, names)
 
 
 @pytest.mark.parametrize("spec", LOADED)
@@ -72,11 +75,12 @@ def test_a_wrong_tensor_shows_in_the_outputs(spec):
     stem, names = LOADED[spec]
     weights, io = reference(stem)
     state = load_file(weights)
-    first, second = (f"model.layers.{i}.self_attn.v_proj.weight" for i in (0, 1))
+    value = "model.layers.{}.self_attn.v_proj.weight" if spec != "bert" else "encoder.layer.{}.attention.self.value.weight"
+    first, second = (value.format(i) for i in (0, 1))
     state[first], state[second] = state[second], state[first]
     model = specc.build(SPECS / f"{spec}.yaml", weights=state, weights_map="strict")
-    (logits,) = outputs_of(model, [io["input_ids"]])
-    assert (logits - io[names[0]]).abs().max() > 100 * TOLERANCE
+    outputs = outputs_of(model, [io[name] for name in INPUTS.get(spec, ["input_ids"])])
+    assert all((output - io[name]).abs().max() > 100 * TOLERANCE for output, name in zip(outputs, names))
 
 
 @pytest.mark.parametrize("spec, variant", FULL_SIZE)
@@ -126,3 +130,23 @@ def test_mixtral_summary_counts_only_routed_tokens():
     tokens, dim, hidden, experts, top_k = 24, 64, 128, 4, 2
     dense_experts = tokens * experts * 2 * 3 * dim * hidden
     assert row.flops == 2 * tokens * dim * experts + dense_experts * top_k // experts
+
+
+def test_bert_pooler_is_compared_too():
+    """Every output is compared: a wrong pooler alone (last_hidden_state still right) fails."""
+    weights, io = reference("hf_bert_tiny")
+    state = load_file(weights)
+    state["pooler.dense.bias"] = state["pooler.dense.bias"] + 0.01
+    model = specc.build(SPECS / "bert.yaml", weights=state, weights_map="strict")
+    outputs = outputs_of(model, [io["input_ids"], io["attention_mask"]])
+    assert (outputs[0] - io["last_hidden_state"]).abs().max() <= TOLERANCE
+    with pytest.raises(AssertionError, match="pooler_output"):
+        assert_every_output_matches(outputs, io, ["last_hidden_state", "pooler_output"])
+
+
+def test_bert_padding_mask_matters():
+    weights, io = reference("hf_bert_tiny")
+    model = specc.build(SPECS / "bert.yaml", weights=weights, weights_map="strict")
+    unmasked = outputs_of(model, [io["input_ids"], torch.ones_like(io["attention_mask"])])
+    assert (unmasked[0][1] - io["last_hidden_state"][1]).abs().max() > 100 * TOLERANCE   # row 1 has padding
+    assert (unmasked[0][0] - io["last_hidden_state"][0]).abs().max() <= TOLERANCE        # row 0 has none

@@ -19,6 +19,8 @@ META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat
 _VAR = {"type": "string", "pattern": r"^\$"}          # `$width`, `$(width * 2)`, `$in.channels`
 _NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
 _BLOCK_KEY = r"^[a-z_][A-Za-z0-9_]*$"                 # a use of one of the spec's blocks
+_ITEM_PATH = {"type": "string", "pattern": r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"}   # `head`, `attention.self.query`
+_VAR_INSIDE = {"type": "string", "pattern": r"\$"}    # `layer_$i`, `$moe_name`: checked once vars are known
 
 
 @dataclass
@@ -89,7 +91,8 @@ def _args(kwargs: dict) -> dict:
 def _meta_properties(catalogue: ItemCatalogue, item_list: dict) -> dict:
     merge_names = {"enum": list(catalogue.merges)}
     return {
-        "name": {**_NAME, "description": "the item's name: its submodule path, state_dict prefix and label"},
+        "name": {"anyOf": [_ITEM_PATH, _VAR_INSIDE, {"type": "integer"}],
+                 "description": "the item's name: its submodule path, state_dict prefix and label"},
         "from": {"description": "earlier item(s) or input(s) to consume",
                  "anyOf": [{"type": ["string", "integer"]}, {"type": "array", "items": {"type": ["string", "integer"]}}]},
         "repeat": {"description": "repeat N times in sequence ($i is the index); 0 skips the item",
