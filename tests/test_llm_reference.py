@@ -150,3 +150,28 @@ def test_bert_padding_mask_matters():
     unmasked = outputs_of(model, [io["input_ids"], torch.ones_like(io["attention_mask"])])
     assert (unmasked[0][1] - io["last_hidden_state"][1]).abs().max() > 100 * TOLERANCE   # row 1 has padding
     assert (unmasked[0][0] - io["last_hidden_state"][0]).abs().max() <= TOLERANCE        # row 0 has none
+
+
+def _with_layout(spec: str, layout: str) -> str:
+    text = (SPECS / f"{spec}.yaml").read_text()
+    changed = text.replace("max_len: $max_len, layout: hf}", f"max_len: $max_len, layout: {layout}}}")
+    assert changed != text
+    return changed
+
+
+@pytest.mark.parametrize("spec", ["llama3", "qwen2"])
+def test_auto_fuses_grouped_query_projections_into_the_fused_layout_and_splits_them_back(spec):
+    """The file holds q_proj [96, 96] and k_proj/v_proj [32, 96] (and Qwen2's biases [96], [32], [32]):
+    a spec with the fused layout gets them concatenated, and a fused file splits back by the sizes."""
+    stem, names = LOADED[spec]
+    weights, io = reference(stem)
+    fused = specc.build(_with_layout(spec, "fused"), weights=weights, weights_map="auto")
+    report = fused.weights_report
+    assert "model.layers.1.self_attn.c_attn.weight" in report.fused and not report.unmatched_model
+    assert fused.state_dict()["model.layers.0.self_attn.c_attn.weight"].shape == (96 + 32 + 32, 96)
+    assert_every_output_matches(outputs_of(fused, [io["input_ids"]]), io, names)
+    split = specc.build(SPECS / f"{spec}.yaml", weights=fused.state_dict(), weights_map="auto")
+    assert "model.layers.0.self_attn.k_proj.weight" in split.weights_report.fused
+    assert_every_output_matches(outputs_of(split, [io["input_ids"]]), io, names)
+    torch.testing.assert_close(split.state_dict()["model.layers.0.self_attn.v_proj.weight"],
+                               load_file(weights)["model.layers.0.self_attn.v_proj.weight"], rtol=0, atol=0)
