@@ -31,6 +31,7 @@ INPUTS = {"bert": ["input_ids", "attention_mask"]}   # the others take input_ids
 # spec, variant -> the library's parameter count
 FULL_SIZE = {
     ("llama3", "llama3_8b"): 8_030_261_248,     # Meta-Llama-3-8B
+    ("llama3", "llama3_1_8b"): 8_030_261_248,   # Llama-3.1-8B: the same shapes, llama3 RoPE scaling
     ("qwen2", "qwen2_7b"): 7_615_616_512,        # Qwen2-7B
     ("gemma", "gemma_7b"): 8_537_680_896,        # gemma-7b (tied head)
     ("mixtral", "mixtral_8x7b"): 46_702_792_704,  # Mixtral-8x7B-v0.1
@@ -175,3 +176,11 @@ def test_auto_fuses_grouped_query_projections_into_the_fused_layout_and_splits_t
     assert_every_output_matches(outputs_of(split, [io["input_ids"]]), io, names)
     torch.testing.assert_close(split.state_dict()["model.layers.0.self_attn.v_proj.weight"],
                                load_file(weights)["model.layers.0.self_attn.v_proj.weight"], rtol=0, atol=0)
+
+
+def test_llama3_1_variant_scales_rope_as_its_config_says():
+    attention = compile_spec(SPECS / "llama3.yaml", device="meta", variant="llama3_1_8b").module.get_submodule(
+        "model.layers.31.self_attn")
+    assert attention.rope_scaling == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    assert attention.max_len == 131072 and attention.n_kv_heads == 8 and attention.head_dim == 128
