@@ -131,3 +131,35 @@ def generate(
                                 temperature=temperature, top_k=top_k, seed=seed, device=device, cache=cache,
                                 overrides=overrides(set_, variant))
         typer.echo(result.text)
+
+
+@app.command()
+def quantize(
+    spec: SpecPath,
+    checkpoint: CheckpointOption,
+    method: Annotated[str, typer.Option(help="int8-dynamic (int8 weights and activations), int8-weight (int8 weights) "
+                                             "or int4-weight (needs CUDA).")] = "int8-dynamic",
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Write the quantized checkpoint here (.pt); evaluate and predict read it.",
+        show_default=False)] = None,
+    split: Annotated[str, typer.Option(help="The split both models are evaluated on.")] = "test",
+    set_: SetOption = None,
+    variant: VariantOption = None,
+    output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
+) -> None:
+    """Quantize a trained checkpoint with torchao; compare size, metrics and CPU latency with the float model."""
+    with user_errors(output_format):
+        output_folder_exists(output)
+        from specc.train.quantize import quantize as run_quantization
+
+        report = run_quantization(spec, checkpoint, method=method, output=output, split=split,
+                                  overrides=overrides(set_, variant))
+        if output_format == "json":
+            typer.echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
+                                   "quantized": report.quantized, "kept_float": report.kept_float,
+                                   "rows": report.rows(), "output": str(report.output) if report.output else None},
+                                  indent=2))
+            return
+        from specc.train.quantize import print_report
+
+        print_report(report)

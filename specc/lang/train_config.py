@@ -20,6 +20,7 @@ from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import did_you_mean
 from specc.lang.limits import limit
 from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
+from specc.lang.prune_config import PruneConfig
 from specc.lang.safety import check_code_path, safe_mode
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy", "text")
@@ -336,11 +337,29 @@ class TrainConfig(_Strict):
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)        # strategy fsdp: units, resharding, CPU offload
     activation_checkpointing: CheckpointingName = "none"        # blocks: recompute each block's activations
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # {tensor: N}: tensor parallel (with fsdp)
+    prune: Optional[PruneConfig] = None  # gradual magnitude pruning (specc.train.pruning)
 
     @field_validator("threads")
     @classmethod
     def _bounded_threads(cls, value: Optional[int]) -> Optional[int]:
         return _at_most(value, "MAX_THREADS", "threads")
+
+    @model_validator(mode="after")
+    def _prune_fits_the_run(self) -> "TrainConfig":
+        prune = self.prune
+        if prune is None:
+            return self
+        if prune.schedule.end_epoch is not None and prune.schedule.end_epoch > self.epochs:
+            raise ArgumentError(f"prune end_epoch {prune.schedule.end_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "end_epoch"))
+        if prune.schedule.start_epoch > self.epochs:
+            raise ArgumentError(f"prune start_epoch {prune.schedule.start_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "start_epoch"))
+        if self.swa is not None:   # AveragedModel would average masked and unmasked copies of each weight
+            raise ArgumentError("prune and swa cannot be combined: remove one of them", ("prune",))
+        if self.strategy == "fsdp":   # torch.nn.utils.prune reparametrises whole tensors, not DTensor shards
+            raise ArgumentError("prune works on whole tensors; it does not combine with strategy: fsdp", ("prune",))
+        return self
 
     @field_validator("log_histograms")
     @classmethod

@@ -44,10 +44,21 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
     Raises:
         SpecError: unreadable checkpoint, a checkpoint that does not fit the model, or an empty split.
     """
+    state = load_checkpoint(checkpoint)
+    spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
+    data, task = split_data(spec, model, state, split, device)
+    return score(spec, model.module, data, task, device)
+
+
+def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: torch.device) -> tuple[TensorData, Task]:
+    """One split of the spec's data (same source and split seed as training), scaled with the
+    checkpoint's statistics, on `device`; and the task.
+
+    Raises:
+        SpecError: an unknown or empty split.
+    """
     if split not in SPLITS:
         raise SpecError(Problem(f"unknown split '{split}'; choose train, val or test", None, "TYPE_ERROR"))
-    state = load_checkpoint(checkpoint)
-    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
     prepared = prepare_data(spec, model)
     fold = prepared.splits[state.get("fold") or 0]
     data = fold.named().get(split)
@@ -55,12 +66,15 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
         available = ", ".join(fold.named())
         raise SpecError(Problem(f"the spec's split has no {split} examples (it has {available})",
                                 spec.source.locate(("train", "data", "split")), "DATA_ERROR"))
-    data = Normalizer.from_state_dict(state["normalizer"])(data).to(device)
+    return Normalizer.from_state_dict(state["normalizer"])(data).to(device), prepared.task
+
+
+def score(spec: Spec, module: torch.nn.Module, data: TensorData, task: Task, device: torch.device) -> dict[str, Any]:
+    """The loss and every configured metric of `module` on `data`."""
     config = spec.train
-    metrics = MetricSet.build(config.metrics, prepared.task, device, metric_locator(spec))
+    metrics = MetricSet.build(config.metrics, task, device, metric_locator(spec))
     loss_fn = build_loss(config.loss, spec.source.locate(("train", "loss"))).to(device)
-    return evaluate_split(model.module, data, loss_fn=loss_fn, task=prepared.task, metrics=metrics,
-                          batch_size=eval_batch_size(config))
+    return evaluate_split(module, data, loss_fn=loss_fn, task=task, metrics=metrics, batch_size=eval_batch_size(config))
 
 
 def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Path, input_path: str | Path,
@@ -82,7 +96,7 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
         regression writes the outputs.
     """
     state = load_checkpoint(checkpoint)
-    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
+    spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
     input_path = Path(input_path)
     output_shape = tuple(model.graph[model.graph.outputs[0]].feature_shape or ())
     layout = layout_of(spec, model.input_shapes(), output_shape, spec.train.loss.name in CLASS_INDEX_LOSSES)
@@ -101,8 +115,9 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     return output_path
 
 
-def _restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
-    """The spec (given, or the checkpoint's: validated just the same) and its model with the weights."""
+def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
+    """The spec (given, or the checkpoint's: validated just the same) and its model with the weights;
+    a checkpoint of `specc quantize` gets its quantized layers back first (specc.train.quantize)."""
     require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
                  checkpoint, "evaluate and predict")
     if spec_or_path is None:   # the checkpoint's own spec: safe mode unless its code is trusted (--trust-code)
@@ -112,7 +127,12 @@ def _restore(spec_or_path, state: dict, checkpoint, device: str | None, override
         spec = load_train_spec(spec_or_path, overrides)
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
-    load_model_state(compiled.module, state, checkpoint)
+    if state.get("quantization"):
+        from specc.train.quantized import load_quantized
+
+        load_quantized(compiled, state, checkpoint)
+    else:
+        load_model_state(compiled.module, state, checkpoint)
     return spec, compiled, device
 
 

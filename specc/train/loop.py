@@ -29,6 +29,7 @@ from specc.train.sharded_state import remove_checkpoint, write_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
+from specc.train.pruning import Pruner, plain_state_dict
 from specc.train.progress import INTERRUPTED, EpochProgress, NonFiniteLoss, check_finite, epoch_progress
 from specc.train.run_log import RunLog
 from specc.lang.spec import Spec
@@ -111,6 +112,7 @@ class Session:
     tokenizer: dict[str, str] | None = None  # text data: the tokenizer's state (specc.train.tokenizer)
     sharded: bool = False                  # strategy fsdp: checkpoints are DCP folders (specc.train.sharded_state)
     replicas: int = 1                      # parallel.tensor: processes that see the same batches
+    pruner: Pruner | None = None           # `train.prune:` (specc.train.pruning)
 
     @property
     def data_rank(self) -> int:
@@ -150,7 +152,7 @@ class Session:
         """Everything `--resume` needs to continue exactly (see specc.weights.checkpoint for the layout)."""
         return {
             "spec": self.spec.raw, "epoch": self.epoch, "schedulers": self.schedulers.state_dict(),
-            **({} if self.sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}),
+            **({} if self.sharded else {"model": plain_state_dict(self.model), "optimizer": self.optimizer.state_dict()}),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "swa": None if self.swa_model is None else {
                 "model": self.swa_model.state_dict(), "scheduler": self.swa_scheduler.state_dict()},
@@ -160,12 +162,15 @@ class Session:
             "classes": self.classes, "fold": self.fold, "tokenizer": self.tokenizer,
             "task": {"kind": self.task.kind, "num_classes": self.task.num_classes,
                      "classes_first": self.task.classes_first},
+            "prune": None if self.pruner is None else self.pruner.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `checkpoint_state`."""
         if not state.get("sharded"):  # a sharded checkpoint's tensors are restored by specc.train.sharded_state
             self.model.load_state_dict(state["model"])
+            if self.pruner is not None and state.get("prune"):   # masks go back on the plain weights just loaded
+                self.pruner.load_state_dict(state["prune"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.schedulers.load_state_dict(state["schedulers"])
         if self.scaler is not None and state["scaler"]:
@@ -223,7 +228,9 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
         record = run_epoch(session, epoch, log)
         session.history.append(record)
         session.epoch = epoch
-        improved = session.best.update(record[session.best.monitor], epoch)
+        # while pruning is under way a better epoch is a denser model: best.pt waits for the final sparsity
+        pruning = session.pruner is not None and epoch < session.pruner.end
+        improved = not pruning and session.best.update(record[session.best.monitor], epoch)
         if session.early is not None:
             session.early.update(record[session.early.monitor], epoch)
         if improved:
@@ -268,6 +275,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
         session.start_swa()
     point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
     learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
+    if session.pruner is not None:   # the cut comes before the epoch's steps (repeating it on resume changes nothing)
+        session.pruner.step(epoch)
     train = session.splits.train
     streamed = getattr(train, "streamed", False)
     if streamed:
@@ -281,6 +290,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     check_finite(record, {"val_loss", session.best.monitor, *(e.monitor for e in session.schedulers.entries),
                           *([session.early.monitor] if session.early else [])}, epoch)
     record["lr"] = learning_rate
+    if session.pruner is not None:
+        record["sparsity"] = round(session.pruner.sparsity(), 6)
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()

@@ -23,6 +23,7 @@ from specc.train.token_windows import split_windows
 from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
+from specc.train.pruning import Pruner
 from specc.train.optim import Schedulers, build_optimizer
 from specc.lang.spec import Spec, load
 from specc.lang.train_config import CLASS_INDEX_LOSSES, MATRIX_METRICS, TrainConfig
@@ -191,6 +192,7 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" and not sharded else None,
         augment=augment, sharded=sharded_checkpoints(config), replicas=replicas,
         aux_loss=auxiliary_loss(model, config.aux_loss_weight, locate(("train", "aux_loss_weight"))),
+        pruner=None if config.prune is None else Pruner(config.prune, model, config.epochs, locate),
     )
 
 

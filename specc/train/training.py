@@ -229,6 +229,8 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     log.model_started(session)
     try:
         status, message = fit(session, log)
+        if session.pruner is not None:   # checkpoints hold plain weights: so does the model from here on
+            session.pruner.make_permanent()
         if status in ("completed", "early_stopped"):
             message = "\n".join(filter(None, [message, _finish_swa(session)]))
     finally:

@@ -33,11 +33,16 @@ file stays intact. Reading checks the checksum, so flipped bytes are an error, n
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import importlib
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -100,7 +105,12 @@ def checksum(state: dict[str, Any]) -> str:
 
 
 def _digest(value: Any, digest) -> None:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+        names, context = value.__tensor_flatten__()   # a quantized tensor subclass: its plain tensors and layout
+        digest.update(f"S{type(value).__name__}{context!r}".encode())
+        for name in names:
+            _digest(getattr(value, name), digest)
+    elif isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
         if tensor.numel():
@@ -143,7 +153,7 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         raise SpecError(Problem(f"{shown}: not a checkpoint: a torch file is a zip archive, this file starts "
                                 f"with {head!r}", None, "CHECKPOINT_ERROR"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_only(path)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise SpecError(Problem(f"{shown}: cannot read the checkpoint (corrupted or not a torch file): "
                                 f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
@@ -215,6 +225,46 @@ def _too_big(shown: str | Path, message: str, bound: str) -> SpecError:
     return SpecError(Problem(f"{shown}: {message} ({raise_hint(bound)})", None, "CHECKPOINT_ERROR"))
 
 
+def _load_weights_only(path: Path) -> Any:
+    """`torch.load(weights_only=True)`; a checkpoint of `specc quantize` holds torchao's tensor types,
+    which torchao adds to torch's allow-list when imported, so it is imported (if installed) and the
+    file read again. The allow-list still decides: nothing but those vetted types is unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "torchao" not in str(error) or "torchao" in sys.modules:
+            raise
+        try:
+            import_torchao()
+        except ImportError:
+            raise error from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def import_torchao() -> Any:
+    """Import torchao.quantization quietly (see `torchao_quiet`).
+
+    Raises:
+        ImportError: torchao is not installed.
+    """
+    with torchao_quiet():
+        return importlib.import_module("torchao.quantization")
+
+
+@contextlib.contextmanager
+def torchao_quiet() -> Iterator[None]:
+    """On a CPU machine torchao logs a warning per GPU-only extension it cannot load, and warns about
+    torch internals while it quantizes: noise, none of it about the user's model."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 def _reason(error: Exception) -> str:
     """torch's first line, without its advice to load with weights_only=False (which runs pickles)."""
     lines = [line.strip() for line in str(error).strip().splitlines()
@@ -238,10 +288,11 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 "CHECKPOINT_ERROR"))
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Load weights, turning a structure mismatch into a clear error instead of a traceback."""
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, assign: bool = False) -> None:
+    """Load weights, turning a structure mismatch into a clear error instead of a traceback.
+    `assign` keeps the checkpoint's tensor objects (quantized tensor subclasses must stay what they are)."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], assign=assign)
     except RuntimeError as error:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
         raise SpecError(Problem(f"{path}: the checkpoint does not fit this spec's model: {detail}",
