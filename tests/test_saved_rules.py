@@ -62,7 +62,7 @@ SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n
                    "MoE: {hidden_dim: 24, n_experts: 4, top_k: 2}",
                    "MoE: {hidden_dim: 24, n_experts: 3, top_k: 1, layout: per_expert, renormalize: false}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
                    "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
-                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
+                   "RMSNorm: {normalized_shape: 16}", "OffsetRMSNorm: {eps: 1.0e-6}", "LayerNorm: {normalized_shape: 16}"]
 
 
 # (input shape without the batch dim, its last dim, the layer)
