@@ -272,5 +272,5 @@ def _assigned_value(assignment, sources: dict):
     if assignment.how == "fuse":
         return torch.cat(values, dim=0)
     if assignment.how == "split":
-        return values[0].chunk(3, dim=0)[assignment.part]
+        return values[0].split(assignment.sizes, dim=0)[assignment.part]
     return values[0]

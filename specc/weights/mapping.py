@@ -6,7 +6,8 @@ globs, or `"re:..."` regexes with `\\1` groups) rename the file's keys first, th
 then names that read the same word for word (`resnets_0.norm1` and `resnets.0.norm1`), then
 structure (`specc.weights.pairing`: same tensors and shapes, decided by numbers, name words and
 order of use, refused when nothing decides). Separate q/k/v projections are concatenated into a
-fused one (`in_proj_weight`, `c_attn`) or a fused one is split. A weight is transposed only when
+fused one (`in_proj_weight`, `c_attn`) or a fused one is split, whatever their sizes (grouped-query
+k/v smaller than q). A weight is transposed only when
 its layer is known to store `[in, out]`: GPT-2's `Conv1D`, in any mode. Every pairing is in the
 report with the reason it was made.
 """
@@ -51,6 +52,7 @@ class Assignment:
     sources: list[str]
     how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
     part: int = 0
+    sizes: list[int] | None = None   # split: the rows of q, k and v (grouped-query k/v are smaller)
     why: str = "name"          # what decided the pairing (the report shows it)
 
 
@@ -161,11 +163,12 @@ class _State:
                          fuse=False)
 
     def _pair_fused(self, triples: list[list[str]], singles: list[str], single_shapes: dict, fuse: bool) -> None:
-        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: self.targets[key].shape)
+        """q, k, v of any sizes (grouped-query k/v are smaller than q) against a tensor of their summed rows."""
+        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: tuple(self.targets[key].shape))
         by_shape: dict[tuple, list] = defaultdict(list)
         for triple in triples:
-            first = shape_of(triple[0])
-            by_shape[(_leaf_kind(triple[0]), (first[0] * 3, *first[1:]))].append(triple)
+            shapes = [shape_of(key) for key in triple]
+            by_shape[(_leaf_kind(triple[0]), (sum(shape[0] for shape in shapes), *shapes[0][1:]))].append(triple)
         for (leaf, shape), group in by_shape.items():
             candidates = [key for key in singles if single_shapes[key] == shape and _leaf_kind(key) == leaf]
             if len(candidates) != len(group):
@@ -174,8 +177,9 @@ class _State:
                 if fuse:
                     self.take(Assignment(single, triple, "fuse", why="fused q/k/v"), "structure")
                 else:
+                    sizes = [shape_of(target)[0] for target in triple]
                     for part, target in enumerate(triple):
-                        self.take(Assignment(target, [single], "split", part, why="split q/k/v"), "structure")
+                        self.take(Assignment(target, [single], "split", part, sizes, why="split q/k/v"), "structure")
 
     # ----- by structure --------------------------------------------------------------------------
     def match_structure(self) -> None:
@@ -255,7 +259,7 @@ def _triples(keys: list[str], shapes: dict[str, tuple]) -> list[list[str]]:
             stems[found[0]][found[1]] = key
     triples = []
     for roles in stems.values():
-        if set(roles) == {0, 1, 2} and len({shapes[key] for key in roles.values()}) == 1:
+        if set(roles) == {0, 1, 2} and len({tuple(shapes[key])[1:] for key in roles.values()}) == 1:
             triples.append([roles[0], roles[1], roles[2]])
     return triples
 
