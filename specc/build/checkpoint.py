@@ -252,12 +252,13 @@ def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         SpecError: CHECKPOINT_ERROR for a corrupted or unreadable checkpoint.
     """
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     state = read_sharded_state(path)
     try:
         loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
-    except Exception as error:  # DCP raises several types for damaged folders
+    except (Exception, CheckpointException) as error:  # DCP raises several types for damaged folders
         raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
                                 "CHECKPOINT_ERROR")) from None
     model = loaded.get("model", {})

@@ -131,16 +131,21 @@ def summary(
                                **overrides(set_, variant))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
-        print_summary(result, output_format)
-        if strategy is not None:
-            from specc.summary.sharded_memory import estimate_spec, render_estimate
+        if strategy is None:
+            print_summary(result, output_format)
+            return
+        from specc.summary.sharded_memory import estimate_spec, render_estimate
 
-            try:
-                estimate = estimate_spec(spec, strategy, nproc, batch_size, result.activation_bytes,
-                                         **overrides(set_, variant))
-            except ValueError as error:
-                raise UsageFailure(str(error)) from None
-            print(json.dumps(estimate.to_dict()) if output_format == "json" else render_estimate(estimate))
+        try:
+            estimate = estimate_spec(spec, strategy, nproc, batch_size, result.activation_bytes,
+                                     **overrides(set_, variant))
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
+        if output_format == "json":  # one document: the summary's keys and `memory_per_process`, in bytes
+            print(json.dumps({**result.to_dict(), "memory_per_process": estimate.to_dict()}, indent=2))
+            return
+        print_summary(result, output_format)
+        print(render_estimate(estimate))
 
 
 @app.command()

@@ -76,9 +76,9 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.build.checkpoint import load_checkpoint
+        from specc.train.resume import read_resume_checkpoint
 
-        spec_or_path = load_checkpoint(resume).get("spec")
+        spec_or_path = read_resume_checkpoint(resume).get("spec")  # a .dcp's state.pt only, not its shards
     spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     result = launch(_train_process, (spec, str(out), resume, verbose), nproc)
     if isinstance(result, list):  # the problems of a SpecError, see _train_process
