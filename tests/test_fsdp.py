@@ -312,3 +312,24 @@ def test_a_damaged_sharded_checkpoint_is_refused(runs, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(SpecError, match="corrupted or incomplete"):
         load_checkpoint(copy_of)
+
+
+def test_units_are_the_spec_s_blocks_unless_shard_globs_say_otherwise():
+    from specc.build.compiler import compile as compile_spec
+    from specc.build.units import block_units
+    from specc.lang.errors import SpecError
+    from specc.lang.spec import load
+    from specc.train.sharding import chosen_units
+
+    spec = load(gpt(fsdp={"shard": ["nothing.*"]}))
+    compiled = compile_spec(spec, device="meta", symbolic=False)
+    assert block_units(compiled) == ["h.0", "h.1"]
+    assert chosen_units(compiled, [], None) == ["h.0", "h.1"]
+    assert chosen_units(compiled, ["h.*.attention", "h.*"], None) == ["h.0", "h.1"]  # outermost matches win
+    assert chosen_units(compiled, ["h", "ln_f"], None) == ["h", "ln_f"]
+    resnet = compile_spec(SPECS / "resnet18.yaml", device="meta", symbolic=False)
+    assert block_units(resnet)[:3] == ["layer1.0", "layer1.1", "layer2.0"] and len(block_units(resnet)) == 8
+    with pytest.raises(SpecError) as error:
+        chosen_units(compiled, spec.train.fsdp.shard,
+                     lambda index: spec.source.locate(("train", "fsdp", "shard", index)))
+    assert "fsdp.shard: 'nothing.*' matches no module" in str(error.value) and ":" in str(error.value.problems[0].location)
