@@ -208,6 +208,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
     """
     import torch
 
+    from specc.build.shards import copy_full_value
     from specc.weights.files import read_weight_file
     from specc.weights.mapping import plan_load
 
@@ -223,7 +224,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             if tuple(value.shape) != tuple(target.shape):
                 raise SpecError(Problem(f"{plan.report.origin}: {assignment.target}: model {list(target.shape)}, "
                                         f"file {list(value.shape)}", None, "CHECKPOINT_ERROR"))
-            target.copy_(value)
+            copy_full_value(target, value)  # a sharded parameter (strategy: fsdp) keeps its part
     return plan.report
 
 
