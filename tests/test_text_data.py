@@ -308,3 +308,25 @@ def test_text_keys_are_checked_when_the_spec_loads():
     for data, message in cases:
         with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("`", ".")):
             load({**base, "train": {"data": data, "loss": "CrossEntropyLoss"}})
+
+
+def test_a_bpe_run_saves_a_tokenizer_json_that_a_second_run_can_name(tmp_path):
+    text = "def add(a, b):\n    return a + b\n\n" * 60
+    (tmp_path / "corpus.txt").write_text(text)
+    path, _ = write_spec(tmp_path, lm_spec("text:corpus.txt", tokenizer={"bpe": {"vocab_size": 300}},
+                                           metrics=["bits_per_byte"]))
+    first = train(path, out=tmp_path / "runs", verbose=False)
+    state = load_checkpoint(first.best_checkpoint)
+    tokenizer = from_state(state["tokenizer"])
+    assert state["tokenizer"]["kind"] == "bpe" and state["spec"]["vars"]["vocab_size"] == tokenizer.vocab_size
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    val_text = text[int(len(text) * 0.8):int(len(text) * 0.9)]
+    tokens_per_byte = len(tokenizer.encode(val_text)) / len(val_text.encode())
+    assert tokens_per_byte < 0.5   # merges: several bytes per token
+    assert first.metrics["val"]["bits_per_byte"] == pytest.approx(
+        first.metrics["val"]["loss"] / math.log(2) * tokens_per_byte, rel=0.02)
+    named, _ = write_spec(tmp_path, lm_spec("text:corpus.txt", tokenizer=str(first.run_dir / "tokenizer.json")),
+                          "named.yaml")
+    second = train(named, out=tmp_path / "runs", verbose=False)
+    reused = from_state(load_checkpoint(second.best_checkpoint)["tokenizer"])
+    assert reused.kind == "file" and reused.encode(text).tolist() == tokenizer.encode(text).tolist()
