@@ -14,7 +14,7 @@ new tokens, greedy, with and without the cache (specc.train.kv_cache); tokens pe
 """
 from __future__ import annotations
 
-import math
+
 import tempfile
 import time
 from pathlib import Path

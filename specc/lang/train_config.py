@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
-from specc.lang.errors import did_you_mean
+from specc.lang.errors import SpecError, did_you_mean
 from specc.lang.limits import limit
 from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
 from specc.lang.prune_config import PruneConfig
+from specc.lang.rename_rules import compile_rules
 from specc.lang.safety import check_code_path, safe_mode
 from specc.lang.text_config import BpeTokenizer, check_text_keys, check_tokenizer_name
 
@@ -273,6 +274,16 @@ class InitFromConfig(_Strict):
     path: str
     map: Union[Literal["auto", "strict"], dict[str, str]] = "auto"   # or rename rules {pattern: replacement}
     allow_missing: list[str] = Field(default_factory=list)           # globs that may stay unmatched (a new head)
+
+    @field_validator("map")
+    @classmethod
+    def _rules_are_bounded(cls, value: Any) -> Any:
+        if isinstance(value, dict):   # a `re:` rule that could backtrack for minutes is refused at check time
+            try:
+                compile_rules(value)
+            except SpecError as error:
+                raise ValueError(error.first.message) from None
+        return value
 
 
 class TrainConfig(_Strict):

@@ -73,7 +73,12 @@ def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: tor
         available = ", ".join(fold.named())
         raise SpecError(Problem(f"the spec's split has no {split} examples (it has {available})",
                                 spec.source.locate(("train", "data", "split")), "DATA_ERROR"))
-    return Normalizer.from_state_dict(state["normalizer"])(data).to(device), prepared.task
+    if isinstance(data, TensorData):   # the normalizer, from the checkpoint, must fit the inputs
+        data = TensorData(_scaled(state, data.inputs, checkpoint), data.target)
+    else:                              # a streamed split scales each batch
+        data = Normalizer.from_state_dict(state["normalizer"])(data)
+    data = data.to(device)
+    return data, prepared.task
 
 
 def score(spec: Spec, module: torch.nn.Module, data: TensorData, task: Task, device: torch.device) -> dict[str, Any]:
@@ -108,7 +113,7 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     output_shape = tuple(model.graph[model.graph.outputs[0]].feature_shape or ())
     layout = layout_of(spec, model.input_shapes(), output_shape, spec.train.loss.name in CLASS_INDEX_LOSSES)
     inputs = shape_inputs(_read_inputs(input_path, spec, layout), layout, None)
-    inputs = Normalizer.from_state_dict(state["normalizer"]).inputs(tuple(x.to(device) for x in inputs))
+    inputs = _scaled(state, tuple(x.to(device) for x in inputs), checkpoint)
     data = TensorData(inputs, torch.zeros(len(inputs[0]), device=device))
     module = model.module.eval()
     with torch.no_grad():
@@ -120,6 +125,19 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     labels, probabilities = _decide(outputs, task, logits=spec.train.loss.name != "BCELoss")
     _write_predictions(output_path, outputs, labels, probabilities, state.get("classes"))
     return output_path
+
+
+def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint) -> tuple[torch.Tensor, ...]:
+    """The inputs scaled by the checkpoint's normalizer, which must fit them (one entry per input,
+    statistics of the input's shape)."""
+    normalizer = Normalizer.from_state_dict(state["normalizer"])
+    try:
+        if len(normalizer.stats) != len(inputs):
+            raise ValueError(f"it has statistics for {len(normalizer.stats)} inputs, the model {len(inputs)}")
+        return normalizer.inputs(inputs)
+    except (ValueError, RuntimeError) as error:
+        raise SpecError(Problem(f"{checkpoint}: the checkpoint's `normalizer` does not fit the model's inputs "
+                                f"({str(error).splitlines()[0]})", None, "CHECKPOINT_ERROR")) from None
 
 
 def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
