@@ -330,3 +330,15 @@ def test_a_bpe_run_saves_a_tokenizer_json_that_a_second_run_can_name(tmp_path):
     second = train(named, out=tmp_path / "runs", verbose=False)
     reused = from_state(load_checkpoint(second.best_checkpoint)["tokenizer"])
     assert reused.kind == "file" and reused.encode(text).tolist() == tokenizer.encode(text).tolist()
+
+
+def test_text_is_read_in_blocks_that_may_cut_a_character_and_errors_still_name_the_right_byte(tmp_path, monkeypatch):
+    import specc.train.text_corpus as text_corpus
+
+    monkeypatch.setattr(text_corpus, "BLOCK_BYTES", 7)   # far smaller than a line: characters are cut
+    text = "".join(f"line {i}: Grüße 世界 🐍\n" for i in range(50))
+    corpus = corpus_of(tmp_path, "\ufeff" + text, tokenizer="char", val=0.0, test=0.0)   # a BOM is no text
+    assert decoded(corpus, "train") == text
+    bad = text.encode() + "tail é".encode()[:-1] + b"\n"   # a cut two-byte character, then a newline
+    with pytest.raises(SpecError, match=rf"bad.txt:51: not UTF-8 text \(byte 0xc3 at offset {len(text.encode()) + 5}\)"):
+        corpus_of(tmp_path, bad, name="bad.txt")
