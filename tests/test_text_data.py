@@ -308,3 +308,37 @@ def test_text_keys_are_checked_when_the_spec_loads():
     for data, message in cases:
         with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("`", ".")):
             load({**base, "train": {"data": data, "loss": "CrossEntropyLoss"}})
+
+
+def test_a_bpe_run_saves_a_tokenizer_json_that_a_second_run_can_name(tmp_path):
+    text = "def add(a, b):\n    return a + b\n\n" * 60
+    (tmp_path / "corpus.txt").write_text(text)
+    path, _ = write_spec(tmp_path, lm_spec("text:corpus.txt", tokenizer={"bpe": {"vocab_size": 300}},
+                                           metrics=["bits_per_byte"]))
+    first = train(path, out=tmp_path / "runs", verbose=False)
+    state = load_checkpoint(first.best_checkpoint)
+    tokenizer = from_state(state["tokenizer"])
+    assert state["tokenizer"]["kind"] == "bpe" and state["spec"]["vars"]["vocab_size"] == tokenizer.vocab_size
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    val_text = text[int(len(text) * 0.8):int(len(text) * 0.9)]
+    tokens_per_byte = len(tokenizer.encode(val_text)) / len(val_text.encode())
+    assert tokens_per_byte < 0.5   # merges: several bytes per token
+    assert first.metrics["val"]["bits_per_byte"] == pytest.approx(
+        first.metrics["val"]["loss"] / math.log(2) * tokens_per_byte, rel=0.02)
+    named, _ = write_spec(tmp_path, lm_spec("text:corpus.txt", tokenizer=str(first.run_dir / "tokenizer.json")),
+                          "named.yaml")
+    second = train(named, out=tmp_path / "runs", verbose=False)
+    reused = from_state(load_checkpoint(second.best_checkpoint)["tokenizer"])
+    assert reused.kind == "file" and reused.encode(text).tolist() == tokenizer.encode(text).tolist()
+
+
+def test_text_is_read_in_blocks_that_may_cut_a_character_and_errors_still_name_the_right_byte(tmp_path, monkeypatch):
+    import specc.train.text_corpus as text_corpus
+
+    monkeypatch.setattr(text_corpus, "BLOCK_BYTES", 7)   # far smaller than a line: characters are cut
+    text = "".join(f"line {i}: Grüße 世界 🐍\n" for i in range(50))
+    corpus = corpus_of(tmp_path, "\ufeff" + text, tokenizer="char", val=0.0, test=0.0)   # a BOM is no text
+    assert decoded(corpus, "train") == text
+    bad = text.encode() + "tail é".encode()[:-1] + b"\n"   # a cut two-byte character, then a newline
+    with pytest.raises(SpecError, match=rf"bad.txt:51: not UTF-8 text \(byte 0xc3 at offset {len(text.encode()) + 5}\)"):
+        corpus_of(tmp_path, bad, name="bad.txt")

@@ -135,7 +135,8 @@ def predict(
 def generate(
     spec: SpecPath,
     checkpoint: CheckpointOption,
-    prompt: Annotated[str, typer.Option(help="The text to continue.")] = "\n",
+    prompt: Annotated[str, typer.Option(help="The text to continue (default: a newline, as nanoGPT starts).",
+                                        show_default=False)] = "\n",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to sample.")] = 200,
     temperature: Annotated[float, typer.Option(help="Divides the scores: < 1 sharper, > 1 flatter, 0 greedy.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample among the k likeliest tokens only.")] = None,
