@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import specc.train.loop
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
 from specc.train.training import evaluate, predict, train

@@ -12,7 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.cli import app
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
@@ -331,7 +331,7 @@ def test_a_text_file_or_an_incomplete_checkpoint_is_a_clear_error(tmp_path, iris
 
 
 def test_best_pt_is_read_back_when_written(tmp_path, monkeypatch):
-    import specc.build.checkpoint as checkpoint
+    import specc.weights.checkpoint as checkpoint
 
     original_save = torch.save
 

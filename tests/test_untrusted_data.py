@@ -2,7 +2,6 @@
 never a walk of the whole disk, a hang, a huge allocation or an internal error."""
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 

@@ -142,7 +142,7 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     else:
         info = registry.layer(node.target)
         shapes = [tuple(value.shape) for value in inputs if isinstance(value, torch.Tensor)]
-        _infer_sizes(node, info.inferable(), shapes)
+        _infer_sizes(node, info.inferable(), shapes, info.knows_sizes)
         try:
             with torch.device("meta"), SkipInitOnMeta(budget):
                 module = info.cls(**node.args)
@@ -204,15 +204,22 @@ def _fresh_meta(value: Any) -> Any:
     return value
 
 
-def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple]) -> None:
+def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple], knows_sizes: bool) -> None:
+    """Fill in the size args left out. A given one is checked against the input only where specc knows
+    the name means the input's size (torch's and specc's layers): an imported layer's `num_channels`
+    (diffusers' `Timesteps`) may mean anything."""
     for name in inferable:
+        given = node.args.get(name)
+        if given is not None and not knows_sizes:
+            continue
         try:
             actual = INFERABLE[name](shapes)
         except IndexError:
+            if given is not None:
+                continue    # nothing to check it against; the layer itself takes it or fails, located
             raise SpecError(Problem(f"{node.target} '{node.label}' cannot infer '{name}' from input "
                                     f"{', '.join(map(feature_shape, shapes)) or '(none)'}; set it explicitly",
                                     node.location, "SHAPE_MISMATCH", notes=node.meta.get("via", []))) from None
-        given = node.args.get(name)
         if given is None:
             node.args[name] = actual
             node.inferred.append(name)

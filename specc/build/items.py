@@ -55,6 +55,51 @@ class ItemReading:
                 ok = False
         return arguments if ok else None
 
+    def _item_inputs(self, item: Item, context, current: list[str]) -> list[str] | None:
+        """The item's inputs: `from:` names resolved, `m.*` standing for every output of the repeat `m`;
+        None when a name is unknown (reported)."""
+        raw = item.meta.get("from")
+        if raw is None:
+            return current
+        if "input" not in context.variables:   # `$input` is another way to write `input`
+            raw = ["input" if name == "$input" else name for name in raw] if isinstance(raw, list) else (
+                "input" if raw == "$input" else raw)
+        sources = self._substitute(raw, context.variables, item.path + ("from",))
+        if sources is None:
+            return None
+        resolved: list[str | None] = []
+        for name in (sources if isinstance(sources, list) else [sources]):
+            if isinstance(name, str) and name.endswith(".*"):
+                resolved.extend(self._repeat_outputs(name[:-2], context, item.path + ("from",)) or [None])
+            else:
+                resolved.append(self._reference(str(name), context, item.path + ("from",)))
+        return None if None in resolved else resolved
+
+    def _reference(self, name: str, context, path: tuple) -> str | None:
+        """An earlier item's output by name: in the current list, then the enclosing ones (ChainMap), then
+        by its path relative to each enclosing list, innermost first (`enc.conv`), then by its full name."""
+        if name in context.refs and context.refs[name] is not None:
+            return context.refs[name]
+        for list_path in reversed(context.lists):
+            found = self.spec_paths.get(join_path(list_path, name))
+            if found is not None:
+                return found
+        if name in self.by_name:
+            return name
+        self._problem(f"unknown reference '{name}': no earlier item or input has that name", path,
+                      "UNKNOWN_REFERENCE", did_you_mean(name, [*context.refs, *self.spec_paths]))
+        return None
+
+    def _repeat_outputs(self, name: str, context, path: tuple) -> list[str] | None:
+        """`from: m.*`: the output of each repetition of the earlier repeated item `m`, in order."""
+        for list_path in reversed(context.lists):
+            found = self.repeats.get(join_path(list_path, name))
+            if found:
+                return found
+        self._problem(f"'{name}.*' needs '{name}' to be an earlier item with `repeat:`", path, "UNKNOWN_REFERENCE",
+                      did_you_mean(name, [key.rpartition(".")[2] for key in self.repeats] + list(self.repeats)))
+        return None
+
     def _merge(self, item, context) -> tuple[str, dict]:
         raw = self._substitute(item.meta.get("merge"), context.variables, item.path + ("merge",))
         if raw is None:
@@ -179,3 +224,7 @@ class ItemReading:
                           f"(the last dim, the default), got {dim!r}", item.path + ("LayerNorm", "dim"), "TYPE_ERROR")
         return item.op, args
 
+
+def join_path(path: str, name: str) -> str:
+    """`enc` + `conv` -> `enc.conv`; at the top level the name alone."""
+    return f"{path}.{name}" if path else name

@@ -60,6 +60,9 @@ def global_options(
     safe: Annotated[bool, typer.Option(
         "--safe", help="Safe mode, for specs from strangers: refuse imports:, train.data.dataset: and "
                        "train.compile options (they run code). Same as SPECC_SAFE=1.")] = False,
+    trust_code: Annotated[bool, typer.Option(
+        "--trust-code", help="Let a spec stored in a .safetensors file or checkpoint import code (imports:, "
+                             "dataset:); without it that spec is checked in safe mode. Same as SPECC_TRUST_CODE=1.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print specc's version and exit.")] = False,
 ) -> None:
@@ -69,6 +72,10 @@ def global_options(
         previous = os.environ.get("SPECC_SAFE")
         os.environ["SPECC_SAFE"] = "1"
         ctx.call_on_close(lambda: _restore_environment("SPECC_SAFE", previous))
+    if trust_code:
+        previous_trust = os.environ.get("SPECC_TRUST_CODE")
+        os.environ["SPECC_TRUST_CODE"] = "1"
+        ctx.call_on_close(lambda: _restore_environment("SPECC_TRUST_CODE", previous_trust))
 
 
 def _restore_environment(name: str, value: str | None) -> None:

@@ -22,8 +22,10 @@ _MISSING = object()
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name != "int64"}
 _UNARY = {torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
           F.tanh: "tanh", F.silu: "silu", torch.exp: "exp", torch.log: "log", torch.abs: "abs", torch.neg: "neg",
-          torch.rsqrt: "rsqrt", operator.neg: "neg", torch.floor: "floor"}
-_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "log", "abs", "neg", "rsqrt", "floor", "contiguous"}
+          torch.rsqrt: "rsqrt", operator.neg: "neg", torch.floor: "floor",
+          **{getattr(torch, name): name for name in ("sin", "cos", "sqrt", "erf", "sign", "reciprocal")}}
+_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "log", "abs", "neg", "rsqrt", "floor", "contiguous",
+                  "sin", "cos", "sqrt", "erf", "sign", "reciprocal"}
 _COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
 _BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
            torch.sub: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", operator.truediv: "div",

@@ -17,6 +17,10 @@ DEFAULTS = {
     "MAX_ITEMS": 10_000,         # graph nodes after blocks and repeats are expanded
     "MAX_STRUCTURE_DEPTH": 64,   # sequential/parallel/residual/block/repeat scopes inside each other
     "MAX_BUILD_OPS": 20_000,     # tensor operations while building the layers on meta (mobilenet_v3_small: 1,020)
+    # untrusted files (issue 25): a checkpoint's structure, rename rules
+    "MAX_CHECKPOINT_VALUES": 2_000_000,  # values in a checkpoint once shared references are repeated
+    "MAX_CHECKPOINT_DEPTH": 200,         # levels of lists/dicts in a checkpoint (a stored spec nests <= 100)
+    "MAX_TENSOR_NAME": 1_000,            # characters of a tensor name a `re:` rename rule is matched against
 }
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from specc.lang.errors import Problem, SpecError, did_you_mean
 from specc.lang.safety import safe_mode_problems, safe_scope
 from specc.lang.source import SourceMap, load_yaml, read_spec_text
+from specc.lang.tokenizer_vars import with_stand_in
 from specc.lang.train_config import TrainConfig
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int64", "int32", "bool")
@@ -28,6 +29,13 @@ def is_name(text: Any) -> bool:
     """A name that can become Python code (forward's arguments, submodule attributes): an identifier
     and no keyword — a branch named `as` made the generated forward a SyntaxError."""
     return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
+
+
+def is_path(text: Any) -> bool:
+    """A module path an item may be named with: names or numbers joined by dots (`head`, `resnets.0`,
+    `attention.self.query`), so a spec can hold a layer wherever a library's state_dict has it."""
+    return isinstance(text, str) and all(part.isdigit() and part.isascii() or is_name(part)
+                                         for part in text.split("."))
 
 Item = Union[str, dict[str, Any]]
 
@@ -48,6 +56,16 @@ class BlockSpec(_Strict):
 
     args: dict[str, Any] = Field(default_factory=dict)
     layers: list[Item] = Field(min_length=1)
+
+    @field_validator("args")
+    @classmethod
+    def _args_are_names(cls, value: dict) -> dict:
+        # an arg becomes a constructor parameter in the code `specc codegen` writes
+        for key in value:
+            if not is_name(str(key)):
+                raise ValueError(f"block arg '{key}' is not a valid name (letters, digits and _; not starting "
+                                 f"with a digit; no Python keyword)")
+        return value
 
 
 class ExpectSpec(_Strict):
@@ -77,6 +95,12 @@ class Spec(_Strict):
 
     _source: SourceMap | None = PrivateAttr(default=None)
     _raw: dict = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_stand_in(cls, data: Any) -> Any:
+        # `$tokenizer.vocab_size` vars: a stand-in until a run sets the real size (lang/tokenizer_vars.py)
+        return with_stand_in(data)
 
     @field_validator("inputs", "vars", "blocks", "variants")
     @classmethod

@@ -120,7 +120,7 @@ def run_by_rules(graph: Any, module: nn.Module, add_saved: Callable[[Tensor], No
             values[node.name], flops[node.name], needs_grad[node.name] = input_value(node), 0, False
             continue
         inputs = [values[name] for name in node.inputs]
-        if node.op == "merge" and node.target == "mul":
+        if node.target == "mul" and (node.op == "merge" or node.op == "function" and len(node.inputs) == 2):
             counted = _run_product(node, inputs, module, [needs_grad[name] for name in node.inputs], add_saved)
         else:
             counted = _run_node(node, inputs, module, any(needs_grad[name] for name in node.inputs), add_saved)
@@ -144,7 +144,7 @@ def _run_product(node: Any, inputs: list, module: nn.Module, need_grad: list[boo
 
 def _run_node(node: Any, inputs: list, module: nn.Module, inputs_need_grad: bool,
               add_saved: Callable[[Tensor], None]) -> tuple[Tensor, int, bool] | None:
-    if node.op == "merge" and node.target in _MERGES_SAVING_NOTHING:
+    if node.target in _MERGES_SAVING_NOTHING and node.op in ("merge", "function"):   # `- add: {from: [a, b]}` too
         predicted = predicted_node(node, inputs, module)
         return None if predicted is None else (*predicted, inputs_need_grad)
     if node.op != "module" or len(inputs) != 1:

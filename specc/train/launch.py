@@ -80,10 +80,15 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.build.checkpoint import load_checkpoint
+        from specc.weights.checkpoint import load_checkpoint
 
-        spec_or_path = load_checkpoint(resume).get("spec")
-    spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
+        from specc.lang.safety import stored_spec_scope
+
+        with stored_spec_scope():   # the checkpoint's spec: safe mode unless its code is trusted (--trust-code)
+            spec = load(load_checkpoint(resume).get("spec"), {**(overrides or {}),
+                                                              **{f"train.{key}": value for key, value in train_keys.items()}})
+    else:
+        spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     with tempfile.TemporaryDirectory(prefix="specc-ranks-") as failures:
         try:
             return launch(_train_process, (spec, str(out), resume, verbose, failures), nproc)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from specc.train import ranks
-from specc.build.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from specc.lang.errors import Problem, SpecError
 from specc.lang.terminal import printable
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
@@ -32,8 +32,14 @@ from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_
                            resolve_device, start_from_weights)
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
 from specc.train.run_dir import lock_run_dir, remove_stale_temporaries, unlock, write_text_atomic
+from specc.weights.checkpoint import is_sharded
+from specc.train.sharded_state import existing_checkpoint, restore_sharded
 from specc.train.run_dir import new_run_dir as make_run_dir
+from specc.train.text_data import check_tokenizer, read_text_data
+from specc.train.token_windows import unigram_baseline
+from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
+from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
 from specc.lang.train_config import MATRIX_METRICS, Call, monitor_mode
 
@@ -107,7 +113,8 @@ def train(spec_or_path: str | Path | dict | Spec | None = None, *, out: str | Pa
     state = read_resume_checkpoint(resume) if resume is not None else None
     if spec_or_path is None and state is None:
         raise SpecError(Problem("give a spec, or --resume a checkpoint (its spec is used)", None, "MISSING_KEY"))
-    spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, keys)
+    with stored_spec_scope() if spec_or_path is None else contextlib.nullcontext():  # the checkpoint's spec: safe
+        spec = load_train_spec(state["spec"] if spec_or_path is None else spec_or_path, keys)
     if state is not None:
         check_resumable(state["spec"], spec.raw, state, resume)
     threads = torch.get_num_threads()
@@ -126,13 +133,19 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
+    with stage(f"tokenising ({config.data.source})", verbose and config.data.is_text):
+        spec, corpus = read_text_data(spec, out / ".tokens")   # sets `$tokenizer.vocab_size` before compiling
     with stage(f"compiling {spec.display_name}", verbose):
         compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
         with stage("loading the initial weights", verbose and config.init_from is not None):
             start_from_weights(spec, compiled)
     with stage(f"loading data ({config.data.source or 'dataset'})", verbose):
-        prepared = prepare_data(spec, compiled)
+        prepared = prepare_data(spec, compiled, corpus)
+    if state is not None:
+        check_tokenizer(state.get("tokenizer"), prepared.tokenizer, spec, resume)
+    if prepared.corpus is not None and verbose:
+        print(baseline_line(prepared.corpus), flush=True)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
@@ -146,11 +159,22 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
             for change in spec_changes(state["spec"], spec.raw):
                 print(printable(f"resume: {change}"), flush=True)
         _write_spec(session.run_dir, spec)
+        if prepared.tokenizer is not None and ranks.is_main():
+            write_text_atomic(session.run_dir / "tokenizer.json", tokenizer_file_text(prepared.tokenizer))
         result = _run_split(session, verbose)
         if ranks.is_main():
             with deferred_signals(interrupt_after=False):   # the run is over: the summary must be written
                 _write_summary(session.run_dir, result)
     return result
+
+
+def baseline_line(corpus) -> str:
+    """`unigram baseline: ...`: the loss to beat on text, printed before training starts."""
+    baseline = unigram_baseline(corpus)
+    shown = "  ".join(f"{split}_loss {values['loss']:.4f} ({values['bits_per_char']:.4f} bits/char)"
+                      for split, values in baseline.items() if split != "train")
+    return (f"tokenizer {corpus.tokenizer.describe()}; unigram baseline (the training split's token "
+            f"frequencies): {shown or 'no val or test split'}")
 
 
 def new_run_dir(out: Path, spec: Spec) -> Path:
@@ -185,7 +209,10 @@ def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: to
     """The session of one split, restored from `state` (with the spec's changes applied) if given."""
     session = open_session(spec, compiled, prepared, prepared.splits[index], device, run_dir)
     if state is not None:
-        load_model_state(session.model, state, resume)
+        if state.get("sharded"):
+            restore_sharded(session.model, session.optimizer, resume)
+        else:
+            load_model_state(session.model, state, resume)
         try:
             session.restore(state)
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
@@ -210,6 +237,8 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     log.model_started(session)
     try:
         status, message = fit(session, log)
+        if session.pruner is not None:   # checkpoints hold plain weights: so does the model from here on
+            session.pruner.make_permanent()
         if status in ("completed", "early_stopped"):
             message = "\n".join(filter(None, [message, _finish_swa(session)]))
     except BaseException:
@@ -220,7 +249,7 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
         with deferred_signals():   # a signal right after the last epoch: curves.png first, then stop
             log.close(session.history)
         result.last_checkpoint, result.best_checkpoint = ranks.on_main(
-            lambda: (_existing(run_dir / "last.pt"), _existing(run_dir / "best.pt")))
+            lambda: (existing_checkpoint(run_dir, "last.pt"), existing_checkpoint(run_dir, "best.pt")))
         _report_best(session, log, result, show_table and verbose)
     except KeyboardInterrupt:   # the checkpoints are complete; summary.json is still written
         result.status = "interrupted"
@@ -257,8 +286,11 @@ def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) ->
 
 def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:
     """Every configured metric (matrices too) of the best checkpoint's weights, on each split."""
-    weights = ranks.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
-    load_model_state(session.model, weights, checkpoint)
+    if is_sharded(checkpoint):  # every rank reads its own shards
+        restore_sharded(session.model, None, checkpoint)
+    else:
+        weights = ranks.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
+        load_model_state(session.model, weights, checkpoint)
     metrics = MetricSet.build(session.config.metrics, session.task, session.device, metric_locator(session.spec))
     return {name: session.evaluate(session.model, data, metrics) for name, data in session.splits.named().items()}
 
@@ -330,10 +362,6 @@ def _nest(flat: dict[str, float]) -> dict[str, dict[str, float]]:
         split, _, name = key.partition("_")
         nested.setdefault(split, {})[name] = value
     return nested
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,26 +2,27 @@
 
 `strict`: every name must match. Rename rules (`{"transformer.h.*.ln_1.*": "h.*.attention.norm.*"}`
 globs, or `"re:..."` regexes with `\\1` groups) rename the file's keys first, then names must match.
-`auto`: names where they agree (after dropping or adding a common prefix such as `transformer.`);
-the rest by structure. Structure means: tensors are grouped by the module that owns them, each
-module is summed up by its tensors' leaf names and shapes (a 2-D shape up to transposition) and
-the layer type, and modules with the same summary are paired in the order the model uses them
-and the file lists them. A tensor stored transposed (Hugging Face `Conv1D`, `[in, out]`) is
-transposed back; separate q/k/v projections are concatenated into a fused one (`in_proj_weight`,
-`c_attn`) or a fused one is split. Nothing is guessed silently: every pairing is in the report.
+`auto`: names where they agree (after dropping or adding a common prefix such as `transformer.`),
+then names that read the same word for word (`resnets_0.norm1` and `resnets.0.norm1`), then
+structure (`specc.weights.pairing`: same tensors and shapes, decided by numbers, name words and
+order of use, refused when nothing decides). Separate q/k/v projections are concatenated into a
+fused one (`in_proj_weight`, `c_attn`) or a fused one is split. A weight is transposed only when
+its layer is known to store `[in, out]`: GPT-2's `Conv1D`, in any mode. Every pairing is in the
+report with the reason it was made.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import torch
 
-from specc.build.weight_files import WeightFile
-from specc.build.weight_report import WeightsReport
 from specc.lang.errors import Problem, SpecError
+from specc.weights.files import WeightFile
+from specc.weights.pairing import Ambiguity, conv1d_layout, name_tokens, owners, pair_modules
+from specc.weights.report import WeightsReport
 
 MODES = ("auto", "strict")
 _ROLE = re.compile(r"^(?:(?:to_|w_?)?(q|k|v)(?:_proj|_lin)?|(query|key|value))$")
@@ -31,12 +32,14 @@ _SOURCE_RECOMPUTED = ("masked_bias", "inv_freq")
 
 @dataclass
 class Target:
-    """A model tensor to fill: its key, shape, the class of the module owning it, parameter or buffer."""
+    """A model tensor to fill: its key, shape, the class of the module owning it, parameter or buffer,
+    and when the model uses it (the position of its layer in the forward; None when unknown)."""
 
     key: str
     shape: tuple
     layer: str
     floating: bool = True
+    rank: int | None = None
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Assignment:
     sources: list[str]
     how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
     part: int = 0
+    why: str = "name"          # what decided the pairing (the report shows it)
 
 
 @dataclass
@@ -72,16 +76,19 @@ def plan_load(targets: list[Target], weights: WeightFile, weights_map, allow_mis
         raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, "
                                 f"got {weights_map!r}", None, "TYPE_ERROR"))
     sources = dict(weights.tensors)
+    original_names = list(sources)
     if mode == "rules":
         sources = _rename(sources, weights_map)
     elif mode == "auto":
         sources = _align_prefix(sources, {target.key for target in targets})
-    original_names = dict(zip(sources, weights.tensors))   # renaming keeps the order
-    if not weights.registration_order:
-        sources = dict(sorted(sources.items(), key=lambda item: _natural(item[0])))
-    state = _State(targets, sources, WeightsReport(weights.origin, mode))
-    state.match_names(transposed_ok=mode == "auto")
+    stored_in_out = conv1d_layout(dict(zip(original_names, weights.tensors.values())))
+    original_names = dict(zip(sources, original_names))   # renaming keeps the order
+    conv1d = {key for key, original in original_names.items() if original in stored_in_out}
+    sources = dict(sorted(sources.items(), key=lambda item: _natural(item[0])))
+    state = _State(targets, sources, WeightsReport(weights.origin, mode), conv1d)
+    state.match_names()
     if mode == "auto":
+        state.match_name_words()
         state.match_fused()
         state.match_structure()
     state.finish(allow_missing, original_names)
@@ -89,13 +96,16 @@ def plan_load(targets: list[Target], weights: WeightFile, weights_map, allow_mis
 
 
 class _State:
-    def __init__(self, targets: list[Target], sources: dict[str, torch.Tensor], report: WeightsReport):
+    def __init__(self, targets: list[Target], sources: dict[str, torch.Tensor], report: WeightsReport,
+                 conv1d: set[str]):
         self.targets = {target.key: target for target in targets}
         self.sources = sources
         self.report = report
+        self.conv1d = conv1d            # file keys stored [in, out] (GPT-2 Conv1D)
         self.assignments: list[Assignment] = []
         self.free_targets = list(self.targets)
         self.free_sources = list(sources)
+        self.ambiguities: list[Ambiguity] = []
 
     def take(self, assignment: Assignment, by: str) -> None:
         self.assignments.append(assignment)
@@ -105,23 +115,39 @@ class _State:
                 self.free_sources.remove(source)
         pairs = self.report.by_name if by == "name" else self.report.by_structure
         pairs.append((assignment.target, ", ".join(assignment.sources)))
+        self.report.reasons[assignment.target] = assignment.why
         if assignment.how == "transpose":
             self.report.transposed.append(assignment.target)
         elif assignment.how in ("fuse", "split"):
             self.report.fused.append(assignment.target)
 
+    def source_shape(self, key: str) -> tuple:
+        """The file tensor's shape in the model's layout: a Conv1D weight's transposed."""
+        shape = tuple(self.sources[key].shape)
+        return shape[::-1] if key in self.conv1d else shape
+
+    def how(self, target: str, source: str) -> str:
+        return "transpose" if source in self.conv1d and self.targets[target].layer != "Conv1D" else "copy"
+
     # ----- by name -------------------------------------------------------------------------------
-    def match_names(self, transposed_ok: bool) -> None:
+    def match_names(self) -> None:
         for key in list(self.free_targets):
             if key not in self.sources:
                 continue
-            want, have = self.targets[key].shape, tuple(self.sources[key].shape)
+            want, have = self.targets[key].shape, self.source_shape(key)
             if have == want:
-                self.take(Assignment(key, [key]), "name")
-            elif transposed_ok and len(have) == 2 and have[::-1] == want:
-                self.take(Assignment(key, [key], "transpose"), "name")
+                self.take(Assignment(key, [key], self.how(key, key), why="name"), "name")
             else:
-                self.report.notes[key] = f"model {list(want)}, file {list(have)}"
+                self.report.notes[key] = f"model {list(want)}, file {list(self.sources[key].shape)}"
+
+    def match_name_words(self) -> None:
+        """Names that read the same word for word and number for number (`resnets_0` = `resnets.0`)."""
+        target_tokens = _unique_by(self.free_targets, name_tokens)
+        source_tokens = _unique_by(self.free_sources, name_tokens)
+        for tokens, target in target_tokens.items():
+            source = source_tokens.get(tokens)
+            if source is not None and self.source_shape(source) == self.targets[target].shape:
+                self.take(Assignment(target, [source], self.how(target, source), why="name words"), "structure")
 
     # ----- fused q/k/v ---------------------------------------------------------------------------
     def match_fused(self) -> None:
@@ -146,37 +172,30 @@ class _State:
                 continue
             for single, triple in zip(candidates, group):
                 if fuse:
-                    self.take(Assignment(single, triple, "fuse"), "structure")
+                    self.take(Assignment(single, triple, "fuse", why="fused q/k/v"), "structure")
                 else:
                     for part, target in enumerate(triple):
-                        self.take(Assignment(target, [single], "split", part), "structure")
+                        self.take(Assignment(target, [single], "split", part, why="split q/k/v"), "structure")
 
     # ----- by structure --------------------------------------------------------------------------
     def match_structure(self) -> None:
-        target_groups = _owners(self.free_targets, lambda key: self.targets[key].shape)
-        source_groups = _owners(self.free_sources, lambda key: tuple(self.sources[key].shape))
-        pairs: list[tuple[str, str]] = []
-        for signature, owners in target_groups.items():
-            found = source_groups.get(signature, [])
-            if len(found) != len(owners):
-                continue   # a different number of such modules: pairing by order would be a guess
-            for target_owner, source_owner in zip(owners, found):
-                pairs.extend(zip(target_owner[1], source_owner[1]))
-        transposed_layers = self._transposed_layers(pairs)
-        for target_key, source_key in pairs:
-            want, have = self.targets[target_key].shape, tuple(self.sources[source_key].shape)
-            square = len(want) == 2 and want[0] == want[1]
-            flip = have != want or (square and self.targets[target_key].layer in transposed_layers)
-            self.take(Assignment(target_key, [source_key], "transpose" if flip else "copy"), "structure")
-
-    def _transposed_layers(self, pairs: list[tuple[str, str]]) -> set[str]:
-        """Layer types whose non-square weights all came transposed: their square ones are too."""
-        seen: dict[str, set[bool]] = defaultdict(set)
-        for target_key, source_key in pairs:
-            want, have = self.targets[target_key].shape, tuple(self.sources[source_key].shape)
-            if len(want) == 2 and want[0] != want[1]:
-                seen[self.targets[target_key].layer].add(have != want)
-        return {layer for layer, flips in seen.items() if flips == {True}}
+        """Same-signature modules paired where evidence decides (`pairing.pair_modules`), refused otherwise."""
+        floating = [key for key in self.free_targets if self.targets[key].floating]
+        target_groups = owners(floating, lambda key: self.targets[key].shape)
+        source_groups = owners([key for key in self.free_sources if self.sources[key].is_floating_point()],
+                               self.source_shape)
+        use_rank = {key.rpartition(".")[0]: self.targets[key].rank for key in floating}
+        for signature, target_modules in target_groups.items():
+            source_modules = source_groups.get(signature, [])
+            if len(source_modules) != len(target_modules):
+                continue   # a different number of such modules: no pairing can be trusted
+            keys_of = dict(target_modules + source_modules)
+            pairs, undecided = pair_modules([owner for owner, _ in target_modules],
+                                            [owner for owner, _ in source_modules], use_rank)
+            for target_owner, source_owner, why in pairs:
+                for target, source in zip(keys_of[target_owner], keys_of[source_owner]):
+                    self.take(Assignment(target, [source], self.how(target, source), why=why), "structure")
+            self.ambiguities += [Ambiguity(targets, sources, signature) for targets, sources in undecided]
 
     # ----- what is left ----------------------------------------------------------------------------
     def finish(self, allow_missing, original_names: dict[str, str]) -> None:
@@ -195,6 +214,7 @@ class _State:
                 continue
             self.free_sources.remove(key)
         patterns = list(allow_missing or ())
+        self.report.ambiguous = [ambiguity.message() for ambiguity in self.ambiguities]
         for free, unmatched in ((self.free_targets, self.report.unmatched_model),
                                 (self.free_sources, self.report.unmatched_file)):
             for key in free:
@@ -203,26 +223,15 @@ class _State:
                 (self.report.allowed if allowed else unmatched).append(key)
 
 
-def _owners(keys: list[str], shape_of) -> dict[tuple, list[tuple[str, list[str]]]]:
-    """Free tensors grouped by owning module, then modules grouped by their signature, in order."""
-    members: dict[str, list[str]] = {}
-    for key in keys:
-        members.setdefault(key.rpartition(".")[0], []).append(key)
-    groups: dict[tuple, list] = defaultdict(list)
-    for owner, owned in members.items():
-        owned = sorted(owned, key=lambda key: key.rpartition(".")[2])
-        signature = tuple((key.rpartition(".")[2], _canonical(shape_of(key))) for key in owned)
-        groups[signature].append((owner, owned))
-    return groups
+def _unique_by(keys: list[str], key_of) -> dict:
+    """{key_of(key): key} for the values only one key has."""
+    counts = Counter(map(key_of, keys))
+    return {key_of(key): key for key in keys if counts[key_of(key)] == 1}
 
 
 def _leaf_kind(key: str) -> str:
     """`in_proj_weight` (nn.MultiheadAttention's fused q/k/v) is a `weight`."""
     return key.rpartition(".")[2].removeprefix("in_proj_")
-
-
-def _canonical(shape: tuple) -> tuple:
-    return tuple(sorted(shape)) if len(shape) == 2 else tuple(shape)
 
 
 def _role_stem(key: str) -> tuple[str, int] | None:
