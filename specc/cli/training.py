@@ -153,7 +153,7 @@ def generate(
         result = run_generation(spec, checkpoint, prompt=prompt, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_k=top_k, seed=seed, device=device, cache=cache,
                                 overrides=overrides(set_, variant))
-        typer.echo(result.text)
+        echo(result.text)
 
 
 @app.command()

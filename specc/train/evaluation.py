@@ -54,7 +54,7 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
 
 
 def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: torch.device,
-               checkpoint: str | Path | None = None) -> tuple[TensorData, Task]:
+               checkpoint: Any = None) -> tuple[TensorData, Task]:
     """One split of the spec's data (same source and split seed as training), scaled with the
     checkpoint's statistics, on `device`; and the task. Text data are tokenised with a cache beside
     the runs `checkpoint` belongs to, and must give the checkpoint's tokenizer.
@@ -77,8 +77,7 @@ def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: tor
         data = TensorData(_scaled(state, data.inputs, checkpoint), data.target)
     else:                              # a streamed split scales each batch
         data = Normalizer.from_state_dict(state["normalizer"])(data)
-    data = data.to(device)
-    return data, prepared.task
+    return data.to(device), prepared.task
 
 
 def score(spec: Spec, module: torch.nn.Module, data: TensorData, task: Task, device: torch.device) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     return output_path
 
 
-def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint) -> tuple[torch.Tensor, ...]:
+def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint: Any) -> tuple[torch.Tensor, ...]:
     """The inputs scaled by the checkpoint's normalizer, which must fit them (one entry per input,
     statistics of the input's shape)."""
     normalizer = Normalizer.from_state_dict(state["normalizer"])
@@ -136,8 +135,8 @@ def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint) -> tuple[
             raise ValueError(f"it has statistics for {len(normalizer.stats)} inputs, the model {len(inputs)}")
         return normalizer.inputs(inputs)
     except (ValueError, RuntimeError) as error:
-        raise SpecError(Problem(f"{checkpoint}: the checkpoint's `normalizer` does not fit the model's inputs "
-                                f"({str(error).splitlines()[0]})", None, "CHECKPOINT_ERROR")) from None
+        raise SpecError(Problem(f"{checkpoint or 'the checkpoint'}: the checkpoint's `normalizer` does not fit the "
+                                f"model's inputs ({str(error).splitlines()[0]})", None, "CHECKPOINT_ERROR")) from None
 
 
 def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
