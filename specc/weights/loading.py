@@ -155,9 +155,12 @@ def read_weights(source: Any) -> tuple[dict, dict | None]:
     path = Path(source)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)[1], None
-    from specc.weights.checkpoint import load_checkpoint
+    from specc.weights.checkpoint import check_normalizer, load_checkpoint, require_keys
 
     state = load_checkpoint(path)
+    require_keys(state, ("model",), path, "loading its weights")
+    if state.get("normalizer") is not None:
+        check_normalizer(state["normalizer"], path)
     return state["model"], state.get("normalizer")
 
 
