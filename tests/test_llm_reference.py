@@ -210,3 +210,16 @@ def test_summary_memory_is_the_same_every_time_when_inputs_die_early():
 
     counts = {summary(SPECS / "bert.yaml", batch_size=3).memory_bytes()["forward_backward"] for _ in range(4)}
     assert len(counts) == 1
+
+
+def test_auto_stacks_the_hub_per_expert_file_into_transformers_5_layout():
+    """Mixtral's Hub layout (`block_sparse_moe.experts.{e}.w1/w3/w2`) into the stacked spec: `auto`
+    stacks cat(w1, w3) per expert into gate_up_proj and w2 into down_proj, layer by layer."""
+    weights, io = reference("hf_mixtral_tiny")
+    model = specc.build(SPECS / "mixtral.yaml", weights=hub_layout(load_file(weights)), weights_map="auto")
+    report = model.weights_report
+    assert report.reasons["model.layers.1.mlp.experts.gate_up_proj"] == "stacked experts (w1, w3)"
+    assert not report.unmatched_model and not report.unmatched_file and not report.ambiguous
+    assert_every_output_matches(outputs_of(model, [io["input_ids"]]), io, ["logits"])
+    torch.testing.assert_close(model.state_dict()["model.layers.0.mlp.experts.down_proj"],
+                               load_file(weights)["model.layers.0.mlp.experts.down_proj"], rtol=0, atol=0)

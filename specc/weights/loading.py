@@ -272,6 +272,9 @@ def _assigned_value(assignment, sources: dict):
         return values[0].t()
     if assignment.how == "fuse":
         return torch.cat(values, dim=0)
+    if assignment.how == "stack":    # experts: [w1, w3, w1, w3, ...] -> [E, 2F, D], or [w2, ...] -> [E, D, F]
+        per_expert = 2 if assignment.target.endswith("gate_up_proj") else 1
+        return torch.stack([torch.cat(values[index:index + per_expert]) for index in range(0, len(values), per_expert)])
     if assignment.how == "split":
         return values[0].split(assignment.sizes, dim=0)[assignment.part]
     return values[0]

@@ -50,7 +50,7 @@ class Assignment:
 
     target: str
     sources: list[str]
-    how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
+    how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3) | stack (experts)
     part: int = 0
     sizes: list[int] | None = None   # split: the rows of q, k and v (grouped-query k/v are smaller)
     why: str = "name"          # what decided the pairing (the report shows it)
@@ -93,6 +93,7 @@ def plan_load(targets: list[Target], weights: WeightFile, weights_map, allow_mis
     if mode == "auto":
         state.match_name_words()
         state.match_fused()
+        state.match_experts()
         state.match_structure()
     state.finish(allow_missing, original_names)
     return Plan(state.assignments, state.report, sources)
@@ -181,6 +182,26 @@ class _State:
                     for part, target in enumerate(triple):
                         self.take(Assignment(target, [single], "split", part, sizes, why="split q/k/v"), "structure")
 
+    # ----- mixture-of-experts layouts -------------------------------------------------------------
+    def match_experts(self) -> None:
+        """Mixtral's per-expert files (`experts.{e}.w1/w3/w2`) -> stacked experts (`experts.gate_up_proj`
+        [E, 2F, D] = per expert cat(w1, w3); `experts.down_proj` [E, D, F] = w2), layer by layer in order."""
+        stacked = sorted((key for key in self.free_targets if key.endswith("experts.gate_up_proj")), key=_natural)
+        groups = _expert_groups(self.free_sources)
+        if not stacked or len(stacked) != len(groups):
+            return
+        for gate_up, experts in zip(stacked, groups):
+            down = gate_up.removesuffix("gate_up_proj") + "down_proj"
+            shape = self.targets[gate_up].shape
+            first, down_first = self.sources[experts[0]["w1"]].shape, self.sources[experts[0]["w2"]].shape
+            if (down not in self.free_targets or shape != (len(experts), 2 * first[0], first[1])
+                    or self.targets[down].shape != (len(experts), *down_first)):
+                continue
+            pairs = [key for expert in experts for key in (expert["w1"], expert["w3"])]
+            self.take(Assignment(gate_up, pairs, "stack", why="stacked experts (w1, w3)"), "structure")
+            self.take(Assignment(down, [expert["w2"] for expert in experts], "stack", why="stacked experts (w2)"),
+                      "structure")
+
     # ----- by structure --------------------------------------------------------------------------
     def match_structure(self) -> None:
         """Same-signature modules paired where evidence decides (`pairing.pair_modules`), refused otherwise."""
@@ -262,6 +283,21 @@ def _triples(keys: list[str], shapes: dict[str, tuple]) -> list[list[str]]:
         if set(roles) == {0, 1, 2} and len({tuple(shapes[key])[1:] for key in roles.values()}) == 1:
             triples.append([roles[0], roles[1], roles[2]])
     return triples
+
+
+def _expert_groups(keys: list[str]) -> list[list[dict[str, str]]]:
+    """Per layer, in order: each expert's `{w1, w2, w3}` file keys (`...experts.{e}.w1.weight`), complete ones only."""
+    layers: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    for key in keys:
+        match = re.fullmatch(r"(.*experts)\.(\d+)\.(w[123])\.weight", key)
+        if match:
+            layers[match.group(1)][int(match.group(2))][match.group(3)] = key
+    groups = []
+    for prefix in sorted(layers, key=_natural):
+        experts = layers[prefix]
+        if sorted(experts) == list(range(len(experts))) and all(len(parts) == 3 for parts in experts.values()):
+            groups.append([experts[index] for index in range(len(experts))])
+    return groups
 
 
 def _recomputable_source(key: str, tensor: torch.Tensor) -> bool:
