@@ -339,12 +339,13 @@ class ConvNeXtBlockLike(nn.Module):
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-1))     # layer scale, [C] as timm stores it
 
     def forward(self, x):
         shortcut = x
         x = self.conv_dw(x).permute(0, 2, 3, 1)
-        x = self.fc2(self.act(self.fc1(self.norm(x))))
-        return x.permute(0, 3, 1, 2) + shortcut
+        x = self.fc2(self.act(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)
+        return x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut   # timm's ConvNeXtBlock
 
 
 class ScaledHead(nn.Module):

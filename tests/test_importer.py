@@ -126,7 +126,10 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
 
 # Specs whose codegen output the importer cannot express yet, as {stem: reason}: strict xfails
 # (none today: every spec in specs/ round-trips).
-IMPORT_PENDING: dict[str, str] = {}
+IMPORT_PENDING: dict[str, str] = {
+    "diffusion_unet": "the importer writes no dotted names yet: calls into mid_block.resnets interleave with "
+                      "mid_block.attentions (diffusers' run order)",
+}
 
 
 @pytest.mark.parametrize("spec_path", [
@@ -292,6 +295,8 @@ def test_library_subclasses_of_torch_layers_import_as_the_layer_they_compute():
     text = yaml.safe_dump(spec, default_flow_style=None)
     assert text.count("LayerNorm2d: {eps: 1.0e-06}") == 2        # stem and downsample: specc's LayerNorm2d
     assert text.count("LayerNorm: {eps: 1.0e-06}") == 3          # two blocks and the head: nn.LayerNorm
+    assert "shape: [8]" in text and "shape: [16]" in text          # the [C] layer scales, their exact shapes
+    assert text.count("- {unsqueeze: 0}") == 2                     # gamma.reshape(1, -1, 1, 1), as unsqueezes
 
 
 def test_a_subclass_that_computes_something_else_is_kept_as_an_import():

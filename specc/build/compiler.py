@@ -7,6 +7,7 @@ state_dict save/load.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import re
@@ -97,7 +98,8 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
             plan_cache.keep_plan(key, plan)
     else:
         meta_modules = _build_layers(plan.graph, plan.registry, torch.device("meta"))
-    spec, graph = plan.spec, plan.graph
+    # every compile owns its spec and graph: a caller changing them must not change the next compile's
+    spec, graph = copy.deepcopy(plan.spec), plan.graph.copy()
     device = torch.device(device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype

@@ -1,14 +1,17 @@
 """Commands that train and run a model: train, evaluate, predict, generate."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
 from specc.cli.app import (CheckpointOption, DeviceOption, SetOption, SpecPath, UsageFailure, VariantOption, app,
-                           output_folder_exists, overrides, user_errors)
+                           echo, output_folder_exists, overrides, user_errors)
 
 
 @app.command()
@@ -38,7 +41,7 @@ def train(
     is saved; last.pt keeps the last complete epoch).
     """
     try:
-        with user_errors():
+        with user_errors(), _sigterm_interrupts():
             keys = {key: value for key, value in (("epochs", epochs), ("device", device),
                                                                ("strategy", strategy)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
@@ -53,12 +56,31 @@ def train(
 
                 result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
-        typer.echo("interrupted", err=True)
+        echo("interrupted", err=True)
         raise typer.Exit(130) from None
     if result.status == "diverged":
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C from the start of `specc train`, so a run stopped while it compiles or
+    reads its data exits with 130, as a Ctrl-C does (the loop installs its own handler while it
+    trains: stop after the current step, save interrupted.pt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -77,7 +99,7 @@ def evaluate(
 
         metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
+            echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:
             from rich.console import Console
 
@@ -106,7 +128,7 @@ def predict(
 
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
         if str(path) != "-":   # `-o -` printed the predictions themselves
-            typer.echo(f"wrote {path}")
+            echo(f"wrote {path}")
 
 
 @app.command()
@@ -155,10 +177,9 @@ def quantize(
         report = run_quantization(spec, checkpoint, method=method, output=output, split=split,
                                   overrides=overrides(set_, variant))
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
-                                   "quantized": report.quantized, "kept_float": report.kept_float,
-                                   "rows": report.rows(), "output": str(report.output) if report.output else None},
-                                  indent=2))
+            echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
+                             "quantized": report.quantized, "kept_float": report.kept_float,
+                             "rows": report.rows(), "output": str(report.output) if report.output else None}, indent=2))
             return
         from specc.train.quantize import print_report
 

@@ -18,7 +18,7 @@ from typing import Any
 from specc.export.codegen_source import (Statement, allocate, checked_name, comment_text, docstring_text, free_tensor_use, function_call,
                                   identifier, init_call, keyword_argument, literal, merge_call, module_call,
                                   module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
-from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
+from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent, units_in_run_order
 from specc.build.graph import Node
 from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
@@ -79,6 +79,7 @@ class ClassWriter:
     def __init__(self, tree: Tree):
         self.tree, self.graph, self.spec, self.compiled = tree, tree.graph, tree.spec, tree.compiled
         self.parts = tree.parts
+        self.order = {node.name: index for index, node in enumerate(tree.graph.nodes)}
         self.templates: dict[str, Template] = {}
         self.variant_of: dict[str, str] = {}
         self.specc_layers: set[type] = set()
@@ -116,6 +117,9 @@ class ClassWriter:
     def _init_lines(self, target: str, container: Part, template: Template, owner: Part) -> list[str]:
         """`self.x = ...` per child, in graph order (so a seeded build draws the same numbers); free
         tensors are registered, and a container holding some is filled in line by line."""
+        ordered = units_in_run_order(container, self.order)
+        if ordered is not None:
+            return self._init_in_run_order(target, container, ordered, template, owner)
         lines = []
         for key, child in container.children.items():
             if is_free_tensor(child):
@@ -126,6 +130,23 @@ class ClassWriter:
                 lines += placed(f"{access} = ", "nn.ModuleDict()", 8) + self._init_lines(access, child, template, owner)
             else:
                 lines += placed(f"{self._access(target, container, key)} = ", self._expression(child, template, owner), 8)
+        return lines
+
+    def _init_in_run_order(self, target: str, container: Part, units: list, template: Template, owner: Part) -> list[str]:
+        """`self.a.b = ...` per layer in graph order, each plain container made where first needed."""
+        lines, made = [], set()
+        for keys, child in units:
+            access, part = target, container
+            for depth, key in enumerate(keys[:-1]):
+                access, part = self._access(access, part, key), part.children[key]
+                if keys[:depth + 1] not in made:
+                    made.add(keys[:depth + 1])
+                    lines += placed(f"{access} = ", "nn.ModuleDict()", 8)
+            if is_free_tensor(child):
+                lines += placed(f"{access}.{_REGISTER[child.target]}({json.dumps(keys[-1])}, ",
+                                self._free_tensor(child, template, owner) + _PERSISTENT[child.target] + ")", 8)
+            else:
+                lines += placed(f"{self._access(access, part, keys[-1])} = ", self._expression(child, template, owner), 8)
         return lines
 
     def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:

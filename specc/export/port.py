@@ -36,7 +36,8 @@ class PortResult:
 
 
 def port(spec_or_path: Any, weights: Any, output: str | Path, *, weights_map: Any = "auto",
-         allow_missing: Any = (), check: str | Path | None = None, **variables: Any) -> PortResult:
+         allow_missing: Any = (), check: str | Path | None = None, config: str | Path | None = None,
+         **variables: Any) -> PortResult:
     """Load `weights` into the spec's model and write them as `output` (.safetensors).
 
     Args:
@@ -46,6 +47,8 @@ def port(spec_or_path: Any, weights: Any, output: str | Path, *, weights_map: An
         weights_map, allow_missing: as for `specc.build`.
         check: a safetensors file of inputs and expected outputs (`specc.weights.check`): every
             output of the model is compared.
+        config: a Hugging Face `config.json` (or its folder): the spec's vars it names are set
+            from it (`specc.weights.hf_config`); `variables` still win.
         **variables: var overrides.
 
     Returns:
@@ -59,6 +62,11 @@ def port(spec_or_path: Any, weights: Any, output: str | Path, *, weights_map: An
     output = Path(output)
     if output.suffix != ".safetensors":
         raise SpecError(Problem(f"{output}: specc port writes a .safetensors file", None, "EXPORT_ERROR"))
+    if config is not None:
+        from specc.lang.spec import load
+        from specc.weights.hf_config import config_vars
+
+        variables = {**config_vars(config, set(load(spec_or_path).vars)), **variables}
     compiled = compile_spec(spec_or_path, symbolic=False, **variables)
     order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
     report = load_into(compiled.module, weights, weights_map, allow_missing, order)

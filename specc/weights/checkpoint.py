@@ -79,17 +79,44 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, verify: bool = False) 
         if verify:
             load_checkpoint(temporary, shown_as=path)
         os.replace(temporary, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path) from None
-        raise
-    except RuntimeError as error:  # torch's zip writer reports a full disk as "file write failed"
-        if "write failed" in str(error) or "No space left" in str(error):
-            raise _no_space(path) from None
-        raise
+    except (OSError, RuntimeError) as error:
+        failure = _write_failure(error, path, temporary)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+# What torch's zip writer raises when a write comes up short (a full disk): it reports the
+# position it expected, not the OSError, which Python may raise only at close or not at all.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "write failed", "No space left")
+
+
+def _write_failure(error: BaseException, path: Path, temporary: Path) -> SpecError | None:
+    """The CHECKPOINT_ERROR for a failed write of `temporary` (before it is removed), or None for an
+    error that is not about writing (a bug, re-raised as it is)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _no_space(path)
+        cause = cause.__cause__ or cause.__context__
+    if not (isinstance(error, OSError) or any(text in str(error) for text in _TORCH_WRITE_FAILURES)):
+        return None
+    if _disk_full(temporary.parent):
+        return _no_space(path)
+    return SpecError(Problem(f"cannot write {path} ({_reason(error)}); the previous checkpoint is intact",
+                             None, "CHECKPOINT_ERROR"))
+
+
+def _disk_full(folder: Path) -> bool:
+    """Less than 1 MiB left for this user: checked while the failed temporary file still takes its space."""
+    try:
+        usage = os.statvfs(folder)
+    except (OSError, AttributeError):   # no statvfs on Windows
+        return False
+    return usage.f_bavail * usage.f_frsize < 2**20
 
 
 def _no_space(path: Path) -> SpecError:
@@ -286,6 +313,28 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
                                 "CHECKPOINT_ERROR"))
+    if "normalizer" in keys:
+        check_normalizer(state["normalizer"], path)
+
+
+def check_normalizer(normalizer: Any, path: str | Path) -> None:
+    """The input scaling stored with the weights has the shape `Normalizer.state_dict` writes:
+    `{"kind": str, "stats": [None or [shift, scale] per input]}`, shift and scale floating tensors
+    of one shape (a file from a stranger may hold anything there).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR saying what is wrong.
+    """
+    def fits(entry: Any) -> bool:
+        return entry is None or (isinstance(entry, (list, tuple)) and len(entry) == 2
+                                 and all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in entry)
+                                 and entry[0].shape == entry[1].shape)
+
+    if not (isinstance(normalizer, dict) and isinstance(normalizer.get("kind"), str)
+            and isinstance(normalizer.get("stats"), list) and all(fits(entry) for entry in normalizer["stats"])):
+        raise SpecError(Problem(f"{path}: the checkpoint's `normalizer` is malformed (it needs kind: a name and "
+                                f"stats: a list holding, per input, null or [shift, scale] tensors of one shape)",
+                                None, "CHECKPOINT_ERROR"))
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, assign: bool = False) -> None:

@@ -6,7 +6,8 @@ globs, or `"re:..."` regexes with `\\1` groups) rename the file's keys first, th
 then names that read the same word for word (`resnets_0.norm1` and `resnets.0.norm1`), then
 structure (`specc.weights.pairing`: same tensors and shapes, decided by numbers, name words and
 order of use, refused when nothing decides). Separate q/k/v projections are concatenated into a
-fused one (`in_proj_weight`, `c_attn`) or a fused one is split. A weight is transposed only when
+fused one (`in_proj_weight`, `c_attn`) or a fused one is split, whatever their sizes (grouped-query
+k/v smaller than q). A weight is transposed only when
 its layer is known to store `[in, out]`: GPT-2's `Conv1D`, in any mode. Every pairing is in the
 report with the reason it was made.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specc.lang.rename_rules import check_name_length, compile_rules
 from specc.lang.errors import Problem, SpecError
 from specc.weights.files import WeightFile
 from specc.weights.pairing import Ambiguity, conv1d_layout, name_tokens, owners, pair_modules
@@ -50,6 +52,7 @@ class Assignment:
     sources: list[str]
     how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
     part: int = 0
+    sizes: list[int] | None = None   # split: the rows of q, k and v (grouped-query k/v are smaller)
     why: str = "name"          # what decided the pairing (the report shows it)
 
 
@@ -103,16 +106,15 @@ class _State:
         self.report = report
         self.conv1d = conv1d            # file keys stored [in, out] (GPT-2 Conv1D)
         self.assignments: list[Assignment] = []
-        self.free_targets = list(self.targets)
-        self.free_sources = list(sources)
+        self.free_targets = dict.fromkeys(self.targets)   # ordered sets: taking one is O(1)
+        self.free_sources = dict.fromkeys(sources)
         self.ambiguities: list[Ambiguity] = []
 
     def take(self, assignment: Assignment, by: str) -> None:
         self.assignments.append(assignment)
-        self.free_targets.remove(assignment.target)
+        del self.free_targets[assignment.target]
         for source in assignment.sources:
-            if source in self.free_sources:
-                self.free_sources.remove(source)
+            self.free_sources.pop(source, None)
         pairs = self.report.by_name if by == "name" else self.report.by_structure
         pairs.append((assignment.target, ", ".join(assignment.sources)))
         self.report.reasons[assignment.target] = assignment.why
@@ -161,11 +163,12 @@ class _State:
                          fuse=False)
 
     def _pair_fused(self, triples: list[list[str]], singles: list[str], single_shapes: dict, fuse: bool) -> None:
-        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: self.targets[key].shape)
+        """q, k, v of any sizes (grouped-query k/v are smaller than q) against a tensor of their summed rows."""
+        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: tuple(self.targets[key].shape))
         by_shape: dict[tuple, list] = defaultdict(list)
         for triple in triples:
-            first = shape_of(triple[0])
-            by_shape[(_leaf_kind(triple[0]), (first[0] * 3, *first[1:]))].append(triple)
+            shapes = [shape_of(key) for key in triple]
+            by_shape[(_leaf_kind(triple[0]), (sum(shape[0] for shape in shapes), *shapes[0][1:]))].append(triple)
         for (leaf, shape), group in by_shape.items():
             candidates = [key for key in singles if single_shapes[key] == shape and _leaf_kind(key) == leaf]
             if len(candidates) != len(group):
@@ -174,8 +177,9 @@ class _State:
                 if fuse:
                     self.take(Assignment(single, triple, "fuse", why="fused q/k/v"), "structure")
                 else:
+                    sizes = [shape_of(target)[0] for target in triple]
                     for part, target in enumerate(triple):
-                        self.take(Assignment(target, [single], "split", part, why="split q/k/v"), "structure")
+                        self.take(Assignment(target, [single], "split", part, sizes, why="split q/k/v"), "structure")
 
     # ----- by structure --------------------------------------------------------------------------
     def match_structure(self) -> None:
@@ -185,13 +189,14 @@ class _State:
         source_groups = owners([key for key in self.free_sources if self.sources[key].is_floating_point()],
                                self.source_shape)
         use_rank = {key.rpartition(".")[0]: self.targets[key].rank for key in floating}
+        layers = {key.rpartition(".")[0]: self.targets[key].layer for key in floating}
         for signature, target_modules in target_groups.items():
             source_modules = source_groups.get(signature, [])
             if len(source_modules) != len(target_modules):
                 continue   # a different number of such modules: no pairing can be trusted
             keys_of = dict(target_modules + source_modules)
             pairs, undecided = pair_modules([owner for owner, _ in target_modules],
-                                            [owner for owner, _ in source_modules], use_rank)
+                                            [owner for owner, _ in source_modules], use_rank, layers)
             for target_owner, source_owner, why in pairs:
                 for target, source in zip(keys_of[target_owner], keys_of[source_owner]):
                     self.take(Assignment(target, [source], self.how(target, source), why=why), "structure")
@@ -202,7 +207,7 @@ class _State:
         used = [self.sources[key] for assignment in self.assignments for key in assignment.sources]
         for key in list(self.free_targets):
             if not self.targets[key].floating:
-                self.free_targets.remove(key)
+                del self.free_targets[key]
                 self.report.recomputed.append(key)
         for key in list(self.free_sources):
             tensor = self.sources[key]
@@ -212,7 +217,7 @@ class _State:
                 self.report.tied.append(key)
             else:
                 continue
-            self.free_sources.remove(key)
+            del self.free_sources[key]
         patterns = list(allow_missing or ())
         self.report.ambiguous = [ambiguity.message() for ambiguity in self.ambiguities]
         for free, unmatched in ((self.free_targets, self.report.unmatched_model),
@@ -254,7 +259,7 @@ def _triples(keys: list[str], shapes: dict[str, tuple]) -> list[list[str]]:
             stems[found[0]][found[1]] = key
     triples = []
     for roles in stems.values():
-        if set(roles) == {0, 1, 2} and len({shapes[key] for key in roles.values()}) == 1:
+        if set(roles) == {0, 1, 2} and len({tuple(shapes[key])[1:] for key in roles.values()}) == 1:
             triples.append([roles[0], roles[1], roles[2]])
     return triples
 
@@ -268,64 +273,45 @@ def _recomputable_source(key: str, tensor: torch.Tensor) -> bool:
 
 
 def _align_prefix(sources: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
-    """Drop (or add) the prefix that makes most file keys equal model keys: `transformer.`, `module.`."""
-    def matches(rename) -> int:
-        return sum(rename(key) in target_keys for key in sources)
+    """Drop (or add) the prefix that makes most file keys equal model keys: `transformer.`, `module.`.
 
-    candidates = {".".join(key.split(".")[:depth]) + "." for key in sources for depth in (1, 2) if key.count(".") >= depth}
-    best, best_count = (lambda key: key), matches(lambda key: key)
-    for prefix in candidates:
-        def strip(key, prefix=prefix):
-            return key[len(prefix):] if key.startswith(prefix) else key
-        count = matches(strip)
-        if count > best_count:
-            best, best_count = strip, count
-    added = {key.split(".")[0] + "." for key in target_keys if "." in key}
-    for prefix in added:
-        count = matches(lambda key, prefix=prefix: prefix + key)
-        if count > best_count:
-            best, best_count = (lambda key, prefix=prefix: prefix + key), count
+    Counted in one pass over each side (a file of a million keys costs a million steps, not a
+    million squared); ties keep the names as they are, then the first prefix in sorted order.
+    """
+    unchanged = sum(key in target_keys for key in sources)
+    dropped: Counter = Counter()   # prefix -> matches gained by dropping it (less those lost)
+    for key in sources:
+        parts = key.split(".")
+        for depth in (1, 2):
+            if len(parts) > depth:
+                prefix = ".".join(parts[:depth]) + "."
+                dropped[prefix] += (key[len(prefix):] in target_keys) - (key in target_keys)
+    added: Counter = Counter()     # prefix -> file keys that match once it is put in front
+    for target in target_keys:
+        head, dot, rest = target.partition(".")
+        if dot and rest in sources:
+            added[head + "."] += 1
+    best, best_count = (lambda key: key), unchanged
+    for prefix in sorted(dropped):
+        if unchanged + dropped[prefix] > best_count:
+            best_count = unchanged + dropped[prefix]
+            best = lambda key, prefix=prefix: key[len(prefix):] if key.startswith(prefix) else key  # noqa: E731
+    for prefix in sorted(added):
+        if added[prefix] > best_count:
+            best, best_count = (lambda key, prefix=prefix: prefix + key), added[prefix]
     renamed = {best(key): value for key, value in sources.items()}
     return renamed if len(renamed) == len(sources) else sources
 
 
 def _rename(sources: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
-    if not isinstance(rules, dict):
-        raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, got {rules!r}",
-                                None, "TYPE_ERROR"))
-    compiled = [(_rule_pattern(pattern), _rule_replacement(pattern, str(replacement)))
-                for pattern, replacement in rules.items()]
+    """The file's keys renamed by the first rule matching each (see rename_rules.py for the bounds)."""
+    compiled = compile_rules(rules)
     renamed = {}
     for key, value in sources.items():
-        new = key
-        for pattern, replacement in compiled:
-            if pattern.fullmatch(key):
-                new = pattern.sub(replacement, key)
-                break
+        check_name_length(key)
+        new = next((name for name in (rule.rename(key) for rule in compiled) if name is not None), key)
         renamed[new] = value
     return renamed
-
-
-def _rule_pattern(pattern: str) -> re.Pattern:
-    try:
-        if pattern.startswith("re:"):
-            return re.compile(pattern[3:])
-        return re.compile("".join("(.+?)" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
-    except re.error as error:
-        raise SpecError(Problem(f"weights_map: bad rename rule {pattern!r}: {error}", None, "TYPE_ERROR")) from None
-
-
-def _rule_replacement(pattern: str, replacement: str) -> str:
-    """A glob rule's `*`s become the groups its pattern captured, in order (`re:` rules use `\\1`)."""
-    if pattern.startswith("re:"):
-        return replacement
-    pieces = replacement.split("*")
-    out = []
-    for index, piece in enumerate(pieces):
-        out.append(piece.replace("\\", "\\\\"))
-        if index < len(pieces) - 1:
-            out.append(f"\\g<{index + 1}>")
-    return "".join(out)
 
 
 def _natural(key: str) -> tuple:

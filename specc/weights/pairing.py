@@ -5,6 +5,8 @@ tensors they hold. Within a group of same-signature modules, a pairing is accept
 evidence decides it, in this order:
 
 1. the only one: one model module and one file module of that signature;
+1b. kind: an embedding table and a bias-free Linear can hold the same `[V, D]` weight; the model
+   knows which of its modules is an `Embedding`, and a file's name says so (`embed`, `wte`, ...);
 2. numbers: the numbers in their paths (`layers.3`, `resnets_1`) agree as a whole, so the group
    splits into smaller groups of equal numbers (`layers.0.*` with `model.layers.0.*`);
 3. name words: the words that set a module apart from the rest of its group (after splitting
@@ -18,10 +20,12 @@ and a rename rule that would settle it.
 from __future__ import annotations
 
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z]+|[A-Z][a-z]*|\d+")
+_WORDS_LIMIT = 1024   # modules in one undecided group whose name words are compared pairwise (a bound)
+_EMBEDDING_WORDS = {"embed", "embedding", "emb", "wte", "wpe", "tok", "token", "shared"}   # name words of tables
 CONV1D_MODULES = ("c_attn", "c_proj", "c_fc", "q_attn")   # GPT-2's `Conv1D` layers, stored [in, out]
 
 
@@ -36,9 +40,14 @@ class Ambiguity:
     def message(self) -> str:
         shapes = ", ".join(f"{leaf} {list(shape)}" for leaf, shape in self.signature)
         rule = rename_rule(self.sources[0], self.targets[0])
-        return (f"model {' / '.join(self.targets)} and file {' / '.join(self.sources)} hold the same tensors "
+        return (f"model {_some(self.targets)} and file {_some(self.sources)} hold the same tensors "
                 f"({shapes}) and nothing in their numbers, name words or order of use tells them apart; "
                 f"a rename rule settles it, e.g. {rule} (if that is the pairing)")
+
+
+def _some(paths: list[str], shown: int = 4) -> str:
+    more = f" ... and {len(paths) - shown} more" if len(paths) > shown else ""
+    return " / ".join(paths[:shown]) + more
 
 
 def conv1d_layout(sources: dict) -> set[str]:
@@ -68,25 +77,38 @@ def owners(keys: list[str], shape_of) -> dict[tuple, list[tuple[str, list[str]]]
     return groups
 
 
-def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int]
+def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int], layers: dict[str, str]
                  ) -> tuple[list[tuple[str, str, str]], list[tuple[list[str], list[str]]]]:
     """Pair same-signature model modules (`targets`, in order of use) with file modules.
+
+    Args:
+        layers: each target module's layer class (`Embedding`, `Linear`, ...).
 
     Returns:
         `(pairs, undecided)`: (target, source, why) triples, and the groups evidence left open.
     """
     if len(targets) == 1:
         return [(targets[0], sources[0], "the only one of its kind")], []
+    kinds = {**{t: layers.get(t) == "Embedding" for t in targets},
+             **{s: bool(_EMBEDDING_WORDS & set(name_words(s.rpartition(".")[2]))) for s in sources}}
+    split = _split_by(targets, sources, kinds.get)
+    if split:
+        pairs, undecided = [], []
+        for group_targets, group_sources in split:
+            found, left = pair_modules(group_targets, group_sources, use_rank, layers)
+            pairs += [(t, s, why if why != "the only one of its kind" else "kind") for t, s, why in found]
+            undecided += left
+        return pairs, undecided
     for numbers_of in (_index_numbers, _all_numbers):
         split = _split_by(targets, sources, numbers_of)
         if split:
             pairs, undecided = [], []
             for group_targets, group_sources in split:
-                found, left = pair_modules(group_targets, group_sources, use_rank)
+                found, left = pair_modules(group_targets, group_sources, use_rank, layers)
                 pairs += [(t, s, why if why != "the only one of its kind" else "numbers") for t, s, why in found]
                 undecided += left
             return pairs, undecided
-    pairs = _by_words(targets, sources)
+    pairs = _by_words(targets, sources) if len(targets) <= _WORDS_LIMIT else []
     targets = [t for t in targets if t not in {p[0] for p in pairs}]
     sources = [s for s in sources if s not in {p[1] for p in pairs}]
     if len(targets) == 1:
@@ -100,11 +122,16 @@ def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int
 
 def _split_by(targets: list[str], sources: list[str], key) -> list[tuple[list[str], list[str]]]:
     """Groups of equal `key` on both sides, when the keys agree as a whole and split something."""
-    target_keys, source_keys = Counter(map(key, targets)), Counter(map(key, sources))
-    if target_keys != source_keys or len(target_keys) < 2:
+    target_groups: dict = defaultdict(list)
+    source_groups: dict = defaultdict(list)
+    for target in targets:
+        target_groups[key(target)].append(target)
+    for source in sources:
+        source_groups[key(source)].append(source)
+    if len(target_groups) < 2 or {value: len(group) for value, group in target_groups.items()} != \
+            {value: len(group) for value, group in source_groups.items()}:
         return []
-    return [([t for t in targets if key(t) == value], [s for s in sources if key(s) == value])
-            for value in target_keys]
+    return [(group, source_groups[value]) for value, group in target_groups.items()]
 
 
 def _by_words(targets: list[str], sources: list[str]) -> list[tuple[str, str, str]]:

@@ -48,8 +48,10 @@ class WeightsReport:
         if self.by_structure:
             counts = Counter(self.reasons[target] for target, _ in self.by_structure)
             lines.append("  why: " + ", ".join(f"{why} {count}" for why, count in counts.most_common()))
-            pairs = [f"{target} <- {source} ({self.reasons[target]})" for target, source in self.by_structure]
-            lines.append(f"  paired by structure: {_listing(pairs, {})}")
+            lines.append(f"  paired by structure ({len(self.by_structure)}):")
+            lines += [f"    {target} <- {source} ({self.reasons[target]})" for target, source in self.by_structure[:_SHOWN]]
+            if len(self.by_structure) > _SHOWN:
+                lines.append(f"    ... and {len(self.by_structure) - _SHOWN} more (weights_report.reasons has every one)")
         for label, keys in (("transposed", self.transposed), ("fused/split q,k,v", self.fused),
                             ("recomputed buffers", self.recomputed), ("tied copies skipped", self.tied),
                             ("allowed missing", self.allowed), ("unmatched in the model", self.unmatched_model),
