@@ -96,8 +96,8 @@ def test_trainable_false_fixes_every_parameter_of_the_item():
     model = specc.build(FIXED_ITEMS)
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     assert frozen == {"stem.0.weight", "stem.0.bias", "stem.1.weight", "stem.1.bias", "gain"}
-    assert torch.equal(model.gain, torch.tensor([[[1.0], [2.0], [3.0], [4.0]]]))
-    assert torch.equal(model.shift, torch.full((1, 6), 0.5))
+    assert torch.equal(model.gain, torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+    assert torch.equal(model.shift, torch.full((6,), 0.5))
 
 
 def test_a_fixed_batch_norm_keeps_its_statistics_in_training():

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 RULED = {"llama3", "qwen2", "gemma", "mixtral", "gpt_char", "mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
          "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder",
-         "mobilenet_v3_small", "unet"}
+         "mobilenet_v3_small", "unet", "gemma"}
 
 
 def _by_hooks(monkeypatch, spec, **options):

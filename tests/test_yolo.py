@@ -143,6 +143,13 @@ def test_yolov8n_has_ultralytics_parameter_counts():
     assert sum(p.numel() for p in parameters if p.requires_grad) == 3_157_184
 
 
+def test_fewer_classes_narrow_the_class_branch_as_ultralytics():
+    reference = YOLOv8n(nc=20)      # Detect's c3 = max(64, min(nc, 100)): 64 here, 80 at 80 classes
+    compiled = specc.compile(SPEC, device="meta", nc=20, **{"expect": None})
+    assert sorted(compiled.module.state_dict()) == sorted(reference.state_dict())
+    assert sum(p.numel() for p in compiled.module.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
 def test_yolov8n_keys_and_detections_equal_the_hand_written_model():
     torch.manual_seed(0)
     model, reference = specc.build(SPEC, image=64), YOLOv8n()

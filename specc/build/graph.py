@@ -77,7 +77,7 @@ class Graph:
         shared). Each compile hands one out, so changing a compiled graph never reaches another."""
         nodes = [replace(node, args=copy.deepcopy(node.args), inputs=list(node.inputs), inferred=list(node.inferred),
                          meta=copy.deepcopy(node.meta)) for node in self.nodes]
-        return Graph(nodes, list(self.outputs))
+        return Graph(nodes, list(self.outputs), list(self.warnings))
 
     def unused(self) -> list[Node]:
         """Items whose output reaches no model output: built, run and counted for nothing."""
