@@ -135,8 +135,8 @@ def _pruning_rows(trained, folder: Path, epochs: int, amounts: tuple[float, ...]
     baseline = trained.metrics["test"]["accuracy"]
     rows = []
     for amount in amounts:
-        pruned = _train(folder / f"prune{amount}", epochs, {"amount": amount, "schedule": {"start_epoch": 2,
-                                                                                          "end_epoch": epochs - 2}})
+        schedule = {"start_epoch": 2, "end_epoch": max(2, epochs - 2)}   # the last epochs fine-tune the sparse model
+        pruned = _train(folder / f"prune{amount}", epochs, {"amount": amount, "schedule": schedule})
         accuracy = pruned.metrics["test"]["accuracy"]
         rows.append(_points(f"digits_cnn: pruned {amount:.0%} accuracy - dense ({epochs} epochs)", accuracy, baseline,
                             None, "dense", "pruned"))

@@ -19,10 +19,17 @@ from benchmarks.compile_cost import SMALL, llama_parameters  # noqa: E402
 from benchmarks.draw_cost import generated_spec  # noqa: E402
 from benchmarks.llama_reference import LlamaConfig, build_on_meta  # noqa: E402
 from benchmarks.timing import Result, Target, interleaved, median_ratio  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from system_tools import require_tool  # noqa: E402
+
+# families that draw with graphviz: `specc draw` (cli) and write_drawing to svg (draw) run `dot`
+NEEDS_DOT = ("cli", "draw")
 
 
 @pytest.mark.parametrize("family", list(bench.FAMILIES))
 def test_each_family_runs_with_tiny_repeats_and_returns_well_formed_results(family):
+    if family in NEEDS_DOT:
+        require_tool("dot", f"the {family} family times drawings, which graphviz renders")
     function, _, quick_arguments = bench.FAMILIES[family]
     results = function(**quick_arguments)
     assert results

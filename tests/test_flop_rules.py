@@ -5,6 +5,7 @@ no sympy or torch._dynamo, nor does summarising Llama or GPT-2 (the summary's me
 summary/saved_rules.py for that)."""
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def _counted(call) -> int:
 @pytest.mark.parametrize("module, inputs", ZOO, ids=lambda value: repr(value).replace("\n", "")[:60]
                          if isinstance(value, nn.Module) else "")
 def test_layer_formula_matches_flop_counter(module, inputs):
-    module = module.to("meta").eval()
+    module = copy.deepcopy(module).to("meta").eval()   # the zoo is shared: test_shape_rules runs it in training mode
     args, kwargs = _call(module, inputs)
     formula = module_flops(module, args)
     if type(module) in (nn.LSTM, nn.GRU, nn.RNN) or args[0].dim() == 1:

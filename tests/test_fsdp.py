@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def rank_scenarios(out: str, from_one: str, facts: str) -> dict:
                    "checkpointed": train(gpt(activation_checkpointing="blocks"), out=out, verbose=False)}
         results["from_one"] = train(None, out=out, verbose=False, resume=from_one, epochs=3, batch_size=8)
         results["tensor"] = train(gpt(parallel={"tensor": 2}), out=out, verbose=False)  # a 1 x 2 mesh
+        results["init_from"] = train(gpt(init_from=str(Path(out) / "start.pt"), epochs=1), out=out, verbose=False)
         return results
     finally:
         dist.destroy_process_group()
@@ -68,6 +70,7 @@ def runs(tmp_path_factory) -> dict:
     out, facts = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("facts")
     # written by one process (fsdp keeps DCP checkpoints there too), resumed below by two
     one = train(gpt(batch_size=16), out=out / "one", verbose=False)
+    torch.save(weights(one.last_checkpoint), out / "start.pt")  # a plain state_dict for init_from
     results = launcher.launch(rank_scenarios, (str(out), str(one.last_checkpoint), str(facts)), nproc=2)
     return {**results, "one": one, "out": out, "facts": facts}
 
@@ -136,8 +139,9 @@ def test_activation_checkpointing_trains_the_same(runs):
 def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
     from specc.train.training import train
 
-    resumed = train(None, out=tmp_path, verbose=False, resume=runs["fsdp"].last_checkpoint, epochs=3,
-                    batch_size=16)
+    copied = tmp_path / "last.dcp"  # a resume writes into the checkpoint's folder: leave the run as it is
+    shutil.copytree(runs["fsdp"].last_checkpoint.resolve(), copied)
+    resumed = train(None, out=tmp_path, verbose=False, resume=copied, epochs=3, batch_size=16)
     assert [record["epoch"] for record in resumed.history] == [1, 2, 3]
     assert_same_training(resumed, runs["three"])
     assert_same_weights(weights(resumed.last_checkpoint), weights(runs["three"].last_checkpoint))
@@ -174,6 +178,16 @@ def test_tensor_parallel_with_fsdp_trains_like_one_process(runs, tmp_path):
     single = train(gpt(strategy=None), out=tmp_path, verbose=False)
     assert_same_training(runs["tensor"], single)
     assert_same_weights(weights(runs["tensor"].last_checkpoint), weights(single.last_checkpoint))
+
+
+def test_init_from_loads_each_process_s_shards(runs, tmp_path):
+    from specc.train.training import train
+
+    single = train(gpt(init_from=str(runs["out"] / "start.pt"), epochs=1, batch_size=16, strategy=None),
+                   out=tmp_path, verbose=False)
+    assert single.history[0]["train_loss"] < runs["fsdp"].history[0]["train_loss"]  # it did start trained
+    assert_same_training(runs["init_from"], single)
+    assert_same_weights(weights(runs["init_from"].last_checkpoint), weights(single.last_checkpoint))
 
 
 def test_tensor_parallel_splits_the_feed_forward_layers():
@@ -290,8 +304,6 @@ def test_evaluate_and_export_read_a_sharded_run(runs, tmp_path):
 
 
 def test_a_damaged_sharded_checkpoint_is_refused(runs, tmp_path):
-    import shutil
-
     from specc.lang.errors import SpecError
 
     copy_of = tmp_path / "last.dcp"
@@ -300,3 +312,24 @@ def test_a_damaged_sharded_checkpoint_is_refused(runs, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(SpecError, match="corrupted or incomplete"):
         load_checkpoint(copy_of)
+
+
+def test_units_are_the_spec_s_blocks_unless_shard_globs_say_otherwise():
+    from specc.build.compiler import compile as compile_spec
+    from specc.build.units import block_units
+    from specc.lang.errors import SpecError
+    from specc.lang.spec import load
+    from specc.train.sharding import chosen_units
+
+    spec = load(gpt(fsdp={"shard": ["nothing.*"]}))
+    compiled = compile_spec(spec, device="meta", symbolic=False)
+    assert block_units(compiled) == ["h.0", "h.1"]
+    assert chosen_units(compiled, [], None) == ["h.0", "h.1"]
+    assert chosen_units(compiled, ["h.*.attention", "h.*"], None) == ["h.0", "h.1"]  # outermost matches win
+    assert chosen_units(compiled, ["h", "ln_f"], None) == ["h", "ln_f"]
+    resnet = compile_spec(SPECS / "resnet18.yaml", device="meta", symbolic=False)
+    assert block_units(resnet)[:3] == ["layer1.0", "layer1.1", "layer2.0"] and len(block_units(resnet)) == 8
+    with pytest.raises(SpecError) as error:
+        chosen_units(compiled, spec.train.fsdp.shard,
+                     lambda index: spec.source.locate(("train", "fsdp", "shard", index)))
+    assert "fsdp.shard: 'nothing.*' matches no module" in str(error.value) and ":" in str(error.value.problems[0].location)

@@ -184,6 +184,9 @@ def test_schema_knows_the_functions_and_their_args():
     assert not list(validator.iter_errors(good))
     bad = yaml.safe_load(spec("cumsum: {dims: 1}"))
     assert any("'dims' was unexpected" in error.message for error in validator.iter_errors(bad))
+    for item in ("topk: {k: two}", "sort: {descending: maybe}", "one_hot: {num_classes: 0}"):
+        assert list(validator.iter_errors(yaml.safe_load(spec(item)))), item
+    assert not list(validator.iter_errors(yaml.safe_load(spec("topk: {k: $k, largest: false}"))))
     new = {"sin", "cos", "sqrt", "erf", "softplus", "remainder", "floor_divide", "sign", "reciprocal", "topk",
            "sort", "argsort", "argmax", "argmin", "scatter", "scatter_add", "index_add", "one_hot", "cumsum", "cumprod"}
     assert new <= set(FUNCTIONS)
@@ -203,3 +206,48 @@ def test_codegen_writes_each_function_as_torch(tmp_path: Path):
         for got_part, want_part in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
             torch.testing.assert_close(got_part, want_part, rtol=0, atol=0)
     assert "torch.scatter_add(" in code and "torch.topk(" in code and "F.one_hot(" in code
+
+
+class _UsesTheFunctions(torch.nn.Module):
+    """A module calling the new functions the ways PyTorch code does (functions, methods, operators)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = F.softplus(self.proj(x), beta=2.0).cumsum(1) % 0.5 + torch.floor_divide(x, 0.3)
+        top = torch.topk(h, 2, dim=-1)[0]       # (values, indices)[0]; `.values` is not read back
+        return torch.sin(top) + torch.cos(h).sum(-1, keepdim=True), F.one_hot(torch.argmax(h, -1), 6)
+
+
+def test_import_reads_them_back(tmp_path: Path):
+    module = _UsesTheFunctions().eval()
+    x = torch.randn(2, 4, 6)
+    text = specc.from_module(module, x)
+    for name in ("softplus", "cumsum", "remainder", "floor_divide", "topk", "sin", "cos", "argmax", "one_hot"):
+        assert f"{name}:" in text or f"- {name}\n" in text, name
+    rebuilt = specc.build(text).eval()
+    rebuilt.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        for got, want in zip(rebuilt(x), module(x)):
+            torch.testing.assert_close(got, want)
+
+
+SAVED_CASES = ["relu:", "sigmoid:", "tanh:", "exp:", "sqrt:", "rsqrt:", "reciprocal:", "softmax: -1", "log_softmax: -1",
+               "silu:", "gelu:", "log:", "sin:", "cos:", "erf:", "abs:", "softplus: {beta: 2.0}", "neg:", "sign:",
+               "floor:", "sub: 1.0", "mul: 0.5", "div: 3.0"]
+
+
+@pytest.mark.parametrize("item", SAVED_CASES)
+@pytest.mark.parametrize("after_a_layer", [True, False])
+def test_saved_tensor_rules_count_what_autograd_saves(item, after_a_layer, monkeypatch):
+    """The summary's rule for a one-input function (summary/saved_rules.py) gives the bytes the
+    saved-tensor hooks count; on a model input (no gradient) it saves nothing."""
+    from test_saved_rules import _by_hooks, _uses_rules
+    positive = "  - exp:\n" if item.split(":")[0] in ("sqrt", "rsqrt", "log") else ""
+    first = "  - Linear: {out_features: 8}\n" if after_a_layer else ""
+    text = f"inputs: {{x: {{shape: [5, 8]}}}}\nlayers:\n{first}{positive}  - {item}\n  - Linear: {{out_features: 3}}\n"
+    ruled, hooked = specc.summary(text, batch_size=3), _by_hooks(monkeypatch, text, batch_size=3)
+    assert _uses_rules(text)
+    assert ruled.memory_bytes() == hooked.memory_bytes()

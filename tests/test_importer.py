@@ -126,7 +126,10 @@ def test_a_class_that_cannot_be_imported_is_a_clear_error():
 
 # Specs whose codegen output the importer cannot express yet, as {stem: reason}: strict xfails
 # (none today: every spec in specs/ round-trips).
-IMPORT_PENDING: dict[str, str] = {}
+IMPORT_PENDING: dict[str, str] = {
+    "diffusion_unet": "the importer writes no dotted names yet: calls into mid_block.resnets interleave with "
+                      "mid_block.attentions (diffusers' run order)",
+}
 
 
 @pytest.mark.parametrize("spec_path", [

@@ -289,7 +289,7 @@ def test_attention_flops_are_counted_exactly():
 def test_attention_heads_must_divide_the_width():
     problem = first_problem(ATTENTION.replace("heads: 4", "heads: 5"), causal=False, scale=None, sources=["q", "k", "v"])
     assert where(problem) == (14, 5, "SHAPE_MISMATCH")
-    assert "heads=5" in problem.message
+    assert "5 heads dividing its last dim, got [6, 16]" in problem.message
 
 
 # --- functions ---------------------------------------------------------------------------------

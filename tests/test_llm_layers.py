@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specc.build.compiler import compile as compile_spec
-from specc.build.layers import CausalSelfAttention, OffsetRMSNorm, SwiGLU, rotary_inverse_frequencies
+from specc.build.attention_layers import rotary_inverse_frequencies
+from specc.build.layers import CausalSelfAttention, OffsetRMSNorm, SwiGLU
 from specc.lang.errors import SpecError
 
 

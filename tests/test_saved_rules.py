@@ -15,9 +15,9 @@ from specc.summary.saved_rules import run_by_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
-RULED = {"llama3", "qwen2", "mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
+RULED = {"llama3", "qwen2", "gemma", "mixtral", "gpt_char", "mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
          "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder",
-         "mobilenet_v3_small", "unet"}
+         "mobilenet_v3_small", "unet", "gemma"}
 
 
 def _by_hooks(monkeypatch, spec, **options):
@@ -62,7 +62,7 @@ SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n
                    "MoE: {hidden_dim: 24, n_experts: 4, top_k: 2}",
                    "MoE: {hidden_dim: 24, n_experts: 3, top_k: 1, layout: per_expert, renormalize: false}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
                    "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
-                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
+                   "RMSNorm: {normalized_shape: 16}", "OffsetRMSNorm: {eps: 1.0e-6}", "LayerNorm: {normalized_shape: 16}"]
 
 
 # (input shape without the batch dim, its last dim, the layer)

@@ -153,3 +153,13 @@ def test_codegen_copies_the_scan(tmp_path: Path):
     x, delta = torch.randn(2, 40, 8), torch.rand(2, 40, 8)
     torch.testing.assert_close(generated(x, delta), compiled.module(x, delta))
     assert "def linear_scan(" in code and "class LinearScan(" in code
+
+
+def test_an_absurd_length_is_refused_at_once_where_it_is_written():
+    text = ("inputs: {a: {shape: [10000000000000], dtype: long}, b: {shape: [10000000000000], dtype: long}}\n"
+            "layers:\n  - scan: {dim: 1}\n    from: [a, b]\n")
+    with pytest.raises(SpecError) as caught:        # int inputs have no shape rule: the scan itself runs on meta
+        specc.compile(text, device="meta")
+    problem = caught.value.problems[0]
+    assert (problem.location.line, problem.location.column) == (3, 5)
+    assert "scan over 10,000,000,000,000 steps: at most 2,147,483,648" in problem.message

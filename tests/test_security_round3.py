@@ -284,3 +284,91 @@ def test_a_checkpoints_spec_is_loaded_in_safe_mode(tmp_path, monkeypatch):
     with pytest.raises(SpecError) as error:
         specc.evaluate(None, checkpoint)
     assert error.value.first.code == "SAFE_MODE" and "--trust-code" in error.value.first.message
+
+
+# ----- rename rules: no rule may backtrack for long, whoever wrote the rule and the names -----------
+
+RENAME_DRIVER = """
+import json, sys
+import torch
+import specc
+from safetensors.torch import save_file
+from specc.lang.errors import SpecError
+folder = sys.argv[1]
+spec = "inputs: {x: {shape: [4]}}\\nlayers:\\n  - Linear: {out_features: 2}\\n    name: head\\n"
+save_file({"a" * 35 + "b": torch.zeros(2, 4), "head.bias": torch.zeros(2)}, folder + "/w.safetensors")
+results = {}
+for name, rules in json.load(sys.stdin).items():
+    try:
+        model = specc.build(spec, weights=folder + "/w.safetensors", weights_map=rules)
+        results[name] = ["ok", sorted(model.state_dict())]
+    except SpecError as error:
+        results[name] = [error.first.code, error.first.message]
+print(json.dumps(results))
+"""
+
+RENAME_CASES = {
+    "nested_repeat": ({"re:(a+)+$": "head.weight"}, "a repeat inside a repeat"),
+    "repeated_alternatives": ({"re:(a|aa)*c": "head.weight"}, "a repeat of alternatives"),
+    "backreference": ({"re:(a*)\\1c": "head.weight"}, "a backreference"),
+    "many_stars": ({"*" * 40 + "c": "head.weight"}, None),          # a glob: linear, simply no match
+    "glob_rename": ({"aaaaa*b": "head.weight"}, None),
+}
+
+
+def test_rename_rules_cannot_backtrack_for_long(tmp_path):
+    import subprocess as sp
+
+    finished = sp.run([sys.executable, "-c", RENAME_DRIVER, str(tmp_path)], capture_output=True, text=True,
+                      timeout=120, cwd=ROOT, input=json.dumps({k: v[0] for k, v in RENAME_CASES.items()}))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    results = json.loads(finished.stdout.splitlines()[-1])
+    for name, (_, words) in RENAME_CASES.items():
+        code, detail = results[name]
+        if words is None:
+            assert code in ("ok", "CHECKPOINT_ERROR"), (name, detail)
+        else:
+            assert code == "TYPE_ERROR" and words in detail, (name, detail)
+    assert results["glob_rename"] == ["ok", ["head.bias", "head.weight"]]
+
+
+def test_a_long_tensor_name_is_refused_before_any_rule():
+    import torch
+
+    from specc.weights.mapping import _rename
+    from specc.lang.errors import SpecError
+
+    with pytest.raises(SpecError, match="more than rename rules are tried on"):
+        _rename({"a" * 400: torch.zeros(1)}, {"re:(.*)x": "y"})
+
+
+def test_glob_rules_capture_like_before():
+    from specc.lang.rename_rules import compile_rules
+
+    rule = compile_rules({"transformer.h.*.ln_1.*": "h.*.attention.norm.*"})[0]
+    assert rule.rename("transformer.h.11.ln_1.weight") == "h.11.attention.norm.weight"
+    assert rule.rename("transformer.h.11.ln_2.weight") is None
+    lazy = compile_rules({"a.*.b.*": "*|*"})[0]
+    assert lazy.rename("a.x.b.y.b.z") == "x|y.b.z"                   # the leftmost place, as `(.+?)` took
+    assert compile_rules({"*": "p.*"})[0].rename("") is None         # a star takes one character or more
+
+
+def test_init_from_map_is_checked_with_the_spec():
+    import specc
+    from specc.lang.errors import SpecError
+
+    text = (HEADER + "layers:\n  - Linear: [2]\ntrain:\n  data: {source: 'synthetic:classification'}\n"
+            "  loss: CrossEntropyLoss\n  init_from:\n    path: w.safetensors\n    map: {'re:(a+)+$': x}\n")
+    with pytest.raises(SpecError, match="a repeat inside a repeat"):
+        specc.load(text, safe=True)
+
+
+def test_map_rules_file_goes_through_the_spec_loader(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("a: &x [*x]\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(HEADER + "layers: [ReLU]\n")
+    finished = subprocess.run([sys.executable, "-m", "specc", "port", str(spec), "--weights", str(tmp_path / "w.pt"),
+                               "-o", str(tmp_path / "o.safetensors"), "--map", str(rules)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert finished.returncode == 2 and "recursive alias" in finished.stdout + finished.stderr, finished.stderr

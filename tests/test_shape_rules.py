@@ -192,6 +192,7 @@ def _attention_zoo():
         (specc_layers.SwiGLU(16, 40), [meta(2, 5, 16)]),
         (specc_layers.SwiGLU(16, 40, layout="hf", activation="gelu_tanh"), [meta(2, 5, 16)]),
         (MoE(16, 24, 4, 2), [meta(2, 5, 16)]),
+        (specc_layers.OffsetRMSNorm(16), [meta(2, 5, 16)]),
         (MoE(16, 24, 3, 1, layout="per_expert", renormalize=False), [meta(2, 7, 16)]),
         (specc_layers.PositionalEmbedding(10, 16), [meta(2, 5, 16)]),
         (specc_layers.ClassToken(16), [meta(2, 5, 16)]),

@@ -7,7 +7,7 @@ state_dict save/load.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import copy
 import functools
 import gc
 import re
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from specc.lang.errors import Problem, SpecError, SpecWarning, did_you_mean, sorted_problems
-from specc.lang.expressions import ExpressionError, references, resolve_vars, substitute
 from specc.build.batch_check import BatchWatch
 from specc.build.compiled import Compiled
 from specc.build.expand import Expander
@@ -27,10 +26,11 @@ from specc.build.graph import Graph
 from specc.build import plan_cache
 from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
+from specc.build.initial_values import apply_init, apply_trainable
 from specc.build.plan_cache import CompilePlan
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
+from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
@@ -98,7 +98,8 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
             plan_cache.keep_plan(key, plan)
     else:
         meta_modules = _build_layers(plan.graph, plan.registry, torch.device("meta"))
-    spec, graph = plan.spec, plan.graph
+    # every compile owns its spec and graph: a caller changing them must not change the next compile's
+    spec, graph = copy.deepcopy(plan.spec), plan.graph.copy()
     device = torch.device(device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -108,10 +109,11 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
         for module in modules.values():
             module.to(dtype)
     module = assemble(plan.module_plan, modules)
-    _apply_init(module, graph, spec, apply=device.type != "meta")
+    apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
+    apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
+                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=[*graph.warnings, *unused_items(graph)])
     for problem in compiled.warnings:
         warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
@@ -189,6 +191,7 @@ def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Modu
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
+    apply_trainable(module, plan.graph)
     return module
 
 
@@ -248,81 +251,6 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
 
 
-def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
-    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
-    parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
-    with torch.no_grad():
-        for key, location, initialise, names in init_targets(module, graph, spec):
-            for name in names if apply else []:
-                try:
-                    initialise(module.get_parameter(name))
-                except (ValueError, TypeError) as error:   # e.g. `std: wide`: the spec's mistake, located
-                    raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
-
-
-def init_targets(module: nn.Module, graph: Graph, spec: Spec,
-                 every_name: bool = False) -> list[tuple[str, Any, Any, list[str]]]:
-    """`(key, location, initialise, parameter names)` per `init:` key, in the order a build applies
-    them (a sharded build replays it, see specc.build.materialize). `every_name`: a tied parameter
-    under each of its names, as it was before `tie:` joined them.
-
-    Raises:
-        SpecError: an unknown initialisation, or a key that matches nothing.
-    """
-    layer_types = {node.target for node in graph.nodes if node.op == "module"}
-    parameters = dict(module.named_parameters(remove_duplicate=not every_name))
-    targets = []
-    for key, how in resolved_init(spec).items():
-        location = spec.source.locate(("init", key))
-        initialise = _initializer(how, location)
-        if key in layer_types:
-            modules = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
-            chosen = [f"{name}.weight" for name in modules
-                      if isinstance(getattr(module.get_submodule(name), "weight", None), nn.Parameter)]
-        else:
-            chosen = [name for name in parameters if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
-        if not chosen:
-            raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
-                                    "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-        targets.append((key, location, initialise, chosen))
-    return targets
-
-
-def resolved_init(spec: Spec) -> dict[str, Any]:
-    """`init:` with its `$var` / `$(expression)` values worked out from the spec's vars
-    (`"*.c_proj.weight": {normal: {std: $(0.02 / sqrt(2 * n_layers))}}`).
-
-    Raises:
-        SpecError: an expression that does not evaluate, at its init key.
-    """
-    if not references(spec.init):
-        return dict(spec.init)
-    variables: dict[str, Any] = {}
-    for name, value in spec.vars.items():   # one at a time: a var init does not use may stay unresolved
-        with contextlib.suppress(ExpressionError):
-            variables.update(resolve_vars({name: value}, variables))
-    resolved = {}
-    for key, how in spec.init.items():
-        try:
-            resolved[key] = substitute(how, variables)
-        except ExpressionError as error:
-            raise SpecError(Problem(f"init: {key}: {error}", spec.source.locate(("init", key)), "TYPE_ERROR")) from None
-    return resolved
-
-
 def spec_registry(spec: Spec) -> Registry:
     """The layers a spec may use: torch.nn, specc's own and its `imports:`."""
     return Registry(_imports(spec))
-
-
-def _initializer(how: str | dict, location) -> Any:
-    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-    function_name = name if name.endswith("_") else f"{name}_"
-    problem = init_problem(how)
-    if problem is not None and function_name not in INIT_FUNCTIONS:
-        raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, list(INIT_FUNCTIONS)) or "").rstrip("_") or None))
-    if problem is not None:   # a kwarg the function does not take is refused before any call (or codegen)
-        raise SpecError(Problem(f"init: {problem}", location, "UNKNOWN_KWARG"))
-    function = getattr(nn.init, function_name)
-    return lambda parameter: function(parameter, **(kwargs or {}))

@@ -16,6 +16,7 @@ from specc.build.bounds import ExpansionBudget
 from specc.build.graph import Graph, Node, Scope
 from specc.build.items import Item, ItemReading, join_path
 from specc.build.structures import StructureExpansion
+from specc.build.infer import DryRun
 from specc.build.input_sizes import Deferred, contains_deferred, needs_input
 from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
@@ -58,6 +59,10 @@ class Expander(ItemReading, StructureExpansion):
         self.module_prefixes: set[str] = set()
         self.spec_paths: dict[str, str] = {}      # every item's spec path (`enc.conv`, `m.2`) -> its output node
         self.repeats: dict[str, list[str]] = {}   # a repeat's spec path -> each repetition's output (`from: m.*`)
+        self.dry_run: DryRun | None = None        # started by the first `if:` that reads an input size
+        self.warnings: list[Problem] = []
+        self.named_dims = {str(size) for declared in spec.inputs.values() for size in declared.shape
+                           if isinstance(size, str) and IDENTIFIER.match(size)}
 
     # ----- entry point -------------------------------------------------------------------------
     def expand(self) -> Graph:
@@ -83,7 +88,7 @@ class Expander(ItemReading, StructureExpansion):
         if self.problems:
             # a mistake inside a repeated item or a block used twice is reported once, with its use sites
             raise SpecError(sorted_problems(self.problems))
-        return Graph(self.nodes, outputs)
+        return Graph(self.nodes, outputs, self.warnings)
 
     def _global_vars(self) -> dict:
         resolved: dict = {}
@@ -135,7 +140,7 @@ class Expander(ItemReading, StructureExpansion):
             return current, True
         self._check_path_keys(item)
         repeat = self._repeat_count(item, context)
-        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
+        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context, current) else None
         if item is None:
             if name is not None and name not in context.refs.maps[0]:
                 # a skipped item passes its input on under its name; kept below the list's own names,
@@ -147,17 +152,21 @@ class Expander(ItemReading, StructureExpansion):
         key = str(number) if name is None else name
         if not self._claim(key, path, context):
             return current, True
-        inputs = self._item_inputs(item, context, current)
+        # a repeated item whose `from:` uses a var (`from: $(levels[i])`) reads it in each repetition
+        each = repeat is not None and "$" in str(item.meta.get("from", ""))
+        inputs = current if each else self._item_inputs(item, context, current)
         if inputs is None:             # an unknown `from:` name, reported: checking the item would only add noise
             context.refs[key] = None
             return current, True
         qualified = context.prefix + key
         context = replace(context, item=join_path(context.lists[-1], key))
+        start = len(self.nodes)
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
-            output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+            output = self._expand_repeated(item, context, inputs, qualified, name, repeat, each)
         self._declare_output(item, context, output)
+        self._mark_fixed(item, context, self.nodes[start:])
         self._name_output(context, key, output)
         return output or current, True
 
@@ -189,14 +198,18 @@ class Expander(ItemReading, StructureExpansion):
             return False
         return True
 
-    def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
+    def _expand_repeated(self, item, context, inputs, qualified, name, count, each: bool = False) -> list[str]:
+        """Each repetition takes the previous one's output, or with `each` its own `from:` (read with `$i`)."""
         for repetition in range(count):
             scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
                             scopes=context.scopes + (scope,), item=f"{context.item}.{repetition}")
             if repetition:
                 self._count_item(item.path, inner, item.op)
-            inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
+            sources = self._item_inputs(item, inner, inputs) if each else inputs
+            if sources is None:
+                return inputs
+            inputs = self._expand_single(item, inner, sources, f"{qualified}.{repetition}", name) or inputs
             if inputs:
                 self.spec_paths[inner.item] = inputs[0]
                 self.repeats.setdefault(context.item, []).append(inputs[0])
@@ -253,6 +266,7 @@ class Expander(ItemReading, StructureExpansion):
         """`parameter` / `buffer` / `constant`: a tensor of the model, not computed from an input."""
         kwargs, problems = free_tensor_args(item.op, args, self._locator(item, context))
         self.problems.extend(problems)
+        self._warn_fixed_dims(item, name or qualified)
         inputs = inputs[:1] if kwargs.get("batch") else []
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,

@@ -48,6 +48,9 @@ def einsum(*operands: torch.Tensor, equation: str) -> torch.Tensor:
     return torch.einsum(equation, *operands)
 
 
+MAX_SCAN_STEPS = 2 ** 31           # ~140,000 small steps at most
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None, *, dim: int = 1,
                 reverse: bool = False) -> torch.Tensor:
     """The linear recurrence `h_t = a_t * h_{t-1} + b_t` along `dim`, every `h_t` returned.
@@ -72,6 +75,8 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None =
     steps_a, steps_b = a.movedim(dim, 0), b.movedim(dim, 0)     # (L, ...) views
     state = torch.zeros_like(steps_b[0]) if initial is None else initial.expand_as(steps_b[0]).to(b.dtype)
     length = steps_a.shape[0]
+    if length > MAX_SCAN_STEPS:     # 2C + L/C Python steps: bounded, even on meta where nothing is computed
+        raise ValueError(f"scan over {length:,} steps: at most {MAX_SCAN_STEPS:,}")
     size = _chunk_size(length)
     count = length // size if length else 0
     blocks = []

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from specc.build.attention_layers import (  # noqa: F401 - specc layers and helpers, named here for the registry
-    CausalSelfAttention, apply_rotary, check_rope_scaling, rotary_cos_sin, rotary_dim_of, rotary_inverse_frequencies,
+    CausalSelfAttention, apply_rotary, check_rope_scaling, rotary_cos_sin, rotary_dim_of,
 )
 from specc.build.functional import attention, linear_scan
 

@@ -4,6 +4,7 @@ kwargs and to decide which sizes the dry run fills in.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -268,18 +269,37 @@ def import_layer(dotted: str, folder: str | Path | None = None) -> type:
 
 
 def _import_module(module_name: str, folder: str | Path | None) -> ModuleType:
-    """The module from `folder/<module_name as a path>.py` (or its package) if there, else `sys.path`."""
+    """The module from `folder/<module_name as a path>.py` (or its package) if there, else `sys.path`;
+    imported again when its file changed since this process imported it (an edited layer is used)."""
     if folder is not None:
         relative = Path(*module_name.split("."))
         for candidate in (Path(folder) / relative.with_suffix(".py"), Path(folder) / relative / "__init__.py"):
             if candidate.is_file():
                 return _load_file(module_name, candidate)
-    return importlib.import_module(module_name)
+    module = importlib.import_module(module_name)
+    if module_name in _STAMPS and _STAMPS[module_name] != _stamp(module):
+        module = importlib.reload(module)
+    _STAMPS[module_name] = _stamp(module)
+    return module
+
+
+_STAMPS: dict[str, str | None] = {}   # module name -> hash of its file when last (re)imported
+
+
+def _stamp(module: ModuleType | Path) -> str | None:
+    """A hash of the module's source file (None without one)."""
+    path = Path(module) if isinstance(module, Path) else Path(getattr(module, "__file__", None) or "")
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    except OSError:
+        return None
 
 
 def _load_file(module_name: str, path: Path) -> ModuleType:
     loaded = sys.modules.get(module_name)
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+    stamp = _stamp(path)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve() \
+            and _STAMPS.get(module_name) == stamp:
         return loaded
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -289,4 +309,5 @@ def _load_file(module_name: str, path: Path) -> ModuleType:
     except Exception as error:  # noqa: BLE001 - the user's file failing to import is their error to read
         sys.modules.pop(module_name, None)
         raise ImportError(f"{path}: {type(error).__name__}: {error}") from None
+    _STAMPS[module_name] = stamp
     return module

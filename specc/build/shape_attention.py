@@ -107,6 +107,14 @@ def _attention(module: specc_layers.Attention, args: tuple, kwargs: dict) -> Ten
     return empty((query.shape[0], query.shape[1], value.shape[-1] // kv_heads * module.heads), query.dtype)
 
 
+def _offset_rms_norm(module: specc_layers.OffsetRMSNorm, args: tuple, kwargs: dict) -> Tensor | None:
+    x = one_input(args, kwargs)
+    if (x is None or x.dim() < 1 or x.shape[-1] != module.weight.shape[0] or not x.is_contiguous()
+            or not weight_dtype(module, x)):
+        return None
+    return empty(x.shape, x.dtype)
+
+
 def _mixture_of_experts(module: moe_layers.MoE, args: tuple, kwargs: dict) -> Tensor | None:
     x = one_input(args, kwargs)
     if x is None or x.dim() < 1 or x.shape[-1] != module.gate.in_features or not weight_dtype(module, x):
@@ -126,4 +134,5 @@ ATTENTION_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     specc_layers.LayerScale: _layer_scale,
     specc_layers.Attention: _attention,
     moe_layers.MoE: _mixture_of_experts,
+    specc_layers.OffsetRMSNorm: _offset_rms_norm,
 }

@@ -43,8 +43,13 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
         # `shap: [4]` is one mistake: its missing `shape` is not reported again
         problems += _shape_problems(args.get("shape"), "shape", op, locate, required=not problems)
         if "init" in args and not _init_ok(args["init"]):
-            problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...) or "
-                                   f"{{name: {{kwargs}}}}: {init_problem(args['init'])}", (op, "init"), "TYPE_ERROR"))
+            problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...), "
+                                   f"{{name: {{kwargs}}}} or values ({{arange: N}}, {{value: [...]}}, {{constant: x}}): "
+                                   f"{init_problem(args['init'])}", (op, "init"), "TYPE_ERROR"))
+        elif value_init(args.get("init")) and not problems and not contains_deferred(args["shape"]):
+            problem = values_problem(value_init(args["init"]), torch.Size(args["shape"]).numel())
+            if problem is not None:
+                problems.append(locate(f"parameter: init: {problem}", (op, "init"), "SHAPE_MISMATCH"))
     else:
         forms = [key for key in _VALUE_FORMS if key in args]
         if len(forms) != 1:
@@ -94,7 +99,53 @@ def _ints(value: Any, positive: bool = False, allow_scalar: bool = False) -> boo
 
 
 def _init_ok(how: Any) -> bool:
-    return init_problem(how) is None
+    return value_init(how) is not None or init_problem(how) is None
+
+
+VALUE_INITS = ("arange", "value", "constant")   # init from values: `{arange: 16}`, `{value: [..]}`, `{constant: 0.5}`
+
+
+def value_init(how: Any) -> tuple[str, Any] | None:
+    """`(form, argument)` of an init written as values, or None for an nn.init function
+    (`constant: {val: 0.5}` is nn.init's; `constant: 0.5` the value form)."""
+    if not isinstance(how, dict) or len(how) != 1:
+        return None
+    form, argument = next(iter(how.items()))
+    if form not in VALUE_INITS or (form == "constant" and isinstance(argument, dict)):
+        return None
+    return form, argument
+
+
+def values_problem(how: tuple[str, Any], numel: int) -> str | None:
+    """Why an init written as values cannot fill a tensor of `numel` numbers, or None: `arange` and
+    `value` fill it in row-major order and must give exactly as many numbers (nothing is allocated)."""
+    form, argument = how
+    if form == "constant":
+        return None if isinstance(argument, (int, float)) and not isinstance(argument, bool) else (
+            f"constant must be a number, got {argument!r}")
+    if form == "arange":
+        bounds = argument if isinstance(argument, list) else [argument]
+        if not _ints(bounds, allow_scalar=True) or len(bounds) > 3 or bounds[2:3] == [0]:
+            return f"arange is N or [start, end(, step)] of ints, got {argument!r}"
+        count = len(range(*bounds))
+    else:
+        try:
+            count = torch.tensor(argument, dtype=torch.float64).numel()
+        except (TypeError, ValueError, RuntimeError):
+            return f"value must be a number or a (nested) list of numbers, got {argument!r}"
+    return None if count == numel else f"{form} gives {count} numbers for a tensor of {numel}"
+
+
+def initial_values(how: tuple[str, Any], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """The values of an init written as values, shaped as the tensor (`values_problem` said it fits)."""
+    form, argument = how
+    if form == "constant":
+        return torch.full(shape, float(argument), dtype=dtype)
+    if form == "arange":
+        values = torch.arange(*(argument if isinstance(argument, list) else [argument]))
+    else:
+        values = torch.tensor(argument)
+    return values.reshape(shape).to(dtype)
 
 
 def init_problem(how: Any) -> str | None:
@@ -153,6 +204,10 @@ def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.T
 
 
 def _initialise(tensor: torch.Tensor, how: str | dict) -> None:
+    values = value_init(how)
+    if values is not None:
+        tensor.copy_(initial_values(values, tensor.shape, tensor.dtype))   # checked by free_tensor_args
+        return
     name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
     getattr(nn.init, name.rstrip("_") + "_")(tensor, **(kwargs or {}))
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, output_folder_exists, overrides,
-                           user_errors)
+from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, echo, output_folder_exists,
+                           overrides, user_errors)
 
 
 @app.command()
@@ -40,11 +40,11 @@ def check(
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":
             warned = [problem.to_dict() for problem in compiled.warnings]
-            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
-                                  indent=2))
+            echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
+                            indent=2))
         else:
             shapes = ", ".join(f"{name} {shape}" for name, shape in outputs.items())
-            typer.echo(f"OK {spec}: {params:,} parameters, output {shapes}")
+            echo(f"OK {spec}: {params:,} parameters, output {shapes}")
 
 
 @app.command()
@@ -52,7 +52,7 @@ def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
     from specc.build.schema import json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    echo(json.dumps(json_schema(), indent=2))
 
 
 @app.command()
@@ -90,7 +90,7 @@ def draw(
             raise UsageFailure(str(error)) from None
         where = "" if output is not None or path.parent.resolve() == spec.parent.resolve() else \
             " (outside the spec's git repository; -o chooses the file)"
-        typer.echo(f"wrote {path}{where}")
+        echo(f"wrote {path}{where}")
 
 
 @app.command()
@@ -149,7 +149,7 @@ def summary(
             payload = json.loads(render(result, "json"))
             payload.update({key: value.to_dict() for key, value in
                             (("memory_per_process", estimate), ("sparsity", weights)) if value is not None})
-            typer.echo(json.dumps(payload, indent=2))
+            echo(json.dumps(payload, indent=2))
             return
         print_summary(result, output_format)
         if estimate is not None:
@@ -195,7 +195,7 @@ def diff(
             raise UsageFailure("give a second spec, or --set to compare the spec with a variant of itself")
         b_variables = overrides(set_)
         result = compare(spec, other, a_variables=overrides(set_a), b_variables=b_variables, batch_size=batch_size)
-        typer.echo(result.render(output_format))
+        echo(result.render(output_format))
         if draw_path is not None:
             from specc.draw.changes import changes_drawing, write_changes_drawing
             from specc.draw.drawing import GraphvizNotFound
@@ -208,4 +208,4 @@ def diff(
                 raise UsageFailure(str(error), code=1) from None
             except ValueError as error:
                 raise UsageFailure(str(error)) from None
-            typer.echo(f"wrote {path}", err=output_format == "json")
+            echo(f"wrote {path}", err=output_format == "json")

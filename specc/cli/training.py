@@ -1,14 +1,18 @@
 """Commands that train and run a model: train, evaluate, predict, generate."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
 from specc.cli.app import (CheckpointOption, DeviceOption, QuietOption, SetOption, SpecPath, UsageFailure,
-                           VariantOption, VerboseOption, app, output_folder_exists, overrides, starting, user_errors)
+                           VariantOption, VerboseOption, app, echo, output_folder_exists, overrides, starting,
+                           user_errors)
 
 
 @app.command()
@@ -41,7 +45,7 @@ def train(
     """
     starting("train", quiet)
     try:
-        with user_errors():
+        with user_errors(), _sigterm_interrupts():
             keys = {key: value for key, value in (("epochs", epochs), ("device", device),
                                                                ("strategy", strategy)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
@@ -59,12 +63,31 @@ def train(
                 result = run_training(spec, out=out, resume=resume, overrides=overrides(set_, variant), quiet=quiet,
                                       **keys)
     except KeyboardInterrupt:  # before the loop started: nothing to save
-        typer.echo("interrupted", err=True)
+        echo("interrupted", err=True)
         raise typer.Exit(130) from None
     if result.status == "diverged":
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(130)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C from the start of `specc train`, so a run stopped while it compiles or
+    reads its data exits with 130, as a Ctrl-C does (the loop installs its own handler while it
+    trains: stop after the current step, save interrupted.pt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -85,7 +108,7 @@ def evaluate(
 
         metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
+            echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:
             from rich.console import Console
 
@@ -114,14 +137,15 @@ def predict(
 
         path = run_prediction(spec, checkpoint, input_path, output, device=device, overrides=overrides(set_, variant))
         if str(path) != "-":   # `-o -` printed the predictions themselves
-            typer.echo(f"wrote {path}")
+            echo(f"wrote {path}")
 
 
 @app.command()
 def generate(
     spec: SpecPath,
     checkpoint: CheckpointOption,
-    prompt: Annotated[str, typer.Option(help="The text to continue.")] = "\n",
+    prompt: Annotated[str, typer.Option(help="The text to continue (default: a newline, as nanoGPT starts).",
+                                        show_default=False)] = "\n",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to sample.")] = 200,
     temperature: Annotated[float, typer.Option(help="Divides the scores: < 1 sharper, > 1 flatter, 0 greedy.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Sample among the k likeliest tokens only.")] = None,
@@ -138,7 +162,7 @@ def generate(
         result = run_generation(spec, checkpoint, prompt=prompt, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_k=top_k, seed=seed, device=device, cache=cache,
                                 overrides=overrides(set_, variant))
-        typer.echo(result.text)
+        echo(result.text)
 
 
 @app.command()
@@ -163,10 +187,9 @@ def quantize(
         report = run_quantization(spec, checkpoint, method=method, output=output, split=split,
                                   overrides=overrides(set_, variant))
         if output_format == "json":
-            typer.echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
-                                   "quantized": report.quantized, "kept_float": report.kept_float,
-                                   "rows": report.rows(), "output": str(report.output) if report.output else None},
-                                  indent=2))
+            echo(json.dumps({"ok": True, "method": report.method, "split": report.split,
+                             "quantized": report.quantized, "kept_float": report.kept_float,
+                             "rows": report.rows(), "output": str(report.output) if report.output else None}, indent=2))
             return
         from specc.train.quantize import print_report
 

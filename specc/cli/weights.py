@@ -6,8 +6,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, output_folder_exists, overrides,
-                           user_errors)
+from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, echo, output_folder_exists,
+                           overrides, user_errors)
 
 
 @app.command()
@@ -48,16 +48,16 @@ def export(
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         size = path.stat().st_size + sum(extra.stat().st_size for extra in path.parent.glob(f"{path.name}.data"))
-        typer.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
+        echo(f"wrote {path} ({size / 1e6:.1f} MB)")
         if prepared.scaling:
             where = ("is not in a .safetensors file: scale inputs as in training" if path.suffix == ".safetensors"
                      else "is part of the exported graph: feed it raw inputs")
-            typer.echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
+            echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
         if check_output:
             result = check_export(prepared, path)
             verdict = "matches" if result.ok else "DIFFERS FROM"
-            typer.echo(f"checked: the exported file {verdict} the model at batch sizes "
-                       f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
+            echo(f"checked: the exported file {verdict} the model at batch sizes "
+                 f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
             if not result.ok:
                 raise UsageFailure("the exported file does not reproduce the model", code=1)
 
@@ -75,16 +75,16 @@ def _export_quantized(spec: Path, prepared: Any, output: Path, method: str, keys
         float_path = write(prepared, Path(folder) / "float.onnx")
         float_size = float_path.stat().st_size
         quantize_onnx(float_path, output, method, names, batches)
-    typer.echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, {method}; "
-               f"float: {float_size / 1e6:.2f} MB, {output.stat().st_size / float_size:.2f}x)")
+    echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, {method}; "
+         f"float: {float_size / 1e6:.2f} MB, {output.stat().st_size / float_size:.2f}x)")
     if not check:
         return
     examples = batches or [prepared.compiled.example_inputs(size, device="cpu") for size in (1, 3)]
     result = check_quantized(prepared.module, output, examples)
     agreement = "" if result.agreement is None else f", top class agrees on {result.agreement:.1%}"
     where = "the spec's data" if batches else "random inputs"
-    typer.echo(f"checked on {result.examples} examples of {where}: max |difference| {result.max_difference:.2e} "
-               f"({result.relative_difference:.1%} of the outputs' range){agreement}")
+    echo(f"checked on {result.examples} examples of {where}: max |difference| {result.max_difference:.2e} "
+         f"({result.relative_difference:.1%} of the outputs' range){agreement}")
     if not result.ok:
         raise UsageFailure("the quantized model strays too far from the float model (see docs/export.md)", code=1)
 
@@ -153,12 +153,12 @@ def port(
         result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
                               allow_missing=allow_missing or (), check=check_io, config=config,
                               **overrides(set_, variant))
-        typer.echo(result.report.summary())
-        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+        echo(result.report.summary())
+        echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
         for check in result.checks:   # every output of the model, each against its own expected tensor
             ok = check.difference <= tolerance
-            typer.echo(f"checked: {check} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
-                       f"(max |difference| {check.difference:.1e}, tolerance {tolerance:.0e})")
+            echo(f"checked: {check} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                 f"(max |difference| {check.difference:.1e}, tolerance {tolerance:.0e})")
         if any(not check.difference <= tolerance for check in result.checks):
             raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
 
@@ -191,23 +191,23 @@ def import_(
 def _print_or_write(text: str, output: Path | None) -> None:
     """Generated source (Python or YAML) to stdout, or to `output` with a line saying so."""
     if output is None:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
-    typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
+    echo(f"wrote {output} ({text.count(chr(10))} lines)")
 
 
 def _weights_map(value: str) -> Any:
     """`auto`, `strict`, or the rename rules in a YAML/JSON file."""
     if value in ("auto", "strict"):
         return value
-    import yaml
+    from specc.lang.source import load_yaml, read_spec_text
 
     path = Path(value)
     if not path.is_file():
         raise UsageFailure(f"--map must be auto, strict or a rules file; {value} is none of them")
-    rules = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rules, _ = load_yaml(*read_spec_text(path))   # the spec loader's bounds: size, nesting, aliases, no tags
     if not isinstance(rules, dict):
         raise UsageFailure(f"{path}: the rules must be a mapping {{pattern: replacement}}")
     return rules

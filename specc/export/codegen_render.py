@@ -6,6 +6,7 @@ spec wrote as the block's args) become constructor args. `specc.codegen` fills t
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import keyword
@@ -17,8 +18,8 @@ from typing import Any
 from specc.export.codegen_source import (Statement, allocate, checked_name, comment_text, docstring_text, free_tensor_use, function_call,
                                   identifier, init_call, keyword_argument, literal, merge_call, module_call,
                                   module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
-from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
-from specc.build.compiler import resolved_init
+from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent, units_in_run_order
+from specc.build.initial_values import resolved_init
 from specc.build.graph import Node
 from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
@@ -79,6 +80,7 @@ class ClassWriter:
     def __init__(self, tree: Tree):
         self.tree, self.graph, self.spec, self.compiled = tree, tree.graph, tree.spec, tree.compiled
         self.parts = tree.parts
+        self.order = {node.name: index for index, node in enumerate(tree.graph.nodes)}
         self.templates: dict[str, Template] = {}
         self.variant_of: dict[str, str] = {}
         self.specc_layers: set[type] = set()
@@ -116,6 +118,9 @@ class ClassWriter:
     def _init_lines(self, target: str, container: Part, template: Template, owner: Part) -> list[str]:
         """`self.x = ...` per child, in graph order (so a seeded build draws the same numbers); free
         tensors are registered, and a container holding some is filled in line by line."""
+        ordered = units_in_run_order(container, self.order)
+        if ordered is not None:
+            return self._init_in_run_order(target, container, ordered, template, owner)
         lines = []
         for key, child in container.children.items():
             if is_free_tensor(child):
@@ -126,6 +131,23 @@ class ClassWriter:
                 lines += placed(f"{access} = ", "nn.ModuleDict()", 8) + self._init_lines(access, child, template, owner)
             else:
                 lines += placed(f"{self._access(target, container, key)} = ", self._expression(child, template, owner), 8)
+        return lines
+
+    def _init_in_run_order(self, target: str, container: Part, units: list, template: Template, owner: Part) -> list[str]:
+        """`self.a.b = ...` per layer in graph order, each plain container made where first needed."""
+        lines, made = [], set()
+        for keys, child in units:
+            access, part = target, container
+            for depth, key in enumerate(keys[:-1]):
+                access, part = self._access(access, part, key), part.children[key]
+                if keys[:depth + 1] not in made:
+                    made.add(keys[:depth + 1])
+                    lines += placed(f"{access} = ", "nn.ModuleDict()", 8)
+            if is_free_tensor(child):
+                lines += placed(f"{access}.{_REGISTER[child.target]}({json.dumps(keys[-1])}, ",
+                                self._free_tensor(child, template, owner) + _PERSISTENT[child.target] + ")", 8)
+            else:
+                lines += placed(f"{self._access(access, part, keys[-1])} = ", self._expression(child, template, owner), 8)
         return lines
 
     def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:
@@ -342,6 +364,9 @@ class ClassWriter:
     # ----- init: and tie: ----------------------------------------------------------------------
     def _init_and_ties(self) -> list[str]:
         lines = ["        self._init_weights()  # the spec's `init:`"] if self.spec.init else []
+        lines += [f"        self.get_submodule({literal(path)}).requires_grad_(False)  # spec `trainable: false`"
+                  if kind == "module" else f"        self.get_parameter({literal(path)}).requires_grad_(False)"
+                  for path, kind in self._fixed()]
         for target, source in self.spec.tie.items():
             owner, _, attribute = target.rpartition(".")
             source_owner, _, source_attribute = source.rpartition(".")
@@ -361,10 +386,19 @@ class ClassWriter:
                 lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {comment_text(key)}",
                           f"                {init_call(how, 'self.get_submodule(path).weight')}"]
             else:
-                lines += ["            for name, parameter in parameters.items():",
+                names = [name for name, _ in self.compiled.module.named_parameters()]
+                matched = any(fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key for name in names)
+                tensors = "parameters" if matched else "dict(self.named_buffers())"   # buffers when no parameter matches
+                lines += [f"            for name, parameter in {tensors}.items():",
                           f"                if fnmatch.fnmatchcase(name, {literal(key)}) or name.rsplit(\".\", 1)[-1] == {literal(key)}:",
                           f"                    {init_call(how, 'parameter')}"]
         return lines
+
+    def _fixed(self) -> list[tuple[str, str]]:
+        """(path, "module" | "parameter") of the items marked `trainable: false`."""
+        return [(node.shared_with or node.name, "module" if node.op == "module" else "parameter")
+                for node in self.graph.nodes if node.meta.get("trainable") is False
+                and (node.op == "module" or node.target == "parameter")]
 
 
 def _attribute(name: str) -> str:

@@ -58,8 +58,16 @@ def init_call(how: Any, tensor: str) -> str:
     Raises:
         SpecError: not a public nn.init function with its own keyword args (refused, never written).
     """
-    from specc.build.tensors import INIT_FUNCTIONS, init_problem
+    from specc.build.tensors import INIT_FUNCTIONS, init_problem, value_init
 
+    values = value_init(how)   # `{arange: 16}`, `{value: [...]}`, `{constant: 0.5}`: the values, shaped
+    if values is not None:
+        form, argument = values
+        if form == "constant":
+            return f"{tensor}.fill_({literal(argument)})"
+        made = (f"torch.arange(*{literal(argument if isinstance(argument, list) else [argument])})" if form == "arange"
+                else f"torch.tensor({literal(argument)})")
+        return f"{tensor}.copy_({made}.reshape({tensor}.shape))"
     problem = init_problem(how)
     if problem is not None:
         raise SpecError(Problem(f"codegen: init: {problem}", None, "TYPE_ERROR"))

@@ -51,12 +51,13 @@ class Tracer(fx.Tracer):
 @functools.cache
 def specc_layer(cls: type) -> bool:
     """specc's own layer, or the verbatim copy of it that `specc codegen` writes into its output."""
-    from specc.build import layers
+    import importlib
 
-    original = getattr(layers, cls.__name__, None)
+    modules = [importlib.import_module(name) for name in LAYER_MODULES]
+    original = next((getattr(module, cls.__name__) for module in modules if hasattr(module, cls.__name__)), None)
     if original is cls:
         return True
-    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ in layers.LAYER_MODULES:
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ in LAYER_MODULES:
         return False
     try:
         return inspect.getsource(cls) == inspect.getsource(original)

@@ -6,6 +6,7 @@ compiler); everything else — inputs, vars, blocks, outputs, tie, init, train, 
 from __future__ import annotations
 
 import keyword
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -143,7 +144,10 @@ class Spec(_Strict):
     def display_name(self) -> str:
         if self.name:
             return self.name
-        return Path(self.file).stem if self.file != "<spec>" else "model"
+        if self.file == "<spec>":
+            return "model"
+        # a file name that is not UTF-8 (bytes kept as surrogates) is shown with \x escapes
+        return os.fsencode(Path(self.file).stem).decode("utf-8", "backslashreplace")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self._raw, sort_keys=False)
@@ -190,8 +194,33 @@ def _load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | No
     if variant is not None:
         apply_variant(data, variant, source)
     apply_overrides(data, overrides, source)
+    _refuse_lone_surrogates(data, source)
     _refuse_in_safe_mode(data, source)
     return validate(data, source)
+
+
+def _refuse_lone_surrogates(data: Any, source: SourceMap) -> None:
+    """A YAML escape like "\\ud800" gives a string no UTF-8 file, terminal or validator can hold:
+    refused at its line (an iterative walk: the YAML's nesting is bounded, not small)."""
+    pending: list[tuple[tuple, Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        entries = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in entries:
+            for text in (key, item):
+                if isinstance(text, str) and not _encodable(text):
+                    raise SpecError(Problem(f"'{text.encode('utf-8', 'backslashreplace').decode()}' holds a lone "
+                                            f"surrogate (an unpaired \\ud800-\\udfff escape), which is not text",
+                                            source.locate((*path, key)), "TYPE_ERROR"))
+            pending.append(((*path, key), item))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_in_safe_mode(data: dict, source: SourceMap) -> None:

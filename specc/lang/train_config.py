@@ -17,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
-from specc.lang.errors import did_you_mean
+from specc.lang.errors import SpecError, did_you_mean
 from specc.lang.limits import limit
 from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
 from specc.lang.prune_config import PruneConfig
+from specc.lang.rename_rules import compile_rules
 from specc.lang.safety import check_code_path, safe_mode
+from specc.lang.text_config import BpeTokenizer, check_text_keys, check_tokenizer_name
 
 SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy", "text")
-TOKENIZER_NAMES = ("bytes", "char")   # or {bpe: {vocab_size: N}}, or a path to a tokenizer.json
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 SYNTHETIC_KINDS = ("classification", "regression", "sequence")
 SYNTHETIC_ARGS = ("samples", "classes", "noise", "vocab_size")
@@ -137,19 +138,6 @@ class ImageNormalize(_Strict):
         return self
 
 
-class BpeOptions(_Strict):
-    """Byte-level BPE learned from the training split (Hugging Face `tokenizers`)."""
-
-    vocab_size: int = Field(ge=257, le=2**20)   # the 256 bytes plus at least one merge
-    min_frequency: int = Field(2, ge=1)         # a pair seen fewer times is never merged
-
-
-class BpeTokenizer(_Strict):
-    """`tokenizer: {bpe: {vocab_size: 4096}}`."""
-
-    bpe: BpeOptions
-
-
 class DataConfig(_Strict):
     """Where the examples come from and how they are split and scaled."""
 
@@ -192,10 +180,7 @@ class DataConfig(_Strict):
     @field_validator("tokenizer")
     @classmethod
     def _known_tokenizer(cls, value: Any) -> Any:
-        if isinstance(value, str) and value not in TOKENIZER_NAMES and not value.endswith(".json"):
-            raise ValueError(f"tokenizer must be bytes, char, {{bpe: {{vocab_size: N}}}} or the path of a "
-                             f"tokenizer.json (got {value!r}){_hint(value, TOKENIZER_NAMES)}")
-        return value
+        return check_tokenizer_name(value)
 
     @field_validator("source")
     @classmethod
@@ -242,24 +227,7 @@ class DataConfig(_Strict):
         return self
 
     def _check_text(self) -> None:
-        if self.text_column is not None and self.kind not in ("parquet", "arrow"):
-            raise ValueError("`text_column` applies to parquet: and arrow: sources only")
-        if not self.is_text:
-            extra = [key for key in ("tokenizer", "samples_per_epoch", "steps") if getattr(self, key) is not None]
-            if extra:
-                raise ValueError(f"`{extra[0]}` applies to text data only: a text: source, or parquet:/arrow: "
-                                 f"with `text_column`")
-            return
-        if self.tokenizer is None:
-            raise ValueError("text data need a `tokenizer`: bytes, char, {bpe: {vocab_size: N}} or the path "
-                             "of a tokenizer.json")
-        if self.samples_per_epoch is not None and self.steps is not None:
-            raise ValueError("give `samples_per_epoch` or `steps`, not both (both say how long an epoch is)")
-        for key in ("target", "inputs", "normalize", "augment"):
-            if key in self.model_fields_set:
-                raise ValueError(f"`{key}` does not apply to text data: the target is the next token")
-        if self.split.kfold is not None:
-            raise ValueError("text data split into contiguous train/val/test ranges; kfold does not apply")
+        check_text_keys(self)
 
     @property
     def is_text(self) -> bool:
@@ -306,6 +274,16 @@ class InitFromConfig(_Strict):
     path: str
     map: Union[Literal["auto", "strict"], dict[str, str]] = "auto"   # or rename rules {pattern: replacement}
     allow_missing: list[str] = Field(default_factory=list)           # globs that may stay unmatched (a new head)
+
+    @field_validator("map")
+    @classmethod
+    def _rules_are_bounded(cls, value: Any) -> Any:
+        if isinstance(value, dict):   # a `re:` rule that could backtrack for minutes is refused at check time
+            try:
+                compile_rules(value)
+            except SpecError as error:
+                raise ValueError(error.first.message) from None
+        return value
 
 
 class TrainConfig(_Strict):

@@ -6,6 +6,8 @@ saved by two ops is one entry), as torch's derivative formulas make them:
 
 - RMSNorm: the input and the inverse RMS per row, when the input needs a gradient; with a weight,
   also the normalized input (the product with the weight saves it for the weight's gradient);
+- OffsetRMSNorm (Gemma): the normalized input; when the input needs a gradient, also the input, the
+  inverse RMS per row and the scale (offset + weight);
 - LayerNorm / GroupNorm: the input, a mean and an inverse standard deviation per normalized group;
 - SwiGLU: the input (gate and up), gate's and up's outputs (the activation and the product; ReLU
   saves its output instead of gate's), the activation's output, and the product (down's input);
@@ -51,6 +53,15 @@ def _statistic(x: Tensor, normalized_dims: int) -> Tensor:
 def _rms_norm(layer: nn.RMSNorm, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
     saved = [x, _statistic(x, len(layer.normalized_shape))] if input_needs_grad else []
     return saved + [like(x)] if layer.weight is not None else saved
+
+
+@_float32
+def _offset_rms_norm(layer: specc_layers.OffsetRMSNorm, x: Tensor, out: Tensor, input_needs_grad: bool) -> list[Tensor]:
+    """The normalized x (for the weight's gradient); with the input's gradient also x, the inverse RMS
+    per row and the scale offset + weight."""
+    if not input_needs_grad:
+        return [like(x)]
+    return [x, _statistic(x, 1), like(x), empty(layer.weight.shape, torch.float32)]
 
 
 @_float32
@@ -161,6 +172,7 @@ def _mixture_of_experts(layer: moe_layers.MoE, x: Tensor, out: Tensor, input_nee
 
 BLOCK_RULES: dict[type, BlockRule] = {
     nn.RMSNorm: _rms_norm, nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
+    specc_layers.OffsetRMSNorm: _offset_rms_norm,
     specc_layers.SwiGLU: _swiglu, specc_layers.MLP: _mlp,
     specc_layers.CausalSelfAttention: _causal_self_attention,
     moe_layers.MoE: _mixture_of_experts,

@@ -95,12 +95,11 @@ def generate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
         raise SpecError(Problem("the prompt encodes to no tokens; give at least one character", None, "TYPE_ERROR"))
     device_of = next(model.parameters()).device
     context = torch.as_tensor(ids, dtype=torch.long, device=device_of).unsqueeze(0)   # (1, T)
-    sampler = _Sampler(tokenizer.vocab_size, temperature, top_k, seed, device_of)
+    sampler = Sampler(tokenizer.vocab_size, temperature, top_k, seed, device_of)
     started = time.perf_counter()
     with torch.no_grad():
         cached = cache and _cache_agrees(model, context[:, -block_size:])
-        run = _sample_cached if cached else _sample_plain
-        new = run(model, context, max_new_tokens, block_size, sampler)
+        new = sample(model, context, max_new_tokens, block_size, sampler, cached)
     seconds = time.perf_counter() - started
     return Generated(prompt, tokenizer.decode(new), new, seconds, cached)
 
@@ -137,7 +136,14 @@ def _spec_for(spec_or_path: Any, state: dict, tokenizer: tokenizers.Tokenizer, o
     return spec
 
 
-class _Sampler:
+def sample(model: nn.Module, context: torch.Tensor, count: int, block_size: int, sampler: "Sampler",
+           cached: bool) -> list[int]:
+    """`count` new token ids after `context` (1, T), with or without the key/value cache (no gradients)."""
+    with torch.no_grad():
+        return (_sample_cached if cached else _sample_plain)(model, context, count, block_size, sampler)
+
+
+class Sampler:
     """Temperature, top-k and a seeded generator: the next token from the last position's scores."""
 
     def __init__(self, vocab_size: int, temperature: float, top_k: int | None, seed: int, device: torch.device):
@@ -156,7 +162,7 @@ class _Sampler:
         return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator)   # (1, 1)
 
 
-def _sample_plain(model: nn.Module, context: torch.Tensor, count: int, block_size: int, sampler: _Sampler) -> list[int]:
+def _sample_plain(model: nn.Module, context: torch.Tensor, count: int, block_size: int, sampler: Sampler) -> list[int]:
     """Each step runs the last block_size tokens through the model."""
     new = []
     for _ in range(count):
@@ -166,7 +172,7 @@ def _sample_plain(model: nn.Module, context: torch.Tensor, count: int, block_siz
     return new
 
 
-def _sample_cached(model: nn.Module, context: torch.Tensor, count: int, block_size: int, sampler: _Sampler) -> list[int]:
+def _sample_cached(model: nn.Module, context: torch.Tensor, count: int, block_size: int, sampler: Sampler) -> list[int]:
     """The prompt fills the cache once; then each step feeds the new token alone."""
     new = []
     with kv_cache(model) as state:

@@ -41,9 +41,10 @@ class CachedAttention(nn.Module):
         B, T, _ = x.shape
         if start + T > layer.max_len:
             raise ValueError(f"sequence length {start + T} is longer than max_len={layer.max_len}")
-        q, k, v = _project(layer, x)                                    # (B, nh, T, hs), (B, nkv, T, hs) x 2
-        if layer.rope:
-            cos, sin = _rotary(layer, start, T, x)
+        q, k, v = layer.project(x)                                      # (B, nh, T, hs), (B, nkv, T, hs) x 2
+        if layer.rope:   # the new tokens' positions are start..start+T-1
+            cos, sin = rotary_cos_sin(T, layer.rotary_dim, layer.rope_base, x.device, x.dtype, layer.rope_scaling,
+                                      start=start)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.keys is not None:
             k, v = torch.cat((self.keys, k), dim=2), torch.cat((self.values, v), dim=2)   # (B, nkv, S, hs)
@@ -54,27 +55,7 @@ class CachedAttention(nn.Module):
         # new token t (at position start + t) sees every cached key and the new ones up to itself
         mask = None if T == 1 else torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # (B, nh, T, hs)
-        output = getattr(layer, "output_projection", None) or layer.c_proj
-        return layer.resid_dropout(output(y.transpose(1, 2).flatten(2)))
-
-
-def _project(layer: CausalSelfAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v of x split into heads, as the layer's own forward makes them."""
-    if hasattr(layer, "project"):
-        return layer.project(x)
-    B, T, C = x.shape
-    kv_dim = layer.n_kv_heads * layer.head_dim
-    q, k, v = layer.c_attn(x).split([C, kv_dim, kv_dim], dim=-1)
-    heads = (layer.n_heads, layer.n_kv_heads, layer.n_kv_heads)
-    return tuple(t.view(B, T, n, layer.head_dim).transpose(1, 2) for t, n in zip((q, k, v), heads))
-
-
-def _rotary(layer: CausalSelfAttention, start: int, T: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotary cos and sin of positions start..start+T-1 (computed from 0, as the layer's forward does)."""
-    extra = (layer.rope_scaling,) if hasattr(layer, "rope_scaling") else ()
-    cos, sin = rotary_cos_sin(start + T, getattr(layer, "rotary_dim", layer.head_dim), layer.rope_base, x.device,
-                              x.dtype, *extra)
-    return cos[start:], sin[start:]
+        return layer.resid_dropout(layer.output_projection(y.transpose(1, 2).flatten(2)))
 
 
 class OffsetPositions(nn.Module):

@@ -80,13 +80,13 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.weights.checkpoint import load_checkpoint
-
         from specc.lang.safety import stored_spec_scope
+        from specc.train.resume import read_resume_checkpoint
 
         with stored_spec_scope():   # the checkpoint's spec: safe mode unless its code is trusted (--trust-code)
-            spec = load(load_checkpoint(resume).get("spec"), {**(overrides or {}),
-                                                              **{f"train.{key}": value for key, value in train_keys.items()}})
+            # a .dcp's state.pt only, not its shards
+            spec = load(read_resume_checkpoint(resume).get("spec"),
+                        {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     else:
         spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     with tempfile.TemporaryDirectory(prefix="specc-ranks-") as failures:

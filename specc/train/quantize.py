@@ -90,7 +90,7 @@ def quantize(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
     check_method(method)
     state = load_checkpoint(checkpoint)
     spec, compiled, cpu = restore(spec_or_path, state, checkpoint, "cpu", overrides)   # quantized kernels: CPU here
-    data, task = split_data(spec, compiled, state, split, cpu)
+    data, task = split_data(spec, compiled, state, split, cpu, checkpoint)
     model = compiled.module.eval()
     quantized, kept = quantizable_layers(compiled, method)
     before = _measure(spec, model, data, task, cpu, repeats)

@@ -48,6 +48,9 @@ def _finish(state: dict[str, Any], folder: Path, link: Path, verify: bool) -> No
     body = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
     save_checkpoint({**body, "sharded": True, "files": file_digests(folder)}, folder / STATE_FILE, verify=verify)
     previous = link.parent / os.readlink(link) if link.is_symlink() else None
+    if link.is_dir() and not link.is_symlink():  # a folder copied by hand and resumed: moved aside first
+        previous = link.with_name(f".{link.name}.{uuid.uuid4().hex[:12]}")
+        os.rename(link, previous)
     temporary = link.with_name(f".{link.name}.link.{os.getpid()}")
     os.symlink(folder.name, temporary)
     os.replace(temporary, link)
@@ -70,6 +73,7 @@ def restore_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, p
         SpecError: CHECKPOINT_ERROR when the checkpoint does not fit this spec's model or optimizer.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                          set_state_dict)
 
@@ -83,7 +87,7 @@ def restore_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, p
         model_state, optimizer_state = get_state_dict(model, optimizer)
         dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=where)
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
-    except (RuntimeError, KeyError, ValueError) as error:
+    except (RuntimeError, KeyError, ValueError, CheckpointException) as error:  # CheckpointException: a BaseException
         raise SpecError(Problem(f"{path}: the sharded checkpoint does not fit this spec's model or optimizer: "
                                 f"{str(error).strip().splitlines()[0]}", None, "CHECKPOINT_ERROR")) from None
 

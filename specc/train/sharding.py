@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from specc.build.compiled import Compiled
+from specc.build.shards import copy_full_value
 from specc.build.materialize import initial_values, local_targets, tied_names
 from specc.build.units import block_units
 from specc.lang.errors import Location, Problem, SpecError
@@ -148,16 +149,4 @@ def fill_initial_values(model: nn.Module, compiled: Compiled, seed: int | None) 
     tied = tied_names(compiled)
     for name, full in initial_values(compiled, seed):
         if name not in tied:
-            write_shard(targets[name], full)
-
-
-def write_shard(target: torch.Tensor, full: torch.Tensor) -> None:
-    """Copy this process's part of `full` into `target` (a DTensor shard, or a whole tensor)."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    if isinstance(target, DTensor):
-        # every rank holds `full` alike, so each cuts its own part: no communication
-        part = distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements, src_data_rank=None)
-        target.to_local().copy_(part.to_local())
-    else:
-        target.copy_(full)
+            copy_full_value(targets[name], full)

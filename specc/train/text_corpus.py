@@ -10,6 +10,7 @@ each split a contiguous range of the stream (nanoGPT's train.bin/val.bin, in one
 from __future__ import annotations
 
 import glob
+import itertools
 import hashlib
 import json
 import os
@@ -62,7 +63,8 @@ def text_source(config: DataConfig, base_dir: Path, where: Location | None) -> t
 def _text_files(location: str, base_dir: Path, where: Location | None) -> list[Path]:
     if any(character in location for character in "*?["):
         for root in (base_dir, Path.cwd()):
-            found = sorted(Path(p) for p in glob.glob(str(root / location), recursive=True) if Path(p).is_file())
+            matches = itertools.islice(glob.iglob(str(root / location), recursive=True), MAX_FILES * 2 + 1)
+            found = sorted(Path(p) for p in matches if Path(p).is_file())
             if found:
                 return _bounded(found, location, where)
         _fail(f"no file matches {location} (looked in {base_dir} and the current directory)", where)
@@ -76,7 +78,7 @@ def _text_files(location: str, base_dir: Path, where: Location | None) -> list[P
 
 
 def _bounded(files: list[Path], location: str, where: Location | None) -> list[Path]:
-    if len(files) > MAX_FILES:
+    if len(files) > MAX_FILES:   # a glob stops listing at twice the bound: a huge tree is not walked whole
         _fail(f"{location}: {len(files):,} files; a text source reads at most {MAX_FILES:,}", where)
     return files
 

@@ -22,6 +22,16 @@ def spec_base_dir(spec: Spec) -> Path:
     return Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
 
 
+def cache_root_of(checkpoint: str | Path | None, out: Path) -> Path:
+    """Where token files are cached: `<out>/.tokens`, or beside the runs a checkpoint belongs to
+    (`runs/<name>/<run>/last.pt` -> `runs/.tokens`)."""
+    if checkpoint is not None:
+        parents = Path(checkpoint).resolve().parents
+        if len(parents) > 2:
+            return parents[2] / ".tokens"
+    return out / ".tokens"
+
+
 def tokenizer_location(spec: Spec) -> Location | None:
     return spec.source.locate(("train", "data", "tokenizer"))
 

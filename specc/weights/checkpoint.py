@@ -34,7 +34,6 @@ file stays intact. Reading checks the checksum, so flipped bytes are an error, n
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import importlib
 import logging
@@ -48,6 +47,7 @@ import torch
 
 from specc.lang.errors import Problem, SpecError
 from specc.lang.limits import limit, raise_hint
+from specc.weights.checkpoint_checks import check_normalizer, write_failure
 
 FORMAT = "specc-checkpoint/1"
 
@@ -79,22 +79,14 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, verify: bool = False) 
         if verify:
             load_checkpoint(temporary, shown_as=path)
         os.replace(temporary, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path) from None
-        raise
-    except RuntimeError as error:  # torch's zip writer reports a full disk as "file write failed"
-        if "write failed" in str(error) or "No space left" in str(error):
-            raise _no_space(path) from None
-        raise
+    except (OSError, RuntimeError) as error:
+        failure = write_failure(error, path, temporary)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if temporary.exists():
             temporary.unlink()
-
-
-def _no_space(path: Path) -> SpecError:
-    return SpecError(Problem(f"no space left while writing {path}; the previous checkpoint is intact",
-                             None, "CHECKPOINT_ERROR"))
 
 
 def checksum(state: dict[str, Any]) -> str:
@@ -286,6 +278,8 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
                                 "CHECKPOINT_ERROR"))
+    if "normalizer" in keys:
+        check_normalizer(state["normalizer"], path)
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, assign: bool = False) -> None:

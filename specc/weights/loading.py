@@ -155,9 +155,12 @@ def read_weights(source: Any) -> tuple[dict, dict | None]:
     path = Path(source)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)[1], None
-    from specc.weights.checkpoint import load_checkpoint
+    from specc.weights.checkpoint import check_normalizer, load_checkpoint, require_keys
 
     state = load_checkpoint(path)
+    require_keys(state, ("model",), path, "loading its weights")
+    if state.get("normalizer") is not None:
+        check_normalizer(state["normalizer"], path)
     return state["model"], state.get("normalizer")
 
 
@@ -205,6 +208,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
     """
     import torch
 
+    from specc.build.shards import copy_full_value
     from specc.weights.files import read_weight_file
     from specc.weights.mapping import plan_load
 
@@ -220,7 +224,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             if tuple(value.shape) != tuple(target.shape):
                 raise SpecError(Problem(f"{plan.report.origin}: {assignment.target}: model {list(target.shape)}, "
                                         f"file {list(value.shape)}", None, "CHECKPOINT_ERROR"))
-            target.copy_(value)
+            copy_full_value(target, value)  # a sharded parameter (strategy: fsdp) keeps its part
     return plan.report
 
 
@@ -268,6 +272,9 @@ def _assigned_value(assignment, sources: dict):
         return values[0].t()
     if assignment.how == "fuse":
         return torch.cat(values, dim=0)
+    if assignment.how == "stack":    # experts: [w1, w3, w1, w3, ...] -> [E, 2F, D], or [w2, ...] -> [E, D, F]
+        per_expert = 2 if assignment.target.endswith("gate_up_proj") else 1
+        return torch.stack([torch.cat(values[index:index + per_expert]) for index in range(0, len(values), per_expert)])
     if assignment.how == "split":
-        return values[0].chunk(3, dim=0)[assignment.part]
+        return values[0].split(assignment.sizes, dim=0)[assignment.part]
     return values[0]

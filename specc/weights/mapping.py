@@ -6,7 +6,8 @@ globs, or `"re:..."` regexes with `\\1` groups) rename the file's keys first, th
 then names that read the same word for word (`resnets_0.norm1` and `resnets.0.norm1`), then
 structure (`specc.weights.pairing`: same tensors and shapes, decided by numbers, name words and
 order of use, refused when nothing decides). Separate q/k/v projections are concatenated into a
-fused one (`in_proj_weight`, `c_attn`) or a fused one is split. A weight is transposed only when
+fused one (`in_proj_weight`, `c_attn`) or a fused one is split, whatever their sizes (grouped-query
+k/v smaller than q). A weight is transposed only when
 its layer is known to store `[in, out]`: GPT-2's `Conv1D`, in any mode. Every pairing is in the
 report with the reason it was made.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specc.lang.rename_rules import check_name_length, compile_rules
 from specc.lang.errors import Problem, SpecError
 from specc.weights.files import WeightFile
 from specc.weights.pairing import Ambiguity, conv1d_layout, name_tokens, owners, pair_modules
@@ -48,8 +50,9 @@ class Assignment:
 
     target: str
     sources: list[str]
-    how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3)
+    how: str = "copy"          # copy | transpose | fuse (cat of q, k, v) | split (part `part` of 3) | stack (experts)
     part: int = 0
+    sizes: list[int] | None = None   # split: the rows of q, k and v (grouped-query k/v are smaller)
     why: str = "name"          # what decided the pairing (the report shows it)
 
 
@@ -90,6 +93,7 @@ def plan_load(targets: list[Target], weights: WeightFile, weights_map, allow_mis
     if mode == "auto":
         state.match_name_words()
         state.match_fused()
+        state.match_experts()
         state.match_structure()
     state.finish(allow_missing, original_names)
     return Plan(state.assignments, state.report, sources)
@@ -160,11 +164,12 @@ class _State:
                          fuse=False)
 
     def _pair_fused(self, triples: list[list[str]], singles: list[str], single_shapes: dict, fuse: bool) -> None:
-        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: self.targets[key].shape)
+        """q, k, v of any sizes (grouped-query k/v are smaller than q) against a tensor of their summed rows."""
+        shape_of = (lambda key: tuple(self.sources[key].shape)) if fuse else (lambda key: tuple(self.targets[key].shape))
         by_shape: dict[tuple, list] = defaultdict(list)
         for triple in triples:
-            first = shape_of(triple[0])
-            by_shape[(_leaf_kind(triple[0]), (first[0] * 3, *first[1:]))].append(triple)
+            shapes = [shape_of(key) for key in triple]
+            by_shape[(_leaf_kind(triple[0]), (sum(shape[0] for shape in shapes), *shapes[0][1:]))].append(triple)
         for (leaf, shape), group in by_shape.items():
             candidates = [key for key in singles if single_shapes[key] == shape and _leaf_kind(key) == leaf]
             if len(candidates) != len(group):
@@ -173,8 +178,29 @@ class _State:
                 if fuse:
                     self.take(Assignment(single, triple, "fuse", why="fused q/k/v"), "structure")
                 else:
+                    sizes = [shape_of(target)[0] for target in triple]
                     for part, target in enumerate(triple):
-                        self.take(Assignment(target, [single], "split", part, why="split q/k/v"), "structure")
+                        self.take(Assignment(target, [single], "split", part, sizes, why="split q/k/v"), "structure")
+
+    # ----- mixture-of-experts layouts -------------------------------------------------------------
+    def match_experts(self) -> None:
+        """Mixtral's per-expert files (`experts.{e}.w1/w3/w2`) -> stacked experts (`experts.gate_up_proj`
+        [E, 2F, D] = per expert cat(w1, w3); `experts.down_proj` [E, D, F] = w2), layer by layer in order."""
+        stacked = sorted((key for key in self.free_targets if key.endswith("experts.gate_up_proj")), key=_natural)
+        groups = _expert_groups(self.free_sources)
+        if not stacked or len(stacked) != len(groups):
+            return
+        for gate_up, experts in zip(stacked, groups):
+            down = gate_up.removesuffix("gate_up_proj") + "down_proj"
+            shape = self.targets[gate_up].shape
+            first, down_first = self.sources[experts[0]["w1"]].shape, self.sources[experts[0]["w2"]].shape
+            if (down not in self.free_targets or shape != (len(experts), 2 * first[0], first[1])
+                    or self.targets[down].shape != (len(experts), *down_first)):
+                continue
+            pairs = [key for expert in experts for key in (expert["w1"], expert["w3"])]
+            self.take(Assignment(gate_up, pairs, "stack", why="stacked experts (w1, w3)"), "structure")
+            self.take(Assignment(down, [expert["w2"] for expert in experts], "stack", why="stacked experts (w2)"),
+                      "structure")
 
     # ----- by structure --------------------------------------------------------------------------
     def match_structure(self) -> None:
@@ -254,9 +280,24 @@ def _triples(keys: list[str], shapes: dict[str, tuple]) -> list[list[str]]:
             stems[found[0]][found[1]] = key
     triples = []
     for roles in stems.values():
-        if set(roles) == {0, 1, 2} and len({shapes[key] for key in roles.values()}) == 1:
+        if set(roles) == {0, 1, 2} and len({tuple(shapes[key])[1:] for key in roles.values()}) == 1:
             triples.append([roles[0], roles[1], roles[2]])
     return triples
+
+
+def _expert_groups(keys: list[str]) -> list[list[dict[str, str]]]:
+    """Per layer, in order: each expert's `{w1, w2, w3}` file keys (`...experts.{e}.w1.weight`), complete ones only."""
+    layers: dict[str, dict[int, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    for key in keys:
+        match = re.fullmatch(r"(.*experts)\.(\d+)\.(w[123])\.weight", key)
+        if match:
+            layers[match.group(1)][int(match.group(2))][match.group(3)] = key
+    groups = []
+    for prefix in sorted(layers, key=_natural):
+        experts = layers[prefix]
+        if sorted(experts) == list(range(len(experts))) and all(len(parts) == 3 for parts in experts.values()):
+            groups.append([experts[index] for index in range(len(experts))])
+    return groups
 
 
 def _recomputable_source(key: str, tensor: torch.Tensor) -> bool:
@@ -299,42 +340,14 @@ def _align_prefix(sources: dict[str, torch.Tensor], target_keys: set[str]) -> di
 
 
 def _rename(sources: dict[str, torch.Tensor], rules) -> dict[str, torch.Tensor]:
-    if not isinstance(rules, dict):
-        raise SpecError(Problem(f"weights_map must be 'auto', 'strict' or a mapping of rename rules, got {rules!r}",
-                                None, "TYPE_ERROR"))
-    compiled = [(_rule_pattern(pattern), _rule_replacement(pattern, str(replacement)))
-                for pattern, replacement in rules.items()]
+    """The file's keys renamed by the first rule matching each (see rename_rules.py for the bounds)."""
+    compiled = compile_rules(rules)
     renamed = {}
     for key, value in sources.items():
-        new = key
-        for pattern, replacement in compiled:
-            if pattern.fullmatch(key):
-                new = pattern.sub(replacement, key)
-                break
+        check_name_length(key)
+        new = next((name for name in (rule.rename(key) for rule in compiled) if name is not None), key)
         renamed[new] = value
     return renamed
-
-
-def _rule_pattern(pattern: str) -> re.Pattern:
-    try:
-        if pattern.startswith("re:"):
-            return re.compile(pattern[3:])
-        return re.compile("".join("(.+?)" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
-    except re.error as error:
-        raise SpecError(Problem(f"weights_map: bad rename rule {pattern!r}: {error}", None, "TYPE_ERROR")) from None
-
-
-def _rule_replacement(pattern: str, replacement: str) -> str:
-    """A glob rule's `*`s become the groups its pattern captured, in order (`re:` rules use `\\1`)."""
-    if pattern.startswith("re:"):
-        return replacement
-    pieces = replacement.split("*")
-    out = []
-    for index, piece in enumerate(pieces):
-        out.append(piece.replace("\\", "\\\\"))
-        if index < len(pieces) - 1:
-            out.append(f"\\g<{index + 1}>")
-    return "".join(out)
 
 
 def _natural(key: str) -> tuple:
