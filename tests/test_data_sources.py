@@ -262,3 +262,32 @@ def test_synthetic_images_are_images_and_vectors_stay_as_they_were():
                   images[labels == label].diff(dim=-2).abs().mean().item()) for label in (0, 5)]
     assert steepness[0][0] > 1.3 * steepness[0][1] and steepness[1][1] > 1.3 * steepness[1][0]
     assert is_image([3, 32, 32]) and is_image([1, 8, 8]) and not is_image([3072]) and not is_image([16, 128])
+
+
+def test_predict_reads_an_image_or_a_folder_of_images_as_the_folder_source_does(shapes_folder, tmp_path):
+    import csv as csv_module
+
+    from specc.train.evaluation import predict
+
+    path = write_spec(tmp_path, IMAGE_CNN.format(source=f"folder:{shapes_folder}", classes=3))
+    result = train(path, out=tmp_path / "runs", verbose=False)
+    new = tmp_path / "new"
+    (new / "more").mkdir(parents=True)
+    picks = {"circle": shapes_folder / "circle", "square": shapes_folder / "square", "triangle": shapes_folder / "triangle"}
+    for name, folder in picks.items():
+        for index, image in enumerate(sorted(folder.iterdir())[-3:]):   # 32x32 files, resized like in training
+            (new / ("more" if index == 2 else ".") / f"{name}_{index}.png").write_bytes(image.read_bytes())
+    written = predict(path, result.best_checkpoint, new)
+    with open(written, newline="") as handle:
+        rows = list(csv_module.DictReader(handle))
+    assert written == tmp_path / "new.predictions.csv" and len(rows) == 9
+    assert rows[0].keys() == {"file", "prediction", "probability_circle", "probability_square", "probability_triangle"}
+    assert {row["file"] for row in rows} >= {"circle_0.png", "more/triangle_2.png"}
+    right = sum(row["prediction"] == Path(row["file"]).name.split("_")[0] for row in rows)
+    assert right >= 7
+    one = predict(path, result.best_checkpoint, new / "square_0.png", tmp_path / "one.csv")
+    (row,) = list(csv_module.DictReader(open(one, newline="")))
+    assert row["file"] == "square_0.png" and row["prediction"] in picks
+    with pytest.raises(SpecError, match="has no png or jpg images"):
+        (tmp_path / "empty").mkdir()
+        predict(path, result.best_checkpoint, tmp_path / "empty")

@@ -121,7 +121,8 @@ def evaluate(
 def predict(
     spec: SpecPath,
     checkpoint: CheckpointOption,
-    input_path: Annotated[Path, typer.Option("--input", help="A .csv (header row) or .npz (array x) of examples.",
+    input_path: Annotated[Path, typer.Option("--input", help="A .csv (header row) or .npz (array x) of examples; "
+                                             "for an image model also a png/jpg or a folder of them.",
                                              show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help=".csv or .npz to write (- for csv on stdout). Default: <input>.predictions.csv "

@@ -16,6 +16,8 @@ from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
 from specc.train.npz import read_npz
+from specc.train.columns import IMAGE_SUFFIXES, ImageFiles
+from specc.train.folder_walk import image_files
 from specc.train.sources import read_csv
 from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
 from specc.lang.safety import stored_spec_scope
@@ -111,7 +113,9 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     input_path = Path(input_path)
     output_shape = tuple(model.graph[model.graph.outputs[0]].feature_shape or ())
     layout = layout_of(spec, model.input_shapes(), output_shape, spec.train.loss.name in CLASS_INDEX_LOSSES)
-    inputs = shape_inputs(_read_inputs(input_path, spec, layout), layout, None)
+    images = image_paths(input_path) if is_images(input_path) else None
+    read = _read_images(images, layout) if images is not None else _read_inputs(input_path, spec, layout)
+    inputs = shape_inputs(read, layout, None)
     inputs = _scaled(state, tuple(x.to(device) for x in inputs), checkpoint)
     data = TensorData(inputs, torch.zeros(len(inputs[0]), device=device))
     module = model.module.eval()
@@ -122,8 +126,34 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     suffix = ".npz" if input_path.suffix == ".npz" else ".csv"
     output_path = Path(output_path) if output_path else input_path.with_name(f"{input_path.stem}.predictions{suffix}")
     labels, probabilities = _decide(outputs, task, logits=spec.train.loss.name != "BCELoss")
-    _write_predictions(output_path, outputs, labels, probabilities, state.get("classes"))
+    files = [str(path.relative_to(input_path) if input_path.is_dir() else path.name) for path in images or []]
+    _write_predictions(output_path, outputs, labels, probabilities, state.get("classes"), files)
     return output_path
+
+
+def is_images(path: Path) -> bool:
+    """An image file, or a folder (of images, subfolders too): decoded as the `folder:` source does."""
+    return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_paths(path: Path) -> list[Path]:
+    """The image files to predict on, sorted (a folder: bounded like a `folder:` source, no links out)."""
+    if path.is_dir():
+        files = image_files(path.parent, path.name, IMAGE_SUFFIXES, None, [0])
+        if not files:
+            raise SpecError(Problem(f"{path}: has no png or jpg images", None, "DATA_ERROR"))
+        return files
+    if not path.is_file():
+        raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
+    return [path]
+
+
+def _read_images(paths: list[Path], layout) -> dict[str, Any]:
+    names = list(layout.inputs)
+    if len(names) != 1:
+        raise SpecError(Problem(f"images feed a model with one image input; this one has {', '.join(names)}",
+                                None, "DATA_ERROR"))
+    return {names[0]: ImageFiles(paths, layout.inputs[names[0]][0], names[0], None)[:]}
 
 
 def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint: Any) -> tuple[torch.Tensor, ...]:
@@ -175,7 +205,8 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
             return arrays["x"]
         raise SpecError(Problem(f"{path}: needs an array x (or one per input: {', '.join(names)})", None, "DATA_ERROR"))
     if path.suffix != ".csv":
-        raise SpecError(Problem(f"{path}: predict reads .csv or .npz files", None, "DATA_ERROR"))
+        raise SpecError(Problem(f"{path}: predict reads .csv or .npz files, an image or a folder of images",
+                                None, "DATA_ERROR"))
     features, _, _ = read_csv(path, spec.train.data.target, None, require_target=False)
     expected = int(np.prod(next(iter(layout.inputs.values()))[0]))
     if features.shape[1] == expected + 1 and spec.train.data.target is None:
@@ -184,24 +215,26 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
 
 
 def _write_predictions(path: Path, outputs: torch.Tensor, labels: torch.Tensor | None,
-                       probabilities: torch.Tensor | None, classes: list[str] | None) -> None:
+                       probabilities: torch.Tensor | None, classes: list[str] | None, files: list[str]) -> None:
     if path.suffix == ".npz":
         arrays = {"outputs": outputs.numpy()}
         if labels is not None:
             arrays["predictions"] = labels.numpy()
+        if files:
+            arrays["files"] = np.asarray(files)
         np.savez(path, **arrays)
         return
     if str(path) == "-":   # `predict -o -`: the csv on stdout, for a pipe
-        _write_csv(sys.stdout, outputs, labels, probabilities, classes)
+        _write_csv(sys.stdout, outputs, labels, probabilities, classes, files)
         sys.stdout.flush()
         return
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        _write_csv(handle, outputs, labels, probabilities, classes)
+        _write_csv(handle, outputs, labels, probabilities, classes, files)
 
 
 def _write_csv(handle: Any, outputs: torch.Tensor, labels: torch.Tensor | None,
-               probabilities: torch.Tensor | None, classes: list[str] | None) -> None:
-    writer = csv.writer(handle)
+               probabilities: torch.Tensor | None, classes: list[str] | None, files: list[str]) -> None:
+    writer = _FileColumn(csv.writer(handle), files) if files else csv.writer(handle)
     if labels is None:
         flat = outputs.reshape(len(outputs), -1)
         writer.writerow(["prediction"] if flat.shape[1] == 1 else [f"output_{i}" for i in range(flat.shape[1])])
@@ -231,3 +264,17 @@ def _decide(outputs: torch.Tensor, task: Task, logits: bool) -> tuple[torch.Tens
         probabilities = outputs.sigmoid() if logits else outputs  # BCELoss models output probabilities
         return (probabilities > 0.5).long(), probabilities
     return None, None
+
+
+class _FileColumn:
+    """A csv writer whose rows start with the image file each came from (`file` in the header)."""
+
+    def __init__(self, writer: Any, files: list[str]):
+        self.writer, self.first = writer, iter(["file", *files])
+
+    def writerow(self, row: list) -> None:
+        self.writer.writerow([next(self.first), *row])
+
+    def writerows(self, rows: list[list]) -> None:
+        for row in rows:
+            self.writerow(row)
