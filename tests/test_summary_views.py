@@ -138,3 +138,16 @@ def test_collapsed_repeats_keep_their_input_shape_and_kernel():
     result = specc.summary(ROOT / "specs" / "resnet18.yaml", columns=["all"])
     conv = next(row for row in result.rows if row.path == "layer1.*.conv1")
     assert conv.count == 2 and conv.input_shape == [1, 64, 56, 56] and conv.kernel_size == [3, 3]
+
+
+def test_rows_of_renamed_containers_use_the_state_dict_path():
+    """`names: {body: "", shortcut: downsample}` (resnet18): the shortcut's row is `downsample`, at the
+    path its weights have in the state_dict, and so are its layers."""
+    result = specc.summary(ROOT / "specs/resnet18.yaml", device="meta")
+    keys = set(specc.build(ROOT / "specs/resnet18.yaml", device="meta").state_dict())
+    rows = {row.path: row for row in result.rows}
+    assert rows["layer2.0.downsample"].name == "downsample" and rows["layer2.0.downsample"].type == "shortcut"
+    assert "layer2.0.0.shortcut" not in rows
+    layers = [row for row in result.rows if row.kind == "layer" and row.params and "*" not in row.path]
+    assert layers and all(f"{row.path}.weight" in keys for row in layers)
+    assert re.search(r"^\s+downsample\s+shortcut\b", result.render("table"), re.M)

@@ -214,7 +214,9 @@ def _input_shape(node: "Node", outputs: dict) -> list | None:
 
 def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:
     kind_type = scope.label.rpartition(": ")[2] if scope.kind == "block" else scope.kind
-    row = LayerRow(scope.path, scope.path.rpartition(".")[2], kind_type, scope.kind)
+    # the module path its layers' state_dict keys use (`names: {shortcut: downsample}` -> downsample)
+    path = scope.module if scope.module and scope.module != scope.path else scope.path
+    row = LayerRow(path, path.rpartition(".")[2], kind_type, scope.kind)
     containers[scope.path] = row
     parent.children.append(row)
     return row
