@@ -132,3 +132,18 @@ def test_a_spec_with_free_tensors_draws_as_html(tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "vit.html").read_text()
     assert "class_token" in page and "pos_embedding" in page
+
+
+def test_search_finds_frame_labels_and_opens_the_frame(browser, tmp_path):
+    """`shortcut` names frames (resnet18's downsampling shortcuts), not boxes: search finds them too."""
+    page = tmp_path / "resnet18.html"
+    page.write_text(draw(ROOT / "specs/resnet18.yaml", depth=0).to_html())
+    browser.open(page)
+    data = _data(page.read_text())
+    frames = [c["id"] for c in data["clusters"] if "shortcut" in (c.get("label", "") + c.get("path", "")).lower()]
+    browser.evaluate("window.speccViewer.search('shortcut')")
+    assert browser.evaluate("document.getElementById('matches').textContent") == f"{len(frames)} found"
+    assert len(frames) == 3   # layer2, layer3, layer4
+    browser.evaluate("window.speccViewer.nextMatch()")
+    assert browser.evaluate(f"document.querySelector('.frame.match[data-id=\"{frames[0]}\"]') !== null")
+    assert frames[0] not in browser.evaluate("[...window.speccViewer.collapsed]")

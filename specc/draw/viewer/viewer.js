@@ -259,22 +259,28 @@
   }
   function search(query) {
     query = query.trim().toLowerCase();
-    matches = !query ? [] : [...boxes.values()].filter(b =>
-      [b.title, b.path, b.type, b.subtitle].some(t => t && t.toLowerCase().includes(query))).map(b => b.id);
+    const has = texts => texts.some(t => t && t.toLowerCase().includes(query));
+    matches = !query ? [] : [...boxes.values()].filter(b => has([b.title, b.path, b.type, b.subtitle])).map(b => b.id)
+      .concat([...clusters.values()].filter(c => has([c.label, c.path])).map(c => c.id));   // frames too ("shortcut")
     matchIndex = -1;
     document.getElementById("matches").textContent = query ? `${matches.length} found` : "";
     highlight();
+  }
+  function frameChain(frameId) {    // the frame itself and every frame around it, innermost first
+    const result = [];
+    for (let c = frameId; c !== null; c = clusters.get(c).parent) result.push(c);
+    return result;
   }
   function nextMatch() {
     if (!matches.length) return;
     matchIndex = (matchIndex + 1) % matches.length;
     const id = matches[matchIndex];
-    for (const c of chains.get(id)) collapsed.delete(c);   // open every frame around it
+    for (const c of clusters.has(id) ? frameChain(id) : chains.get(id)) collapsed.delete(c);   // open every frame around it
     selected = id; render(); showDetails(id); centerOn(id);
   }
   function highlight() {
-    const found = new Set(matches.map(visible));
-    for (const node of viewport.querySelectorAll(".node")) node.classList.toggle("match", found.has(node.dataset.id));
+    const found = new Set(matches.map(id => clusters.has(id) ? id : visible(id)));
+    for (const node of viewport.querySelectorAll("[data-id]")) node.classList.toggle("match", found.has(node.dataset.id));
   }
   function setAll(close) {
     collapsed.clear();
