@@ -19,7 +19,8 @@ from specc.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FAST = {"check", "summary", "draw", "diff", "export", "codegen", "import", "schema", "--version"}
+FAST = {"check", "summary", "draw", "diff", "export", "codegen", "import", "schema", "port", "--version"}
+INPUT_OPTIONS = {"--weights", "--config", "--check", "--checkpoint"}
 OUTPUT_OPTIONS = {"-o", "--output", "--draw"}
 
 
@@ -67,6 +68,8 @@ def skip_reason(arguments: list[str]) -> str | None:
     if "--checkpoint" in arguments or "--nproc" in arguments or "--strategy" in arguments:
         return "needs a trained run or several processes"
     for index, argument in enumerate(arguments[1:], 1):
+        if arguments[index - 1] in INPUT_OPTIONS and not (ROOT / argument).exists():
+            return f"{argument} is a file or folder the page only names"
         if arguments[index - 1] in OUTPUT_OPTIONS or argument.startswith("-") or "=" in argument:
             continue
         if argument.endswith((".yaml", ".yml")) and not (ROOT / argument).exists():
