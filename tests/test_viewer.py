@@ -147,3 +147,20 @@ def test_search_finds_frame_labels_and_opens_the_frame(browser, tmp_path):
     browser.evaluate("window.speccViewer.nextMatch()")
     assert browser.evaluate(f"document.querySelector('.frame.match[data-id=\"{frames[0]}\"]') !== null")
     assert frames[0] not in browser.evaluate("[...window.speccViewer.collapsed]")
+
+
+def test_rankdir_lr_lays_the_viewer_out_left_to_right(browser, tmp_path):
+    for rankdir in ("TB", "LR"):
+        page = tmp_path / f"mnist_{rankdir}.html"
+        result = CliRunner().invoke(app, ["draw", str(ROOT / "specs/mnist_net.yaml"), "-o", str(page), "--rankdir", rankdir])
+        assert result.exit_code == 0, result.output
+        assert _data(page.read_text())["rankdir"] == rankdir
+        browser.open(page)
+        centres = browser.evaluate("""[...document.querySelectorAll('.node')].map(n => {
+            const r = n.getBoundingClientRect(); return [n.dataset.id, r.x + r.width / 2, r.y + r.height / 2]; })""")
+        xs, ys = [x for _, x, _ in centres], [y for _, _, y in centres]
+        along, across = (ys, xs) if rankdir == "TB" else (xs, ys)
+        assert along == sorted(along) and max(along) - min(along) > 5 * (max(across) - min(across) + 1), centres
+    result = CliRunner().invoke(app, ["draw", str(ROOT / "specs/mnist_net.yaml"), "-o", str(tmp_path / "x.html"),
+                                      "--rankdir", "BT"])
+    assert result.exit_code == 2 and "TB or LR" in result.output

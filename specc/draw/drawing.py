@@ -61,7 +61,8 @@ class Drawing(graphviz.Digraph):
         if self.source_spec is None:
             raise ValueError("only a spec drawing has an HTML viewer (not the autograd graph)")
         spec, depth, expand, variables = self.source_spec
-        return spec_html(spec, depth=depth, expand=expand, **variables)
+        across = self.graph_attr.get("rankdir") == "LR"   # the viewer lays out TB or LR
+        return spec_html(spec, depth=depth, expand=expand, rankdir="LR" if across else "TB", **variables)
 
     def to_iframe(self, height: int = 600) -> str:
         """The viewer inside an `<iframe srcdoc>`: its page, script and styles stay in their own document,
@@ -224,7 +225,7 @@ def drawing_bytes(spec_or_path: Any, output_format: str, *, depth: int | None = 
     if output_format == "html":
         from specc.draw.html import spec_html
 
-        return spec_html(spec_or_path, depth=depth, expand=expand, **variables).encode()
+        return spec_html(spec_or_path, depth=depth, expand=expand, rankdir=_check_rankdir(rankdir), **variables).encode()
     if output_format == "mmd":
         from specc.draw.mermaid import to_mermaid
 

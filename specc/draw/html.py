@@ -18,13 +18,15 @@ from specc.draw.diagram import (BRANCH_COLORS, CONTAINERS, Diagram, argument_tex
 
 
 def spec_html(spec_or_path: Any, *, depth: int | None = None, expand: bool = False,
-              changes: dict[str, str] | None = None, removed: list[str] | None = None, **variables: Any) -> str:
+              changes: dict[str, str] | None = None, removed: list[str] | None = None, rankdir: str = "TB",
+              **variables: Any) -> str:
     """Compile a spec on the meta device and return the viewer page for it.
 
     Args:
         spec_or_path: YAML path or text, a parsed dict, or a `Spec`.
         depth, expand: which frames start collapsed (see `html_document`).
         changes, removed: diff colouring (see `html_document`).
+        rankdir: "TB" (top to bottom) or "LR" (left to right).
         **variables: overrides of the spec's vars.
 
     Returns:
@@ -40,12 +42,12 @@ def spec_html(spec_or_path: Any, *, depth: int | None = None, expand: bool = Fal
     diagram = compiled_diagram(compiled, expand=True)
     figures = node_figures(compiled.graph, compiled.module)
     return html_document(diagram, compiled.graph, figures, depth=depth, expand=expand, changes=changes,
-                         removed=removed)
+                         removed=removed, rankdir=rankdir)
 
 
 def html_document(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, int]], *,
                   depth: int | None = None, expand: bool = False, changes: dict[str, str] | None = None,
-                  removed: list[str] | None = None, title: str | None = None) -> str:
+                  removed: list[str] | None = None, title: str | None = None, rankdir: str = "TB") -> str:
     """The whole page, with the viewer's JS and CSS inline.
 
     Args:
@@ -57,13 +59,20 @@ def html_document(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, i
         changes: `{box or cluster id: "added" | "changed"}` to colour (`specc diff --draw`).
         removed: item paths that are gone, listed beside the drawing.
         title: the page title (default: the diagram's name).
+        rankdir: "TB" or "LR" (the viewer lays ranks out as rows or as columns).
 
     Returns:
         The HTML text.
+
+    Raises:
+        ValueError: another rankdir (BT and RL have no viewer layout).
     """
+    if rankdir not in ("TB", "LR"):
+        raise ValueError(f"the HTML viewer lays out TB or LR, not {rankdir}")
     data = viewer_data(diagram, graph, figures, depth=depth, expand=expand)
     data["changes"] = changes or {}
     data["removed"] = removed or []
+    data["rankdir"] = rankdir
     payload = script_json(data)
     page = title or diagram.name
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

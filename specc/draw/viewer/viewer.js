@@ -10,6 +10,7 @@
   const boxes = new Map(DATA.boxes.map((b, i) => [b.id, Object.assign(b, {order: i})]));
   const clusters = new Map(DATA.clusters.map(c => [c.id, c]));
   const collapsed = new Set(DATA.collapsed);
+  const ACROSS = DATA.rankdir === "LR";   // `specc draw --rankdir LR`: left to right
   const changes = DATA.changes || {};
   const view = {x: 20, y: 20, k: 1};
   let selected = null, matches = [], matchIndex = -1, positions = new Map();
@@ -96,6 +97,7 @@
       (rows[r] = rows[r] || []).push(item);
     }
     const top = frameId === null ? 0 : HEADER + 4, side = frameId === null ? 0 : PAD;
+    if (ACROSS) return layoutAcross(frameId, rows.filter(Boolean), top, side);
     const measured = rows.filter(Boolean).map(row => {
       const sizes = row.map(size);
       return {row, sizes, w: sizes.reduce((sum, s) => sum + s.w, 0) + GAP_X * (row.length - 1),
@@ -111,6 +113,25 @@
     }
     const result = {w: Math.max(inner + 2 * side, frameId === null ? 0 : textWidth(clusters.get(frameId).label, "bold 11px sans-serif") + 40),
                     h: y - GAP_Y + (frameId === null ? 0 : PAD), placed};
+    frames.set(frameId, result);
+    return result;
+  }
+
+  function layoutAcross(frameId, columns, top, side) {   // `--rankdir LR`: ranks are columns, left to right
+    const measured = columns.map(column => {
+      const sizes = column.map(size);
+      return {column, sizes, w: Math.max(...sizes.map(s => s.w)),
+              h: sizes.reduce((sum, s) => sum + s.h, 0) + GAP_Y * (column.length - 1)};
+    });
+    const inner = Math.max(0, ...measured.map(m => m.h)), placed = [];
+    let x = side;
+    for (const m of measured) {
+      let y = top + (inner - m.h) / 2;
+      m.column.forEach((item, i) => { placed.push({item, x: x + (m.w - m.sizes[i].w) / 2, y, w: m.sizes[i].w, h: m.sizes[i].h}); y += m.sizes[i].h + GAP_Y; });
+      x += m.w + 2 * GAP_X;
+    }
+    const result = {w: Math.max(x - 2 * GAP_X + side, frameId === null ? 0 : textWidth(clusters.get(frameId).label, "bold 11px sans-serif") + 40),
+                    h: top + inner + (frameId === null ? 0 : PAD + 12), placed};   // room below for the skip lanes
     frames.set(frameId, result);
     return result;
   }
@@ -192,6 +213,7 @@
       seen.add(key);
       const from = positions.get(s), to = positions.get(t);
       if (!from || !to) continue;
+      if (ACROSS) { drawEdgeAcross(a, from, to, parent); continue; }
       const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
       let d;
       const frame = a.skip && positions.get(chains.get(a.t)[0]);
@@ -203,6 +225,19 @@
       el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
       if (a.shape) el("text", {x: (x1 + x2) / 2 + 4, y: y2 > y1 ? y2 - 6 : (y1 + y2) / 2, class: "edge-label"}, parent, a.shape);
     }
+  }
+
+  function drawEdgeAcross(a, from, to, parent) {   // left to right: out of the right side, into the left
+    const x1 = from.x + from.w, y1 = from.y + from.h / 2, x2 = to.x, y2 = to.y + to.h / 2;
+    const frame = a.skip && positions.get(chains.get(a.t)[0]);
+    let d;
+    if (frame && x2 > x1) {   // a residual's skip runs along the bottom of its frame
+      const lane = frame.y + frame.h - 8;
+      d = `M${x1},${y1} C${x1 + 16},${y1} ${x1 + 8},${lane} ${x1 + 30},${lane} L${x2 - 30},${lane} C${x2 - 8},${lane} ${x2 - 16},${y2} ${x2},${y2}`;
+    } else if (x2 > x1) { const m = (x1 + x2) / 2; d = `M${x1},${y1} C${m},${y1} ${m},${y2} ${x2},${y2}`; }
+    else { const below = Math.max(from.y + from.h, to.y + to.h) + 30; d = `M${x1},${y1} C${x1 + 40},${below} ${x2 - 40},${below} ${x2},${y2}`; }
+    el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
+    if (a.shape) el("text", {x: x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y: y1 - 4, class: "edge-label"}, parent, a.shape);
   }
 
   function changeClass(id) { return changes[id] ? ` change-${changes[id]}` : ""; }
