@@ -164,3 +164,24 @@ def test_rankdir_lr_lays_the_viewer_out_left_to_right(browser, tmp_path):
     result = CliRunner().invoke(app, ["draw", str(ROOT / "specs/mnist_net.yaml"), "-o", str(tmp_path / "x.html"),
                                       "--rankdir", "BT"])
     assert result.exit_code == 2 and "TB or LR" in result.output
+
+
+def test_details_list_input_shapes_and_every_weight_and_fit_all_shows_the_whole_model(browser, tmp_path):
+    page = tmp_path / "resnet18.html"
+    page.write_text(draw(ROOT / "specs/resnet18.yaml", expand=True).to_html())
+    data = _data(page.read_text())
+    conv = next(b for b in data["boxes"] if b.get("path") == "layer2.0.downsample.0")
+    assert conv["weights"] == [["weight", "128×64×1×1", "float32"]]
+    bn = next(b for b in data["boxes"] if b.get("path") == "bn1")
+    assert [name for name, _, _ in bn["weights"]] == ["weight", "bias", "running_mean", "running_var",
+                                                      "num_batches_tracked"]
+    browser.open(page)
+    browser.evaluate("""document.querySelector('.node[data-id="layer2.0.downsample.0"]')
+                        .dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))""")
+    details = browser.evaluate("document.getElementById('details').innerText")
+    assert "input layer1.1.1\tB×64×56×56" in details and "weight\t128×64×1×1 float32" in details
+    browser.evaluate("window.speccViewer.fitAll()")
+    inside = browser.evaluate("""(() => { const s = document.getElementById('stage').getBoundingClientRect();
+        return [...document.querySelectorAll('.node')].every(n => { const r = n.getBoundingClientRect();
+            return r.top >= s.top - 1 && r.bottom <= s.bottom + 1 && r.left >= s.left - 1 && r.right <= s.right + 1; }); })()""")
+    assert inside

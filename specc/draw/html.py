@@ -41,6 +41,10 @@ def spec_html(spec_or_path: Any, *, depth: int | None = None, expand: bool = Fal
     compiled = compile_spec(spec_or_path, device="meta", batch_size=1, train_mistakes="warn", **variables)
     diagram = compiled_diagram(compiled, expand=True)
     figures = node_figures(compiled.graph, compiled.module)
+    for node in compiled.graph.nodes:   # every weight of the layer, for the details panel
+        if node.op == "module" and node.name in figures:
+            layer = compiled.module.get_submodule(node.shared_with or node.name)
+            figures[node.name]["weights"] = weight_list(layer)
     return html_document(diagram, compiled.graph, figures, depth=depth, expand=expand, changes=changes,
                          removed=removed, rankdir=rankdir)
 
@@ -96,6 +100,14 @@ def viewer_data(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, int
             "collapsed": _initially_collapsed(diagram, depth, expand)}
 
 
+def weight_list(layer: Any) -> list[list[str]]:
+    """`[[name, "64×3×7×7", "float32"], ...]`: the layer's parameters and buffers (at most 64: the
+    page stays small for a layer that holds many)."""
+    tensors = [*layer.named_parameters(), *layer.named_buffers()]
+    return [[name, "×".join(map(str, tensor.shape)) or "scalar", str(tensor.dtype).removeprefix("torch.")]
+            for name, tensor in tensors[:64]]
+
+
 def _box_record(box, node: Node | None, figures: dict[str, int]) -> dict[str, Any]:
     record = {"id": box.id, "kind": box.kind, "title": box.title, "subtitle": box.subtitle,
               "details": detail_lines(box.details), "cluster": box.cluster, "tooltip": box.tooltip}
@@ -106,7 +118,8 @@ def _box_record(box, node: Node | None, figures: dict[str, int]) -> dict[str, An
                   kwargs={key: value_text(value) for key, value in node.args.items()},
                   inferred=list(node.inferred), written=argument_texts(node),
                   params=figures.get("params", 0), shared_params=figures.get("shared_params", 0),
-                  flops=figures.get("flops", 0), shared_with=node.shared_with or "")
+                  flops=figures.get("flops", 0), shared_with=node.shared_with or "",
+                  inputs=list(node.inputs), weights=figures.get("weights", []))
     return record
 
 

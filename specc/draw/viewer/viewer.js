@@ -255,10 +255,15 @@
       const b = boxes.get(id);
       rows.push(["name", b.title], ["path", b.path || b.tooltip], ["type", b.type || b.kind]);
       if (b.kwargs) for (const [k, v] of Object.entries(b.kwargs)) rows.push([k, v + (b.inferred.includes(k) ? "  (inferred)" : "")]);
+      for (const name of b.inputs || []) {   // what flows in: each input's shape
+        const source = boxes.get(name);
+        rows.push([`input ${name}`, (source && source.shape) || "?"]);
+      }
       if (b.shape) rows.push(["output shape", b.shape]);
       if (b.dtype && b.kind === "input") rows.push(["dtype", b.dtype]);
       if (b.kind === "module") rows.push(["params", number(b.params) + (b.shared_params ? ` (+${number(b.shared_params)} shared)` : "")]);
       if (b.flops !== undefined) rows.push(["FLOPs (batch 1)", readable(b.flops)]);
+      for (const [name, shape, dtype] of b.weights || []) rows.push([name, `${shape} ${dtype}`]);
       if (b.shared_with) rows.push(["shares weights of", b.shared_with]);
       if (b.location) rows.push(["spec", b.location]);
     } else if (clusters.has(id)) {
@@ -285,6 +290,11 @@
     const root = frames.get(null), area = stage.getBoundingClientRect();
     view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w));
     view.x = (area.width - root.w * view.k) / 2; view.y = 20; applyView();
+  }
+  function fitAll() {   // the whole model in view, however tall
+    const root = frames.get(null), area = stage.getBoundingClientRect();
+    view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w), (area.height - 40) / Math.max(1, root.h));
+    view.x = (area.width - root.w * view.k) / 2; view.y = (area.height - root.h * view.k) / 2; applyView();
   }
   function centerOn(id) {
     const p = positions.get(id), area = stage.getBoundingClientRect();
@@ -328,7 +338,7 @@
     <header><b>${escapeHtml(DATA.name)}</b>
       <input id="search" type="search" placeholder="search by name, path or type  (Enter: next)">
       <span id="matches"></span>
-      <button id="fit">fit</button><button id="open-all">open all</button><button id="close-all">close all</button>
+      <button id="fit">fit</button><button id="fit-all">fit all</button><button id="open-all">open all</button><button id="close-all">close all</button>
       <span id="count"></span></header>
     <main><div id="stage"><svg id="canvas"><defs><marker id="arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#666"/></marker></defs><g id="viewport"></g></svg></div>
       <aside><h3>details</h3><table id="details"><tr><td>hover or click a box</td></tr></table>
@@ -368,11 +378,12 @@
   document.getElementById("search").addEventListener("input", e => search(e.target.value));
   document.getElementById("search").addEventListener("keydown", e => { if (e.key === "Enter") nextMatch(); });
   document.getElementById("fit").addEventListener("click", fit);
+  document.getElementById("fit-all").addEventListener("click", fitAll);
   document.getElementById("open-all").addEventListener("click", () => setAll(false));
   document.getElementById("close-all").addEventListener("click", () => setAll(true));
 
   render(); fit();
   // For scripts and tests: the same actions the mouse and keyboard take.
-  window.speccViewer = {toggle, search, nextMatch, fit, render, collapsed, view, applyView,
+  window.speccViewer = {toggle, search, nextMatch, fit, fitAll, render, collapsed, view, applyView,
                         nodeCount: () => viewport.querySelectorAll(".node").length};
 })();
