@@ -9,9 +9,14 @@ renamed, values swapped for other types, huge or negative numbers, items deleted
 moved, `repeat:` bombs, deeply nested structures and expressions) or text mutations of the file
 (NUL and non-UTF-8 bytes, characters inserted or deleted, lines dropped, duplicated or re-indented,
 the file truncated, a 5,000-digit int, an alias bomb, a `!!python` tag that would create a canary
-file). A mutant passes when `specc check` exits 0, or 2 with every error located at file:line:col,
-with no traceback and no "internal error", within `--seconds` (5) and under a `--memory` (1 GB)
-address-space limit beyond the warmed-up checker. Every check runs in a child forked from one
+file), and issue 25's hostile cases (benchmarks/fuzz_cases.py): recursive aliases, kwarg keys
+that are code (such a mutant is also run through `specc codegen`, and the generated class is
+instantiated on meta: nothing may run), backtracking `re:` rename rules, and every 25th case a
+hostile checkpoint (a DAG of shared lists, a cycle, 200,000 levels) read by `specc export`.
+A mutant passes when `specc check` exits 0, or 2 with every error located at file:line:col,
+with no traceback and no "internal error", within `--seconds` (5) of CPU time (the child's, so a
+busy machine cannot fail a correct check) and under a `--memory` (1 GB) address-space limit
+beyond the warmed-up checker. Every check runs in a child forked from one
 warmed-up process (torch imported once), so 1,000 mutants take minutes rather than an hour.
 """
 from __future__ import annotations
@@ -38,6 +43,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python benchmarks/fuzz.py` from anywhere
 
+from benchmarks import fuzz_cases  # noqa: E402
+
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 CANARY_NAME = "CANARY"
 # values a swapped or replaced node may take: other types, edge numbers, expressions, references
@@ -60,6 +67,7 @@ class Outcome:
     seconds: float
     failure: str | None       # why it fails the contract, None when it passes
     output: str = ""
+    wall_seconds: float = 0.0  # for the record: the limit applies to CPU time (`seconds`)
 
 
 # ----- tree mutations (on the parsed YAML) -------------------------------------------------------
@@ -222,9 +230,23 @@ def text_mutation(rng: random.Random, data: bytes, canary: Path) -> tuple[bytes,
 
 
 def mutate(rng: random.Random, spec: Path, canary: Path) -> tuple[bytes, list[str]]:
-    """One mutant of `spec`: one to three tree or text mutations."""
+    """One mutant of `spec`: one to three tree or text mutations (some of them issue 25's hostile cases)."""
     data, done = spec.read_bytes(), []
     for _ in range(rng.choice([1, 1, 2, 3])):
+        chance = rng.random()
+        if chance < 0.04:
+            data, name = fuzz_cases.recursive_alias(rng, data)
+            done.append(name)
+            continue
+        if chance < 0.12:
+            tree = _parse(data)
+            hostile = [lambda r, t: fuzz_cases.inject_kwarg_key(r, t, canary), fuzz_cases.bad_rename_rule]
+            name = rng.choice(hostile)(rng, tree) if tree is not None else None
+            dumped = _dump(tree) if name is not None else None
+            if dumped is not None:
+                data = dumped.encode("utf-8")
+                done.append(name)
+                continue
         if rng.random() < 0.55:
             tree = _parse(data)
             if tree is not None:
@@ -263,8 +285,8 @@ _LOCATED = re.compile(r"^error: (?P<file>.+?):(?P<line>\d+):(?P<column>\d+): ")
 
 
 def verdict(path: Path, code: int | None, output: str, exception: str | None, seconds: float,
-            time_limit: float, canary: Path) -> str | None:
-    """Why a check result breaks the contract, or None."""
+            time_limit: float, canary: Path, located: bool = True) -> str | None:
+    """Why a check result breaks the contract, or None (`seconds`: the child's CPU time)."""
     if canary.exists():
         return "canary created: code ran"
     if code is None:
@@ -278,6 +300,8 @@ def verdict(path: Path, code: int | None, output: str, exception: str | None, se
     if seconds > time_limit:
         return f"slow: {seconds:.1f} s"
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    if not located:
+        return None
     if code == 2 and not errors:
         return "exit 2 without an error line"
     for line in errors:
@@ -287,17 +311,38 @@ def verdict(path: Path, code: int | None, output: str, exception: str | None, se
     return None
 
 
-def check_in_child(path: Path, time_limit: float, memory_bytes: int) -> tuple[int | None, str, str | None, float]:
-    """`specc check path` in a forked child under an address-space limit; killed past `time_limit` + 1 s.
+def checkpoint_verdict(checkpoint: Path, code: int | None, output: str, exception: str | None, seconds: float,
+                       time_limit: float, canary: Path) -> str | None:
+    """A hostile checkpoint must be refused: exit 2 with an error naming the file, in time."""
+    general = verdict(checkpoint, code, output, exception, seconds, time_limit, canary, located=False)
+    if general is not None:
+        return general
+    if code != 2 or not any(line.startswith("error: ") and str(checkpoint) in line for line in output.splitlines()):
+        return f"not refused with an error naming the checkpoint: exit {code}: {output[-300:]}"
+    return None
 
-    Returns (exit code or None if killed, output, unexpected exception, seconds)."""
+
+def check_in_child(path: Path, time_limit: float, memory_bytes: int, mode: str = "check",
+                   checkpoint: Path | None = None) -> tuple[int | None, str, str | None, float]:
+    """`specc check path` in a forked child under an address-space limit and a CPU-time limit.
+
+    The time that counts is the child's CPU time (user + system, from wait4), not wall time: on a
+    busy 2-core machine a correct check may wait seconds for a core, but cannot use more CPU. The
+    child is stopped past `time_limit` + 1 s of CPU (RLIMIT_CPU), or killed past a wall-clock
+    backstop of 10 x that (a child blocked without using CPU).
+
+    Args:
+        mode: "check"; "codegen" (also `specc codegen` the mutant and instantiate the generated
+            class on meta); "checkpoint" (`specc export <spec> --checkpoint <checkpoint>`).
+
+    Returns (exit code or None if killed, output, unexpected exception, CPU seconds)."""
     read_end, write_end = os.pipe()
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
-        _child(path, memory_bytes, read_end, write_end)   # never returns
+        _child(path, memory_bytes, time_limit, read_end, write_end, mode, checkpoint)   # never returns
     os.close(write_end)
-    chunks, deadline = [], start + time_limit + 1
+    chunks, deadline = [], start + 10 * (time_limit + 1)
     with os.fdopen(read_end, "rb") as pipe:
         while True:
             ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.perf_counter()))
@@ -308,8 +353,8 @@ def check_in_child(path: Path, time_limit: float, memory_bytes: int) -> tuple[in
             if not chunk:
                 break
             chunks.append(chunk)
-    os.waitpid(pid, 0)
-    seconds = time.perf_counter() - start
+    _, _, usage = os.wait4(pid, 0)
+    seconds = usage.ru_utime + usage.ru_stime
     try:
         payload = json.loads(b"".join(chunks).decode())
     except ValueError:
@@ -317,7 +362,8 @@ def check_in_child(path: Path, time_limit: float, memory_bytes: int) -> tuple[in
     return payload["code"], payload["output"], payload["exception"], seconds
 
 
-def _child(path: Path, memory_bytes: int, read_end: int, write_end: int) -> None:
+def _child(path: Path, memory_bytes: int, time_limit: float, read_end: int, write_end: int, mode: str,
+           checkpoint: Path | None) -> None:
     """The forked checker: runs the check, writes one JSON object to the pipe and exits, whatever happens
     (even a MemoryError while reporting must not let it return into the fuzzer's loop)."""
     try:
@@ -325,19 +371,59 @@ def _child(path: Path, memory_bytes: int, read_end: int, write_end: int) -> None
         payload = {"code": -1, "output": "", "exception": None}
         try:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-            from typer.testing import CliRunner
-
-            from specc.cli import app
-
-            result = CliRunner().invoke(app, ["check", str(path)])
-            unexpected = result.exception if not isinstance(result.exception, SystemExit) else None
-            payload = {"code": result.exit_code, "output": result.output[:20000],
-                       "exception": repr(unexpected)[:2000] if unexpected else None}
+            used = resource.getrusage(resource.RUSAGE_SELF)     # the fork inherits the parent's CPU time
+            cpu = int(used.ru_utime + used.ru_stime + time_limit) + 2
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            payload = _run_in_child(path, mode, checkpoint)
         except BaseException as error:  # noqa: BLE001 - the child reports whatever happened
             payload["exception"] = repr(error)[:2000]
         os.write(write_end, json.dumps(payload).encode())
     finally:
         os._exit(0)
+
+
+def _run_in_child(path: Path, mode: str, checkpoint: Path | None) -> dict:
+    from typer.testing import CliRunner
+
+    from specc.cli import app
+
+    def invoke(arguments: list[str]) -> tuple[int, str, str | None]:
+        result = CliRunner().invoke(app, arguments)
+        unexpected = result.exception if not isinstance(result.exception, SystemExit) else None
+        return result.exit_code, result.output[:20000], repr(unexpected)[:2000] if unexpected else None
+
+    if mode == "checkpoint":
+        code, output, exception = invoke(["export", str(path), "--checkpoint", str(checkpoint), "-o",
+                                          str(path.with_suffix(".safetensors")), "--no-check"])
+        return {"code": code, "output": output, "exception": exception}
+    code, output, exception = invoke(["check", str(path)])
+    if mode == "codegen" and exception is None:
+        generated = path.with_suffix(".py")
+        codegen_code, codegen_output, exception = invoke(["codegen", str(path), "-o", str(generated)])
+        output += codegen_output
+        if codegen_code not in (0, 2):
+            code = codegen_code
+        if codegen_code == 0 and exception is None:
+            exception = _instantiate(generated)
+    return {"code": code, "output": output, "exception": exception}
+
+
+def _instantiate(generated: Path) -> str | None:
+    """Import the generated file and build its model class on meta: a payload would run here."""
+    import ast
+    import importlib.util
+
+    import torch
+
+    ast.parse(generated.read_text(encoding="utf-8"))
+    module_spec = importlib.util.spec_from_file_location(f"fuzz_generated_{os.getpid()}", generated)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    classes = [value for value in vars(module).values() if isinstance(value, type)
+               and issubclass(value, torch.nn.Module) and value.__module__ == module.__name__]
+    with torch.device("meta"):
+        classes[-1]()
+    return None
 
 
 def warm_up() -> int:
@@ -363,20 +449,32 @@ def run(n: int, seed: int, time_limit: float = 5.0, memory: int = 1 << 30, keep:
         for index in range(n):
             rng = random.Random(f"{seed}:{index}")
             spec = specs[index % len(specs)]
-            data, mutations = mutate(rng, spec, canary)
+            checkpoint = Path(folder) / f"hostile.{index}.pt"
+            if index % 25 == 24:    # a hostile checkpoint, read by `specc export` of the smallest spec
+                spec = ROOT / "specs" / "mlp.yaml"
+                data, mutations = spec.read_bytes(), [fuzz_cases.hostile_checkpoint(rng, checkpoint)]
+            else:
+                data, mutations = mutate(rng, spec, canary)
             path = Path(folder) / f"{spec.stem}.{index}.yaml"
             path.write_bytes(data)
-            code, output, exception, seconds = check_in_child(path, time_limit, baseline + memory)
-            failure = verdict(path, code, output, exception, seconds, time_limit, canary)
+            mode = "checkpoint" if checkpoint.exists() else \
+                "codegen" if any(m.startswith("inject") for m in mutations) else "check"
+            start = time.perf_counter()
+            code, output, exception, seconds = check_in_child(path, time_limit, baseline + memory, mode, checkpoint)
+            wall = time.perf_counter() - start
+            judge = checkpoint_verdict if mode == "checkpoint" else verdict
+            failure = judge(checkpoint if mode == "checkpoint" else path, code, output, exception, seconds,
+                            time_limit, canary)
             outcomes.append(Outcome(index, spec.name, mutations, code, round(seconds, 3), failure,
-                                    output[-1500:] if failure else ""))
+                                    output[-1500:] if failure else "", round(wall, 3)))
             if verbose or failure:
                 progress(f"{'FAIL' if failure else 'ok'} #{index} {spec.name} {mutations} {seconds:.2f} s: {failure or code}")
                 if keep is not None:
                     keep.mkdir(parents=True, exist_ok=True)
                     (keep / path.name).write_bytes(data)
                 canary.unlink(missing_ok=True)
-            path.unlink()
+            for leftover in (path, checkpoint, path.with_suffix(".py"), path.with_suffix(".safetensors")):
+                leftover.unlink(missing_ok=True)
     return summarize(outcomes, seed, time_limit, memory, baseline)
 
 
@@ -391,6 +489,7 @@ def summarize(outcomes: list[Outcome], seed: int, time_limit: float, memory: int
         "max_seconds": slowest.seconds if slowest else 0.0,
         "slowest": f"#{slowest.index} {slowest.spec} {slowest.mutations}" if slowest else None,
         "mean_seconds": round(sum(o.seconds for o in outcomes) / max(1, len(outcomes)), 3),
+        "max_wall_seconds": max((o.wall_seconds for o in outcomes), default=0.0),
         "mutations": dict(collections.Counter(m.split("(")[0] for o in outcomes for m in o.mutations).most_common()),
         "failures": [asdict(o) for o in outcomes if o.failure],
     }
@@ -400,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="mutants to check (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="the run's seed; mutant i of a seed is always the same")
-    parser.add_argument("--seconds", type=float, default=5.0, help="time limit per check (default 5)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="CPU-time limit per check (default 5)")
     parser.add_argument("--memory", type=float, default=1.0, help="GB of address space a check may add (default 1)")
     parser.add_argument("--keep", type=Path, help="write failing mutants to this folder")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -413,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{figures['mutants']} mutants of {figures['specs']} specs, seed {figures['seed']}, {figures['date']}")
         print(f"exit codes: {figures['exit_codes']}")
-        print(f"max {figures['max_seconds']:.2f} s ({figures['slowest']}), mean {figures['mean_seconds']:.2f} s")
+        print(f"CPU time: max {figures['max_seconds']:.2f} s ({figures['slowest']}), mean {figures['mean_seconds']:.2f} s; "
+              f"wall: max {figures['max_wall_seconds']:.2f} s")
         print(f"failures: {len(figures['failures'])}")
     return 1 if figures["failures"] else 0
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.train import launch as launcher
 
 torch.set_num_threads(1)  # two pytest workers share two cores
@@ -275,7 +275,7 @@ def test_summary_estimates_memory_per_process_without_starting_any(tmp_path):
     path.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["summary", str(path), "--strategy", "fsdp", "--nproc", "8", "--format", "json"])
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.output)["memory_per_process"]
+    figures = json.loads(result.output)["memory_per_process"]   # one JSON document: the summary and the estimate
     assert figures["parameters"] == weights_bytes // 8 and figures["nproc"] == 8 and figures["optimizer"] == "AdamW"
     refused = CliRunner().invoke(app, ["summary", str(path), "--strategy", "zero3"])
     assert refused.exit_code == 2 and "choose fsdp or ddp" in refused.output

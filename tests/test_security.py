@@ -2,7 +2,8 @@
 machine. Each hostile spec below must give exit code 2 with a located message — no traceback, no
 internal error, no hang. All are checked by `specc check` in ONE subprocess (so the suite pays
 torch's start-up once) under a generous timeout and a 1 GB address-space limit; the size bombs
-(expansion, build and reading bounds) must each answer within 5 s.
+(expansion, build and reading bounds) must each answer within 5 s of CPU time (wall time on a
+busy 2-core machine says nothing about the bound).
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ from typer.testing import CliRunner
 from specc.cli import app
 results = {}
 for path in sys.argv[1:]:
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: a busy machine makes a check wait, not work longer
     result = CliRunner().invoke(app, ["check", path])
     unexpected = result.exception if not isinstance(result.exception, SystemExit) else None
     results[path] = {"code": result.exit_code, "output": result.output,
                      "exception": repr(unexpected) if unexpected else None,
-                     "seconds": time.perf_counter() - start}
+                     "seconds": time.process_time() - start}
 print(json.dumps(results))
 """
 
@@ -294,7 +295,7 @@ def test_yaml_nesting_raised_past_the_reader_is_still_located(monkeypatch):
 
 def test_a_file_named_unlike_an_identifier_still_round_trips_through_safetensors(tmp_path):
     """Only an explicit `name:` must be an identifier; the file stem is stored as the name only when it is one."""
-    from specc.build.weights import save_weights
+    from specc.weights.loading import save_weights
 
     path = tmp_path / "my-model.yaml"
     path.write_text(HEADER + "layers:\n  - Linear: [3]\n")

@@ -12,7 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.cli import app
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
@@ -117,11 +117,20 @@ def crafted_checkpoint(run, path: Path, spec: dict) -> Path:
     return path
 
 
-def test_a_checkpoint_with_a_hostile_spec_runs_nothing(workdir, iris_run):
+def test_a_checkpoint_with_a_hostile_spec_runs_nothing(workdir, iris_run, monkeypatch):
     checkpoint = crafted_checkpoint(iris_run, workdir / "evil.pt", hostile())
     (workdir / "x.csv").write_text("a,b,c,d\n1,2,3,4\n")
-    for attempt in (lambda: evaluate(None, checkpoint), lambda: predict(None, checkpoint, workdir / "x.csv"),
-                    lambda: train(None, resume=checkpoint, out=workdir / "runs", verbose=False)):
+    attempts = (lambda: evaluate(None, checkpoint), lambda: predict(None, checkpoint, workdir / "x.csv"),
+                lambda: train(None, resume=checkpoint, out=workdir / "runs", verbose=False))
+    # a checkpoint's stored spec is loaded in safe mode: its dataset: is refused before anything is imported
+    for attempt in attempts:
+        with pytest.raises(SpecError, match="safe mode: `dataset: subprocess.getoutput` would import and run code"):
+            attempt()
+    result = invoke("train", "--resume", checkpoint, "--out", workdir / "runs")
+    assert result.exit_code == 2 and "pass trust_code=True (or --trust-code)" in result.output
+    # trusted, the dotted path is still checked before any import
+    monkeypatch.setenv("SPECC_TRUST_CODE", "1")
+    for attempt in attempts:
         with pytest.raises(SpecError, match="standard-library module"):
             attempt()
     result = invoke("train", "--resume", checkpoint, "--out", workdir / "runs")
@@ -331,7 +340,7 @@ def test_a_text_file_or_an_incomplete_checkpoint_is_a_clear_error(tmp_path, iris
 
 
 def test_best_pt_is_read_back_when_written(tmp_path, monkeypatch):
-    import specc.build.checkpoint as checkpoint
+    import specc.weights.checkpoint as checkpoint
 
     original_save = torch.save
 

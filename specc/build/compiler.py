@@ -7,7 +7,7 @@ state_dict save/load.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import copy
 import functools
 import gc
 import re
@@ -26,8 +26,8 @@ from specc.build.graph import Graph
 from specc.build import plan_cache
 from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
+from specc.build.initial_values import apply_init, apply_trainable
 from specc.build.plan_cache import CompilePlan
-from specc.build.weights import INPUT_SHAPES_KEY, apply_weights, load_into, load_state, load_weights
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
@@ -98,7 +98,8 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
             plan_cache.keep_plan(key, plan)
     else:
         meta_modules = _build_layers(plan.graph, plan.registry, torch.device("meta"))
-    spec, graph = plan.spec, plan.graph
+    # every compile owns its spec and graph: a caller changing them must not change the next compile's
+    spec, graph = copy.deepcopy(plan.spec), plan.graph.copy()
     device = torch.device(device)
     if dtype is not None:
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -108,10 +109,11 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
         for module in modules.values():
             module.to(dtype)
     module = assemble(plan.module_plan, modules)
-    _apply_init(module, graph, spec, apply=device.type != "meta")
+    apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
+    apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
+                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=[*graph.warnings, *unused_items(graph)])
     for problem in compiled.warnings:
         warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
@@ -185,60 +187,12 @@ def with_model_problems(error: SpecError) -> SpecError:
     return SpecError(sorted_problems(problems))
 
 
-def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), safe: bool | None = None, **variables: Any) -> nn.Module:
-    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
-
-    `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
-    spec, so the trained model is rebuilt from the file alone. `weights` loads a state_dict, a
-    `.safetensors` file or a `specc train` checkpoint into the built model.
-
-    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
-    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
-    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
-    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
-    """
-    if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
-        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, **variables)
-    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, safe=safe, **variables)
-    module = compiled.module
-    if weights is not None and weights_map is None and not allow_missing:
-        apply_weights(module, weights)
-    elif weights is not None:
-        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
-        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
-    return module
-
-
 def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Module:
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
+    apply_trainable(module, plan.graph)
     return module
-
-
-def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cpu", dtype: Any = None,
-                           safe: bool | None = None, **variables: Any) -> nn.Module:
-    """Rebuild a trained model from a `.safetensors` file written by `specc export`.
-
-    Args:
-        path: the file; its metadata holds the resolved spec.
-        device, dtype: as in `specc.build`.
-        **variables: var overrides (they must leave the weights' shapes unchanged).
-
-    Returns:
-        The model with the file's weights, in eval mode.
-
-    Raises:
-        SpecError: unreadable file, or weights that do not fit the spec (CHECKPOINT_ERROR).
-    """
-    spec, state = load_weights(path)
-    input_shapes = spec.pop(INPUT_SHAPES_KEY, None)
-    module = compile(spec, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, safe=safe,
-                     **variables).module
-    load_state(module, state, path)
-    return module.eval()
 
 
 def class_name(spec: Spec) -> str:
@@ -297,57 +251,6 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
 
 
-def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
-    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
-    parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
-    with torch.no_grad():
-        for key, location, initialise, names in init_targets(module, graph, spec):
-            for name in names if apply else []:
-                try:
-                    initialise(module.get_parameter(name))
-                except ValueError as error:
-                    raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
-
-
-def init_targets(module: nn.Module, graph: Graph, spec: Spec,
-                 every_name: bool = False) -> list[tuple[str, Any, Any, list[str]]]:
-    """`(key, location, initialise, parameter names)` per `init:` key, in the order a build applies
-    them (a sharded build replays it, see specc.build.materialize). `every_name`: a tied parameter
-    under each of its names, as it was before `tie:` joined them.
-
-    Raises:
-        SpecError: an unknown initialisation, or a key that matches nothing.
-    """
-    layer_types = {node.target for node in graph.nodes if node.op == "module"}
-    parameters = dict(module.named_parameters(remove_duplicate=not every_name))
-    targets = []
-    for key, how in spec.init.items():
-        location = spec.source.locate(("init", key))
-        initialise = _initializer(how, location)
-        if key in layer_types:
-            modules = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
-            chosen = [f"{name}.weight" for name in modules
-                      if isinstance(getattr(module.get_submodule(name), "weight", None), nn.Parameter)]
-        else:
-            chosen = [name for name in parameters if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
-        if not chosen:
-            raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
-                                    "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-        targets.append((key, location, initialise, chosen))
-    return targets
-
-
 def spec_registry(spec: Spec) -> Registry:
     """The layers a spec may use: torch.nn, specc's own and its `imports:`."""
     return Registry(_imports(spec))
-
-
-def _initializer(how: str | dict, location) -> Any:
-    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-    function_name = name if name.endswith("_") else f"{name}_"
-    known = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    if function_name not in known:
-        raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, known) or "").rstrip("_") or None))
-    function = getattr(nn.init, function_name)
-    return lambda parameter: function(parameter, **(kwargs or {}))

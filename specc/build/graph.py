@@ -7,7 +7,8 @@ the dry run fills in `shape`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from specc.lang.errors import Location
@@ -56,6 +57,7 @@ class Graph:
 
     nodes: list[Node]
     outputs: list[str]
+    warnings: list = field(default_factory=list)   # Problems found while expanding that do not stop it
 
     def __iter__(self):
         return iter(self.nodes)
@@ -69,6 +71,13 @@ class Graph:
     @property
     def inputs(self) -> list[Node]:
         return [node for node in self.nodes if node.op == "input"]
+
+    def copy(self) -> "Graph":
+        """A graph of its own: nodes, args, meta and lists copied (scopes and locations are frozen, so
+        shared). Each compile hands one out, so changing a compiled graph never reaches another."""
+        nodes = [replace(node, args=copy.deepcopy(node.args), inputs=list(node.inputs), inferred=list(node.inferred),
+                         meta=copy.deepcopy(node.meta)) for node in self.nodes]
+        return Graph(nodes, list(self.outputs))
 
     def unused(self) -> list[Node]:
         """Items whose output reaches no model output: built, run and counted for nothing."""

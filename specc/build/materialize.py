@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from specc.build.compiled import Compiled
-from specc.build.compiler import init_targets, spec_registry
+from specc.build.compiler import spec_registry
+from specc.build.initial_values import init_targets, tensor_named
 from specc.build.tensors import FREE_TENSORS, make_free_tensor
 
 
@@ -46,7 +47,7 @@ def initial_values(compiled: Compiled, seed: int | None) -> Iterator[tuple[str, 
                 yield node.name, make_free_tensor(node.target, node.args, "cpu").detach()
         for _key, _location, initialise, names in init_targets(compiled.module, graph, spec, every_name=True):
             for name in names:
-                meta = compiled.module.get_parameter(name)
+                meta = tensor_named(compiled.module, name)   # a parameter, or a buffer init: sets
                 tensor = torch.empty(meta.shape, dtype=meta.dtype)
                 initialise(tensor)
                 yield name, tensor

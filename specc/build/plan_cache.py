@@ -5,7 +5,8 @@ work of constructing its layers (a warm Llama-2-7B build: ~90 ms of planning, ~2
 `nn.Linear(...)` calls). None of it depends on anything but the spec text and the options, so a
 second compile of the same text with the same options (a notebook cell run again, a sweep that
 builds each variant several times) takes the plan from here and only builds fresh layers: every
-compile still returns its own modules, parameters and fx graph.
+compile still returns its own modules, parameters and fx graph, and its own copy of the plan's spec
+and graph (the compiler copies them), so changing one compiled model's never changes the next.
 
 The key is everything the plan depends on: the spec text and its file name, the variables, the
 batch size, input shapes and symbolic labelling, safe mode, the `SPECC_*` limits and torch's default
@@ -37,7 +38,7 @@ MAX_PLANS = 16   # each is the spec, its graph and generated code: kilobytes, no
 
 @dataclass(frozen=True)
 class CompilePlan:
-    """What a compile works out before constructing layers: shared, read-only, by the compiles of one key."""
+    """What a compile works out before constructing layers; compiles take copies of its spec and graph."""
 
     spec: Spec
     registry: Registry

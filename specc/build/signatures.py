@@ -5,6 +5,7 @@ Layer kwargs are checked against the layer's real constructor signature, so `out
 """
 from __future__ import annotations
 
+import keyword
 import typing
 from functools import lru_cache
 from typing import Any, Callable
@@ -26,8 +27,10 @@ def layer_kwargs(info: LayerInfo, args: Any, locate: Locate) -> tuple[dict, list
     elif isinstance(args, dict):
         kwargs = dict(args)
         for key in kwargs:
-            if key not in info.parameter_names and not info.accepts_any_kwarg:
-                problems.append(locate(f"{info.name} has no argument '{key}'", (info.name, key), "UNKNOWN_KWARG",
+            # through **kwargs only a plain identifier passes: a key is a Python keyword in the call
+            # and in the code `specc codegen` writes, never an expression
+            if key not in info.parameter_names and not (info.accepts_any_kwarg and is_keyword_name(key)):
+                problems.append(locate(f"{info.name} has no argument {_shown(key)}", (info.name, key), "UNKNOWN_KWARG",
                                        did_you_mean(str(key), info.parameter_names)))
     else:
         values = args if isinstance(args, list) else [args]
@@ -46,6 +49,15 @@ def layer_kwargs(info: LayerInfo, args: Any, locate: Locate) -> tuple[dict, list
         if name not in kwargs and name not in info.inferable() and name not in misspelled:
             problems.append(locate(f"{info.name} needs '{name}'", (info.name,), "MISSING_ARGUMENT"))
     return kwargs, problems
+
+
+def is_keyword_name(key: Any) -> bool:
+    """True for a string that can be a keyword argument's name: an identifier, not a Python keyword."""
+    return isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key)
+
+
+def _shown(key: Any) -> str:
+    return f"'{key}'" if is_keyword_name(key) else repr(str(key)[:60])
 
 
 def function_call_args(info: FunctionInfo, args: Any, input_count: int, locate: Locate) -> tuple[dict, list[Problem]]:
@@ -70,6 +82,9 @@ def function_call_args(info: FunctionInfo, args: Any, input_count: int, locate: 
                                    f"({', '.join(info.parameters) or 'none'})", (info.name,), "TYPE_ERROR"))
         kwargs = dict(zip(info.parameters, values))
     kwargs = {**info.defaults, **kwargs}
+    misspelled = {problem.suggestion for problem in problems if problem.code == "UNKNOWN_KWARG"}
+    problems += [locate(f"{info.name} needs '{name}'", (info.name,), "MISSING_ARGUMENT")
+                 for name in info.required if name not in kwargs and name not in misspelled]
     if info.name == "getitem" and isinstance(kwargs.get("index"), str):
         try:
             kwargs["index"] = parse_index(kwargs["index"])

@@ -6,6 +6,7 @@ spec wrote as the block's args) become constructor args. `specc.codegen` fills t
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import keyword
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from specc.export.codegen_source import (Statement, allocate, free_tensor_use, function_call, identifier, literal, merge_call,
-                                  module_call, module_dict_attributes, placed, plain_call, shape_text, wrapped_call,
-                                  wrapped_list)
-from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
+from specc.export.codegen_source import (Statement, allocate, checked_name, comment_text, docstring_text, free_tensor_use, function_call,
+                                  identifier, init_call, keyword_argument, literal, merge_call, module_call,
+                                  module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
+from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent, units_in_run_order
 from specc.build.graph import Node
+from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
 
 _STREAMS = {"body": "h", "shortcut": "shortcut"}    # variable names for values inside a residual
@@ -77,6 +79,7 @@ class ClassWriter:
     def __init__(self, tree: Tree):
         self.tree, self.graph, self.spec, self.compiled = tree, tree.graph, tree.spec, tree.compiled
         self.parts = tree.parts
+        self.order = {node.name: index for index, node in enumerate(tree.graph.nodes)}
         self.templates: dict[str, Template] = {}
         self.variant_of: dict[str, str] = {}
         self.specc_layers: set[type] = set()
@@ -104,16 +107,19 @@ class ClassWriter:
 
     def _docstring(self, part: Part) -> str:
         if part.style != "root":
-            return f"The spec's `{part.block}` block."
+            return f"The spec's `{docstring_text(part.block)}` block."
         inputs = ", ".join(f"{node.name} {shape_text(node)} {node.dtype}" for node in self.graph.inputs)
         outputs = ", ".join(f"{name} {shape_text(self.graph[name])}" for name in self.graph.outputs)
-        return (f"{self.spec.display_name}: {inputs} -> {outputs}.\n\n"
+        return (f"{docstring_text(self.spec.display_name)}: {docstring_text(inputs)} -> {docstring_text(outputs)}.\n\n"
                 f"    Layers sit under the spec's item names (an unnamed item's is its index), so the\n"
                 f"    state_dict keys match the compiled spec's and weights move between the two unchanged.\n    ")
 
     def _init_lines(self, target: str, container: Part, template: Template, owner: Part) -> list[str]:
         """`self.x = ...` per child, in graph order (so a seeded build draws the same numbers); free
         tensors are registered, and a container holding some is filled in line by line."""
+        ordered = units_in_run_order(container, self.order)
+        if ordered is not None:
+            return self._init_in_run_order(target, container, ordered, template, owner)
         lines = []
         for key, child in container.children.items():
             if is_free_tensor(child):
@@ -126,15 +132,30 @@ class ClassWriter:
                 lines += placed(f"{self._access(target, container, key)} = ", self._expression(child, template, owner), 8)
         return lines
 
+    def _init_in_run_order(self, target: str, container: Part, units: list, template: Template, owner: Part) -> list[str]:
+        """`self.a.b = ...` per layer in graph order, each plain container made where first needed."""
+        lines, made = [], set()
+        for keys, child in units:
+            access, part = target, container
+            for depth, key in enumerate(keys[:-1]):
+                access, part = self._access(access, part, key), part.children[key]
+                if keys[:depth + 1] not in made:
+                    made.add(keys[:depth + 1])
+                    lines += placed(f"{access} = ", "nn.ModuleDict()", 8)
+            if is_free_tensor(child):
+                lines += placed(f"{access}.{_REGISTER[child.target]}({json.dumps(keys[-1])}, ",
+                                self._free_tensor(child, template, owner) + _PERSISTENT[child.target] + ")", 8)
+            else:
+                lines += placed(f"{self._access(access, part, keys[-1])} = ", self._expression(child, template, owner), 8)
+        return lines
+
     def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:
-        """The tensor as `make_free_tensor` builds it: `[1, *shape]`, initialised the same way."""
+        """The tensor as `make_free_tensor` builds it (a constant `[1, *shape]`), initialised the same way."""
         args, raw = node.args, self.tree.item_args.get(node.location, {})
         if node.target == "parameter":
-            tensor = f"torch.zeros(1, {self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
+            tensor = f"torch.zeros({self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
             if args.get("init") is not None:
-                name, kwargs = (args["init"], {}) if isinstance(args["init"], str) else next(iter(args["init"].items()))
-                extra = "".join(f", {key}={literal(value)}" for key, value in (kwargs or {}).items())
-                tensor = f"nn.init.{name.rstrip('_')}_({tensor}{extra})"
+                tensor = init_call(args["init"], tensor)
             return f"nn.Parameter({tensor})"
         dtype = f", dtype=torch.{args['dtype']}" if "dtype" in args else ""
         if "value" in args:
@@ -146,7 +167,7 @@ class ClassWriter:
         else:
             form = "zeros" if "zeros" in args else "ones"
             tensor = f"torch.{form}({self._free_values(template, args[form], raw.get(form), owner, 'size')}{dtype})"
-        return f"{tensor}.unsqueeze(0)"
+        return f"{tensor}.unsqueeze(0)" if node.target == "constant" else tensor
 
     @staticmethod
     def _free_values(template: Template, values: list, written: Any, owner: Part, hint: str) -> str:
@@ -210,7 +231,7 @@ class ClassWriter:
             arguments.append(slot if positional else f"{parameter.name}={slot}")
         for key in node.args:
             if key not in info.parameter_names:     # taken through **kwargs
-                arguments.append(f"{key}={self._slot(template, node, key, raw.get(key), owner)}")
+                arguments.append(keyword_argument(key, self._slot(template, node, key, raw.get(key), owner)))
         return wrapped_call(self._class_reference(cls, node.target), arguments, template.preview)
 
     @staticmethod
@@ -228,7 +249,7 @@ class ClassWriter:
 
         if getattr(nn, target, None) is cls:
             return f"nn.{target}"
-        if cls.__module__ == "specc.build.layers":
+        if cls.__module__ in LAYER_MODULES:
             self.specc_layers.add(cls)
         else:
             self.user_imports[cls.__name__] = cls.__module__
@@ -342,11 +363,14 @@ class ClassWriter:
     # ----- init: and tie: ----------------------------------------------------------------------
     def _init_and_ties(self) -> list[str]:
         lines = ["        self._init_weights()  # the spec's `init:`"] if self.spec.init else []
+        lines += [f"        self.get_submodule({literal(path)}).requires_grad_(False)  # spec `trainable: false`"
+                  if kind == "module" else f"        self.get_parameter({literal(path)}).requires_grad_(False)"
+                  for path, kind in self._fixed()]
         for target, source in self.spec.tie.items():
             owner, _, attribute = target.rpartition(".")
             source_owner, _, source_attribute = source.rpartition(".")
-            lines.append(f"        {self._path(owner, self.parts[''])}.{attribute} = "
-                         f"{self._path(source_owner, self.parts[''])}.{source_attribute}  # tied (spec `tie:`)")
+            lines.append(f"        {self._path(owner, self.parts[''])}.{_attribute(attribute)} = "
+                         f"{self._path(source_owner, self.parts[''])}.{_attribute(source_attribute)}  # tied (spec `tie:`)")
         return lines
 
     def _init_method(self) -> list[str]:
@@ -355,16 +379,27 @@ class ClassWriter:
                  "        parameters = dict(self.named_parameters())", "        with torch.no_grad():"]
         layer_types = {node.target for node in self.graph.nodes if node.op == "module"}
         for key, how in self.spec.init.items():
-            name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-            call = f"nn.init.{name if name.endswith('_') else name + '_'}"
-            extra = "".join(f", {argument}={literal(value)}" for argument, value in (kwargs or {}).items())
             if key in layer_types:
                 paths = [node.name for node in self.graph.nodes if node.target == key and not node.shared_with
                          and getattr(self.compiled.module.get_submodule(node.name), "weight", None) is not None]
-                lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {key}",
-                          f"                {call}(self.get_submodule(path).weight{extra})"]
+                lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {comment_text(key)}",
+                          f"                {init_call(how, 'self.get_submodule(path).weight')}"]
             else:
-                lines += ["            for name, parameter in parameters.items():",
+                names = [name for name, _ in self.compiled.module.named_parameters()]
+                matched = any(fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key for name in names)
+                tensors = "parameters" if matched else "dict(self.named_buffers())"   # buffers when no parameter matches
+                lines += [f"            for name, parameter in {tensors}.items():",
                           f"                if fnmatch.fnmatchcase(name, {literal(key)}) or name.rsplit(\".\", 1)[-1] == {literal(key)}:",
-                          f"                    {call}(parameter{extra})"]
+                          f"                    {init_call(how, 'parameter')}"]
         return lines
+
+    def _fixed(self) -> list[tuple[str, str]]:
+        """(path, "module" | "parameter") of the items marked `trainable: false`."""
+        return [(node.shared_with or node.name, "module" if node.op == "module" else "parameter")
+                for node in self.graph.nodes if node.meta.get("trainable") is False
+                and (node.op == "module" or node.target == "parameter")]
+
+
+def _attribute(name: str) -> str:
+    """A parameter's name written after a dot: only an identifier is ever written."""
+    return checked_name(name)

@@ -35,6 +35,61 @@ def literal(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as Python source")
 
 
+def checked_name(name: Any) -> str:
+    """`name` for a keyword argument, parameter or attribute in generated code: a plain identifier
+    (the check refuses anything else already; this keeps the file safe whatever reaches it).
+
+    Raises:
+        SpecError: `name` is not an identifier, so writing it would put spec text into the code.
+    """
+    if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
+        raise SpecError(Problem(f"codegen: {str(name)[:60]!r} is not a Python name", None, "TYPE_ERROR"))
+    return name
+
+
+def keyword_argument(key: Any, value_source: str) -> str:
+    """`key=value` in a generated call, `key` checked by `checked_name`."""
+    return f"{checked_name(key)}={value_source}"
+
+
+def init_call(how: Any, tensor: str) -> str:
+    """`nn.init.normal_(tensor, std=0.02)` for an `init:` entry the check accepted.
+
+    Raises:
+        SpecError: not a public nn.init function with its own keyword args (refused, never written).
+    """
+    from specc.build.tensors import INIT_FUNCTIONS, init_problem, value_init
+
+    values = value_init(how)   # `{arange: 16}`, `{value: [...]}`, `{constant: 0.5}`: the values, shaped
+    if values is not None:
+        form, argument = values
+        if form == "constant":
+            return f"{tensor}.fill_({literal(argument)})"
+        made = (f"torch.arange(*{literal(argument if isinstance(argument, list) else [argument])})" if form == "arange"
+                else f"torch.tensor({literal(argument)})")
+        return f"{tensor}.copy_({made}.reshape({tensor}.shape))"
+    problem = init_problem(how)
+    if problem is not None:
+        raise SpecError(Problem(f"codegen: init: {problem}", None, "TYPE_ERROR"))
+    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
+    function = f"{name.rstrip('_')}_"
+    assert function in INIT_FUNCTIONS
+    extra = "".join(f", {keyword_argument(key, literal(value))}" for key, value in (kwargs or {}).items())
+    return f"nn.init.{function}({tensor}{extra})"
+
+
+def comment_text(text: Any) -> str:
+    """Spec text as it may appear in a generated comment: one line, every control character escaped."""
+    return "".join(character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
+                   for character in str(text))
+
+
+def docstring_text(text: Any) -> str:
+    """Spec text as it may appear inside a generated triple-quoted docstring: backslashes and quotes
+    escaped too, so a name holding `\"\"\"` cannot end the string."""
+    return comment_text(str(text).replace("\\", "\\\\")).replace('"', '\\"')
+
+
 def identifier(text: str) -> str:
     """`Conv2d` -> `conv2d`, `0` -> `v0`: a readable lower-case variable name."""
     name = re.sub(r"\W+", "_", str(text)).strip("_").lower() or "v"
@@ -120,16 +175,28 @@ def function_call(node: Node, arguments: list[str]) -> str:
     if info.name == "contiguous":
         return f"{arguments[0]}.contiguous()"
     written = [f"[{', '.join(arguments)}]"] if info.takes_list else arguments
-    written += [f"{key}={literal(value)}" for key, value in kwargs.items()]
+    written += [keyword_argument(key, literal(value)) for key, value in kwargs.items()]
     return f"{_qualified(node, info.call)}({', '.join(written)})"
 
 
 _SPECC_FUNCTIONS: dict[str, Callable[[list[str], dict], str]] = {
-    "to": lambda arguments, kwargs: f"{arguments[0]}.to(torch.{kwargs['dtype']})",
+    "to": lambda arguments, kwargs: f"{arguments[0]}.to({_dtype(kwargs['dtype'])})",
     "expand": lambda arguments, kwargs: f"{arguments[0]}.expand({', '.join([f'{arguments[0]}.shape[0]', *map(literal, _sizes(kwargs['shape']))])})",
     "gather": lambda arguments, kwargs: f"torch.gather({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]})",
+    **{name: (lambda arguments, kwargs, name=name:
+              f"torch.{name}({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]}, {arguments[2]})")
+       for name in ("scatter", "scatter_add", "index_add")},
     "einsum": lambda arguments, kwargs: f"torch.einsum({', '.join([literal(kwargs['equation']), *arguments])})",
 }
+
+
+def _dtype(name: Any) -> str:
+    """`torch.float16` for a dtype name the check accepted (anything else is refused, not written)."""
+    from specc.build.functional import DTYPES
+
+    if name not in DTYPES:
+        raise SpecError(Problem(f"codegen: unknown dtype {str(name)[:40]!r}", None, "TYPE_ERROR"))
+    return literal(DTYPES[name])
 
 
 def _sizes(shape: Any) -> list:
@@ -167,7 +234,7 @@ def merge_call(node: Node, arguments: list[str]) -> str:
     if node.target == "list":
         return "(" + ", ".join(arguments) + ("," if len(arguments) == 1 else "") + ")"
     if node.target in ("cat", "stack"):
-        return f"torch.{node.target}([{', '.join(arguments)}], dim={node.args['dim']})"
+        return f"torch.{node.target}([{', '.join(arguments)}], dim={literal(node.args['dim'])})"
     if node.target == "max":
         result = arguments[0]
         for argument in arguments[1:]:

@@ -43,6 +43,37 @@ def safe_scope(safe: bool | None) -> Iterator[None]:
         _SAFE.reset(token)
 
 
+_TRUST: contextvars.ContextVar[bool | None] = contextvars.ContextVar("specc_trust_code", default=None)
+
+
+def trust_code() -> bool:
+    """True when specs stored in weights files and checkpoints may run code (`imports:` & co):
+    inside `stored_spec_scope(True)` or with SPECC_TRUST_CODE=1 (`specc --trust-code`)."""
+    chosen = _TRUST.get()
+    return chosen if chosen is not None else os.environ.get("SPECC_TRUST_CODE") == "1"
+
+
+@contextmanager
+def stored_spec_scope(trusted: bool | None = None) -> Iterator[None]:
+    """Load a spec that came inside a file (a `.safetensors` file's metadata, a checkpoint) in safe
+    mode, unless the caller trusts the file's code (`trusted=True`, `trust_code=True` in the API,
+    `--trust-code` or SPECC_TRUST_CODE=1). A file is trusted less than a spec: people pick
+    safetensors *because* it cannot carry code."""
+    if trusted is None:
+        trusted = trust_code()
+    token = _STORED.set(not trusted)
+    try:
+        with safe_scope(None if trusted else True):
+            yield
+    finally:
+        _STORED.reset(token)
+
+
+_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("specc_stored_spec", default=False)
+_TRUST_HINT = ("; a spec stored in a weights file or checkpoint is loaded in safe mode: pass trust_code=True "
+               "(or --trust-code) if you trust the file")
+
+
 def check_code_path(dotted: Any, key: str, wanted: str) -> None:
     """Refuse a dotted path to code before anything is imported.
 
@@ -90,4 +121,6 @@ def safe_mode_problems(data: dict, locate) -> list[Problem]:
     if isinstance(options, dict) and options:   # `compile: true` names nothing the compiler runs
         problems.append(Problem(f"safe mode: compile options reach a compiler ({', '.join(map(str, options))}); "
                                 f"use `compile: true` or false", locate(("train", "compile")), "SAFE_MODE"))
+    if _STORED.get():
+        problems = [Problem(problem.message + _TRUST_HINT, problem.location, problem.code) for problem in problems]
     return problems

@@ -36,8 +36,21 @@ class SpecLoader(yaml.SafeLoader):
         self.max_nesting = limit("MAX_NESTING")
         self.composed = 0     # nodes as written (an alias counts once): PyYAML reads ~20,000 a second
         self.max_nodes = limit("MAX_YAML_NODES")
+        self.open_anchors: set[str] = set()   # anchors of the lists/mappings being composed
 
     def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self.open_anchors:
+            raise _Recursive(event.start_mark)   # `- &x [*x]`: the node would hold itself
+        anchor = getattr(event, "anchor", None) if isinstance(event, yaml.CollectionStartEvent) else None
+        if anchor is not None:
+            self.open_anchors.add(anchor)
+        try:
+            return self._compose_counted(parent, index)
+        finally:
+            self.open_anchors.discard(anchor)
+
+    def _compose_counted(self, parent, index):
         self.nesting += 1
         self.composed += 1
         try:
@@ -58,6 +71,15 @@ class _TooDeep(Exception):
 
 class _TooMany(_TooDeep):
     pass
+
+
+class _Recursive(_TooDeep):
+    pass
+
+
+def _recursive_alias(location: Location) -> Problem:
+    return Problem("recursive alias: this alias (*name) names a list or mapping that holds it, so expanding it "
+                   "would never end", location, "LIMIT_EXCEEDED")
 
 
 SpecLoader.add_implicit_resolver(
@@ -111,6 +133,8 @@ def load_yaml(text: str, file: str = "<spec>") -> tuple[Any, SourceMap]:
         root = loader.get_single_node()
     except yaml.YAMLError as error:
         raise SpecError(_yaml_problem(error, file, text)) from None
+    except _Recursive as error:
+        raise SpecError(_recursive_alias(source._mark_at(error.mark))) from None
     except _TooMany as error:
         raise SpecError(Problem(f"the YAML holds more than {limit('MAX_YAML_NODES'):,} values "
                                 f"({raise_hint('MAX_YAML_NODES')})", source._mark_at(error.mark), "LIMIT_EXCEEDED")) from None
@@ -216,10 +240,12 @@ def _construct_scalar(loader, node: yaml.ScalarNode, source: SourceMap, problems
 
 
 def _check_expanded_size(root: yaml.Node, source: SourceMap) -> None:
-    """Refuse a document whose aliases expand past MAX_YAML_NODES values (a "billion laughs" bomb)
-    before building anything: sizes are counted per distinct node, so the count itself is cheap."""
+    """Refuse a document whose aliases expand past MAX_YAML_NODES values (a "billion laughs" bomb),
+    or that holds itself (`- &x [*x]`, `&d {<<: *d}`: expanding it never ends), before building
+    anything: sizes are counted per distinct node, so the count itself is cheap."""
     maximum = limit("MAX_YAML_NODES")
     sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()   # nodes whose children are still being counted: meeting one again is a cycle
     stack = [(root, False)]
     while stack:  # iterative post-order walk; an alias is the same node object met again
         node, children_done = stack.pop()
@@ -227,9 +253,15 @@ def _check_expanded_size(root: yaml.Node, source: SourceMap) -> None:
             continue
         children = _children(node)
         if not children_done:
+            open_nodes.add(id(node))
             stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in sizes)
+            for child in children:
+                if id(child) in open_nodes:
+                    raise SpecError(_recursive_alias(source._mark(node)))
+                if id(child) not in sizes:
+                    stack.append((child, False))
             continue
+        open_nodes.discard(id(node))
         size = 1 + sum(sizes.get(id(child), 0) for child in children)
         sizes[id(node)] = size
         if size > maximum:

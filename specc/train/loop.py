@@ -24,11 +24,12 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from specc.train import ranks
-from specc.build.checkpoint import restore_rng, rng_state
+from specc.weights.checkpoint import restore_rng, rng_state
 from specc.train.sharded_state import remove_checkpoint, write_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
+from specc.train.pruning import Pruner, plain_state_dict
 from specc.train.progress import INTERRUPTED, EpochProgress, NonFiniteLoss, check_finite, epoch_progress
 from specc.train.run_log import RunLog
 from specc.lang.spec import Spec
@@ -104,11 +105,14 @@ class Session:
     world_size: int = 1
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
     progress: EpochProgress | None = None  # the epoch being trained, between steps
+    aux_loss: Callable[[], torch.Tensor] | None = None   # weighted MoE load-balancing loss of the last forward
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
+    tokenizer: dict[str, str] | None = None  # text data: the tokenizer's state (specc.train.tokenizer)
     sharded: bool = False                  # strategy fsdp: checkpoints are DCP folders (specc.train.sharded_state)
     replicas: int = 1                      # parallel.tensor: processes that see the same batches
+    pruner: Pruner | None = None           # `train.prune:` (specc.train.pruning)
 
     @property
     def data_rank(self) -> int:
@@ -145,25 +149,28 @@ class Session:
         return self.config.swa is not None and epoch >= self.config.swa.start_epoch
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything `--resume` needs to continue exactly (see specc.build.checkpoint for the layout)."""
+        """Everything `--resume` needs to continue exactly (see specc.weights.checkpoint for the layout)."""
         return {
             "spec": self.spec.raw, "epoch": self.epoch, "schedulers": self.schedulers.state_dict(),
-            **({} if self.sharded else {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}),
+            **({} if self.sharded else {"model": plain_state_dict(self.model), "optimizer": self.optimizer.state_dict()}),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "swa": None if self.swa_model is None else {
                 "model": self.swa_model.state_dict(), "scheduler": self.swa_scheduler.state_dict()},
             "rng": rng_state(self.generator),
             "trackers": {"best": self.best.state_dict(), "early": self.early.state_dict() if self.early else None},
             "history": self.history, "normalizer": self.normalizer.state_dict(),
-            "classes": self.classes, "fold": self.fold,
+            "classes": self.classes, "fold": self.fold, "tokenizer": self.tokenizer,
             "task": {"kind": self.task.kind, "num_classes": self.task.num_classes,
                      "classes_first": self.task.classes_first},
+            "prune": None if self.pruner is None else self.pruner.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `checkpoint_state`."""
         if not state.get("sharded"):  # a sharded checkpoint's tensors are restored by specc.train.sharded_state
             self.model.load_state_dict(state["model"])
+            if self.pruner is not None and state.get("prune"):   # masks go back on the plain weights just loaded
+                self.pruner.load_state_dict(state["prune"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.schedulers.load_state_dict(state["schedulers"])
         if self.scaler is not None and state["scaler"]:
@@ -221,7 +228,9 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
         record = run_epoch(session, epoch, log)
         session.history.append(record)
         session.epoch = epoch
-        improved = session.best.update(record[session.best.monitor], epoch)
+        # while pruning is under way a better epoch is a denser model: best.pt waits for the final sparsity
+        pruning = session.pruner is not None and epoch < session.pruner.end
+        improved = not pruning and session.best.update(record[session.best.monitor], epoch)
         if session.early is not None:
             session.early.update(record[session.early.monitor], epoch)
         if improved:
@@ -266,6 +275,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
         session.start_swa()
     point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
     learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
+    if session.pruner is not None:   # the cut comes before the epoch's steps (repeating it on resume changes nothing)
+        session.pruner.step(epoch)
     train = session.splits.train
     streamed = getattr(train, "streamed", False)
     if streamed:
@@ -279,6 +290,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     check_finite(record, {"val_loss", session.best.monitor, *(e.monitor for e in session.schedulers.entries),
                           *([session.early.monitor] if session.early else [])}, epoch)
     record["lr"] = learning_rate
+    if session.pruner is not None:
+        record["sparsity"] = round(session.pruner.sparsity(), 6)
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()
@@ -326,8 +339,9 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
         log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
     session.progress = None
     ranks.share_buffers(session.model)
-    return {"train_loss": _checked_mean(losses, sizes, epoch),
-            **_prefixed("train", session.metrics["train"].compute())}
+    loss = _checked_mean(losses, sizes, epoch)
+    session.metrics["train"].units = getattr(train, "units", {})
+    return {"train_loss": loss, **_prefixed("train", session.metrics["train"].compute(loss))}
 
 
 def _stop_requested(session: Session, agreement_point: bool) -> bool:
@@ -343,6 +357,8 @@ def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch
     with session.autocast():
         output = first_output(session.training_forward(*inputs))
         loss = session.loss_fn(*session.task.align(output, target))
+        if session.aux_loss is not None:
+            loss = loss + session.aux_loss()
     session.optimizer.zero_grad(set_to_none=True)
     clip = session.config.grad_clip
     if session.scaler is not None:
@@ -386,7 +402,9 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
             with autocast():  # a sharded model gathers its weights in every forward: all ranks run as many
                 model(*data.head(1).inputs)
         loss_sum, count = ranks.reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(count)]))
-        return {"loss": (loss_sum / count.clamp(min=1)).item(), **metrics.compute()}
+        loss = (loss_sum / count.clamp(min=1)).item()
+        metrics.units = getattr(data, "units", {})   # text: tokens per char / byte, for bits_per_*
+        return {"loss": loss, **metrics.compute(loss)}
     finally:
         model.train(was_training)
 

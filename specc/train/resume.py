@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from specc.build.checkpoint import load_checkpoint, require_keys
-from specc.build.checkpoint import is_sharded, read_sharded_state
+from specc.weights.checkpoint import is_sharded, load_checkpoint, read_sharded_state, require_keys
 from specc.lang.errors import Problem, SpecError
 from specc.lang.train_config import Call
 from specc.train.optim import Schedulers

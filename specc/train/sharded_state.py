@@ -1,4 +1,4 @@
-"""Writing and restoring sharded checkpoints (`last.dcp/`, see specc.build.checkpoint for the layout).
+"""Writing and restoring sharded checkpoints (`last.dcp/`, see specc.weights.checkpoint for the layout).
 
 Every process writes its own shards of the model and optimizer through torch.distributed.checkpoint
 (DCP), with `get_state_dict`/`set_state_dict` naming the tensors as the plain model does; rank 0 then
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from specc.build.checkpoint import save_checkpoint
-from specc.build.checkpoint import STATE_FILE, file_digests
+from specc.weights.checkpoint import save_checkpoint
+from specc.weights.checkpoint import STATE_FILE, file_digests
 from specc.lang.errors import Problem, SpecError
 from specc.train import ranks
 

@@ -33,15 +33,21 @@ file stays intact. Reading checks the checksum, so flipped bytes are an error, n
 """
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
+import importlib
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from specc.lang.errors import Problem, SpecError
+from specc.lang.limits import limit, raise_hint
+from specc.weights.checkpoint_checks import check_normalizer, write_failure
 
 FORMAT = "specc-checkpoint/1"
 
@@ -73,22 +79,14 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, verify: bool = False) 
         if verify:
             load_checkpoint(temporary, shown_as=path)
         os.replace(temporary, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path) from None
-        raise
-    except RuntimeError as error:  # torch's zip writer reports a full disk as "file write failed"
-        if "write failed" in str(error) or "No space left" in str(error):
-            raise _no_space(path) from None
-        raise
+    except (OSError, RuntimeError) as error:
+        failure = write_failure(error, path, temporary)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if temporary.exists():
             temporary.unlink()
-
-
-def _no_space(path: Path) -> SpecError:
-    return SpecError(Problem(f"no space left while writing {path}; the previous checkpoint is intact",
-                             None, "CHECKPOINT_ERROR"))
 
 
 def checksum(state: dict[str, Any]) -> str:
@@ -99,7 +97,12 @@ def checksum(state: dict[str, Any]) -> str:
 
 
 def _digest(value: Any, digest) -> None:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+        names, context = value.__tensor_flatten__()   # a quantized tensor subclass: its plain tensors and layout
+        digest.update(f"S{type(value).__name__}{context!r}".encode())
+        for name in names:
+            _digest(getattr(value, name), digest)
+    elif isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
         if tensor.numel():
@@ -142,12 +145,13 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         raise SpecError(Problem(f"{shown}: not a checkpoint: a torch file is a zip archive, this file starts "
                                 f"with {head!r}", None, "CHECKPOINT_ERROR"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_only(path)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise SpecError(Problem(f"{shown}: cannot read the checkpoint (corrupted or not a torch file): "
                                 f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SpecError(Problem(f"{shown}: not a specc checkpoint (written by `specc train`)", None, "CHECKPOINT_ERROR"))
+    check_structure(state, shown)
     stored = state.get("checksum")
     if stored is not None:
         body = {key: value for key, value in state.items() if key not in ("format", "checksum")}
@@ -155,6 +159,102 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
             raise SpecError(Problem(f"{shown}: the checkpoint is corrupted (its checksum does not match its "
                                     f"contents)", None, "CHECKPOINT_ERROR"))
     return state
+
+
+def check_structure(state: dict[str, Any], shown: str | Path) -> None:
+    """Refuse a checkpoint whose lists and dicts would make reading it explode before anything walks
+    them: shared references (`b = [b, b]` 40 times: a few hundred bytes, 2**40 values to checksum),
+    cycles, and nesting deeper than Python's stack. The stored spec must also fit a spec file's
+    bounds (SPECC_MAX_YAML_NODES values, SPECC_MAX_NESTING levels), as it is validated like one.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR naming the bound and its environment variable.
+    """
+    _check_size(state, shown, "the checkpoint", "MAX_CHECKPOINT_VALUES", "MAX_CHECKPOINT_DEPTH")
+    if "spec" in state:
+        _check_size(state["spec"], shown, "the checkpoint's stored spec", "MAX_YAML_NODES", "MAX_NESTING")
+
+
+def _check_size(root: Any, shown: str | Path, what: str, values_bound: str, depth_bound: str) -> None:
+    """Count `root`'s values as if every shared reference were a copy, without expanding any: an
+    iterative post-order walk with an identity memo (each list/dict/tuple is sized once)."""
+    max_values, max_depth = limit(values_bound), limit(depth_bound)
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:
+        value, depth, children_done = stack.pop()
+        children = _children(value)
+        if children is None or id(value) in sizes:
+            continue
+        if not children_done:
+            if depth > max_depth:
+                raise _too_big(shown, f"{what} nests more than {max_depth:,} levels deep", depth_bound)
+            open_ids.add(id(value))
+            stack.append((value, depth, True))
+            for child in children:
+                if id(child) in open_ids:
+                    raise SpecError(Problem(f"{shown}: {what} holds itself (a list or dict inside itself)", None,
+                                            "CHECKPOINT_ERROR"))
+                stack.append((child, depth + 1, False))
+            continue
+        open_ids.discard(id(value))
+        sizes[id(value)] = size = 1 + sum(sizes.get(id(child), 1) for child in children)
+        if size > max_values:
+            raise _too_big(shown, f"{what} holds more than {max_values:,} values once its shared references "
+                                  f"are repeated", values_bound)
+
+
+def _children(value: Any) -> list | None:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return None
+
+
+def _too_big(shown: str | Path, message: str, bound: str) -> SpecError:
+    return SpecError(Problem(f"{shown}: {message} ({raise_hint(bound)})", None, "CHECKPOINT_ERROR"))
+
+
+def _load_weights_only(path: Path) -> Any:
+    """`torch.load(weights_only=True)`; a checkpoint of `specc quantize` holds torchao's tensor types,
+    which torchao adds to torch's allow-list when imported, so it is imported (if installed) and the
+    file read again. The allow-list still decides: nothing but those vetted types is unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "torchao" not in str(error) or "torchao" in sys.modules:
+            raise
+        try:
+            import_torchao()
+        except ImportError:
+            raise error from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def import_torchao() -> Any:
+    """Import torchao.quantization quietly (see `torchao_quiet`).
+
+    Raises:
+        ImportError: torchao is not installed.
+    """
+    with torchao_quiet():
+        return importlib.import_module("torchao.quantization")
+
+
+@contextlib.contextmanager
+def torchao_quiet() -> Iterator[None]:
+    """On a CPU machine torchao logs a warning per GPU-only extension it cannot load, and warns about
+    torch internals while it quantizes: noise, none of it about the user's model."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
 
 
 def _reason(error: Exception) -> str:
@@ -178,12 +278,15 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
                                 "CHECKPOINT_ERROR"))
+    if "normalizer" in keys:
+        check_normalizer(state["normalizer"], path)
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Load weights, turning a structure mismatch into a clear error instead of a traceback."""
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, assign: bool = False) -> None:
+    """Load weights, turning a structure mismatch into a clear error instead of a traceback.
+    `assign` keeps the checkpoint's tensor objects (quantized tensor subclasses must stay what they are)."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], assign=assign)
     except RuntimeError as error:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
         raise SpecError(Problem(f"{path}: the checkpoint does not fit this spec's model: {detail}",
@@ -252,13 +355,12 @@ def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         SpecError: CHECKPOINT_ERROR for a corrupted or unreadable checkpoint.
     """
-    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     state = read_sharded_state(path)
     try:
         loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
-    except (Exception, CheckpointException) as error:  # DCP raises several types for damaged folders
+    except Exception as error:  # DCP raises several types for damaged folders
         raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
                                 "CHECKPOINT_ERROR")) from None
     model = loaded.get("model", {})

@@ -19,7 +19,7 @@ from specc.lang.spec import IDENTIFIER
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
-    from specc.build.weight_report import WeightsReport
+    from specc.weights.report import WeightsReport
 
 SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
 ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
@@ -65,18 +65,56 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
         state_dict, tied weights included.
 
     Raises:
-        SpecError: CHECKPOINT_ERROR when the file is missing, unreadable or carries no spec.
+        SpecError: CHECKPOINT_ERROR when the file is missing, unreadable or carries no spec; the
+            stored spec is read by the spec loader, with its bounds and its located errors.
     """
-    import yaml
+    from specc.lang.source import load_yaml
+
+    stored, input_shapes, state = read_stored_spec(path)
+    spec, _ = load_yaml(stored.text, stored.file)
+    if input_shapes is not None:
+        spec[INPUT_SHAPES_KEY] = input_shapes
+    return spec, state
+
+
+def read_stored_spec(path: str | Path) -> tuple[Any, dict | None, dict]:
+    """The spec text in a `.safetensors` file's metadata (a `SpecText` named `<file> (stored spec)`,
+    for the spec loader to read like any spec), its input-shape override, and the state_dict.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a missing or unreadable file, no spec, a spec that is no
+            mapping, or malformed `specc.*` metadata.
+    """
+    from specc.lang.source import SpecText, load_yaml
 
     metadata, state = _read_safetensors(path)
-    if SPEC_KEY not in metadata:
+    text = metadata.get(SPEC_KEY)
+    if not isinstance(text, str):
         raise SpecError(Problem(f"{path}: no spec in the metadata (not written by `specc export`); "
                                 f"build the spec and load the file with weights=...", None, "CHECKPOINT_ERROR"))
-    spec = yaml.safe_load(metadata[SPEC_KEY])
-    if INPUT_SHAPES_KEY in metadata:
-        spec[INPUT_SHAPES_KEY] = json.loads(metadata[INPUT_SHAPES_KEY])
-    return spec, state
+    stored = SpecText(text, f"{path} (stored spec)")
+    if not isinstance(load_yaml(text, stored.file)[0], dict):   # bounded: size, nesting, aliases, tags
+        raise SpecError(Problem(f"{path}: the stored spec is not a mapping of spec keys", None, "CHECKPOINT_ERROR"))
+    shapes = _json_metadata(metadata, INPUT_SHAPES_KEY, path, None)
+    if shapes is not None and not (isinstance(shapes, dict) and all(
+            isinstance(name, str) and isinstance(shape, list) and all(isinstance(size, int) and not isinstance(size, bool)
+                                                                      for size in shape)
+            for name, shape in shapes.items())):
+        raise _bad_metadata(path, INPUT_SHAPES_KEY, "a mapping of input names to lists of ints")
+    return stored, shapes, state
+
+
+def _json_metadata(metadata: dict, key: str, path: str | Path, default: Any) -> Any:
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except (ValueError, RecursionError):
+        raise _bad_metadata(path, key, "JSON") from None
+
+
+def _bad_metadata(path: str | Path, key: str, wanted: str) -> SpecError:
+    return SpecError(Problem(f"{path}: the metadata's {key} is not {wanted}", None, "CHECKPOINT_ERROR"))
 
 
 def _read_safetensors(path: str | Path) -> tuple[dict, dict]:
@@ -93,7 +131,11 @@ def _read_safetensors(path: str | Path) -> tuple[dict, dict]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SpecError(Problem(f"{path}: cannot read the safetensors file: {reason}", None,
                                 "CHECKPOINT_ERROR")) from None
-    for alias, original in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+    aliases = _json_metadata(metadata, ALIASES_KEY, path, {})
+    if not isinstance(aliases, dict) or not all(isinstance(alias, str) and isinstance(original, str) and original in state
+                                                for alias, original in aliases.items()):
+        raise _bad_metadata(path, ALIASES_KEY, "a mapping of tied names to names of stored tensors")
+    for alias, original in aliases.items():
         state[alias] = state[original]
     return metadata, state
 
@@ -113,9 +155,12 @@ def read_weights(source: Any) -> tuple[dict, dict | None]:
     path = Path(source)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)[1], None
-    from specc.build.checkpoint import load_checkpoint
+    from specc.weights.checkpoint import check_normalizer, load_checkpoint, require_keys
 
     state = load_checkpoint(path)
+    require_keys(state, ("model",), path, "loading its weights")
+    if state.get("normalizer") is not None:
+        check_normalizer(state["normalizer"], path)
     return state["model"], state.get("normalizer")
 
 
@@ -149,7 +194,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             `.pt/.pth/.bin/.ckpt` (read with weights_only=True; Lightning and `{"state_dict"}` /
             `{"model"}` wrappers are unwrapped).
         weights_map: "strict" (names must match), "auto" (names, then structure; see
-            `specc.build.weight_map`) or a mapping of rename rules (then names must match).
+            `specc.weights.mapping`) or a mapping of rename rules (then names must match).
         allow_missing: globs of model or file keys that may stay unmatched (they are reported).
         order: module paths in the order the model uses them (the compiler passes its graph's);
             by default the state_dict order.
@@ -164,8 +209,8 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
     import torch
 
     from specc.build.shards import copy_full_value
-    from specc.build.weight_files import read_weight_file
-    from specc.build.weight_map import plan_load
+    from specc.weights.files import read_weight_file
+    from specc.weights.mapping import plan_load
 
     if isinstance(allow_missing, str):
         allow_missing = [allow_missing]
@@ -194,23 +239,28 @@ def _unique_state(module: nn.Module) -> dict:
 
 
 def _targets(module: nn.Module, tensors: dict, order: list[str] | None) -> list:
-    from specc.build.weight_map import Target
+    from specc.weights.mapping import Target
 
     rank = {path: index for index, path in enumerate(order or [])}
 
-    def use_rank(key: str) -> int:
+    def use_rank(key: str) -> int | None:
         path = key
         while path:
             path = path.rpartition(".")[0]
             if path in rank:
                 return rank[path]
-        return len(rank)
+        return None
+
+    def position(key: str) -> int:   # unknown ones last, in state_dict order
+        found = use_rank(key)
+        return len(rank) if found is None else found
 
     targets = []
-    for key in sorted(tensors, key=use_rank):
+    for key in sorted(tensors, key=position):
         owner = key.rpartition(".")[0]
         layer = type(module.get_submodule(owner)).__name__ if owner else type(module).__name__
-        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point()))
+        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point(),
+                              use_rank(key)))
     return targets
 
 
@@ -222,6 +272,9 @@ def _assigned_value(assignment, sources: dict):
         return values[0].t()
     if assignment.how == "fuse":
         return torch.cat(values, dim=0)
+    if assignment.how == "stack":    # experts: [w1, w3, w1, w3, ...] -> [E, 2F, D], or [w2, ...] -> [E, D, F]
+        per_expert = 2 if assignment.target.endswith("gate_up_proj") else 1
+        return torch.stack([torch.cat(values[index:index + per_expert]) for index in range(0, len(values), per_expert)])
     if assignment.how == "split":
-        return values[0].chunk(3, dim=0)[assignment.part]
+        return values[0].split(assignment.sizes, dim=0)[assignment.part]
     return values[0]
