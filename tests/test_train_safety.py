@@ -117,18 +117,30 @@ def crafted_checkpoint(run, path: Path, spec: dict) -> Path:
     return path
 
 
-def test_a_checkpoint_with_a_hostile_spec_runs_nothing(workdir, iris_run):
+def test_a_checkpoint_with_a_hostile_spec_runs_nothing(workdir, iris_run, monkeypatch):
     checkpoint = crafted_checkpoint(iris_run, workdir / "evil.pt", hostile())
     (workdir / "x.csv").write_text("a,b,c,d\n1,2,3,4\n")
-    for attempt in (lambda: evaluate(None, checkpoint), lambda: predict(None, checkpoint, workdir / "x.csv"),
-                    lambda: train(None, resume=checkpoint, out=workdir / "runs", verbose=False)):
-        with pytest.raises(SpecError, match="standard-library module"):
+    attempts = (lambda: evaluate(None, checkpoint), lambda: predict(None, checkpoint, workdir / "x.csv"),
+                lambda: train(None, resume=checkpoint, out=workdir / "runs", verbose=False))
+    # a checkpoint's spec is loaded in safe mode (issue 25): its dataset: is refused unread
+    for attempt in attempts:
+        with pytest.raises(SpecError, match="safe mode: `dataset: subprocess.getoutput`.*--trust-code"):
             attempt()
     result = invoke("train", "--resume", checkpoint, "--out", workdir / "runs")
+    assert result.exit_code == 2 and "safe mode" in result.output
+    # trusted, the path is still checked before anything is imported
+    monkeypatch.setenv("SPECC_TRUST_CODE", "1")
+    for attempt in attempts:
+        with pytest.raises(SpecError, match="standard-library module"):
+            attempt()
+    result = invoke("--trust-code", "train", "--resume", checkpoint, "--out", workdir / "runs")
     assert result.exit_code == 2 and "standard-library module" in result.output
     assert not (workdir / "CANARY").exists() and not (workdir / "x.predictions.csv").exists()
     user_class = crafted_checkpoint(iris_run, workdir / "evil2.pt", hostile("user_code.Loader"))
     with pytest.raises(SpecError, match="not a subclass of torch.utils.data.Dataset"):
+        evaluate(None, user_class)
+    monkeypatch.delenv("SPECC_TRUST_CODE")
+    with pytest.raises(SpecError, match="safe mode"):
         evaluate(None, user_class)
     assert not (workdir / "CANARY").exists()
 
