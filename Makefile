@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip install -q -c constraints.txt $(FIND_LINKS)
 
-.PHONY: demo test bench venv clean shapes fuzz
+.PHONY: demo test bench venv clean shapes fuzz lm-demo text
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,16 @@ demo: venv
 # the synthetic image folder of specs/folder_cnn.yaml (no download)
 shapes: venv
 	$(BIN)/python specs/make_shapes.py
+
+# the text corpus of specs/gpt_char.yaml: Python's own documentation (pydoc_data.topics, no download)
+text: venv
+	$(BIN)/python specs/make_text.py
+
+# a character-level GPT trained on that text, then a sample from its best checkpoint (docs/train.md#text)
+lm-demo: text
+	$(BIN)/specc train specs/gpt_char.yaml --out runs
+	$(BIN)/specc generate specs/gpt_char.yaml --checkpoint "$$(ls -d runs/gpt_char/*/ | tail -n 1)best.pt" \
+		--prompt "The " --max-new-tokens 300 --temperature 0.8 --top-k 40 --seed 0
 
 test: venv
 	$(BIN)/python -m pytest -n 2 -q

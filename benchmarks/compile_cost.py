@@ -34,7 +34,7 @@ def llama_parameters(vocab_size=32000, dim=4096, n_layers=32, hidden_dim=11008, 
 
 
 def _build_specc(sizes: dict):
-    from specc.build.compiler import build
+    from specc.weights.building import build
 
     return build(LLAMA, device="meta", **sizes)
 

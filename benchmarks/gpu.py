@@ -168,7 +168,7 @@ def _timed(device: torch.device):
 
 
 def _contestants(workload: Workload, mode: str, steps: int, device: torch.device, run_dir: Path) -> dict:
-    from specc.build.compiler import build
+    from specc.weights.building import build
 
     spec = train_spec(workload, mode, steps, device)
     specc = SpeccSteps(spec, workload.variables, device, run_dir)

@@ -10,7 +10,13 @@ Families: forward (per-call overhead of the compiled module), compile (Llama 2 7
 cli (`specc --help`, `specc summary`, a small spec's check/summary/draw), train (per-epoch loop
 cost), draw (1,000-item spec to SVG and as the HTML viewer in headless Chromium), stream (a
 streamed epoch against a hand-written DataLoader loop, and against the in-memory path), gpu
-(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one).
+(training steps on CUDA with amp and torch.compile; "skipped: no CUDA" without one), scan (the `scan`
+item against a hand-written loop and the closed O(L²) form at L = 64, 256, 1,024: time and peak memory),
+fsdp (peak memory per process of `strategy: fsdp` against ddp, and its step against a hand-written FSDP2
+loop, on 2 CPU processes), quantize (torchao and onnxruntime int8 against float, and pruning at 50% and 80%:
+size, latency and accuracy), lm (specs/gpt_char.yaml on Python's documentation against a hand-written
+nanoGPT loop: time per step and val loss; generation tokens/s with and without the KV cache), moe (a
+mixture-of-experts forward against a hand-written sparse-dispatch MoE).
 Exit status 0 unless `--strict` and a target is missed.
 """
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 
-from benchmarks import cli_cost, compile_cost, draw_cost, forward, gpu, streaming, training  # noqa: E402
+from benchmarks import (cli_cost, compile_cost, draw_cost, forward, gpu, language_model, moe, quantization,  # noqa: E402
+                        scan, sharded, streaming, training)
 from benchmarks.timing import SPECS, Result, format_seconds, machine  # noqa: E402
 
 # family -> (run function, keyword arguments of a full run, of a --quick run)
@@ -36,6 +43,13 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
     "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
+    "scan": (scan.run, {}, {"repeats": 1, "turns": 1, "lengths": (64,), "closed_repeats": 1}),
+    "fsdp": (sharded.run, {}, {"repeats": 1, "steps": 1, "size": "small"}),
+    "quantize": (quantization.run, {}, {"repeats": 1, "epochs": 3, "bert_layers": 1, "prune_amounts": (0.5,),
+                                   "turns": 2}),
+    "lm": (language_model.run, {}, {"repeats": 1, "steps": 2, "generation_repeats": 1, "new_tokens": 8}),
+    "moe": (moe.run, {}, {"repeats": 1, "turn_seconds": 0.0005, "turns": 2,
+                          "sizes": {"dim": 16, "hidden": 24, "n_experts": 4, "top_k": 2, "tokens": 12}}),
 }
 
 
@@ -60,6 +74,8 @@ def format_value(result: Result) -> str:
         return format_seconds(result.value)
     if result.unit == "MB":
         return f"{result.value:.0f} MB"
+    if result.unit == "points":   # a difference of two accuracies, in percentage points
+        return f"{result.value:+.2f} points"
     if result.unit.endswith("/s"):
         return f"{result.value:,.0f} {result.unit}"
     return f"{result.value:.3f}"

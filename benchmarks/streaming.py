@@ -153,7 +153,7 @@ def run(repeats: int = 7, rows: int = 100_000, workers: int | None = None, batch
 
 
 def _same_model(module: nn.Module) -> nn.Module:
-    from specc.build.compiler import build
+    from specc.weights.building import build
 
     model = build(MLP)
     model.load_state_dict(module.state_dict())

@@ -123,7 +123,7 @@ class SpeccEpochs:
         self.file_seconds: list[float] = []  # last.pt + metrics.csv + TensorBoard, after each epoch
 
     def __call__(self) -> float:
-        from specc.build.checkpoint import save_checkpoint
+        from specc.weights.checkpoint import save_checkpoint
         from specc.train.loop import run_epoch
 
         session = self.session
@@ -182,7 +182,7 @@ def _contestants(spec: dict, run_dir: Path) -> dict[str, Callable[[], float]]:
     initial = {key: value.clone() for key, value in specc.compiled.module.state_dict().items()}
 
     def fresh_model() -> nn.Module:
-        from specc.build.compiler import build
+        from specc.weights.building import build
 
         model = build(spec)
         model.load_state_dict(initial)

@@ -27,11 +27,20 @@ _EXPORTS = {
     "Compiled": "specc.build.compiled",
     "evaluate": "specc.train.evaluation",
     "predict": "specc.train.evaluation",
+    "generate": "specc.train.generation",
     "codegen": "specc.export.eject",
     "from_module": "specc.export.importer",
 }
-# stage packages that are also functions (specc._callable): `specc.summary(...)`, `specc.build(...)`
-_CALLABLE_PACKAGES = ("build", "summary", "draw", "train", "export")
+# stage packages that are also functions (specc._callable): `specc.summary(...)`, `specc.build(...)`,
+# and the module defining each function (`build` compiles, then loads weights: the weights stage)
+STAGE_FUNCTIONS = {
+    "build": "specc.weights.building",
+    "summary": "specc.summary.summarize",
+    "draw": "specc.draw.drawing",
+    "train": "specc.train.launch",
+    "export": "specc.export.exporter",
+}
+_CALLABLE_PACKAGES = tuple(STAGE_FUNCTIONS)
 
 __all__ = [*_EXPORTS, *_CALLABLE_PACKAGES, "__version__"]
 

@@ -239,7 +239,7 @@ class Alternating(nn.Module):
 
 
 class ScaledNorm(nn.Module):
-    """A weight of shape [dim] used directly: no spec parameter (those have a leading 1)."""
+    """A weight of shape [dim] used directly: a spec parameter of exactly that shape."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -252,7 +252,7 @@ class ScaledNorm(nn.Module):
 
 class Tokens(nn.Module):
     """ViT-style free tensors: a class token expanded over the batch, a learned scale, a position
-    buffer, and a module with a [dim] weight that stays an import."""
+    buffer, and a module with a [dim] weight used directly."""
 
     def __init__(self):
         super().__init__()
@@ -281,3 +281,78 @@ class NumberedAfterFunctions(nn.Module):
     def forward(self, x):
         h = torch.relu(self.inp(x)) * 2.0
         return getattr(self, "1")(h)
+
+
+class LibraryLayerNorm(nn.LayerNorm):
+    """timm's `LayerNorm`: nn.LayerNorm under other constructor args, its own forward, no new weights."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class LibraryLayerNorm2d(nn.LayerNorm):
+    """timm's `LayerNorm2d`: an nn.LayerNorm over the channels of [B, C, H, W] maps."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LibraryScaledLinear(nn.Linear):
+    """A subclass that computes something else than its torch base: no stand-in, kept as an import."""
+
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+class ConvNeXtLike(nn.Module):
+    """timm's convnext_tiny in small: LayerNorm2d stem and downsample, blocks with a channels-last LayerNorm."""
+
+    def __init__(self, dims: tuple = (8, 16)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, stride=4), LibraryLayerNorm2d(dims[0]))
+        self.stages = nn.ModuleList()
+        for index, dim in enumerate(dims):
+            layers = [LibraryLayerNorm2d(dims[index - 1]), nn.Conv2d(dims[index - 1], dim, 2, stride=2)] if index else []
+            self.stages.append(nn.Sequential(*layers, ConvNeXtBlockLike(dim)))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), LibraryLayerNorm(dims[-1]), nn.Linear(dims[-1], 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+
+class ConvNeXtBlockLike(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = LibraryLayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-1))     # layer scale, [C] as timm stores it
+
+    def forward(self, x):
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)
+        x = self.fc2(self.act(self.fc1(self.norm(x)))).permute(0, 3, 1, 2)
+        return x.mul(self.gamma.reshape(1, -1, 1, 1)) + shortcut   # timm's ConvNeXtBlock
+
+
+class ScaledHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.head = LibraryScaledLinear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.proj(x)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
 from specc.train import augment as aug

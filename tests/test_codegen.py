@@ -222,7 +222,7 @@ blocks:
       - mul: {}
         from: [given, scale]
 layers:
-  - parameter: {shape: [1, 8], init: {normal: {std: 0.5}}, batch: true}
+  - parameter: {shape: [1, 1, 8], init: {normal: {std: 0.5}}, batch: true}
     name: token
   - cat: 1
     from: [token, x]
@@ -263,7 +263,7 @@ def test_free_tensors_attention_and_if_are_written(tmp_path: Path) -> None:
     assert 'self.register_parameter("token", nn.Parameter(nn.init.normal_(torch.zeros(1, 1, 8), std=0.5)))' in code
     assert 'self.register_buffer("mix", torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float32).unsqueeze(0), ' \
            'persistent=False)' in code
-    assert 'self.register_buffer("scale", torch.ones(n).unsqueeze(0))' in code     # the block's arg
+    assert 'self.register_buffer("scale", torch.ones(n))' in code     # the block's arg, exactly as written
     assert "token = self.token.expand(x.shape[0], *self.token.shape[1:])  # (B, 1, 8)" in code
     assert "torch.gather(" in code and 'torch.einsum("bij,bjk->bik", ' in code and ".to(torch.float64)" in code
     assert "def attention(q: torch.Tensor" in code            # the helper the Attention layer calls

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.train.prepare import build_model, load_train_spec, prepare_data
 from specc.train.training import train

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from specc.cli import app
 from specc.draw.changes import CHANGE_STYLES, changes_drawing
 from specc.summary.diff import diff, side_spec
+from system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -104,6 +105,7 @@ def test_the_drawing_colours_added_changed_and_removed_items():
 
 
 def test_cli_table_and_drawing(tmp_path):
+    require_tool("dot", "graphviz renders the svg")
     out = tmp_path / "changes.svg"
     done = runner.invoke(app, ["diff", str(RESNET), "--set", "n_classes=10", "--draw", str(out)])
     assert done.exit_code == 0, done.output

@@ -266,3 +266,25 @@ def test_ctrl_c_stops_both_processes_saves_last_pt_and_exits_130(tmp_path):
     assert "interrupted during epoch" in lines[-1]
     (run_dir,) = (tmp_path / "runs" / "ddp_mlp").iterdir()
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] >= 2
+
+
+def test_bad_data_met_by_one_streaming_rank_ends_the_job_with_its_located_error(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for index in range(12):
+            Image.new("RGB", (8, 8), (index * 20, 0, 0)).save(tmp_path / "images" / name / f"{index}.png")
+    (tmp_path / "images" / "b" / "broken.png").write_bytes(b"not a png at all")  # read by one rank only
+    spec = {"name": "stream", "inputs": {"image": {"shape": [3, 8, 8]}},
+            "layers": ["Flatten", {"Linear": {"out_features": 2}}],
+            "train": {"data": {"source": "folder:images", "streaming": True, "num_workers": 0, "split": {"val": 0.2}},
+                      "epochs": 2, "batch_size": 4, "loss": "CrossEntropyLoss", "threads": 1,
+                      "optimizer": {"AdamW": {"lr": 0.01}}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    # before the fix the healthy rank waited in its next collective for ever (gloo's 30-minute timeout)
+    result = subprocess.run([sys.executable, "-m", "specc", "train", "spec.yaml", "--nproc", "2", "--out", "runs"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "spec.yaml:14:5: images/b/broken.png: cannot read the image" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr

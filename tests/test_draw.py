@@ -17,6 +17,7 @@ from specc.cli import app
 from specc.build.compiler import compile as compile_spec
 from specc.draw.diagram import build_diagram
 from specc.draw.drawing import GraphvizNotFound, draw, spec_diagram, write_drawing
+from system_tools import require_tool
 from specc.draw.mermaid import to_mermaid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,6 +271,7 @@ layers:
 
 # ----- CLI and missing graphviz -------------------------------------------------------------------------
 def test_cli_draw_writes_the_file_and_reports_mistakes(tmp_path):
+    require_tool("dot", "graphviz renders the svg")
     runner = CliRunner()
     spec = str(ROOT / "specs/parallel_cnn.yaml")
     result = runner.invoke(app, ["draw", spec, "-o", str(tmp_path / "m.svg"), "--set", "channels=4", "--rankdir", "LR"])

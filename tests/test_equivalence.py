@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from specc.build.compiler import build
+from specc.weights.building import build
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

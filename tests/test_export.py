@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from specc.build.checkpoint import save_checkpoint
+from specc.weights.checkpoint import save_checkpoint
 from specc.cli import app
 from specc.build.compiler import compile
 from specc.lang.errors import SpecError
-from specc.build.compiler import build_from_safetensors
-from specc.build.weights import load_weights
+from specc.weights.building import build_from_safetensors
+from specc.weights.loading import load_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

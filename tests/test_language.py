@@ -56,7 +56,8 @@ def test_if_false_skips_the_item_and_its_name_passes_the_input_on():
     assert params(model) == (8 * 16 + 16) + (16 * 4 + 4)
     assert "gated" not in dict(model.named_modules())
     x = torch.randn(3, 8)
-    assert torch.equal(model(x), getattr(model, "2")(getattr(model, "0")(x)))
+    # the skipped item takes no number, as a layer left out of an nn.Sequential: the last Linear is `1`
+    assert torch.equal(model(x), getattr(model, "1")(getattr(model, "0")(x)))
 
 
 def test_if_true_keeps_the_item():
@@ -183,13 +184,13 @@ def test_in_is_refused_where_sizes_are_not_known_yet():
 TOKENS = """\
 inputs: {x: {shape: [5, 8]}}
 layers:
-  - parameter: {shape: [1, 8], batch: true}
+  - parameter: {shape: [1, 1, 8], batch: true}
     name: class_token
     from: x
   - cat:
     from: [class_token, x]
     name: joined
-  - parameter: {shape: [6, 8], init: {normal: {std: 0.02}}}
+  - parameter: {shape: [1, 6, 8], init: {normal: {std: 0.02}}}
     name: position
   - add:
     from: [joined, position]
@@ -288,7 +289,7 @@ def test_attention_flops_are_counted_exactly():
 def test_attention_heads_must_divide_the_width():
     problem = first_problem(ATTENTION.replace("heads: 4", "heads: 5"), causal=False, scale=None, sources=["q", "k", "v"])
     assert where(problem) == (14, 5, "SHAPE_MISMATCH")
-    assert "heads=5" in problem.message
+    assert "5 heads dividing its last dim, got [6, 16]" in problem.message
 
 
 # --- functions ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "specc"
 
 # Stage of each subpackage: data flows from lower to higher numbers. Stages of equal rank sit side
 # by side and never import each other.
-STAGES = {"lang": 0, "build": 1, "summary": 2, "draw": 2, "train": 2, "export": 2}
+STAGES = {"lang": 0, "build": 1, "weights": 2, "summary": 3, "draw": 3, "train": 3, "export": 3}
 TOP = {"specc", "specc.cli", "specc.__main__"}   # the public surface, above every stage
 BASE = {"specc._callable"}                        # tiny helpers any stage may use
 
@@ -123,7 +123,8 @@ def test_callable_stage_packages_stay_callable_after_their_modules_load():
 
     import specc
 
-    for package in ("summary.summarize", "draw.drawing", "train.training", "export.exporter", "build.compiler"):
+    for package in ("summary.summarize", "draw.drawing", "train.training", "export.exporter", "build.compiler",
+                    "weights.building"):
         importlib.import_module(f"specc.{package}")
     for name in ("summary", "draw", "train", "export", "build"):
         assert callable(getattr(specc, name)), name

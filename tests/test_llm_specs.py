@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specc.build.compiler import build
+from specc.weights.building import build
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 GPT2 = SPECS / "gpt2_small.yaml"

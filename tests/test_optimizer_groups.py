@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.train.training import train
 
@@ -92,7 +92,7 @@ def test_a_group_of_frozen_parameters_is_an_error_naming_freeze(tmp_path):
 
 def test_fine_tuning_from_saved_weights_with_a_frozen_body_and_a_slower_middle(tmp_path):
     from specc.build.compiler import compile as compile_spec
-    from specc.build.weights import save_weights
+    from specc.weights.loading import save_weights
 
     layers = [{"Linear": {"out_features": 8}, "name": "body"}, "ReLU", {"Linear": {"out_features": 8}, "name": "middle"},
               "ReLU", {"Linear": {"out_features": 3}, "name": "head"}]

@@ -19,9 +19,10 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import build, compile as compile_spec
+from specc.build.compiler import compile as compile_spec
+from specc.weights.building import build
 from specc.build.expect import count_parameters
-from twins.mobilenet_v3 import SMALL_BLOCKS, MobileNetV3Small
+from twins.mobilenet_v3 import MobileNetV3Small
 from twins.swin import SwinTransformer
 from twins.t5 import T5Model
 from twins.vit import VisionTransformer
@@ -121,33 +122,12 @@ def test_spec_is_pure_yaml(name):
 
 
 # ----- MobileNetV3-Small -----------------------------------------------------------------------------
-def mobilenet_parts() -> dict[int, list[str]]:
-    """For each bneck (features.1-11): the parts it has, in order, as torchvision numbers them."""
-    parts, channels = {}, 16
-    for index, (_, expanded, out, use_se, _, _) in enumerate(SMALL_BLOCKS, start=1):
-        parts[index] = ["expand"] * (expanded != channels) + ["depthwise"] + ["se"] * use_se + ["project"]
-        channels = out
-    return parts
-
-
-def mobilenet_rename(key: str) -> str:
-    """features.<i>[.body.0].<part>.<rest> -> torchvision's features.<i>.block.<position of part>.<rest>."""
-    key = re.sub(r"^features\.(\d+)\.body\.0\.", r"features.\1.", key)      # the residual around a bneck
-    match = re.fullmatch(r"features\.(\d+)\.(expand|depthwise|se|project)\.(.+)", key)
-    if not match:
-        return key
-    index, part, rest = match.groups()
-    rest = rest.removeprefix("0.scale.")     # squeeze-excite: the multiplied branch of its parallel
-    return f"features.{index}.block.{MOBILENET_PARTS[int(index)].index(part)}.{rest}"
-
-
-MOBILENET_PARTS = mobilenet_parts()
-
-
 def test_mobilenet_v3_small_matches_its_twin():
+    # the spec's keys are torchvision's, in its order (a skipped `if:` layer takes no number): no renames
     model = build(SPECS / "mobilenet_v3_small.yaml", image_size=64)
     twin = randomize(MobileNetV3Small())
-    load_renamed(model, twin.state_dict(), mobilenet_rename)
+    assert list(model.state_dict()) == list(twin.state_dict())
+    model.load_state_dict(twin.state_dict(), strict=True)
     assert_same_outputs(model, twin, torch.randn(2, 3, 64, 64))
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import build, compile as compile_spec
+from specc.build.compiler import compile as compile_spec
+from specc.weights.building import build
 from specc.lang.errors import SpecError
 from specc.summary.summarize import summary
 
@@ -135,10 +136,10 @@ def test_seq_first_section_declared_and_restored():
 def test_free_tensors_are_not_checked_but_what_they_feed_is():
     text = ("inputs:\n  x: {shape: [4, 8]}\nlayers:\n  - parameter: {shape: [4, 8]}\n    name: pos\n"
             "  - add:\n    from: [x, pos]\n  - Linear: 2\n")
-    assert compile_spec(text, device="meta").graph["pos"].shape == (1, 4, 8)
+    assert compile_spec(text, device="meta").graph["pos"].shape == (4, 8)   # exactly as written
     assert compile_spec(text, device="meta").graph["2"].shape == (2, 4, 2)
-    # a parameter shape written with the leading 1 broadcasts the batch into dim 1
-    problem = problem_of(text.replace("shape: [4, 8]}\n    name", "shape: [1, 4, 8]}\n    name"))
+    # a parameter with one dim too many broadcasts the batch into dim 1
+    problem = problem_of(text.replace("shape: [4, 8]}\n    name", "shape: [1, 1, 4, 8]}\n    name"))
     assert problem.code == "BATCH_DIM" and problem.location.line == 6
     assert "add moves the batch dim: input [B, 4, 8] -> output [1, B, 4, 8]" in problem.message
 

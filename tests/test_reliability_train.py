@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.train.training import train
 
 torch.set_num_threads(1)

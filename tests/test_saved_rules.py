@@ -15,9 +15,9 @@ from specc.summary.saved_rules import run_by_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
-RULED = {"mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
+RULED = {"llama3", "qwen2", "gemma", "mixtral", "gpt_char", "mlp", "digits_cnn", "digits_finetune", "iris_mlp", "diabetes_mlp", "parallel_cnn", "llama2_7b",
          "gpt2_small", "resnet18", "squeezenet1_1", "folder_cnn", "mnist_net", "conv_autoencoder",
-         "mobilenet_v3_small"}
+         "mobilenet_v3_small", "unet"}
 
 
 def _by_hooks(monkeypatch, spec, **options):
@@ -52,9 +52,17 @@ LAYERS = ["Linear: {out_features: 6}", "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU"
 SEQUENCE_LAYERS = ["CausalSelfAttention: {n_heads: 4}", "CausalSelfAttention: {n_heads: 4, bias: false, rope: true}",
                    "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2}",
                    "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, rope: true, dropout: 0.1}",
-                   "SwiGLU: {hidden_dim: 24}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
+                   "CausalSelfAttention: {n_heads: 4, layout: hf}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 2, layout: hf, bias: false}",
+                   "CausalSelfAttention: {n_heads: 4, layout: meta, rope: true, head_dim: 8}",
+                   "CausalSelfAttention: {n_heads: 4, n_kv_heads: 1, layout: hf, rope: true, out_bias: false}",
+                   "CausalSelfAttention: {n_heads: 2, rope: true, rope_fraction: 0.5}",
+                   "SwiGLU: {hidden_dim: 24}", "SwiGLU: {hidden_dim: 24, layout: hf, activation: gelu_tanh}",
+                   "SwiGLU: {hidden_dim: 24, activation: relu}",
+                   "MoE: {hidden_dim: 24, n_experts: 4, top_k: 2}",
+                   "MoE: {hidden_dim: 24, n_experts: 3, top_k: 1, layout: per_expert, renormalize: false}", "MLP: {hidden_dim: 24}", "MLP: {hidden_dim: 24, activation: relu}",
                    "MLP: {hidden_dim: 24, activation: silu, dropout: 0.2}", "PositionalEmbedding: {max_len: 8}",
-                   "RMSNorm: {normalized_shape: 16}", "LayerNorm: {normalized_shape: 16}"]
+                   "RMSNorm: {normalized_shape: 16}", "OffsetRMSNorm: {eps: 1.0e-6}", "LayerNorm: {normalized_shape: 16}"]
 
 
 # (input shape without the batch dim, its last dim, the layer)

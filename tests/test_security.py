@@ -295,7 +295,7 @@ def test_yaml_nesting_raised_past_the_reader_is_still_located(monkeypatch):
 
 def test_a_file_named_unlike_an_identifier_still_round_trips_through_safetensors(tmp_path):
     """Only an explicit `name:` must be an identifier; the file stem is stored as the name only when it is one."""
-    from specc.build.weights import save_weights
+    from specc.weights.loading import save_weights
 
     path = tmp_path / "my-model.yaml"
     path.write_text(HEADER + "layers:\n  - Linear: [3]\n")

@@ -135,7 +135,7 @@ def bomb_checkpoints(tmp_path_factory) -> dict[str, Path]:
 CHECKPOINT_DRIVER = """
 import json, sys
 import specc
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 results = {}
 for name, path in json.load(sys.stdin).items():
@@ -335,7 +335,7 @@ def test_rename_rules_cannot_backtrack_for_long(tmp_path):
 def test_a_long_tensor_name_is_refused_before_any_rule():
     import torch
 
-    from specc.build.weight_map import _rename
+    from specc.weights.mapping import _rename
     from specc.lang.errors import SpecError
 
     with pytest.raises(SpecError, match="more than rename rules are tried on"):

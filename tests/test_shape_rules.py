@@ -15,6 +15,7 @@ from torch import nn
 
 from specc.build import infer, layers as specc_layers
 from specc.build.compiler import compile as compile_spec
+from specc.build.moe_layers import MoE
 from specc.build.registry import FUNCTIONS
 from specc.build.shape_functions import function_output, merge_output
 from specc.build.shape_rules import MODULE_RULES, module_output
@@ -186,12 +187,21 @@ def _attention_zoo():
         (specc_layers.CausalSelfAttention(16, 4), [meta(2, 5, 16)]),
         (specc_layers.CausalSelfAttention(16, 4, bias=False, rope=True, n_kv_heads=2), [meta(2, 5, 16)]),
         (specc_layers.MLP(16, 64), [meta(2, 5, 16)]),
+        (specc_layers.CausalSelfAttention(16, 4, layout="hf", n_kv_heads=1, head_dim=8, out_bias=False), [meta(2, 5, 16)]),
+        (specc_layers.CausalSelfAttention(16, 2, layout="meta", rope=True, rope_fraction=0.5), [meta(2, 5, 16)]),
         (specc_layers.SwiGLU(16, 40), [meta(2, 5, 16)]),
+        (specc_layers.SwiGLU(16, 40, layout="hf", activation="gelu_tanh"), [meta(2, 5, 16)]),
+        (MoE(16, 24, 4, 2), [meta(2, 5, 16)]),
+        (specc_layers.OffsetRMSNorm(16), [meta(2, 5, 16)]),
+        (MoE(16, 24, 3, 1, layout="per_expert", renormalize=False), [meta(2, 7, 16)]),
         (specc_layers.PositionalEmbedding(10, 16), [meta(2, 5, 16)]),
         (specc_layers.ClassToken(16), [meta(2, 5, 16)]),
         (specc_layers.LayerScale(16), [meta(2, 5, 16)]),
         (specc_layers.Attention(4), [meta(2, 5, 16), meta(2, 7, 16), meta(2, 7, 8)]),
         (specc_layers.Attention(2, causal=True), [meta(2, 5, 8)] * 3),
+        (specc_layers.LinearScan(), [meta(2, 7, 4, 3), meta(2, 7, 4, 3)]),
+        (specc_layers.LinearScan(dim=-1, reverse=True), [meta(2, 4, 1, 10), meta(2, 4, 3, 10), meta(2, 4, 3)]),
+        (specc_layers.Attention(4, n_kv_heads=2, rope=True), [meta(2, 5, 16), meta(2, 7, 8), meta(2, 7, 8)]),
     ]
 
 

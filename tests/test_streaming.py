@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from specc.build.checkpoint import load_checkpoint
+from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.train.data import Normalizer, TensorData
 from specc.train.prepare import build_model, load_train_spec, prepare_data

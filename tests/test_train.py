@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import specc.train.loop
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
 from specc.train.training import evaluate, predict, train
@@ -195,7 +195,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(SpecError, match=r"cannot write .*best.pt \(disk full\); the previous checkpoint is intact"):
         save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(2)}}, path)
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

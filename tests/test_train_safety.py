@@ -12,7 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from specc.build.checkpoint import load_checkpoint, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, save_checkpoint
 from specc.cli import app
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
@@ -122,25 +122,22 @@ def test_a_checkpoint_with_a_hostile_spec_runs_nothing(workdir, iris_run, monkey
     (workdir / "x.csv").write_text("a,b,c,d\n1,2,3,4\n")
     attempts = (lambda: evaluate(None, checkpoint), lambda: predict(None, checkpoint, workdir / "x.csv"),
                 lambda: train(None, resume=checkpoint, out=workdir / "runs", verbose=False))
-    # a checkpoint's spec is loaded in safe mode (issue 25): its dataset: is refused unread
+    # a checkpoint's stored spec is loaded in safe mode: its dataset: is refused before anything is imported
     for attempt in attempts:
-        with pytest.raises(SpecError, match="safe mode: `dataset: subprocess.getoutput`.*--trust-code"):
+        with pytest.raises(SpecError, match="safe mode: `dataset: subprocess.getoutput` would import and run code"):
             attempt()
     result = invoke("train", "--resume", checkpoint, "--out", workdir / "runs")
-    assert result.exit_code == 2 and "safe mode" in result.output
-    # trusted, the path is still checked before anything is imported
+    assert result.exit_code == 2 and "pass trust_code=True (or --trust-code)" in result.output
+    # trusted, the dotted path is still checked before any import
     monkeypatch.setenv("SPECC_TRUST_CODE", "1")
     for attempt in attempts:
         with pytest.raises(SpecError, match="standard-library module"):
             attempt()
-    result = invoke("--trust-code", "train", "--resume", checkpoint, "--out", workdir / "runs")
+    result = invoke("train", "--resume", checkpoint, "--out", workdir / "runs")
     assert result.exit_code == 2 and "standard-library module" in result.output
     assert not (workdir / "CANARY").exists() and not (workdir / "x.predictions.csv").exists()
     user_class = crafted_checkpoint(iris_run, workdir / "evil2.pt", hostile("user_code.Loader"))
     with pytest.raises(SpecError, match="not a subclass of torch.utils.data.Dataset"):
-        evaluate(None, user_class)
-    monkeypatch.delenv("SPECC_TRUST_CODE")
-    with pytest.raises(SpecError, match="safe mode"):
         evaluate(None, user_class)
     assert not (workdir / "CANARY").exists()
 
@@ -343,7 +340,7 @@ def test_a_text_file_or_an_incomplete_checkpoint_is_a_clear_error(tmp_path, iris
 
 
 def test_best_pt_is_read_back_when_written(tmp_path, monkeypatch):
-    import specc.build.checkpoint as checkpoint
+    import specc.weights.checkpoint as checkpoint
 
     original_save = torch.save
 

@@ -4,16 +4,17 @@
 user imports) and `signatures` checks arguments against it; `expand` turns the spec into the
 `graph` IR; `infer` dry-runs it on meta to fill in sizes (`symbolic` labels named dims);
 `compiler` materialises the modules and writes the fx forward, returning a `compiled.Compiled`;
-`expect`, `weights` and `checkpoint` check it and load weights into it.
+`expect` checks it. Weights are loaded one stage up (specc.weights).
 
-`specc.build(...)` is also this package called as a function (see specc._callable).
+`specc.build(...)` is also this package called as a function (see specc._callable): it compiles
+here, then loads weights in specc.weights.building.
 """
 import importlib
 from pathlib import Path
 
 from specc._callable import make_callable
 
-make_callable(__name__, "specc.build.compiler", "build")
+make_callable(__name__)
 
 
 def __getattr__(name: str):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import functools
 import gc
 import re
@@ -27,12 +26,12 @@ from specc.build.graph import Graph
 from specc.build import plan_cache
 from specc.build.forward import assemble, plan_spec_module
 from specc.build.infer import DTYPES, SkipInitOnMeta, dry_run
+from specc.build.initial_values import apply_init, apply_trainable
 from specc.build.plan_cache import CompilePlan
-from specc.build.weights import apply_weights, load_into, load_state, read_stored_spec
 from specc.build.registry import Registry, import_layer
 from specc.build.memory import check_weights_fit
-from specc.build.tensors import FREE_TENSORS, INIT_FUNCTIONS, FreeTensor, init_problem, make_free_tensor
-from specc.lang.safety import safe_scope, stored_spec_scope
+from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
+from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
 
 
@@ -110,10 +109,11 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
         for module in modules.values():
             module.to(dtype)
     module = assemble(plan.module_plan, modules)
-    _apply_init(module, graph, spec, apply=device.type != "meta")
+    apply_init(module, graph, spec, apply=device.type != "meta")
     _apply_ties(module, spec)
+    apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=unused_items(graph))
+                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=[*graph.warnings, *unused_items(graph)])
     for problem in compiled.warnings:
         warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
@@ -187,66 +187,12 @@ def with_model_problems(error: SpecError) -> SpecError:
     return SpecError(sorted_problems(problems))
 
 
-def build(spec_or_path: str | Path | dict | Spec, *, device: str | torch.device = "cpu",
-          dtype: torch.dtype | str | None = None, weights: Any = None, weights_map: Any = None,
-          allow_missing: Any = (), safe: bool | None = None, trust_code: bool | None = None,
-          **variables: Any) -> nn.Module:
-    """Compile a spec and return just the `nn.Module` (see `compile` for the arguments).
-
-    `spec_or_path` may also be a `.safetensors` file written by `specc export`: it carries its
-    spec, so the trained model is rebuilt from the file alone; that spec is loaded in safe mode
-    unless `trust_code=True` (see `build_from_safetensors`). `weights` loads a state_dict, a
-    `.safetensors` file or a `specc train` checkpoint into the built model.
-
-    With `weights_map` ("strict", "auto" or a mapping of rename rules), `weights` may be any
-    PyTorch weight file (see `specc.build.weights.load_into`); the load's `WeightsReport` is the
-    module's `weights_report` attribute. `allow_missing` lists globs of tensors that may stay
-    unmatched. `safe=True` refuses `imports:`, `dataset:` and compile options (see `compile`).
-    """
-    if isinstance(spec_or_path, (str, Path)) and str(spec_or_path).endswith(".safetensors"):
-        return build_from_safetensors(spec_or_path, device=device, dtype=dtype, safe=safe, trust_code=trust_code,
-                                      **variables)
-    compiled = compile(spec_or_path, device=device, dtype=dtype, symbolic=False, safe=safe, **variables)
-    module = compiled.module
-    if weights is not None and weights_map is None and not allow_missing:
-        apply_weights(module, weights)
-    elif weights is not None:
-        order = [node.name for node in compiled.graph.nodes if node.op == "module" and not node.shared_with]
-        module.weights_report = load_into(module, weights, weights_map or "strict", allow_missing, order)
-    return module
-
-
 def _meta_twin(plan: CompilePlan, meta_modules: dict[str, nn.Module]) -> nn.Module:
     """The compiled model again on the meta device, from the dry run's modules."""
     module = assemble(plan.module_plan, meta_modules)
     _apply_ties(module, plan.spec)
+    apply_trainable(module, plan.graph)
     return module
-
-
-def build_from_safetensors(path: str | Path, *, device: str | torch.device = "cpu", dtype: Any = None,
-                           safe: bool | None = None, trust_code: bool | None = None, **variables: Any) -> nn.Module:
-    """Rebuild a trained model from a `.safetensors` file written by `specc export`.
-
-    Args:
-        path: the file; its metadata holds the resolved spec.
-        device, dtype: as in `specc.build`.
-        trust_code: the stored spec may import code (`imports:`); default False, so it is loaded in
-            safe mode (SPECC_TRUST_CODE=1 or `--trust-code` also trust it).
-        **variables: var overrides (they must leave the weights' shapes unchanged).
-
-    Returns:
-        The model with the file's weights, in eval mode.
-
-    Raises:
-        SpecError: unreadable file, or weights that do not fit the spec (CHECKPOINT_ERROR); a problem
-            in the stored spec is located in it (`model.safetensors (stored spec):3:5`).
-    """
-    stored, input_shapes, state = read_stored_spec(path)
-    with stored_spec_scope(trust_code):
-        module = compile(stored, device=device, dtype=dtype, input_shapes=input_shapes, symbolic=False, safe=safe,
-                         **variables).module
-    load_state(module, state, path)
-    return module.eval()
 
 
 def class_name(spec: Spec) -> str:
@@ -305,39 +251,6 @@ def _apply_ties(module: nn.Module, spec: Spec) -> None:
         setattr(module.get_submodule(owner_path), attribute, module.get_parameter(source))
 
 
-def _apply_init(module: nn.Module, graph: Graph, spec: Spec, apply: bool = True) -> None:
-    """`init: {Linear: kaiming_normal, bias: zeros}`: layer types set their weights, names/patterns set
-    parameters. Keys and functions are checked on every device; `apply=False` (meta) stops there."""
-    layer_types = {node.target for node in graph.nodes if node.op == "module"}
-    parameters = dict(module.named_parameters())
-    with torch.no_grad():
-        for key, how in spec.init.items():
-            location = spec.source.locate(("init", key))
-            initialise = _initializer(how, location)
-            if key in layer_types:
-                targets = [node.name for node in graph.nodes if node.target == key and not node.shared_with]
-                chosen = [p for name in targets if (p := getattr(module.get_submodule(name), "weight", None)) is not None]
-            else:
-                chosen = [p for name, p in parameters.items()
-                          if fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key]
-            if not chosen:
-                raise SpecError(Problem(f"init: '{key}' matches no layer type or parameter", location,
-                                        "UNKNOWN_REFERENCE", did_you_mean(key, [*layer_types, "weight", "bias"])))
-            for parameter in chosen if apply else []:
-                try:
-                    initialise(parameter)
-                except ValueError as error:
-                    raise SpecError(Problem(f"init: {key}: {error}", location, "TYPE_ERROR")) from None
-
-
-def _initializer(how: str | dict, location) -> Any:
-    name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
-    function_name = name if name.endswith("_") else f"{name}_"
-    problem = init_problem(how)
-    if problem is not None and function_name not in INIT_FUNCTIONS:
-        raise SpecError(Problem(f"init: unknown initialisation '{name}'", location, "UNKNOWN_KEY",
-                                (did_you_mean(function_name, list(INIT_FUNCTIONS)) or "").rstrip("_") or None))
-    if problem is not None:   # a kwarg the function does not take is refused before any call (or codegen)
-        raise SpecError(Problem(f"init: {problem}", location, "UNKNOWN_KWARG"))
-    function = getattr(nn.init, function_name)
-    return lambda parameter: function(parameter, **(kwargs or {}))
+def spec_registry(spec: Spec) -> Registry:
+    """The layers a spec may use: torch.nn, specc's own and its `imports:`."""
+    return Registry(_imports(spec))

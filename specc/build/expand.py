@@ -5,7 +5,6 @@ exists, collecting every problem it finds. Sizes are checked afterwards by the d
 """
 from __future__ import annotations
 
-import keyword
 from collections import ChainMap
 from dataclasses import dataclass, replace
 from itertools import accumulate
@@ -15,12 +14,14 @@ from specc.lang.errors import Location, Problem, SpecError, did_you_mean, sorted
 from specc.lang.expressions import ExpressionError, resolve_vars, substitute
 from specc.build.bounds import ExpansionBudget
 from specc.build.graph import Graph, Node, Scope
-from specc.build.items import Item, ItemReading
+from specc.build.items import Item, ItemReading, join_path
+from specc.build.structures import StructureExpansion
+from specc.build.infer import DryRun
 from specc.build.input_sizes import Deferred, contains_deferred, needs_input
 from specc.build.tensors import FREE_TENSORS, free_tensor_args
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, STRUCTURES, Registry
 from specc.build.signatures import function_call_args, layer_kwargs
-from specc.lang.spec import IDENTIFIER, Spec, is_name
+from specc.lang.spec import IDENTIFIER, Spec, is_path
 
 @dataclass(frozen=True)
 class Context:
@@ -32,12 +33,18 @@ class Context:
     prefix: str = ""
     via: tuple = ()        # block uses we are inside, for error notes
     blocks: tuple = ()     # names of those blocks, to tell a recursion from deep nesting
+    lists: tuple = ("",)   # spec paths of the enclosing item lists, innermost last (`from:` searches them)
+    item: str = ""         # spec path of the item being expanded (`enc.0` in a repeat)
 
-    def child(self, scope: Scope, prefix: str, **changes) -> "Context":
-        return replace(self, refs=self.refs.new_child(), scopes=self.scopes + (scope,), prefix=prefix, **changes)
+    def child(self, scope: Scope, prefix: str, inputs: list | None = None, list_path: str | None = None,
+              **changes) -> "Context":
+        """The context of a list inside a container: its own names, `input` naming the list's input."""
+        refs = self.refs.new_child({"input": inputs[0]} if inputs else {}).new_child()
+        lists = self.lists if list_path is None else self.lists + (list_path,)
+        return replace(self, refs=refs, scopes=self.scopes + (scope,), prefix=prefix, lists=lists, **changes)
 
 
-class Expander(ItemReading):
+class Expander(ItemReading, StructureExpansion):
     """Walks the spec's layers once, producing `Graph` nodes and collecting problems."""
 
     def __init__(self, spec: Spec, registry: Registry):
@@ -50,11 +57,17 @@ class Expander(ItemReading):
         self.budget = ExpansionBudget()
         self.module_paths: set[str] = set()      # for `_path_clash`
         self.module_prefixes: set[str] = set()
+        self.spec_paths: dict[str, str] = {}      # every item's spec path (`enc.conv`, `m.2`) -> its output node
+        self.repeats: dict[str, list[str]] = {}   # a repeat's spec path -> each repetition's output (`from: m.*`)
+        self.dry_run: DryRun | None = None        # started by the first `if:` that reads an input size
+        self.warnings: list[Problem] = []
+        self.named_dims = {str(size) for declared in spec.inputs.values() for size in declared.shape
+                           if isinstance(size, str) and IDENTIFIER.match(size)}
 
     # ----- entry point -------------------------------------------------------------------------
     def expand(self) -> Graph:
         variables = self._global_vars()
-        refs: ChainMap = ChainMap({})
+        refs: ChainMap = ChainMap({}, {"input": next(iter(self.spec.inputs))})   # `from: input` at the top
         for name, declared in self.spec.inputs.items():
             shape = self._input_shape(name, declared.shape, variables)
             # dims written as a var name (`shape: [seq]`) stay symbolic: any size works at run time
@@ -75,7 +88,7 @@ class Expander(ItemReading):
         if self.problems:
             # a mistake inside a repeated item or a block used twice is reported once, with its use sites
             raise SpecError(sorted_problems(self.problems))
-        return Graph(self.nodes, outputs)
+        return Graph(self.nodes, outputs, self.warnings)
 
     def _global_vars(self) -> dict:
         resolved: dict = {}
@@ -109,48 +122,97 @@ class Expander(ItemReading):
 
     # ----- items -------------------------------------------------------------------------------
     def _expand_items(self, items: list, path: tuple, context: Context, current: list[str]) -> list[str]:
+        number = 0   # an unnamed item's key: the items built before it, as nn.Sequential numbers its layers
         for index, raw in enumerate(items):
-            current = self._expand_item(raw, path + (index,), context, current, index)
+            current, built = self._expand_item(raw, path + (index,), context, current, number)
+            number += built
         return current
 
-    def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str], index: int) -> list[str]:
+    def _expand_item(self, raw: Any, path: tuple, context: Context, current: list[str],
+                     number: int) -> tuple[list[str], bool]:
+        """Expand one item; returns its output and whether it was built (a skipped item takes no number)."""
         item = self._parse_item(raw, path)
         self._count_item(path, context, item.op if item else None)   # skipped and broken items count too
         if item is None:
-            return current
-        name = self._substitute(item.meta.get("name"), context.variables, path + ("name",))
-        key = str(index) if name is None else str(name)
-        if name is not None and not is_name(key):
-            self._problem(f"name '{name}' must be an identifier (letters, digits, _; no Python keyword)",
-                          path + ("name",), "TYPE_ERROR")
-            return current
-        if key in context.refs.maps[0]:
-            self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
-            return current
+            return current, True
+        name = self._item_name(item, context)
+        if name is False:
+            return current, True
         self._check_path_keys(item)
         repeat = self._repeat_count(item, context)
-        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context) else None
+        item = self._resolve_op(item, context) if repeat != 0 and self._enabled(item, context, current) else None
         if item is None:
-            context.refs[key] = current[0] if current else None  # a skipped item passes its input on
-            return current
-        inputs = self._item_inputs(item, context, current)
+            if name is not None and name not in context.refs.maps[0]:
+                # a skipped item passes its input on under its name; kept below the list's own names,
+                # so a built alternative may take the name after it (`if: $se` / `if: $(not se)`)
+                context.refs.maps[1][name] = current[0] if current else None
+                if current:
+                    self.spec_paths[join_path(context.lists[-1], name)] = current[0]
+            return current, False
+        key = str(number) if name is None else name
+        if not self._claim(key, path, context):
+            return current, True
+        # a repeated item whose `from:` uses a var (`from: $(levels[i])`) reads it in each repetition
+        each = repeat is not None and "$" in str(item.meta.get("from", ""))
+        inputs = current if each else self._item_inputs(item, context, current)
+        if inputs is None:             # an unknown `from:` name, reported: checking the item would only add noise
+            context.refs[key] = None
+            return current, True
         qualified = context.prefix + key
+        context = replace(context, item=join_path(context.lists[-1], key))
+        start = len(self.nodes)
         if repeat is None:
             output = self._expand_single(item, context, inputs, qualified, name)
         else:
-            output = self._expand_repeated(item, context, inputs, qualified, name, repeat)
+            output = self._expand_repeated(item, context, inputs, qualified, name, repeat, each)
         self._declare_output(item, context, output)
-        context.refs[key] = output[0] if output else None
-        return output or current
+        self._mark_fixed(item, context, self.nodes[start:])
+        self._name_output(context, key, output)
+        return output or current, True
 
-    def _expand_repeated(self, item, context, inputs, qualified, name, count) -> list[str]:
+    def _name_output(self, context: Context, key: str, output: list[str]) -> None:
+        """`key` names the output in its list, and its spec path names it anywhere after (`from: enc.conv`)."""
+        context.refs[key] = output[0] if output else None
+        if output:
+            self.spec_paths[join_path(context.lists[-1], key)] = output[0]
+
+    def _item_name(self, item: Item, context: Context) -> str | None | bool:
+        """The item's `name:` as a string, None when unnamed, False (reported) when it is no module path."""
+        if item.meta.get("name") is None:
+            return None
+        name = self._substitute(item.meta["name"], context.variables, item.path + ("name",))
+        if name is None:
+            return False              # a bad var in it, reported
+        if isinstance(name, int) and not isinstance(name, bool) and name >= 0:
+            return str(name)          # `name: 3`: the library's number
+        if not is_path(name):
+            self._problem(f"name {name!r} must be an identifier or a dotted module path like resnets.0 or "
+                          f"attention.self.query (parts: letters, digits, _ or a number; no Python keyword)",
+                          item.path + ("name",), "TYPE_ERROR")
+            return False
+        return name
+
+    def _claim(self, key: str, path: tuple, context: Context) -> bool:
+        if key in context.refs.maps[0]:
+            self._problem(f"duplicate name '{key}' in the same list", path + ("name",), "DUPLICATE_NAME")
+            return False
+        return True
+
+    def _expand_repeated(self, item, context, inputs, qualified, name, count, each: bool = False) -> list[str]:
+        """Each repetition takes the previous one's output, or with `each` its own `from:` (read with `$i`)."""
         for repetition in range(count):
             scope = Scope("repeat", qualified, f"×{count}", self._locate(item.path), repetition, count, qualified)
             inner = replace(context, variables={**context.variables, "i": repetition},
-                            scopes=context.scopes + (scope,))
+                            scopes=context.scopes + (scope,), item=f"{context.item}.{repetition}")
             if repetition:
                 self._count_item(item.path, inner, item.op)
-            inputs = self._expand_single(item, inner, inputs, f"{qualified}.{repetition}", name) or inputs
+            sources = self._item_inputs(item, inner, inputs) if each else inputs
+            if sources is None:
+                return inputs
+            inputs = self._expand_single(item, inner, sources, f"{qualified}.{repetition}", name) or inputs
+            if inputs:
+                self.spec_paths[inner.item] = inputs[0]
+                self.repeats.setdefault(context.item, []).append(inputs[0])
         return inputs
 
     def _expand_single(self, item: Item, context: Context, inputs: list[str], qualified: str,
@@ -176,10 +238,12 @@ class Expander(ItemReading):
             return []
         if item.op == "dropout" and isinstance(args, (int, float)):
             args = {"p": args}
+        if item.meta.get("share") is not None and args is None:   # the shared layer's arguments: none needed
+            return self._add_shared(item, context, inputs, qualified, name, info.name, {})
         kwargs, problems = layer_kwargs(info, args, self._locator(item, context))
         self.problems.extend(problems)
         if item.meta.get("share") is not None:
-            return self._add_shared(item, context, inputs, qualified, name, info.name)
+            return self._add_shared(item, context, inputs, qualified, name, info.name, kwargs)
         node = Node(name=qualified, op="module", target=info.name, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or info.name,
                     meta={"via": list(context.via), **_deferred_args(kwargs)})
@@ -191,6 +255,8 @@ class Expander(ItemReading):
         self.problems.extend(problems)
         sources = item.meta.get("from")
         labels = [str(source) for source in (sources if isinstance(sources, list) else [sources])] if sources else None
+        if labels is not None and len(labels) != len(inputs):   # `from: [a, m.*]`: name each input
+            labels = list(inputs)
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
                     meta={"via": list(context.via), "from": labels, **_deferred_args(kwargs)})
@@ -200,13 +266,14 @@ class Expander(ItemReading):
         """`parameter` / `buffer` / `constant`: a tensor of the model, not computed from an input."""
         kwargs, problems = free_tensor_args(item.op, args, self._locator(item, context))
         self.problems.extend(problems)
+        self._warn_fixed_dims(item, name or qualified)
         inputs = inputs[:1] if kwargs.get("batch") else []
         node = Node(name=qualified, op="function", target=item.op, args=kwargs, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or item.op,
                     meta={"via": list(context.via), **_deferred_args(kwargs)})
         return [self._add(node)]
 
-    def _add_shared(self, item, context, inputs, qualified, name, target) -> list[str]:
+    def _add_shared(self, item, context, inputs, qualified, name, target, given: dict) -> list[str]:
         reference = self._substitute(item.meta["share"], context.variables, item.path + ("share",))
         owner = self._reference(str(reference), context, item.path + ("share",))
         if owner is None:
@@ -215,142 +282,21 @@ class Expander(ItemReading):
         if owner_node.op != "module":
             self._problem(f"share: '{reference}' is not a layer with weights", item.path + ("share",), "TYPE_ERROR")
             return []
+        if owner_node.target != target:
+            self._problem(f"share: '{reference}' is a {owner_node.target}, not a {target}", item.path + ("share",),
+                          "TYPE_ERROR")
+            return []
+        for key, value in given.items():   # arguments written anyway must be the shared layer's
+            if key in owner_node.args and owner_node.args[key] != value:
+                self._problem(f"share: '{reference}' has {key}={owner_node.args[key]!r}, not {value!r}; "
+                              f"leave the arguments out", item.path + (item.op,), "TYPE_ERROR")
+                return []
         node = Node(name=qualified, op="module", target=owner_node.target, args=owner_node.args, inputs=inputs,
                     scopes=context.scopes, location=self._locate(item.path), label=name or owner_node.target,
                     shared_with=owner_node.shared_with or owner_node.name, meta={"via": list(context.via)})
         return [self._add(node)]
 
-    # ----- structures ----------------------------------------------------------------------------
-    def _expand_parallel(self, item, context, inputs, qualified, name) -> list[str]:
-        branches = item.args
-        if not isinstance(branches, dict) or not branches:
-            self._problem("parallel needs a mapping of branch names to layer lists, e.g. {a: [...], b: [...]}",
-                          item.path + ("parallel",), "TYPE_ERROR")
-            return []
-        prefix = self._prefix(item, context, qualified)
-        scope = Scope("parallel", qualified, name or "parallel", self._locate(item.path), module=_level(prefix, context))
-        outputs, labels = [], []
-        names = self._part_names(item, context, [str(branch) for branch in branches])
-        for branch, layers in branches.items():
-            if keyword.iskeyword(str(branch)):   # `self.branches.as` would make the forward a SyntaxError
-                self._problem(f"parallel: branch '{branch}' is a Python keyword; name the branch otherwise",
-                              item.path + ("parallel", branch), "TYPE_ERROR")
-                return []
-            branch_scope = Scope("branch", f"{qualified}.{branch}", str(branch), self._locate(item.path + ("parallel", branch)),
-                                 module=_level(prefix + names[str(branch)], prefix))
-            inner = context.child(scope, "").child(branch_scope, prefix + names[str(branch)])
-            layers = layers if isinstance(layers, list) else [layers]
-            result = self._expand_items(layers, item.path + ("parallel", branch), inner, inputs)
-            outputs.append(result[0])
-            labels.append(str(branch))
-        merge, merge_args = self._merge(item, context)
-        node = Node(name=f"{qualified}.merge", op="merge", target=merge, args=merge_args, inputs=outputs,
-                    scopes=context.scopes + (scope,), location=self._locate(item.path), label=merge,
-                    meta={"branches": labels, "via": list(context.via), "item": name or "parallel",
-                          "merge_at": self._locate(item.path + ("merge",)) if "merge" in item.meta else None})
-        return [self._add(node)]
-
-    def _expand_residual(self, item, context, inputs, qualified, name) -> list[str]:
-        prefix, names = self._prefix(item, context, qualified), self._part_names(item, context, ["body", "shortcut"])
-        scope = Scope("residual", qualified, name or "residual", self._locate(item.path), module=_level(prefix, context))
-        outer = context.child(scope, "")
-        body_layers = item.args if isinstance(item.args, list) else [item.args]
-        body_scope = Scope("body", f"{qualified}.body", "body", self._locate(item.path + ("residual",)),
-                           module=_level(prefix + names["body"], prefix))
-        body = self._expand_items(body_layers, item.path + ("residual",), outer.child(body_scope, prefix + names["body"]), inputs)
-        shortcut = inputs
-        if item.meta.get("shortcut") is not None:
-            layers = item.meta["shortcut"]
-            layers = layers if isinstance(layers, list) else [layers]
-            short_scope = Scope("shortcut", f"{qualified}.shortcut", "shortcut", self._locate(item.path + ("shortcut",)),
-                                module=_level(prefix + names["shortcut"], prefix))
-            shortcut = self._expand_items(layers, item.path + ("shortcut",), outer.child(short_scope, prefix + names["shortcut"]), inputs)
-        node = Node(name=f"{qualified}.add", op="merge", target="add", args={}, inputs=[body[0], shortcut[0]],
-                    scopes=context.scopes + (scope,), location=self._locate(item.path), label="add",
-                    meta={"branches": ["body", "shortcut"], "via": list(context.via), "item": name or "residual"})
-        return [self._add(node)]
-
-    def _expand_sequential(self, item, context, inputs, qualified, name) -> list[str]:
-        prefix = self._prefix(item, context, qualified)
-        scope = Scope("sequential", qualified, name or "sequential", self._locate(item.path), module=_level(prefix, context))
-        layers = item.args if isinstance(item.args, list) else [item.args]
-        return self._expand_items(layers, item.path + ("sequential",), context.child(scope, prefix), inputs)
-
-    def _expand_block(self, item, context, inputs, qualified, name) -> list[str]:
-        block = self.spec.blocks[item.op]
-        known_problems = len(self.problems)
-        input_of = inputs[0] if inputs else None   # `$in` in a block's args is the block's input
-        given = self._substitute(item.args, context.variables, item.path + (item.op,), deferrable=True, input_of=input_of)
-        if len(self.problems) > known_problems:
-            return []
-        arguments = self._block_arguments(item, block, given, context, input_of)
-        if arguments is None:
-            return []
-        location = self._locate(item.path)
-        prefix = self._prefix(item, context, qualified)
-        scope = Scope("block", qualified, item.op if name is None else f"{name}: {item.op}", location,
-                      module=_level(prefix, context))
-        inner_vars = {**context.variables, **arguments}
-        inner = context.child(scope, prefix, variables=inner_vars,
-                              via=context.via + (f"in block '{item.op}' used at {location}",),
-                              blocks=context.blocks + (item.op,))
-        return self._expand_items(block.layers, ("blocks", item.op, "layers"), inner, inputs)
-
-    def _prefix(self, item: Item, context: Context, qualified: str) -> str:
-        """The path prefix of an item's layers: `qualified.`, or with `flat: true` the enclosing
-        one (a repeat keeps its index), so a structure or block use adds no state_dict level."""
-        flat = self._substitute(item.meta.get("flat", False), context.variables, item.path + ("flat",))
-        if not isinstance(flat, bool):
-            self._problem(f"flat must be true or false, got {flat!r}", item.path + ("flat",), "TYPE_ERROR")
-        if flat is not True:
-            return f"{qualified}."
-        return context.prefix + (qualified.rpartition(".")[2] + "." if "repeat" in item.meta else "")
-
-    def _check_path_keys(self, item: Item) -> None:
-        if "flat" in item.meta and item.op not in STRUCTURES and item.op not in self.spec.blocks:
-            self._problem("flat applies to a block use or a structure (a layer is one path level)",
-                          item.path + ("flat",), "INVALID_ITEM")
-        if "names" in item.meta and item.op not in ("residual", "parallel"):
-            self._problem("names applies to a residual (body, shortcut) or a parallel (its branches)",
-                          item.path + ("names",), "INVALID_ITEM")
-
-    def _part_names(self, item: Item, context: Context, parts: list[str]) -> dict[str, str]:
-        """`names: {body: "", shortcut: downsample}` (a residual) or `{branch: ...}` (a parallel): the
-        path level of each part; "" adds none. Default: the part's own name."""
-        given = self._substitute(item.meta.get("names") or {}, context.variables, item.path + ("names",))
-        names = {part: f"{part}." for part in parts}
-        if not isinstance(given, dict):
-            self._problem("names must be a mapping like {body: '', shortcut: downsample}", item.path + ("names",), "TYPE_ERROR")
-            return names
-        for part, name in given.items():
-            if part not in names:
-                self._problem(f"names: {item.op} has no part '{part}'", item.path + ("names", part), "UNKNOWN_KEY",
-                              did_you_mean(str(part), names))
-            elif name != "" and not is_name(name):
-                self._problem(f"names: {part} must be an identifier or '' (no level), got {name!r}",
-                              item.path + ("names", part), "TYPE_ERROR")
-            else:
-                names[part] = f"{name}." if name else ""
-        return names
-
     # ----- parsing and references ---------------------------------------------------------------
-    def _item_inputs(self, item: Item, context: Context, current: list[str]) -> list[str]:
-        sources = self._substitute(item.meta.get("from"), context.variables, item.path + ("from",))
-        if sources is None:
-            return current
-        names = sources if isinstance(sources, list) else [sources]
-        resolved = [self._reference(str(name), context, item.path + ("from",)) for name in names]
-        return [name for name in resolved if name is not None] or current
-
-    def _reference(self, name: str, context: Context, path: tuple) -> str | None:
-        if name in context.refs and context.refs[name] is not None:
-            return context.refs[name]
-        if name in self.by_name:
-            return name
-        self._problem(f"unknown reference '{name}': no earlier item or input has that name", path,
-                      "UNKNOWN_REFERENCE", did_you_mean(name, [*context.refs, *self.by_name]))
-        return None
-
     def _repeat_count(self, item: Item, context: Context) -> int | None:
         if "repeat" not in item.meta:
             return None
@@ -434,12 +380,6 @@ class Expander(ItemReading):
         if limit_problem is not None:
             unique = {str(problem): problem for problem in [*self.problems, limit_problem]}
             raise SpecError(list(unique.values()))
-
-
-def _level(prefix: str, outer: "Context | str") -> str | None:
-    """The module path a container's layers sit under, or None when its prefix adds no level."""
-    outer_prefix = outer if isinstance(outer, str) else outer.prefix
-    return prefix[:-1] if prefix and prefix != outer_prefix else None
 
 
 def _deferred_args(kwargs: dict) -> dict:

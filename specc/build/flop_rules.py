@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from specc.build import layers as specc_layers
+from specc.build import moe_layers
 from specc.build.graph import Node
 from specc.build.infer import call_inputs, run_compiled_node
 from specc.build.registry import passes_first_output
@@ -121,8 +122,9 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor) -> int | None:
 def _causal_self_attention(layer: specc_layers.CausalSelfAttention, x: Tensor) -> int | None:
     if x.dim() != 3:
         return None
-    batch, length, width = x.shape
-    return (_linear(layer.c_attn, x) + 2 * batch * length * width * width
+    batch, length, _ = x.shape
+    projections = [*layer.input_projections(), layer.output_projection]
+    return (sum(2 * batch * length * linear.in_features * linear.out_features for linear in projections)
             + attention_flops(batch * layer.n_heads, length, length, layer.head_dim, layer.head_dim))
 
 
@@ -140,7 +142,15 @@ def _two_linears(first: str, *others: str) -> Callable[..., int | None]:
 def _attention(layer: specc_layers.Attention, query: Tensor, key: Tensor, value: Tensor) -> int:
     heads = layer.heads
     return attention_flops(query.shape[0] * heads, query.shape[1], key.shape[1], query.shape[-1] // heads,
-                           value.shape[-1] // heads)
+                           value.shape[-1] // layer.kv_heads)
+
+
+def _mixture_of_experts(layer: moe_layers.MoE, x: Tensor) -> int | None:
+    """The router on every token, then top_k experts per token: top_k / n_experts of the dense figure."""
+    if x.dim() < 1:
+        return None
+    tokens = prod(x.shape[:-1])
+    return _linear(layer.gate, x.reshape(tokens, -1)) + tokens * layer.top_k * layer.expert_flops_per_token()
 
 
 _COUNTED: dict[type, Callable[..., int | None]] = {
@@ -150,8 +160,9 @@ _COUNTED: dict[type, Callable[..., int | None]] = {
     nn.TransformerEncoderLayer: _encoder_layer,
     specc_layers.CausalSelfAttention: _causal_self_attention,
     specc_layers.MLP: _two_linears("c_fc", "c_proj"),
-    specc_layers.SwiGLU: _two_linears("w1", "w2", "w3"),
+    specc_layers.SwiGLU: _two_linears("gate", "down", "up"),
     specc_layers.Attention: _attention,
+    moe_layers.MoE: _mixture_of_experts,
 }
 # recurrent layers run fused kernels whose counts are torch's business: always measured
 _MEASURED = {nn.LSTM, nn.GRU, nn.RNN}

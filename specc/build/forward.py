@@ -204,7 +204,7 @@ def plan_spec_module(graph: Graph, layer_paths: set[str], class_name: str) -> Mo
     fx_graph = fx.Graph()
     values: dict[str, Any] = {}
     for node in graph.inputs:
-        values[node.name] = fx_graph.placeholder(node.name)
+        values[node.name] = fx_graph.placeholder(_python_name(node.name))
     containers: list[tuple[str, type]] = []
     _emit_items(tree, fx_graph, values, "", containers, flow)
     outputs = [values[name] for name in graph.outputs]
@@ -338,14 +338,14 @@ def _emit_call(group: _Group, fx_graph: fx.Graph, values: dict, owner: str, cont
     end = flow.made[nodes[-1].name]
     outputs = [node.name for node in nodes if flow.last_use.get(node.name, -1) > end] or [nodes[-1].name]
     inner_graph, inner_values = fx.Graph(), {}
-    for index, name in enumerate(inputs):
-        inner_values[name] = inner_graph.placeholder("x" if len(inputs) == 1 else _argument_name(name, index))
+    for name, argument in zip(inputs, ["x"] if len(inputs) == 1 else _argument_names(inputs)):
+        inner_values[name] = inner_graph.placeholder(argument)
     path = group.scope.module
     _emit_items(group, inner_graph, inner_values, path, containers, flow)
     results = [inner_values[name] for name in outputs]
     inner_graph.output(results[0] if len(results) == 1 else tuple(results))
     containers.append((path, _container_type(_container_class(group.scope), inner_graph)))
-    call = fx_graph.call_module(_relative(path, owner), tuple(values[name] for name in inputs))
+    call = _call_module(fx_graph, _relative(path, owner), tuple(values[name] for name in inputs))
     for index, name in enumerate(outputs):
         values[name] = call if len(outputs) == 1 else fx_graph.call_function(operator.getitem, (call, index))
 
@@ -377,9 +377,30 @@ def _container_class(scope: Scope) -> str:
     return name if name[:1].isalpha() else f"Block{name}"
 
 
-def _argument_name(value: str, index: int) -> str:
-    name = re.sub(r"\W", "_", value.rpartition(".")[2])
-    return name if name.isidentifier() and not keyword.iskeyword(name) and not name[:1].isdigit() else f"x{index}"
+def _argument_names(values: list[str]) -> list[str]:
+    """A container forward's parameters: each input's last name part where that is a free, unique
+    identifier (two inputs both called `out` in different containers become `out` and `x1`)."""
+    names: list[str] = []
+    for index, value in enumerate(values):
+        name = re.sub(r"\W", "_", value.rpartition(".")[2])
+        usable = name.isidentifier() and not keyword.iskeyword(name) and name != "self"
+        if not usable or name in names:
+            name = f"x{index}"
+            while name in names or name in values:
+                name += "_"
+        names.append(name)
+    return names
+
+
+def _python_name(name: str) -> str:
+    """`self` is the forward's own first parameter: a value or module called `self` is named `self_`
+    in generated code (torch.fx would otherwise write `self = self.self(x)`)."""
+    return "self_" if name == "self" else name
+
+
+def _call_module(fx_graph: fx.Graph, target: str, args: tuple, kwargs: dict | None = None) -> fx.Node:
+    return fx_graph.create_node("call_module", target, tuple(args), dict(kwargs or {}),
+                                name=_python_name(target) if target == "self" else None)
 
 
 def _relative(path: str, owner: str) -> str:
@@ -389,10 +410,11 @@ def _relative(path: str, owner: str) -> str:
 def _emit(fx_graph: fx.Graph, node: Node, inputs: list, owner: str) -> Any:
     if node.op == "module":
         args, kwargs = call_inputs(node, inputs)
-        result = fx_graph.call_module(_relative(node.shared_with or node.name, owner), args, kwargs)
+        result = _call_module(fx_graph, _relative(node.shared_with or node.name, owner), args, kwargs)
         return fx_graph.call_function(operator.getitem, (result, 0)) if passes_first_output(node) else result
     if node.op == "function" and node.target in FREE_TENSORS:   # a parameter/buffer of the model itself
-        tensor = fx_graph.get_attr(_relative(node.name, owner))
+        target = _relative(node.name, owner)
+        tensor = fx_graph.create_node("get_attr", target, name="self_" if target == "self" else None)
         return fx_graph.call_function(batch_expand, (tensor, inputs[0])) if node.args.get("batch") else tensor
     if node.op == "function":
         info = FUNCTIONS[node.target]

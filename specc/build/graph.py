@@ -57,6 +57,7 @@ class Graph:
 
     nodes: list[Node]
     outputs: list[str]
+    warnings: list = field(default_factory=list)   # Problems found while expanding that do not stop it
 
     def __iter__(self):
         return iter(self.nodes)

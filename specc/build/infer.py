@@ -63,24 +63,46 @@ def dry_run(graph: Graph, registry: Registry, batch_size: int = 2,
     Raises:
         SpecError: located at the first item whose input does not fit.
     """
-    values: dict[str, Any] = {}
-    modules: dict[str, nn.Module] = {}
-    seen_outputs: dict[tuple, Any] = {}
-    budget = BuildBudget()
-    for node in graph.nodes:
-        if node.meta.get("deferred"):
-            _resolve_input_sizes(node, values)
-        try:
-            value = _run_node(node, values, modules, registry, batch_size, input_shapes or {}, seen_outputs, budget)
-        except SpecError:
-            raise
-        except Exception as error:  # noqa: BLE001 - any torch failure becomes a located spec error
-            raise SpecError(_failure(node, error, values)) from None
-        values[node.name] = value
-        _record(node, value)
-        if on_node is not None:
-            on_node(node)
-    return modules
+    run = DryRun(registry, batch_size, input_shapes, on_node)
+    run.advance(graph.nodes)
+    return run.modules
+
+
+class DryRun:
+    """A dry run that can be advanced node by node: the expander runs the items built so far to read
+    an input size an `if:` needs (`if: $(in.channels != out)`), before the rest of the graph exists."""
+
+    def __init__(self, registry: Registry, batch_size: int = 2, input_shapes: dict[str, list[int]] | None = None,
+                 on_node: Callable[[Node], None] | None = None):
+        self.registry, self.batch_size, self.input_shapes, self.on_node = registry, batch_size, input_shapes or {}, on_node
+        self.values: dict[str, Any] = {}
+        self.modules: dict[str, nn.Module] = {}
+        self.seen_outputs: dict[tuple, Any] = {}
+        self.budget = BuildBudget()
+        self.done = 0          # how many nodes of the list given to `advance` have run
+
+    def advance(self, nodes: list[Node]) -> None:
+        """Run `nodes[self.done:]` (the list grows between calls; earlier nodes are not run again)."""
+        for node in nodes[self.done:]:
+            if node.meta.get("deferred"):
+                _resolve_input_sizes(node, self.values)
+            try:
+                value = _run_node(node, self.values, self.modules, self.registry, self.batch_size, self.input_shapes,
+                                  self.seen_outputs, self.budget)
+            except SpecError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any torch failure becomes a located spec error
+                raise SpecError(_failure(node, error, self.values)) from None
+            self.values[node.name] = value
+            _record(node, value)
+            if self.on_node is not None:
+                self.on_node(node)
+            self.done += 1
+
+    def feature_shape(self, name: str) -> tuple | None:
+        """The shape of a node's output without the batch dim, or None when it is not a tensor."""
+        value = self.values.get(name)
+        return tuple(value.shape[1:]) if isinstance(value, torch.Tensor) else None
 
 
 def _resolve_input_sizes(node: Node, values: dict) -> None:
@@ -142,7 +164,7 @@ def _run_module(node: Node, inputs: list, modules: dict, registry: Registry, see
     else:
         info = registry.layer(node.target)
         shapes = [tuple(value.shape) for value in inputs if isinstance(value, torch.Tensor)]
-        _infer_sizes(node, info.inferable(), shapes)
+        _infer_sizes(node, info.inferable(), shapes, info.knows_sizes)
         try:
             with torch.device("meta"), SkipInitOnMeta(budget):
                 module = info.cls(**node.args)
@@ -204,15 +226,22 @@ def _fresh_meta(value: Any) -> Any:
     return value
 
 
-def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple]) -> None:
+def _infer_sizes(node: Node, inferable: list[str], shapes: list[tuple], knows_sizes: bool) -> None:
+    """Fill in the size args left out. A given one is checked against the input only where specc knows
+    the name means the input's size (torch's and specc's layers): an imported layer's `num_channels`
+    (diffusers' `Timesteps`) may mean anything."""
     for name in inferable:
+        given = node.args.get(name)
+        if given is not None and not knows_sizes:
+            continue
         try:
             actual = INFERABLE[name](shapes)
         except IndexError:
+            if given is not None:
+                continue    # nothing to check it against; the layer itself takes it or fails, located
             raise SpecError(Problem(f"{node.target} '{node.label}' cannot infer '{name}' from input "
                                     f"{', '.join(map(feature_shape, shapes)) or '(none)'}; set it explicitly",
                                     node.location, "SHAPE_MISMATCH", notes=node.meta.get("via", []))) from None
-        given = node.args.get(name)
         if given is None:
             node.args[name] = actual
             node.inferred.append(name)

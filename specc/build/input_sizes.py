@@ -101,6 +101,9 @@ def _rewrite(text: str, shape: list[int], variables: dict) -> str:
             if not shape:
                 raise ExpressionError(f"'{text}': the input has no feature dims (shape [])")
             return f"__in_{attribute}"
+        if len(index.lstrip("-")) > 9:   # int() refuses 4,301 digits, and no tensor has a billion dims
+            raise ExpressionError(f"in.shape[{index[:12]}… ({len(index):,} characters)] is out of range for an "
+                                  f"input of shape {shape}")
         position = int(index)
         if not -len(shape) <= position < len(shape):
             raise ExpressionError(f"'{text}': in.shape[{position}] is out of range for an input of shape {shape}")

@@ -6,12 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from specc.lang.errors import did_you_mean
+import re
+
+from specc.lang.errors import Problem, SpecError, did_you_mean, sorted_problems
+from specc.lang.expressions import ExpressionError
+from specc.build.infer import DryRun
+from specc.build.input_sizes import Deferred, needs_input, resolve
 from specc.build.registry import FUNCTION_AS_LAYER, FUNCTIONS, MERGES, STRUCTURES, TUPLE_OUTPUT_LAYERS
 
 META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if",
              "flat", "names",  # flat/names: path levels, so state_dict keys can match another library's
-             "batch_dim", "outputs")  # batch_check.py: where the output's batch dim is; keep a layer's whole tuple
+             "batch_dim", "outputs",  # batch_check.py: where the output's batch dim is; keep a layer's whole tuple
+             "trainable")             # false: the item's weights stay fixed (requires_grad False)
 
 
 @dataclass
@@ -54,6 +60,80 @@ class ItemReading:
                 self._problem(f"block '{item.op}' needs arg '{key}'", item.path + (item.op,), "MISSING_ARGUMENT")
                 ok = False
         return arguments if ok else None
+
+    def _item_inputs(self, item: Item, context, current: list[str]) -> list[str] | None:
+        """The item's inputs: `from:` names resolved, `m.*` standing for every output of the repeat `m`;
+        None when a name is unknown (reported)."""
+        raw = item.meta.get("from")
+        if raw is None:
+            return current
+        if "input" not in context.variables:   # `$input` is another way to write `input`
+            raw = ["input" if name == "$input" else name for name in raw] if isinstance(raw, list) else (
+                "input" if raw == "$input" else raw)
+        sources = self._substitute(raw, context.variables, item.path + ("from",))
+        if sources is None:
+            return None
+        resolved: list[str | None] = []
+        for name in (sources if isinstance(sources, list) else [sources]):
+            if isinstance(name, str) and name.endswith(".*"):
+                resolved.extend(self._repeat_outputs(name[:-2], context, item.path + ("from",)) or [None])
+            else:
+                resolved.append(self._reference(str(name), context, item.path + ("from",)))
+        return None if None in resolved else resolved
+
+    def _reference(self, name: str, context, path: tuple) -> str | None:
+        """An earlier item's output by name: in the current list, then the enclosing ones (ChainMap), then
+        by its path relative to each enclosing list, innermost first (`enc.conv`), then by its full name."""
+        if name in context.refs and context.refs[name] is not None:
+            return context.refs[name]
+        for list_path in reversed(context.lists):
+            found = self.spec_paths.get(join_path(list_path, name))
+            if found is not None:
+                return found
+        if name in self.by_name:
+            return name
+        self._problem(f"unknown reference '{name}': no earlier item or input has that name", path,
+                      "UNKNOWN_REFERENCE", did_you_mean(name, [*context.refs, *self.spec_paths]))
+        return None
+
+    def _repeat_outputs(self, name: str, context, path: tuple) -> list[str] | None:
+        """`from: m.*`: the output of each repetition of the earlier repeated item `m`, in order."""
+        for list_path in reversed(context.lists):
+            found = self.repeats.get(join_path(list_path, name))
+            if found:
+                return found
+        self._problem(f"'{name}.*' needs '{name}' to be an earlier item with `repeat:`", path, "UNKNOWN_REFERENCE",
+                      did_you_mean(name, [key.rpartition(".")[2] for key in self.repeats] + list(self.repeats)))
+        return None
+
+    def _condition_from_sizes(self, item: Item, context, current: list[str]) -> Any:
+        """`if: $(in.channels != out)`: the items built so far run on meta now (once each, however many
+        such `if:`s follow), giving the size of the item's input; None when a mistake is reported."""
+        sources = self._item_inputs(item, context, current) if "from" in item.meta else current
+        if not sources or self.problems:   # the mistakes found so far are reported rather than run
+            return None
+        if self.dry_run is None:
+            self.dry_run = DryRun(self.registry)
+        try:
+            self.dry_run.advance(self.nodes)
+        except SpecError as error:
+            raise SpecError(sorted_problems([*self.problems, *error.problems])) from None
+        try:
+            return resolve(Deferred(item.meta["if"], context.variables, sources[0]), self.dry_run.feature_shape)
+        except ExpressionError as error:
+            self._fail_var(error, item.path + ("if",), context.variables)
+            return None
+
+    def _warn_fixed_dims(self, item: Item, label: str) -> None:
+        """A free tensor sized by a named dim (`constant: {arange: $seq}`) is built once, at the dry run's
+        size: the compiled model then takes only that size for the dim. Say so, naming the dim."""
+        used = sorted(self.named_dims & _referenced_names(item.args))
+        if used:
+            dims = ", ".join(f"'{dim}'" for dim in used)
+            self.warnings.append(Problem(
+                f"{item.op} '{label}' is sized by the named dim {dims}: it is built once at the dry run's size, so "
+                f"the model accepts only that size for {dims}; give the dim a number in `inputs:` to say so",
+                self._locate(item.path), "FIXED_DIM"))
 
     def _merge(self, item, context) -> tuple[str, dict]:
         raw = self._substitute(item.meta.get("merge"), context.variables, item.path + ("merge",))
@@ -115,17 +195,33 @@ class ItemReading:
         location_path = item.path + (item.op,) if item.args is not None else item.path
         self._problem(f"unknown {kind} '{item.op}'", location_path, "UNKNOWN_LAYER", did_you_mean(item.op, choices))
 
-    def _enabled(self, item: Item, context) -> bool:
-        """`if:` — false (or a `$(condition)` that is false) skips the item."""
+    def _enabled(self, item: Item, context, current: list[str]) -> bool:
+        """`if:` — false (or a `$(condition)` that is false) skips the item; one reading `$in` (or a block
+        arg defaulted from it) is decided by the sizes the items built so far give."""
         if "if" not in item.meta:
             return True
-        condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
+        if needs_input(item.meta["if"], context.variables):
+            condition = self._condition_from_sizes(item, context, current)
+        else:
+            condition = self._substitute(item.meta["if"], context.variables, item.path + ("if",))
         if not isinstance(condition, bool):
             if condition is not None:  # None: a bad var, reported already
                 self._problem(f"if must be true, false or a $(condition), got {condition!r}", item.path + ("if",),
                               "TYPE_ERROR")
             return False
         return condition
+
+    def _mark_fixed(self, item: Item, context, nodes: list) -> None:
+        """`trainable: false`: every layer and parameter the item built keeps its values in training."""
+        if "trainable" not in item.meta:
+            return
+        value = self._substitute(item.meta["trainable"], context.variables, item.path + ("trainable",))
+        if not isinstance(value, bool):
+            if value is not None:
+                self._problem(f"trainable must be true or false, got {value!r}", item.path + ("trainable",), "TYPE_ERROR")
+            return
+        for node in nodes if value is False else []:
+            node.meta["trainable"] = False
 
     def _declare_output(self, item: Item, context, output: list[str]) -> None:
         """`batch_dim:` and `outputs:` describe the node the item ends with (batch_check.py reads the first)."""
@@ -179,3 +275,16 @@ class ItemReading:
                           f"(the last dim, the default), got {dim!r}", item.path + ("LayerNorm", "dim"), "TYPE_ERROR")
         return item.op, args
 
+
+def join_path(path: str, name: str) -> str:
+    """`enc` + `conv` -> `enc.conv`; at the top level the name alone."""
+    return f"{path}.{name}" if path else name
+
+
+def _referenced_names(value: Any) -> set[str]:
+    """The words of every string holding a `$` reference, through lists and mappings."""
+    if isinstance(value, dict):
+        return set().union(*map(_referenced_names, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_referenced_names, value)) if value else set()
+    return set(re.findall(r"[A-Za-z_]\w*", value)) if isinstance(value, str) and "$" in value else set()

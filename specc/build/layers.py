@@ -11,15 +11,20 @@ are computed in `forward`, so they are right on whatever device the module ends 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from specc.build.functional import attention
+from specc.build.attention_layers import (  # noqa: F401 - specc layers and helpers, named here for the registry
+    CausalSelfAttention, apply_rotary, check_rope_scaling, rotary_cos_sin, rotary_dim_of,
+)
+from specc.build.functional import attention, linear_scan
 
 __all__ = [
-    "PositionalEmbedding", "CausalSelfAttention", "MLP", "SwiGLU",
-    "ClassToken", "LayerScale", "DropPath", "Attention", "LayerNorm2d",
+    "PositionalEmbedding", "CausalSelfAttention", "MLP", "SwiGLU", "OffsetRMSNorm",
+    "ClassToken", "LayerScale", "DropPath", "Attention", "LayerNorm2d", "LinearScan",
 ]
+
+# The modules whose classes are specc's layers (codegen copies their source; import keeps them as layers).
+LAYER_MODULES = ("specc.build.layers", "specc.build.attention_layers", "specc.build.moe_layers")
 
 ACTIVATIONS = {
     "gelu": nn.GELU,                                   # exact erf GELU (nanoGPT)
@@ -58,90 +63,6 @@ class PositionalEmbedding(nn.Module):
         return f"max_len={self.max_len}, dim={self.weight.shape[1]}"
 
 
-def rotary_cos_sin(T: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype):
-    """The rotary angles' cos and sin for positions 0..T-1, each (T, head_dim).
-
-    Computed in float32 and cast, as Llama does, so low-precision models keep accurate angles.
-    """
-    inv_freq = base ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    positions = torch.arange(T, device=device, dtype=torch.float32)
-    angles = torch.outer(positions, inv_freq)            # (T, hs/2)
-    angles = torch.cat((angles, angles), dim=-1)          # (T, hs): half-split layout, see apply_rotary
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate feature pairs (i, i + hs/2) of x (B, nh, T, hs) by each position's angle.
-
-    This is the half-split ("rotate_half") layout of Hugging Face / litgpt Llama checkpoints.
-    """
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat((-second, first), dim=-1)
-    return x * cos + rotated * sin
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention, GPT-2 or Llama flavoured.
-
-    One fused projection `c_attn` makes q, k and v; `c_proj` mixes the heads back. GPT-2 is the
-    default; Llama is `bias=False, rope=True`. Grouped-query attention (Llama 2 70B, Llama 3,
-    Mistral) shares each k/v head between n_heads // n_kv_heads query heads.
-
-    Args:
-        dim: model width (inferred).
-        n_heads: number of query heads; must divide dim.
-        bias: add biases to the projections (GPT-2 yes, Llama no).
-        rope: rotate q and k by their positions (rotary embeddings) instead of needing a
-            PositionalEmbedding.
-        rope_base: the rotary frequency base (10000 in Llama 1/2, 500000 in Llama 3).
-        max_len: the longest sequence accepted.
-        dropout: dropout on attention weights and on the output, during training.
-        n_kv_heads: number of key/value heads; default n_heads (plain multi-head attention).
-
-    Shapes: (B, T, dim) -> (B, T, dim).
-    """
-
-    def __init__(self, dim: int, n_heads: int, bias: bool = True, rope: bool = False,
-                 rope_base: float = 10000.0, max_len: int = 4096, dropout: float = 0.0,
-                 n_kv_heads: int | None = None):
-        super().__init__()
-        n_kv_heads = n_kv_heads or n_heads
-        if dim % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"n_heads={n_heads} must divide dim={dim}, and n_kv_heads={n_kv_heads} "
-                             f"must divide n_heads")
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
-        self.rope, self.rope_base, self.max_len, self.dropout = rope, rope_base, max_len, dropout
-        kv_dim = n_kv_heads * self.head_dim
-        self.c_attn = nn.Linear(dim, dim + 2 * kv_dim, bias=bias)  # q, k, v in one matmul
-        self.c_proj = nn.Linear(dim, dim, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        if T > self.max_len:
-            raise ValueError(f"sequence length {T} is longer than max_len={self.max_len}")
-        kv_dim = self.n_kv_heads * self.head_dim
-        q, k, v = self.c_attn(x).split([C, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        if self.rope:
-            cos, sin = rotary_cos_sin(T, self.head_dim, self.rope_base, x.device, x.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            repeats = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(repeats, dim=1)  # (B, nh, T, hs)
-            v = v.repeat_interleave(repeats, dim=1)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
-        return self.resid_dropout(self.c_proj(y))
-
-    def extra_repr(self) -> str:
-        return (f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, rope={self.rope}, "
-                f"max_len={self.max_len}")
-
-
 class MLP(nn.Module):
     """The GPT-2 feed-forward block: Linear -> activation -> Linear.
 
@@ -170,28 +91,83 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(hidden))  # (B, T, C)
 
 
-class SwiGLU(nn.Module):
-    """The Llama feed-forward block: w2(silu(w1 x) * w3 x).
+# Submodule names of SwiGLU's layouts: gate, up (the value), down.
+SWIGLU_NAMES = {"meta": ("w1", "w3", "w2"), "hf": ("gate_proj", "up_proj", "down_proj")}
 
-    The gate (w1) and the value (w3) are two projections of the same input; their product lets
-    the block switch features on and off, which trains better than a plain MLP of equal size.
+
+class SwiGLU(nn.Module):
+    """The Llama feed-forward block: down(activation(gate x) * up x).
+
+    The gate and the value (up) are two projections of the same input; their product lets the
+    block switch features on and off, which trains better than a plain MLP of equal size.
 
     Args:
         dim: model width (inferred).
         hidden_dim: inner width (11008 for Llama 2 7B).
         bias: add biases to the three projections (Llama: no).
+        layout: the projections' names: "meta" (`w1` gate, `w3` up, `w2` down) or "hf"
+            (`gate_proj`, `up_proj`, `down_proj`).
+        activation: the gate's activation: "silu" (SwiGLU), "gelu_tanh" (Gemma's GeGLU), "gelu", "relu".
 
     Shapes: (B, ..., dim) -> (B, ..., dim).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False, layout: str = "meta",
+                 activation: str = "silu"):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=bias)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=bias)
+        if layout not in SWIGLU_NAMES or activation not in ACTIVATIONS:
+            raise ValueError(f"layout must be one of {sorted(SWIGLU_NAMES)} (got {layout!r}) and activation one of "
+                             f"{sorted(ACTIVATIONS)} (got {activation!r})")
+        self.layout = layout
+        gate, up, down = SWIGLU_NAMES[layout]
+        setattr(self, gate, nn.Linear(dim, hidden_dim, bias=bias))
+        if layout == "meta":   # Meta's order w1, w2, w3: kept, so seeded builds match Llama's code
+            setattr(self, down, nn.Linear(hidden_dim, dim, bias=bias))
+            setattr(self, up, nn.Linear(dim, hidden_dim, bias=bias))
+        else:
+            setattr(self, up, nn.Linear(dim, hidden_dim, bias=bias))
+            setattr(self, down, nn.Linear(hidden_dim, dim, bias=bias))
+        self.activation = activation                 # the name, as given (specc import reads it back)
+        self.act = ACTIVATIONS[activation]()
+
+    @property
+    def gate(self) -> nn.Linear:
+        return getattr(self, SWIGLU_NAMES[self.layout][0])
+
+    @property
+    def up(self) -> nn.Linear:
+        return getattr(self, SWIGLU_NAMES[self.layout][1])
+
+    @property
+    def down(self) -> nn.Linear:
+        return getattr(self, SWIGLU_NAMES[self.layout][2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, T, hidden) -> (B, T, C)
+        return self.down(self.act(self.gate(x)) * self.up(x))  # (B, T, hidden) -> (B, T, C)
+
+
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm whose scale is `offset + weight` (Gemma: `norm(x) * (1 + weight)`, weights stored near 0).
+
+    Args:
+        dim: the normalized size, the last dim (inferred).
+        eps: added to the mean square (Gemma: 1e-6).
+        offset: added to the weight before scaling.
+
+    Shapes: (B, ..., dim) -> (B, ..., dim).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, offset: float = 1.0):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(dim))   # Gemma's init: the scale starts at `offset`
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # in float32, as Gemma
+        return (normed * (self.offset + self.weight.float())).type_as(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}"
 
 
 class ClassToken(nn.Module):
@@ -271,32 +247,53 @@ class Attention(nn.Module):
     attention dropout follows `model.train()` / `model.eval()`.
 
     Args:
-        heads: number of heads; must divide the inputs' last dim.
+        heads: number of (query) heads; must divide q's last dim.
         causal: mask out future keys.
         scale: multiplies q·k; null is 1/sqrt(head dim).
         dropout: dropout on the attention weights, during training.
+        n_kv_heads: heads of k and v (grouped-query attention); default `heads`.
+        rope, rope_base, rope_scaling, rope_fraction: rotary position embeddings on q and k,
+            as in CausalSelfAttention (positions 0..T-1 of q and 0..S-1 of k).
 
-    Shapes: q (B, T, H*d), k (B, S, H*d), v (B, S, H*dv)[, mask/bias broadcastable to (B, H, T, S)
-    or (B, T, S)] -> (B, T, H*dv).
+    Shapes: q (B, T, H*d), k (B, S, Hkv*d), v (B, S, Hkv*dv)[, mask/bias broadcastable to
+    (B, H, T, S) or (B, T, S)] -> (B, T, H*dv).
     """
 
-    def __init__(self, heads: int, causal: bool = False, scale: float | None = None, dropout: float = 0.0):
+    def __init__(self, heads: int, causal: bool = False, scale: float | None = None, dropout: float = 0.0,
+                 n_kv_heads: int | None = None, rope: bool = False, rope_base: float = 10000.0,
+                 rope_scaling: dict[str, float | int | str] | None = None, rope_fraction: float = 1.0):
         super().__init__()
-        if heads < 1:
-            raise ValueError(f"heads must be positive, got {heads}")
+        self.kv_heads = n_kv_heads or heads
+        if heads < 1 or self.kv_heads < 1 or heads % self.kv_heads:
+            raise ValueError(f"heads must be positive and a multiple of n_kv_heads, got heads={heads}, "
+                             f"n_kv_heads={n_kv_heads}")
+        check_rope_scaling(rope_scaling)
         self.heads, self.causal, self.scale, self.dropout = heads, causal, scale, dropout
+        self.n_kv_heads, self.rope, self.rope_base = n_kv_heads, rope, rope_base   # as given (import reads them)
+        self.rope_scaling, self.rope_fraction = rope_scaling, rope_fraction
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        for name, tensor in (("q", q), ("k", k), ("v", v)):
-            if tensor.dim() != 3 or tensor.shape[-1] % self.heads:
-                raise ValueError(f"{name} must be [B, T, heads*d] with heads={self.heads} dividing its last dim, "
+        for name, tensor, heads in (("q", q, self.heads), ("k", k, self.kv_heads), ("v", v, self.kv_heads)):
+            if tensor.dim() != 3 or tensor.shape[-1] % heads:
+                raise ValueError(f"{name} must be [B, T, heads*d] with {heads} heads dividing its last dim, "
                                  f"got {list(tensor.shape[1:])}")
+        if self.rope:
+            q, k = self.rotate(q, self.heads), self.rotate(k, self.kv_heads)
         dropout = self.dropout if self.training else 0.0
-        return attention(q, k, v, mask, heads=self.heads, causal=self.causal, scale=self.scale, dropout=dropout)
+        return attention(q, k, v, mask, heads=self.heads, causal=self.causal, scale=self.scale, dropout=dropout,
+                         kv_heads=self.kv_heads)
+
+    def rotate(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """x (B, T, heads*d) with each head's features rotated by its position (rotate-half layout)."""
+        per_head = x.unflatten(-1, (heads, -1))                                 # (B, T, h, d)
+        rotary_dim = rotary_dim_of(per_head.shape[-1], self.rope_fraction)
+        cos, sin = rotary_cos_sin(x.shape[1], rotary_dim, self.rope_base, x.device, x.dtype, self.rope_scaling)
+        return apply_rotary(per_head, cos.unsqueeze(1), sin.unsqueeze(1)).flatten(2)   # (T, 1, rd) over heads
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, causal={self.causal}, scale={self.scale}, dropout={self.dropout}"
+        return (f"heads={self.heads}, causal={self.causal}, scale={self.scale}, dropout={self.dropout}, "
+                f"n_kv_heads={self.n_kv_heads}, rope={self.rope}")
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -317,3 +314,27 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class LinearScan(nn.Module):
+    """The `scan` item: the linear recurrence `h_t = a_t * h_{t-1} + b_t` along a dim, every state
+    returned (a state-space model's selective scan; Mamba's `h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t`).
+
+    No weights. Computed by a chunked scan (see `linear_scan`): O(L) memory, 2C + L/C small steps.
+
+    Args:
+        dim: the time dim (torch's numbering: the batch is 0), default 1.
+        reverse: run from the last step back (h_t = a_t h_{t+1} + b_t).
+
+    Shapes: a, b broadcastable to (B, ..., L, ...)[, initial: that shape without dim] -> the broadcast shape.
+    """
+
+    def __init__(self, dim: int = 1, reverse: bool = False):
+        super().__init__()
+        self.dim, self.reverse = dim, reverse
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> torch.Tensor:
+        return linear_scan(a, b, initial, dim=self.dim, reverse=self.reverse)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, reverse={self.reverse}"

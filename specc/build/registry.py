@@ -76,6 +76,11 @@ class LayerInfo:
     def required(self) -> list[str]:
         return [p.name for p in self.parameters if p.default is inspect.Parameter.empty]
 
+    @property
+    def knows_sizes(self) -> bool:
+        """torch's and specc's layers: a size arg's name (`num_channels`) means the input's size."""
+        return self.cls.__module__.split(".")[0] in ("torch", "specc")
+
     def inferable(self) -> list[str]:
         """Args the dry run may fill in: known size names that the constructor requires.
 
@@ -96,6 +101,7 @@ class FunctionInfo:
     takes_list: bool = False                # cat/stack take the inputs as one list argument
     min_inputs: int = 1
     max_inputs: int | None = 1
+    required: tuple[str, ...] = ()          # args without a default (`topk` needs `k`)
 
 
 FUNCTIONS: dict[str, FunctionInfo] = {info.name: info for info in [
@@ -146,11 +152,26 @@ FUNCTIONS: dict[str, FunctionInfo] = {info.name: info for info in [
     FunctionInfo("maximum", torch.maximum, ("other",), max_inputs=2),
     FunctionInfo("floor", torch.floor),
     FunctionInfo("to", specc_functional.to_dtype, ("dtype",)),
+    *(FunctionInfo(name, getattr(torch, name)) for name in ("sin", "cos", "sqrt", "erf", "sign", "reciprocal")),
+    FunctionInfo("softplus", F.softplus, ("beta", "threshold")),
+    FunctionInfo("remainder", torch.remainder, ("other",), max_inputs=2),
+    FunctionInfo("floor_divide", torch.floor_divide, ("other",), max_inputs=2),
+    # ordering and indexing: topk and sort return (values, indices), like chunk a tuple for getitem
+    FunctionInfo("topk", torch.topk, ("k", "dim", "largest", "sorted"), {"dim": -1}, required=("k",)),
+    FunctionInfo("sort", torch.sort, ("dim", "descending", "stable"), {"dim": -1}),
+    FunctionInfo("argsort", torch.argsort, ("dim", "descending", "stable"), {"dim": -1}),
+    FunctionInfo("argmax", torch.argmax, ("dim", "keepdim"), required=("dim",)),
+    FunctionInfo("argmin", torch.argmin, ("dim", "keepdim"), required=("dim",)),
+    *(FunctionInfo(name, getattr(specc_functional, name), ("dim",), min_inputs=3, max_inputs=3, required=("dim",))
+      for name in ("scatter", "scatter_add", "index_add")),
+    FunctionInfo("one_hot", F.one_hot, ("num_classes",), required=("num_classes",)),
+    FunctionInfo("cumsum", torch.cumsum, ("dim",), required=("dim",)),
+    FunctionInfo("cumprod", torch.cumprod, ("dim",), required=("dim",)),
     *(FunctionInfo(name, getattr(torch, name), ("other",), max_inputs=2) for name in ("eq", "ne", "lt", "le", "gt", "ge")),
 ]}
 
 # Functions that need the module's train/eval state become modules instead.
-FUNCTION_AS_LAYER = {"dropout": "Dropout", "attention": "Attention"}
+FUNCTION_AS_LAYER = {"dropout": "Dropout", "attention": "Attention", "scan": "LinearScan"}
 
 MERGES = ("cat", "add", "mul", "stack", "mean", "max", "list")
 STRUCTURES = ("parallel", "residual", "sequential")
@@ -205,11 +226,12 @@ def _constructor_signature(cls: type) -> inspect.Signature:
 
 @lru_cache(maxsize=1)
 def _builtin_layers() -> dict[str, type]:
-    from specc.build import layers as specc_layers
+    from specc.build.layers import LAYER_MODULES
 
     found = {}
-    for module in (nn, specc_layers):
-        for name, value in vars(module).items():
+    for module in (nn, *map(importlib.import_module, LAYER_MODULES)):
+        names = getattr(module, "__all__", None) if module is not nn else None   # specc's: what they export
+        for name, value in ((name, getattr(module, name)) for name in names) if names else vars(module).items():
             if (inspect.isclass(value) and issubclass(value, nn.Module) and name[:1].isupper()
                     and name not in _NOT_LAYERS and not name.startswith("Lazy") and not name.startswith("_")):
                 found[name] = value

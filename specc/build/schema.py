@@ -14,6 +14,12 @@ from specc.build.signatures import kwarg_annotation
 from specc.build.tensors import FREE_TENSOR_KEYS
 
 _VAR = {"type": "string", "pattern": r"^\$"}
+# function args with one meaning wherever they appear (`dim` is an int or a list: not typed)
+_FUNCTION_ARG_TYPES = {
+    **dict.fromkeys(("largest", "sorted", "descending", "stable", "keepdim"), {"type": "boolean"}),
+    "k": {"type": "integer", "minimum": 0}, "num_classes": {"type": "integer", "minimum": 1},
+    **dict.fromkeys(("beta", "threshold"), {"type": "number"}),
+}
 
 
 def json_schema() -> dict:
@@ -27,7 +33,7 @@ def item_catalogue(registry: Registry | None = None) -> ItemCatalogue:
     layers = {name: layer_kwargs_schema(registry.layer(name)) for name in registry.layers}
     if "LayerNorm" in layers:     # `LayerNorm: {dim: 1}` is LayerNorm2d (specc.build.items)
         layers["LayerNorm"]["properties"]["dim"] = {"anyOf": [{"enum": [1, -1]}, _VAR]}
-    functions = {name: _closed({key: {} for key in info.parameters}) for name, info in FUNCTIONS.items()}
+    functions = {name: _closed({key: _function_arg(key) for key in info.parameters}) for name, info in FUNCTIONS.items()}
     functions.update({name: layers[layer] for name, layer in FUNCTION_AS_LAYER.items()})
     functions.update({name: _closed({key: {} for key in keys}) for name, keys in FREE_TENSOR_KEYS.items()})
     return ItemCatalogue(layers=layers, functions=functions, structures=tuple(STRUCTURES), merges=tuple(MERGES))
@@ -39,6 +45,11 @@ def layer_kwargs_schema(info: LayerInfo) -> dict:
     schema = {"type": "object", "properties": properties, "additionalProperties": info.accepts_any_kwarg}
     summary = (inspect.getdoc(info.cls) or "").split("\n\n")[0].replace("\n", " ").strip()
     return {"description": summary[:200], **schema} if summary else schema    # shown on hover
+
+
+def _function_arg(key: str) -> dict:
+    typed = _FUNCTION_ARG_TYPES.get(key)
+    return {"anyOf": [typed, _VAR]} if typed else {}
 
 
 def _closed(properties: dict) -> dict:

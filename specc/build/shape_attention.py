@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from specc.build import layers as specc_layers
+from specc.build import moe_layers
 from specc.build.shape_functions import empty, floats, one_input, weight_dtype
 
 Tensor = torch.Tensor
@@ -55,7 +56,7 @@ def _recurrent(module: nn.RNNBase, args: tuple, kwargs: dict) -> tuple | None:
 
 def _causal_self_attention(module: specc_layers.CausalSelfAttention, args: tuple, kwargs: dict) -> Tensor | None:
     x = one_input(args, kwargs)
-    if (x is None or x.dim() != 3 or x.shape[-1] != module.c_attn.in_features or x.shape[1] > module.max_len
+    if (x is None or x.dim() != 3 or x.shape[-1] != module.dim or x.shape[1] > module.max_len
             or not weight_dtype(module, x)):
         return None
     return empty(x.shape, x.dtype)
@@ -94,14 +95,31 @@ def _layer_scale(module: specc_layers.LayerScale, args: tuple, kwargs: dict) -> 
 
 
 def _attention(module: specc_layers.Attention, args: tuple, kwargs: dict) -> Tensor | None:
-    """specc's Attention on q, k, v without a mask: [B, T, H*d], [B, S, H*d], [B, S, H*dv] -> [B, T, H*dv]."""
+    """specc's Attention on q, k, v without a mask: [B, T, H*d], [B, S, Hkv*d], [B, S, Hkv*dv] -> [B, T, H*dv]."""
     if len(args) != 3 or kwargs or not floats(*args) or any(t.dim() != 3 for t in args):
         return None
     query, key, value = args
-    if (any(t.shape[-1] % module.heads for t in args) or key.shape[-1] != query.shape[-1]
+    kv_heads = module.kv_heads
+    if (query.shape[-1] % module.heads or any(t.shape[-1] % kv_heads for t in (key, value))
+            or key.shape[-1] // kv_heads != query.shape[-1] // module.heads
             or len({t.shape[0] for t in args}) != 1 or key.shape[1] != value.shape[1]):
         return None
-    return empty((query.shape[0], query.shape[1], value.shape[-1]), query.dtype)
+    return empty((query.shape[0], query.shape[1], value.shape[-1] // kv_heads * module.heads), query.dtype)
+
+
+def _offset_rms_norm(module: specc_layers.OffsetRMSNorm, args: tuple, kwargs: dict) -> Tensor | None:
+    x = one_input(args, kwargs)
+    if (x is None or x.dim() < 1 or x.shape[-1] != module.weight.shape[0] or not x.is_contiguous()
+            or not weight_dtype(module, x)):
+        return None
+    return empty(x.shape, x.dtype)
+
+
+def _mixture_of_experts(module: moe_layers.MoE, args: tuple, kwargs: dict) -> Tensor | None:
+    x = one_input(args, kwargs)
+    if x is None or x.dim() < 1 or x.shape[-1] != module.gate.in_features or not weight_dtype(module, x):
+        return None
+    return empty(x.shape, x.dtype)
 
 
 ATTENTION_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
@@ -110,9 +128,11 @@ ATTENTION_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     nn.LSTM: _recurrent, nn.GRU: _recurrent, nn.RNN: _recurrent,
     specc_layers.CausalSelfAttention: _causal_self_attention,
     specc_layers.MLP: _projection("c_fc", "c_proj"),
-    specc_layers.SwiGLU: _projection("w1", "w2"),
+    specc_layers.SwiGLU: _projection("gate", "down"),
     specc_layers.PositionalEmbedding: _positional_embedding,
     specc_layers.ClassToken: _class_token,
     specc_layers.LayerScale: _layer_scale,
     specc_layers.Attention: _attention,
+    moe_layers.MoE: _mixture_of_experts,
+    specc_layers.OffsetRMSNorm: _offset_rms_norm,
 }

@@ -166,12 +166,103 @@ def _binary(inputs: list, kwargs: dict, floating: bool = False) -> Tensor | None
     return elementwise(inputs, kwargs, scalars=("other",), floating=floating) if "other" in kwargs else None
 
 
-_FLOATING_FUNCTIONS = ("silu", "sigmoid", "tanh", "exp", "log", "rsqrt")
+def _dense_float(inputs: list, kwargs: dict, keys: set) -> Tensor | None:
+    """The one input of an ordering or scan function, when it is a contiguous floating meta tensor
+    and the spec args are among `keys` (else torch decides)."""
+    if len(inputs) != 1 or not floats(*inputs) or not inputs[0].is_contiguous() or set(kwargs) - keys:
+        return None
+    return inputs[0] if inputs[0].dim() > 0 else None
+
+
+def along(inputs: list, kwargs: dict, keys: set = frozenset({"dim"}), dtype: torch.dtype | None = None) -> Tensor | None:
+    """cumsum/cumprod (same shape) and argsort (int64 indices) along a valid `dim`."""
+    x = _dense_float(inputs, kwargs, keys)
+    if x is None or wrap_dim(kwargs.get("dim"), x.dim()) is None:
+        return None
+    return empty(x.shape, dtype or x.dtype)
+
+
+def arg_reduction(inputs: list, kwargs: dict) -> Tensor | None:
+    """argmax/argmin over one `dim`: int64 indices, that dim dropped or kept as 1."""
+    x = _dense_float(inputs, kwargs, {"dim", "keepdim"})
+    keepdim = kwargs.get("keepdim", False)
+    axis = None if x is None else wrap_dim(kwargs.get("dim"), x.dim())
+    if axis is None or not isinstance(keepdim, bool):
+        return None
+    return empty([1 if dim == axis else size for dim, size in enumerate(x.shape) if keepdim or dim != axis], torch.int64)
+
+
+def top_k(inputs: list, kwargs: dict) -> Any:
+    """topk: `(values, indices)` with `k` entries along `dim`."""
+    x = _dense_float(inputs, kwargs, {"k", "dim", "largest", "sorted"})
+    axis = None if x is None else wrap_dim(kwargs.get("dim", -1), x.dim())
+    k = kwargs.get("k")
+    if axis is None or not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= x.shape[axis]:
+        return None
+    shape = [k if dim == axis else size for dim, size in enumerate(x.shape)]
+    return torch.return_types.topk((empty(shape, x.dtype), empty(shape, torch.int64)))
+
+
+def sort(inputs: list, kwargs: dict) -> Any:
+    """sort: `(values, indices)` of the input's shape."""
+    x = _dense_float(inputs, kwargs, {"dim", "descending", "stable"})
+    if x is None or wrap_dim(kwargs.get("dim", -1), x.dim()) is None:
+        return None
+    return torch.return_types.sort((empty(x.shape, x.dtype), empty(x.shape, torch.int64)))
+
+
+def one_hot(inputs: list, kwargs: dict) -> Tensor | None:
+    """one_hot of int64 class indices: a trailing dim of `num_classes`, int64."""
+    count = kwargs.get("num_classes")
+    if (len(inputs) != 1 or not meta_tensors(*inputs) or inputs[0].dtype != torch.int64 or set(kwargs) != {"num_classes"}
+            or not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        return None
+    return empty((*inputs[0].shape, count), torch.int64)
+
+
+def gather(inputs: list, kwargs: dict) -> Tensor | None:
+    """gather: the index's shape, the input's dtype (index no larger than the input off `dim`)."""
+    if len(inputs) != 2 or set(kwargs) != {"dim"} or not floats(inputs[0]) or not meta_tensors(inputs[1]):
+        return None
+    x, index = inputs
+    axis = wrap_dim(kwargs["dim"], x.dim())
+    if (axis is None or index.dtype != torch.int64 or index.dim() != x.dim()
+            or any(index.shape[dim] > x.shape[dim] for dim in range(x.dim()) if dim != axis)):
+        return None
+    return empty(index.shape, x.dtype)
+
+
+def scatter(inputs: list, kwargs: dict, name: str) -> Tensor | None:
+    """scatter/scatter_add/index_add of `source` into `x` at `index`: a new tensor like `x`."""
+    if len(inputs) != 3 or set(kwargs) != {"dim"} or not floats(inputs[0], inputs[2]) or not meta_tensors(inputs[1]):
+        return None
+    x, index, source = inputs
+    axis = wrap_dim(kwargs["dim"], x.dim())
+    if axis is None or index.dtype != torch.int64 or not x.is_contiguous() or source.dim() != x.dim():
+        return None
+    if name == "index_add":
+        fits = (index.dim() == 1 and source.shape[axis] == index.shape[0]
+                and all(source.shape[dim] == x.shape[dim] for dim in range(x.dim()) if dim != axis))
+    else:
+        fits = index.dim() == x.dim() and all(
+            index.shape[dim] <= source.shape[dim] and (dim == axis or index.shape[dim] <= x.shape[dim])
+            for dim in range(x.dim()))
+    return empty(x.shape, x.dtype) if fits else None
+
+
+_FLOATING_FUNCTIONS = ("silu", "sigmoid", "tanh", "exp", "log", "rsqrt", "sin", "cos", "sqrt", "erf", "reciprocal")
 
 # function item name -> rule(inputs, spec args) returning the output, or None to run the kernel
 FUNCTION_RULES: dict[str, Callable[[list, dict], Tensor | None]] = {
     **{name: (lambda inputs, kwargs: elementwise(inputs, kwargs, floating=True)) for name in _FLOATING_FUNCTIONS},
-    **{name: (lambda inputs, kwargs: elementwise(inputs, kwargs)) for name in ("relu", "abs", "neg", "floor")},
+    **{name: (lambda inputs, kwargs: elementwise(inputs, kwargs)) for name in ("relu", "abs", "neg", "floor", "sign")},
+    "softplus": lambda inputs, kwargs: elementwise(inputs, kwargs, scalars=("beta", "threshold"), floating=True),
+    **{name: _binary for name in ("remainder", "floor_divide")},
+    **{name: along for name in ("cumsum", "cumprod")},
+    "argsort": lambda inputs, kwargs: along(inputs, kwargs, {"dim", "descending", "stable"}, torch.int64),
+    "argmax": arg_reduction, "argmin": arg_reduction,
+    "topk": top_k, "sort": sort, "one_hot": one_hot, "gather": gather,
+    **{name: (lambda inputs, kwargs, name=name: scatter(inputs, kwargs, name)) for name in ("scatter", "scatter_add", "index_add")},
     "clamp": lambda inputs, kwargs: elementwise(inputs, kwargs, scalars=("min", "max")) if kwargs else None,
     "gelu": lambda inputs, kwargs: (elementwise(inputs, {}, floating=True) if kwargs.get("approximate", "none") in ("none", "tanh")
                                     and set(kwargs) <= {"approximate"} else None),

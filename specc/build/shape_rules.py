@@ -16,7 +16,7 @@ from torch import nn
 
 from specc.build import layers as specc_layers
 from specc.build.shape_attention import ATTENTION_RULES
-from specc.build.shape_functions import empty, floats, like, one_input as _one_input, weight_dtype as _weight_dtype, wrap_dim
+from specc.build.shape_functions import broadcast, empty, floats, like, one_input as _one_input, weight_dtype as _weight_dtype, wrap_dim
 
 Tensor = torch.Tensor
 
@@ -197,6 +197,20 @@ def _layer_norm_2d(module: specc_layers.LayerNorm2d, args: tuple, kwargs: dict) 
     return empty((*x.shape[:1], *x.shape[2:], x.shape[1]), x.dtype).movedim(-1, 1)  # channels back in place
 
 
+def _linear_scan(module: specc_layers.LinearScan, args: tuple, kwargs: dict) -> Tensor | None:
+    """`scan`: the broadcast shape of a and b (an initial state must fit it without the time dim)."""
+    if kwargs or not 2 <= len(args) <= 3 or not floats(*args):
+        return None
+    shape = broadcast(tuple(args[0].shape), tuple(args[1].shape))
+    axis = None if not shape else wrap_dim(module.dim, len(shape))
+    if axis is None or shape[axis] == 0:
+        return None
+    step = shape[:axis] + shape[axis + 1:]
+    if len(args) == 3 and (args[2].dim() > len(step) or broadcast(tuple(args[2].shape), step) != step):
+        return None
+    return empty(shape, args[0].dtype)
+
+
 MODULE_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     **dict.fromkeys(_SAME_SHAPE, _same_shape),
     **dict.fromkeys(_CHANNEL_DROPOUT_RANK, _channel_dropout),
@@ -213,4 +227,5 @@ MODULE_RULES: dict[type, Callable[[nn.Module, tuple, dict], Any]] = {
     nn.GroupNorm: _group_norm,
     specc_layers.LayerNorm2d: _layer_norm_2d,
     **ATTENTION_RULES,
+    specc_layers.LinearScan: _linear_scan,
 }

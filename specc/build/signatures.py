@@ -82,6 +82,9 @@ def function_call_args(info: FunctionInfo, args: Any, input_count: int, locate: 
                                    f"({', '.join(info.parameters) or 'none'})", (info.name,), "TYPE_ERROR"))
         kwargs = dict(zip(info.parameters, values))
     kwargs = {**info.defaults, **kwargs}
+    misspelled = {problem.suggestion for problem in problems if problem.code == "UNKNOWN_KWARG"}
+    problems += [locate(f"{info.name} needs '{name}'", (info.name,), "MISSING_ARGUMENT")
+                 for name in info.required if name not in kwargs and name not in misspelled]
     if info.name == "getitem" and isinstance(kwargs.get("index"), str):
         try:
             kwargs["index"] = parse_index(kwargs["index"])

@@ -2,13 +2,17 @@
 
 A free tensor is a tensor of the model rather than a function of an input: a class token, a
 position embedding, a relative-position index. It is registered under the item's qualified name
-(`class_token`, `blocks.0.attn.index`) so that is its state_dict key, and its value has a leading
-1 as the batch dim (`[1, *shape]`), so it broadcasts against batched tensors; `batch: true`
-repeats it (as a view) over the batch of its input.
+(`class_token`, `blocks.0.attn.index`) so that is its state_dict key.
 
   parameter  learnable (`shape`, `init` as in the spec's `init:`, default zeros)
   buffer     not learnable, saved in the state_dict
   constant   not learnable, not saved (rebuilt from the spec)
+
+A parameter or buffer has exactly the shape written, as a library's `nn.Parameter` does (a GRN
+weight `[C]`, a position embedding `[1, 197, 768]`), so its state_dict entry is the library's; it
+meets batched tensors by torch's broadcasting (trailing dims align). A constant is a computed
+helper (positions, masks) that the spec's functions treat like an input of batch 1: `[1, *shape]`.
+`batch: true` repeats a tensor's first dim, which must be 1, over the batch of its input (as a view).
 """
 from __future__ import annotations
 
@@ -39,8 +43,13 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
         # `shap: [4]` is one mistake: its missing `shape` is not reported again
         problems += _shape_problems(args.get("shape"), "shape", op, locate, required=not problems)
         if "init" in args and not _init_ok(args["init"]):
-            problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...) or "
-                                   f"{{name: {{kwargs}}}}: {init_problem(args['init'])}", (op, "init"), "TYPE_ERROR"))
+            problems.append(locate(f"parameter: init must be an nn.init name (zeros, normal, trunc_normal, ...), "
+                                   f"{{name: {{kwargs}}}} or values ({{arange: N}}, {{value: [...]}}, {{constant: x}}): "
+                                   f"{init_problem(args['init'])}", (op, "init"), "TYPE_ERROR"))
+        elif value_init(args.get("init")) and not problems and not contains_deferred(args["shape"]):
+            problem = values_problem(value_init(args["init"]), torch.Size(args["shape"]).numel())
+            if problem is not None:
+                problems.append(locate(f"parameter: init: {problem}", (op, "init"), "SHAPE_MISMATCH"))
     else:
         forms = [key for key in _VALUE_FORMS if key in args]
         if len(forms) != 1:
@@ -56,12 +65,27 @@ def free_tensor_args(op: str, args: Any, locate: Callable[..., Problem]) -> tupl
                                    did_you_mean(str(args["dtype"]), DTYPES)))
     if not isinstance(args.get("batch", False), bool):
         problems.append(locate(f"{op}: batch must be true or false", (op, "batch"), "TYPE_ERROR"))
+    elif args.get("batch") and op != "constant" and not problems:
+        problems += _batch_dim_problems(op, args, locate)
     return dict(args), problems
+
+
+def _batch_dim_problems(op: str, args: dict, locate) -> list[Problem]:
+    """`batch: true` repeats the first dim over the batch: a parameter's or buffer's must be 1."""
+    form = next((key for key in ("shape", "zeros", "ones", "value", "arange") if key in args), None)
+    written = args.get(form)
+    if form == "arange" or (form == "value" and isinstance(written, list) and len(written) != 1) or (
+            form in ("shape", "zeros", "ones") and isinstance(written, list) and written
+            and isinstance(written[0], int) and written[0] != 1):
+        return [locate(f"{op}: batch: true repeats the first dim over the batch, so it must be 1 "
+                       f"(write {form}: [1, ...]); got {written!r}", (op, form), "TYPE_ERROR")]
+    return []
 
 
 def _shape_problems(shape: Any, key: str, op: str, locate, required: bool) -> list[Problem]:
     if shape is None:
-        return [locate(f"{op} needs '{key}' (the shape without the batch dim, e.g. [1, 768])", (op,),
+        what = "the shape without the batch dim, e.g. [7]" if op == "constant" else "the tensor's shape, e.g. [1, 197, 768]"
+        return [locate(f"{op} needs '{key}' ({what})", (op,),
                        "MISSING_ARGUMENT")] if required else []
     if contains_deferred(shape) or _ints(shape, positive=True):
         return []
@@ -75,7 +99,53 @@ def _ints(value: Any, positive: bool = False, allow_scalar: bool = False) -> boo
 
 
 def _init_ok(how: Any) -> bool:
-    return init_problem(how) is None
+    return value_init(how) is not None or init_problem(how) is None
+
+
+VALUE_INITS = ("arange", "value", "constant")   # init from values: `{arange: 16}`, `{value: [..]}`, `{constant: 0.5}`
+
+
+def value_init(how: Any) -> tuple[str, Any] | None:
+    """`(form, argument)` of an init written as values, or None for an nn.init function
+    (`constant: {val: 0.5}` is nn.init's; `constant: 0.5` the value form)."""
+    if not isinstance(how, dict) or len(how) != 1:
+        return None
+    form, argument = next(iter(how.items()))
+    if form not in VALUE_INITS or (form == "constant" and isinstance(argument, dict)):
+        return None
+    return form, argument
+
+
+def values_problem(how: tuple[str, Any], numel: int) -> str | None:
+    """Why an init written as values cannot fill a tensor of `numel` numbers, or None: `arange` and
+    `value` fill it in row-major order and must give exactly as many numbers (nothing is allocated)."""
+    form, argument = how
+    if form == "constant":
+        return None if isinstance(argument, (int, float)) and not isinstance(argument, bool) else (
+            f"constant must be a number, got {argument!r}")
+    if form == "arange":
+        bounds = argument if isinstance(argument, list) else [argument]
+        if not _ints(bounds, allow_scalar=True) or len(bounds) > 3 or bounds[2:3] == [0]:
+            return f"arange is N or [start, end(, step)] of ints, got {argument!r}"
+        count = len(range(*bounds))
+    else:
+        try:
+            count = torch.tensor(argument, dtype=torch.float64).numel()
+        except (TypeError, ValueError, RuntimeError):
+            return f"value must be a number or a (nested) list of numbers, got {argument!r}"
+    return None if count == numel else f"{form} gives {count} numbers for a tensor of {numel}"
+
+
+def initial_values(how: tuple[str, Any], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """The values of an init written as values, shaped as the tensor (`values_problem` said it fits)."""
+    form, argument = how
+    if form == "constant":
+        return torch.full(shape, float(argument), dtype=dtype)
+    if form == "arange":
+        values = torch.arange(*(argument if isinstance(argument, list) else [argument]))
+    else:
+        values = torch.tensor(argument)
+    return values.reshape(shape).to(dtype)
 
 
 def init_problem(how: Any) -> str | None:
@@ -114,10 +184,11 @@ INIT_FUNCTIONS: dict[str, tuple[str, ...]] = _init_functions()
 
 
 def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.Tensor:
-    """The tensor of a free-tensor item, `[1, *shape]`, on `device` (initialised unless on meta)."""
+    """The tensor of a free-tensor item on `device` (initialised unless on meta): a parameter's or
+    buffer's exactly as written, a constant's `[1, *shape]`."""
     with torch.device(device):
         if op == "parameter":
-            tensor = torch.zeros(1, *args["shape"])
+            tensor = torch.zeros(*args["shape"])
             if "init" in args and tensor.device.type != "meta":
                 _initialise(tensor, args["init"])
             return nn.Parameter(tensor)
@@ -129,10 +200,14 @@ def make_free_tensor(op: str, args: dict, device: torch.device | str) -> torch.T
             tensor = torch.arange(*bounds, dtype=dtype)
         else:
             tensor = (torch.zeros if "zeros" in args else torch.ones)(*args.get("zeros", args.get("ones")), dtype=dtype)
-        return tensor.unsqueeze(0)
+        return tensor.unsqueeze(0) if op == "constant" else tensor
 
 
 def _initialise(tensor: torch.Tensor, how: str | dict) -> None:
+    values = value_init(how)
+    if values is not None:
+        tensor.copy_(initial_values(values, tensor.shape, tensor.dtype))   # checked by free_tensor_args
+        return
     name, kwargs = (how, {}) if isinstance(how, str) else next(iter(how.items()))
     getattr(nn.init, name.rstrip("_") + "_")(tensor, **(kwargs or {}))
 

@@ -85,6 +85,14 @@ def _restore_environment(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+def echo(text: str, err: bool = False, nl: bool = True) -> None:
+    """Print a line as every command does: escape sequences in file names and spec text are shown,
+    never obeyed (specc.lang.terminal.printable)."""
+    from specc.lang.terminal import printable
+
+    typer.echo(printable(text), err=err, nl=nl)
+
+
 class UsageFailure(Exception):
     """A user-facing failure: print the message, exit with `code`, no traceback."""
 
@@ -99,20 +107,20 @@ def user_errors(output_format: str = "text") -> Iterator[None]:
     from specc.lang.errors import SpecError, spec_warnings_to
 
     try:
-        with spec_warnings_to(lambda line: typer.echo(line, err=True)):   # `warning: file:line:col: ...`
+        with spec_warnings_to(lambda line: echo(line, err=True)):   # `warning: file:line:col: ...`
             yield
     except SpecError as error:
         if output_format == "json":
-            typer.echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
+            echo(json.dumps({"ok": False, "errors": [p.to_dict() for p in error.problems]}, indent=2))
         else:
             for problem in error.problems:
-                typer.echo(f"error: {problem}", err=True)
+                echo(f"error: {problem}", err=True)
         raise typer.Exit(2) from None
     except UsageFailure as error:
-        typer.echo(f"error: {error}", err=True)
+        echo(f"error: {error}", err=True)
         raise typer.Exit(error.code) from None
     except FileNotFoundError as error:
-        typer.echo(f"error: file not found: {error.filename or error}", err=True)
+        echo(f"error: file not found: {error.filename or error}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -143,6 +151,6 @@ def main() -> None:
     except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug
         if os.environ.get("SPECC_DEBUG"):
             raise
-        typer.echo(f"specc: internal error: {type(error).__name__}: {error} "
-                   "(please report it; SPECC_DEBUG=1 shows the traceback)", err=True)
+        echo(f"specc: internal error: {type(error).__name__}: {error} "
+             "(please report it; SPECC_DEBUG=1 shows the traceback)", err=True)
         sys.exit(1)

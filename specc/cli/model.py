@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, output_folder_exists, overrides,
-                           user_errors)
+from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, echo, output_folder_exists,
+                           overrides, user_errors)
 
 
 @app.command()
@@ -40,11 +40,11 @@ def check(
         outputs = {name: list(compiled.graph[name].feature_shape or []) for name in compiled.graph.outputs}
         if output_format == "json":
             warned = [problem.to_dict() for problem in compiled.warnings]
-            typer.echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
-                                  indent=2))
+            echo(json.dumps({"ok": True, "params": params, "outputs": outputs, "errors": [], "warnings": warned},
+                            indent=2))
         else:
             shapes = ", ".join(f"{name} {shape}" for name, shape in outputs.items())
-            typer.echo(f"OK {spec}: {params:,} parameters, output {shapes}")
+            echo(f"OK {spec}: {params:,} parameters, output {shapes}")
 
 
 @app.command()
@@ -52,7 +52,7 @@ def schema() -> None:
     """Print the JSON Schema of the spec format (for editors: yaml-language-server)."""
     from specc.build.schema import json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    echo(json.dumps(json_schema(), indent=2))
 
 
 @app.command()
@@ -90,7 +90,7 @@ def draw(
             raise UsageFailure(str(error)) from None
         where = "" if output is not None or path.parent.resolve() == spec.parent.resolve() else \
             " (outside the spec's git repository; -o chooses the file)"
-        typer.echo(f"wrote {path}{where}")
+        echo(f"wrote {path}{where}")
 
 
 @app.command()
@@ -112,11 +112,18 @@ def summary(
     units: Annotated[str, typer.Option(help="Memory in MiB (2**20 bytes, as torchsummary) or MB (10**6, as torchinfo).")] = "MiB",
     set_: SetOption = None,
     variant: VariantOption = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="Add the training memory per process under fsdp or ddp (see --nproc; nothing is started).",
+        show_default=False)] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes for the --strategy estimate.")] = 1,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Add the sparsity of these trained weights (zeros per weight tensor and in total): a best.pt, last.pt "
+             "or .safetensors.", show_default=False)] = None,
 ) -> None:
     """Show the model at a glance: each item's output shape, parameters and FLOPs, totals and memory."""
     with user_errors("json" if output_format == "json" else "text"):
         from specc.summary.summarize import parse_input_shapes, summary as summarize
-        from specc.summary.render import FORMATS, print_summary
+        from specc.summary.render import FORMATS, print_summary, render
 
         if output_format not in FORMATS:
             raise UsageFailure(f"--format {output_format}: choose one of {', '.join(FORMATS)}")
@@ -125,9 +132,40 @@ def summary(
                                input_shapes=parse_input_shapes(input_shape), backward=backward,
                                columns=[name.strip() for name in (columns or "").split(",") if name.strip()], units=units,
                                **overrides(set_, variant))
+            estimate = None
+            if strategy is not None:
+                from specc.summary.sharded_memory import estimate_spec
+
+                estimate = estimate_spec(spec, strategy, nproc, batch_size, result.activation_bytes,
+                                         **overrides(set_, variant))
         except ValueError as error:
             raise UsageFailure(str(error)) from None
+        weights = None
+        if checkpoint is not None:
+            from specc.summary.sparsity import sparsity
+
+            weights = sparsity(checkpoint)
+        if output_format == "json":   # one document: the summary, with the extras as keys of their own
+            payload = json.loads(render(result, "json"))
+            payload.update({key: value.to_dict() for key, value in
+                            (("memory_per_process", estimate), ("sparsity", weights)) if value is not None})
+            echo(json.dumps(payload, indent=2))
+            return
         print_summary(result, output_format)
+        if estimate is not None:
+            from specc.summary.sharded_memory import render_estimate
+
+            print(render_estimate(estimate))
+        if weights is not None:
+            _print_sparsity(weights)
+
+
+def _print_sparsity(weights) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(weights.table())
+    console.print("\n".join(weights.lines()), markup=False)
 
 
 @app.command()
@@ -157,7 +195,7 @@ def diff(
             raise UsageFailure("give a second spec, or --set to compare the spec with a variant of itself")
         b_variables = overrides(set_)
         result = compare(spec, other, a_variables=overrides(set_a), b_variables=b_variables, batch_size=batch_size)
-        typer.echo(result.render(output_format))
+        echo(result.render(output_format))
         if draw_path is not None:
             from specc.draw.changes import changes_drawing, write_changes_drawing
             from specc.draw.drawing import GraphvizNotFound
@@ -170,4 +208,4 @@ def diff(
                 raise UsageFailure(str(error), code=1) from None
             except ValueError as error:
                 raise UsageFailure(str(error)) from None
-            typer.echo(f"wrote {path}", err=output_format == "json")
+            echo(f"wrote {path}", err=output_format == "json")

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, output_folder_exists, overrides,
-                           user_errors)
+from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, echo, output_folder_exists,
+                           overrides, user_errors)
 
 
 @app.command()
@@ -21,6 +21,9 @@ def export(
     variant: VariantOption = None,
     check_output: Annotated[bool, typer.Option(
         "--check/--no-check", help="Run the written file at batch sizes 1 and 3 and compare with the model.")] = True,
+    quantize: Annotated[Optional[str], typer.Option(
+        help="ONNX only: int8 (onnxruntime dynamic quantization) or int8-static (activation ranges calibrated on "
+             "the spec's training data).", show_default=False)] = None,
 ) -> None:
     """Export the model: ONNX (dynamic batch), a torch.export program (.pt2), or safetensors weights with the spec.
 
@@ -31,24 +34,71 @@ def export(
         output_folder_exists(output)
         from specc.export.exporter import check_export, prepare, write
 
+        if quantize is not None and output.suffix != ".onnx":
+            raise UsageFailure(f"--quantize writes an ONNX model: give -o with .onnx, not {output.suffix or 'no suffix'}")
         try:
             prepared = prepare(spec, checkpoint=checkpoint, **overrides(set_, variant))
+            if quantize is not None:
+                _export_quantized(spec, prepared, output, quantize, overrides(set_, variant), check_output)
+                return
             path = write(prepared, output)
         except ValueError as error:
             raise UsageFailure(str(error)) from None
         size = path.stat().st_size + sum(extra.stat().st_size for extra in path.parent.glob(f"{path.name}.data"))
-        typer.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
+        echo(f"wrote {path} ({size / 1e6:.1f} MB)")
         if prepared.scaling:
             where = ("is not in a .safetensors file: scale inputs as in training" if path.suffix == ".safetensors"
                      else "is part of the exported graph: feed it raw inputs")
-            typer.echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
+            echo(f"note: the checkpoint's input scaling ({prepared.scaling}) {where}")
         if check_output:
             result = check_export(prepared, path)
             verdict = "matches" if result.ok else "DIFFERS FROM"
-            typer.echo(f"checked: the exported file {verdict} the model at batch sizes "
-                       f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
+            echo(f"checked: the exported file {verdict} the model at batch sizes "
+                 f"{' and '.join(map(str, result.batch_sizes))} (max |difference| {result.max_difference:.1e})")
             if not result.ok:
                 raise UsageFailure("the exported file does not reproduce the model", code=1)
+
+
+def _export_quantized(spec: Path, prepared: Any, output: Path, method: str, keys: dict, check: bool) -> None:
+    """Export float ONNX to a temporary file, quantize it with onnxruntime into `output`, compare the two."""
+    import tempfile
+
+    from specc.export.exporter import write
+    from specc.export.onnx_quantize import check_quantized, quantize_onnx
+
+    batches = _data_batches(spec, prepared, keys)
+    names = list(prepared.compiled.spec.inputs)
+    with tempfile.TemporaryDirectory(dir=output.parent) as folder:
+        float_path = write(prepared, Path(folder) / "float.onnx")
+        float_size = float_path.stat().st_size
+        quantize_onnx(float_path, output, method, names, batches)
+    echo(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB, {method}; "
+         f"float: {float_size / 1e6:.2f} MB, {output.stat().st_size / float_size:.2f}x)")
+    if not check:
+        return
+    examples = batches or [prepared.compiled.example_inputs(size, device="cpu") for size in (1, 3)]
+    result = check_quantized(prepared.module, output, examples)
+    agreement = "" if result.agreement is None else f", top class agrees on {result.agreement:.1%}"
+    where = "the spec's data" if batches else "random inputs"
+    echo(f"checked on {result.examples} examples of {where}: max |difference| {result.max_difference:.2e} "
+         f"({result.relative_difference:.1%} of the outputs' range){agreement}")
+    if not result.ok:
+        raise UsageFailure("the quantized model strays too far from the float model (see docs/export.md)", code=1)
+
+
+def _data_batches(spec: Path, prepared: Any, keys: dict, batch_size: int = 32, count: int = 8) -> list | None:
+    """Up to `count` batches of raw training examples of the spec's data (the exported graph scales its
+    own inputs), or None for a spec without a `train:` section."""
+    from specc.train.prepare import load_train_spec, prepare_data
+    from specc.lang.errors import SpecError
+
+    try:
+        train_spec = load_train_spec(spec, keys)
+    except SpecError:
+        return None
+    examples = prepare_data(train_spec, prepared.compiled).splits[0].train
+    return [tuple(x[start:start + batch_size].float() if x.is_floating_point() else x[start:start + batch_size]
+                  for x in examples.inputs) for start in range(0, min(len(examples), batch_size * count), batch_size)]
 
 
 @app.command()
@@ -80,8 +130,12 @@ def port(
     allow_missing: Annotated[Optional[list[str]], typer.Option(
         "--allow-missing", metavar="GLOB", help="A glob of tensors that may stay unmatched (reported); repeatable.")] = None,
     check_io: Annotated[Optional[Path], typer.Option(
-        "--check", help="A .safetensors of inputs and expected outputs: run the model and print the max difference.")] = None,
+        "--check", help="A .safetensors of inputs and expected outputs (named after the spec's; docs/weights.md): "
+                "run the model and compare every output.")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest |difference| --check accepts.")] = 1e-4,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="A Hugging Face config.json (or its folder): sets the spec's vars it names (dim, n_layers, "
+                         "n_heads, ...); --set still wins.")] = None,
     set_: SetOption = None,
     variant: VariantOption = None,
 ) -> None:
@@ -94,15 +148,16 @@ def port(
         from specc.export.port import port as port_weights
 
         result = port_weights(spec, weights, output, weights_map=_weights_map(map_),
-                              allow_missing=allow_missing or (), check=check_io, **overrides(set_, variant))
-        typer.echo(result.report.summary())
-        typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
-        if result.max_difference is not None:
-            ok = result.max_difference <= tolerance
-            typer.echo(f"checked: {result.checked} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
-                       f"(max |difference| {result.max_difference:.1e}, tolerance {tolerance:.0e})")
-            if not ok:
-                raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
+                              allow_missing=allow_missing or (), check=check_io, config=config,
+                              **overrides(set_, variant))
+        echo(result.report.summary())
+        echo(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+        for check in result.checks:   # every output of the model, each against its own expected tensor
+            ok = check.difference <= tolerance
+            echo(f"checked: {check} from {check_io.name} {'matches' if ok else 'DIFFERS'} "
+                 f"(max |difference| {check.difference:.1e}, tolerance {tolerance:.0e})")
+        if any(not check.difference <= tolerance for check in result.checks):
+            raise UsageFailure("the ported model does not reproduce the expected outputs", code=1)
 
 
 @app.command("import")
@@ -133,11 +188,11 @@ def import_(
 def _print_or_write(text: str, output: Path | None) -> None:
     """Generated source (Python or YAML) to stdout, or to `output` with a line saying so."""
     if output is None:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")
-    typer.echo(f"wrote {output} ({text.count(chr(10))} lines)")
+    echo(f"wrote {output} ({text.count(chr(10))} lines)")
 
 
 def _weights_map(value: str) -> Any:

@@ -5,4 +5,4 @@ it with graphviz (or the autograd graph with torchviz), `mermaid` as a Mermaid f
 """
 from specc._callable import make_callable
 
-make_callable(__name__, "specc.draw.drawing", "draw")
+make_callable(__name__)

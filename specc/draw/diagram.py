@@ -111,6 +111,8 @@ def compiled_diagram(compiled, depth: int | None = None, expand: bool = False) -
 def shape_text(node: Node) -> str:
     """`B×12×32×32` (named dims shown by name: `B×seq×512`); "" when the value is not a tensor."""
     shape = node.meta.get("symbolic_shape") or (None if node.shape is None else ["B", *node.shape[1:]])
+    if node.op == "function" and node.target in ("parameter", "buffer") and not node.args.get("batch"):
+        shape = None if node.shape is None else list(node.shape)   # a model tensor: no batch dim, as written
     return "" if shape is None else "×".join(str(size) for size in shape)
 
 

@@ -26,6 +26,16 @@ def node_figures(graph: Graph, module: nn.Module) -> dict[str, dict[str, int]]:
     Returns:
         One entry per node; a module reused with `share:` counts its weights once, at its first use.
     """
+    modes = {layer: layer.training for layer in module.modules()}
+    module.eval()   # as the dry run: BatchNorm1d after a global pool cannot train on a batch of 1
+    try:
+        return _figures(graph, module)
+    finally:
+        for layer, training in modes.items():
+            layer.training = training
+
+
+def _figures(graph: Graph, module: nn.Module) -> dict[str, dict[str, int]]:
     figures, counted = {}, set()
     last_use = {name: index for index, node in enumerate(graph.nodes) for name in node.inputs}
     values: dict[str, Any] = {}

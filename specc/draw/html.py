@@ -64,7 +64,7 @@ def html_document(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, i
     data = viewer_data(diagram, graph, figures, depth=depth, expand=expand)
     data["changes"] = changes or {}
     data["removed"] = removed or []
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")   # cannot close the script tag
+    payload = script_json(data)
     page = title or diagram.name
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -147,3 +147,11 @@ def _branch_color(cluster) -> list[str] | None:
 
 def _asset(name: str) -> str:
     return resources.files("specc.draw").joinpath("viewer", name).read_text(encoding="utf-8")
+
+
+def script_json(data: Any) -> str:
+    """`data` as JSON to embed in a <script> element: every `<`, `>` and `&` as a \\u escape (the
+    same string to JSON.parse), so no text from a spec can close the element (`</script>`) or
+    open an HTML comment (`<!--<script>`, which swallows the rest of the page)."""
+    text = json.dumps(data, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -6,6 +6,9 @@ parallel branch gets its own colour, merges are hexagons, and every edge carries
 """
 from __future__ import annotations
 
+import json
+import re
+
 from specc.draw.diagram import BRANCH_COLORS, Box, Diagram, detail_lines
 
 # Mermaid node shapes: (opening, closing) around the quoted label.
@@ -37,7 +40,7 @@ def to_mermaid(diagram: Diagram, rankdir: str = "TB") -> str:
     """
     identifiers = {box_id: f"n{index}" for index, box_id in enumerate(diagram.boxes)}
     identifiers.update({cluster_id: f"c{index}" for index, cluster_id in enumerate(diagram.clusters)})
-    lines = ["---", f"title: {diagram.name}", "---", f"flowchart {rankdir}"]
+    lines = ["---", f"title: {_yaml_title(diagram.name)}", "---", f"flowchart {rankdir}"]
     _add_contents(lines, diagram, None, identifiers, indent=1)
     for arrow in diagram.arrows:
         link = "-.->" if arrow.skip else "-->"
@@ -80,5 +83,21 @@ def _frame_style(kind: str, branch_index: int) -> str:
 
 
 def _escape(text: str) -> str:
-    """Mermaid's entity codes for the characters that end or confuse a quoted label."""
+    """Mermaid's entity codes for the characters that end or confuse a quoted label; a line break
+    (which would end the statement) as a space."""
+    text = _one_line(text)
     return text.replace("#", "#35;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+
+
+def _yaml_title(name: str) -> str:
+    """The name as a YAML value: plain when it is a plain word (resnet18, my-net v2), otherwise a
+    double-quoted string, so no newline, `---` or `: ` in a name can end or break the front matter."""
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\- ]*", name) and not name.endswith(" "):
+        return name
+    return json.dumps(_one_line(name), ensure_ascii=False)
+
+
+def _one_line(text: str) -> str:
+    """Control characters and Unicode line separators as spaces."""
+    return "".join(" " if ord(character) < 32 or 127 <= ord(character) < 160 or character in "\u2028\u2029"
+                   else character for character in str(text))

@@ -5,4 +5,4 @@
 """
 from specc._callable import make_callable
 
-make_callable(__name__, "specc.export.exporter", "export")
+make_callable(__name__)

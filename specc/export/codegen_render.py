@@ -6,6 +6,7 @@ spec wrote as the block's args) become constructor args. `specc.codegen` fills t
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import json
 import keyword
@@ -17,8 +18,9 @@ from typing import Any
 from specc.export.codegen_source import (Statement, allocate, checked_name, comment_text, docstring_text, free_tensor_use, function_call,
                                   identifier, init_call, keyword_argument, literal, merge_call, module_call,
                                   module_dict_attributes, placed, plain_call, shape_text, wrapped_call, wrapped_list)
-from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent
+from specc.export.codegen_tree import Part, Tree, holds_tensors, inside, is_free_tensor, parent, units_in_run_order
 from specc.build.graph import Node
+from specc.build.layers import LAYER_MODULES
 from specc.build.registry import layer_info
 
 _STREAMS = {"body": "h", "shortcut": "shortcut"}    # variable names for values inside a residual
@@ -77,6 +79,7 @@ class ClassWriter:
     def __init__(self, tree: Tree):
         self.tree, self.graph, self.spec, self.compiled = tree, tree.graph, tree.spec, tree.compiled
         self.parts = tree.parts
+        self.order = {node.name: index for index, node in enumerate(tree.graph.nodes)}
         self.templates: dict[str, Template] = {}
         self.variant_of: dict[str, str] = {}
         self.specc_layers: set[type] = set()
@@ -114,6 +117,9 @@ class ClassWriter:
     def _init_lines(self, target: str, container: Part, template: Template, owner: Part) -> list[str]:
         """`self.x = ...` per child, in graph order (so a seeded build draws the same numbers); free
         tensors are registered, and a container holding some is filled in line by line."""
+        ordered = units_in_run_order(container, self.order)
+        if ordered is not None:
+            return self._init_in_run_order(target, container, ordered, template, owner)
         lines = []
         for key, child in container.children.items():
             if is_free_tensor(child):
@@ -126,11 +132,28 @@ class ClassWriter:
                 lines += placed(f"{self._access(target, container, key)} = ", self._expression(child, template, owner), 8)
         return lines
 
+    def _init_in_run_order(self, target: str, container: Part, units: list, template: Template, owner: Part) -> list[str]:
+        """`self.a.b = ...` per layer in graph order, each plain container made where first needed."""
+        lines, made = [], set()
+        for keys, child in units:
+            access, part = target, container
+            for depth, key in enumerate(keys[:-1]):
+                access, part = self._access(access, part, key), part.children[key]
+                if keys[:depth + 1] not in made:
+                    made.add(keys[:depth + 1])
+                    lines += placed(f"{access} = ", "nn.ModuleDict()", 8)
+            if is_free_tensor(child):
+                lines += placed(f"{access}.{_REGISTER[child.target]}({json.dumps(keys[-1])}, ",
+                                self._free_tensor(child, template, owner) + _PERSISTENT[child.target] + ")", 8)
+            else:
+                lines += placed(f"{self._access(access, part, keys[-1])} = ", self._expression(child, template, owner), 8)
+        return lines
+
     def _free_tensor(self, node: Node, template: Template, owner: Part) -> str:
-        """The tensor as `make_free_tensor` builds it: `[1, *shape]`, initialised the same way."""
+        """The tensor as `make_free_tensor` builds it (a constant `[1, *shape]`), initialised the same way."""
         args, raw = node.args, self.tree.item_args.get(node.location, {})
         if node.target == "parameter":
-            tensor = f"torch.zeros(1, {self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
+            tensor = f"torch.zeros({self._free_values(template, args['shape'], raw.get('shape'), owner, 'size')})"
             if args.get("init") is not None:
                 tensor = init_call(args["init"], tensor)
             return f"nn.Parameter({tensor})"
@@ -144,7 +167,7 @@ class ClassWriter:
         else:
             form = "zeros" if "zeros" in args else "ones"
             tensor = f"torch.{form}({self._free_values(template, args[form], raw.get(form), owner, 'size')}{dtype})"
-        return f"{tensor}.unsqueeze(0)"
+        return f"{tensor}.unsqueeze(0)" if node.target == "constant" else tensor
 
     @staticmethod
     def _free_values(template: Template, values: list, written: Any, owner: Part, hint: str) -> str:
@@ -226,7 +249,7 @@ class ClassWriter:
 
         if getattr(nn, target, None) is cls:
             return f"nn.{target}"
-        if cls.__module__ == "specc.build.layers":
+        if cls.__module__ in LAYER_MODULES:
             self.specc_layers.add(cls)
         else:
             self.user_imports[cls.__name__] = cls.__module__
@@ -340,6 +363,9 @@ class ClassWriter:
     # ----- init: and tie: ----------------------------------------------------------------------
     def _init_and_ties(self) -> list[str]:
         lines = ["        self._init_weights()  # the spec's `init:`"] if self.spec.init else []
+        lines += [f"        self.get_submodule({literal(path)}).requires_grad_(False)  # spec `trainable: false`"
+                  if kind == "module" else f"        self.get_parameter({literal(path)}).requires_grad_(False)"
+                  for path, kind in self._fixed()]
         for target, source in self.spec.tie.items():
             owner, _, attribute = target.rpartition(".")
             source_owner, _, source_attribute = source.rpartition(".")
@@ -359,10 +385,19 @@ class ClassWriter:
                 lines += [f"            for path in {wrapped_list(paths, 16)}:  # every {comment_text(key)}",
                           f"                {init_call(how, 'self.get_submodule(path).weight')}"]
             else:
-                lines += ["            for name, parameter in parameters.items():",
+                names = [name for name, _ in self.compiled.module.named_parameters()]
+                matched = any(fnmatch.fnmatchcase(name, key) or name.rsplit(".", 1)[-1] == key for name in names)
+                tensors = "parameters" if matched else "dict(self.named_buffers())"   # buffers when no parameter matches
+                lines += [f"            for name, parameter in {tensors}.items():",
                           f"                if fnmatch.fnmatchcase(name, {literal(key)}) or name.rsplit(\".\", 1)[-1] == {literal(key)}:",
                           f"                    {init_call(how, 'parameter')}"]
         return lines
+
+    def _fixed(self) -> list[tuple[str, str]]:
+        """(path, "module" | "parameter") of the items marked `trainable: false`."""
+        return [(node.shared_with or node.name, "module" if node.op == "module" else "parameter")
+                for node in self.graph.nodes if node.meta.get("trainable") is False
+                and (node.op == "module" or node.target == "parameter")]
 
 
 def _attribute(name: str) -> str:

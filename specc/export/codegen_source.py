@@ -58,8 +58,16 @@ def init_call(how: Any, tensor: str) -> str:
     Raises:
         SpecError: not a public nn.init function with its own keyword args (refused, never written).
     """
-    from specc.build.tensors import INIT_FUNCTIONS, init_problem
+    from specc.build.tensors import INIT_FUNCTIONS, init_problem, value_init
 
+    values = value_init(how)   # `{arange: 16}`, `{value: [...]}`, `{constant: 0.5}`: the values, shaped
+    if values is not None:
+        form, argument = values
+        if form == "constant":
+            return f"{tensor}.fill_({literal(argument)})"
+        made = (f"torch.arange(*{literal(argument if isinstance(argument, list) else [argument])})" if form == "arange"
+                else f"torch.tensor({literal(argument)})")
+        return f"{tensor}.copy_({made}.reshape({tensor}.shape))"
     problem = init_problem(how)
     if problem is not None:
         raise SpecError(Problem(f"codegen: init: {problem}", None, "TYPE_ERROR"))
@@ -175,6 +183,9 @@ _SPECC_FUNCTIONS: dict[str, Callable[[list[str], dict], str]] = {
     "to": lambda arguments, kwargs: f"{arguments[0]}.to({_dtype(kwargs['dtype'])})",
     "expand": lambda arguments, kwargs: f"{arguments[0]}.expand({', '.join([f'{arguments[0]}.shape[0]', *map(literal, _sizes(kwargs['shape']))])})",
     "gather": lambda arguments, kwargs: f"torch.gather({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]})",
+    **{name: (lambda arguments, kwargs, name=name:
+              f"torch.{name}({arguments[0]}, {literal(kwargs['dim'])}, {arguments[1]}, {arguments[2]})")
+       for name in ("scatter", "scatter_add", "index_add")},
     "einsum": lambda arguments, kwargs: f"torch.einsum({', '.join([literal(kwargs['equation']), *arguments])})",
 }
 

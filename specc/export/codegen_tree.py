@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from specc.build.graph import Node
 from specc.build.registry import TUPLE_OUTPUT_LAYERS
@@ -58,6 +58,33 @@ def holds_tensors(part: "Part") -> bool:
     """Free tensors sit in this part or in a part below that its enclosing class writes inline."""
     return any(is_free_tensor(child) or (isinstance(child, Part) and not child.callable and holds_tensors(child))
                for child in part.children.values())
+
+
+def units_in_run_order(container: "Part", order: dict[str, int]) -> list[tuple[tuple[str, ...], Any]] | None:
+    """The layers, free tensors and block uses under `container` and its plain containers, by key path,
+    in the order the graph builds them; None when nesting them gives that order already. Dotted names
+    interleave containers (diffusers' resnets.0, attentions.0, resnets.1): a nested literal would build
+    resnets.1 before attentions.0, and a seeded build would draw other numbers."""
+    units = list(_units(container, ()))
+    firsts = [_first_index(child, order) for _, child in units]
+    if firsts == sorted(firsts):
+        return None
+    return [unit for _, unit in sorted(zip(firsts, units), key=lambda pair: pair[0])]
+
+
+def _units(container: "Part", keys: tuple) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, child in container.children.items():
+        if isinstance(child, Part) and not child.callable and not child.sequential:
+            yield from _units(child, keys + (key,))
+        else:
+            yield keys + (key,), child
+
+
+def _first_index(child: Any, order: dict[str, int]) -> int:
+    if isinstance(child, Node):
+        return order[child.name]
+    built = [node for node in child.nodes if owns_module(node)] or child.nodes
+    return min(order[node.name] for node in built)
 
 
 def inside(path: str, ancestor: str) -> bool:

@@ -283,10 +283,13 @@ def _layer_sources(classes: set[type]) -> str:
     """The source of the specc layers used, with the module-level helpers they need."""
     if not classes:
         return ""
+    import importlib
+
     from specc.build import functional, layers
 
-    # the layers' module first; the helpers it imports from specc.build.functional (`attention`) after
-    sources = [inspect.getsource(module) for module in (layers, functional)]
+    # the layers' modules first; the helpers they import from specc.build.functional (`attention`) after
+    modules = [importlib.import_module(name) for name in layers.LAYER_MODULES]
+    sources = [inspect.getsource(module) for module in (*modules, functional)]
     statements = [(source, statement) for source in sources for statement in ast.parse(source).body]
     definitions: dict[str, int] = {}
     for index, (_, statement) in enumerate(statements):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from specc.lang.errors import Problem, SpecError
-from specc.build.weights import apply_weights, load_weights, read_weights, save_weights
+from specc.weights.loading import apply_weights, load_weights, read_weights, save_weights
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
@@ -103,7 +103,7 @@ def prepare(spec_or_path: Any, *, checkpoint: Any = None, input_shapes: dict[str
             **variables: Any) -> Prepared:
     """Compile the spec on the CPU, load the checkpoint's weights, switch to eval mode."""
     from specc.build.compiler import compile
-    from specc.build.weights import load_state
+    from specc.weights.loading import load_state
 
     compiled = compile(spec_or_path, input_shapes=input_shapes, symbolic=False, **variables)
     prepared = Prepared(compiled, input_shapes=input_shapes)
@@ -331,7 +331,7 @@ def _runner(path: Path):
     if path.suffix == ".pt2":
         program = torch.export.load(path).module()
         return lambda inputs: _tensors(program(*inputs))
-    from specc.build.compiler import build_from_safetensors
+    from specc.weights.building import build_from_safetensors
 
     rebuilt = build_from_safetensors(path, trust_code=True)   # the file just written from this spec
     return lambda inputs: _tensors(rebuilt(*inputs))

@@ -22,13 +22,16 @@ _MISSING = object()
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name != "int64"}
 _UNARY = {torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh",
           F.tanh: "tanh", F.silu: "silu", torch.exp: "exp", torch.log: "log", torch.abs: "abs", torch.neg: "neg",
-          torch.rsqrt: "rsqrt", operator.neg: "neg", torch.floor: "floor"}
-_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "log", "abs", "neg", "rsqrt", "floor", "contiguous"}
+          torch.rsqrt: "rsqrt", operator.neg: "neg", torch.floor: "floor",
+          **{getattr(torch, name): name for name in ("sin", "cos", "sqrt", "erf", "sign", "reciprocal")}}
+_UNARY_METHODS = {"relu", "sigmoid", "tanh", "exp", "log", "abs", "neg", "rsqrt", "floor", "contiguous",
+                  "sin", "cos", "sqrt", "erf", "sign", "reciprocal"}
 _COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
 _BINARY = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
            torch.sub: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul", operator.truediv: "div",
            torch.div: "div", operator.matmul: "matmul", torch.matmul: "matmul", torch.minimum: "minimum",
-           torch.maximum: "maximum",
+           torch.maximum: "maximum", torch.remainder: "remainder", operator.mod: "remainder",
+           torch.floor_divide: "floor_divide", operator.floordiv: "floor_divide",
            **{getattr(operator, name): name for name in _COMPARISONS}, **{getattr(torch, name): name for name in _COMPARISONS}}
 _BINARY_METHODS = {"add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul",
                    "__add__": "add", "__mul__": "mul", "__sub__": "sub", "__truediv__": "div",
@@ -39,7 +42,11 @@ _AS_LAYER = {F.hardswish: "Hardswish", F.hardsigmoid: "Hardsigmoid", F.relu6: "R
 # spec functions whose args are torch's, in torch's order, after the tensor inputs
 _PLAIN = {"roll": ("shifts", "dims"), "repeat_interleave": ("repeats", "dim"), "clamp": ("min", "max"),
           "pow": ("exponent",), "where": ("other",), "masked_fill": ("value",)}
-_PLAIN_FUNCTIONS = {getattr(torch, name): name for name in _PLAIN} | {torch.clip: "clamp", operator.pow: "pow"}
+_PLAIN.update({"softplus": ("beta", "threshold"), "one_hot": ("num_classes",), "cumsum": ("dim",), "cumprod": ("dim",),
+               "topk": ("k", "dim", "largest", "sorted"), "sort": ("dim", "descending", "stable"),
+               "argsort": ("dim", "descending", "stable"), "argmax": ("dim", "keepdim"), "argmin": ("dim", "keepdim")})
+_PLAIN_FUNCTIONS = ({getattr(torch, name): name for name in _PLAIN if hasattr(torch, name)}
+                    | {torch.clip: "clamp", operator.pow: "pow", F.softplus: "softplus", F.one_hot: "one_hot"})
 _CASTS = {"float": torch.float32, "double": torch.float64, "half": torch.float16, "long": torch.int64,
           "int": torch.int32, "bool": torch.bool, "bfloat16": torch.bfloat16}
 
@@ -113,9 +120,12 @@ def function_item(node: fx.Node, tensors: list[fx.Node], shape_of) -> tuple[Any,
     if name in ("chunk", "split") or target in (torch.chunk, torch.split):
         op = name or target.__name__
         size = call.get(1, "chunks" if op == "chunk" else "split_size_or_sections")
-        return {op: [size, call.get(2, "dim", 0)]}, [args[0]]
+        return {op: [_listed(size), call.get(2, "dim", 0)]}, [args[0]]  # fx: its own list type
     if target is operator.getitem:
         return _getitem(args)
+    if target is torch.einsum and isinstance(args[0], str):      # einsum(equation, *operands) or (equation, [operands])
+        operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+        return {"einsum": args[0]}, operands
     if name == "to" or name in _CASTS:
         return _cast(name, call), [args[0]]
     if name == "expand":
@@ -173,9 +183,28 @@ def _expand(node: fx.Node, args: list, shape_of) -> Any:
 
 def _reshape(node: fx.Node, args: list, shape_of, op: str) -> tuple[Any, list]:
     source, output = shape_of(args[0]), shape_of(node)
-    if output is None or source is None or output[0] != source[0]:
+    if output is None or source is None:
+        raise Unsupported(f"{op} of a tensor of unknown shape")
+    if output[0] == source[0]:
+        return {op: list(output[1:])}, [args[0]]
+    inserted = _inserted_ones(list(source), list(output))
+    if inserted is None:
         raise Unsupported(f"{op} that changes the batch dim")   # the spec's reshape keeps it
-    return {op: list(output[1:])}, [args[0]]
+    # only size-1 dims added (a [C] layer scale as [1, C, 1, 1]): the same tensor, unsqueezed
+    return {"sequential": [{"unsqueeze": dim} for dim in inserted]}, [args[0]]
+
+
+def _inserted_ones(source: list[int], output: list[int]) -> list[int] | None:
+    """The `unsqueeze` dims that turn `source` into `output`, when `output` only adds 1s; else None."""
+    current, dims = list(source), []
+    for index, size in enumerate(output):
+        if index < len(current) and current[index] == size:
+            continue
+        if size != 1:
+            return None
+        current.insert(index, 1)
+        dims.append(index)
+    return dims if current == output and dims else None
 
 
 def _getitem(args: list) -> tuple[Any, list]:

@@ -35,18 +35,19 @@ class Unsupported(Exception):
     """This operation (or module) has no spec form."""
 
 
-def layer_item(module: nn.Module, infer: bool = True) -> tuple[str, dict]:
+def layer_item(module: nn.Module, infer: bool = True, cls: type | None = None) -> tuple[str, dict]:
     """`(ClassName, kwargs)`: the constructor kwargs that differ from their defaults.
 
     Args:
         module: a torch.nn / specc layer, or a user class that keeps its constructor args as
             attributes of the same names.
         infer: leave out the sizes specc infers from the input (in_features, num_features, ...).
+        cls: read the args of this class's constructor (a base class of the module's) instead.
 
     Raises:
         Unsupported: a required constructor arg cannot be read back from the module.
     """
-    cls = type(module)
+    cls = cls or type(module)
     info = layer_info(cls.__name__, cls)
     inferable = set(info.inferable()) if infer else set()
     sizes = set(info.inferable())          # read back when stored; otherwise specc infers them
@@ -103,6 +104,75 @@ def fit_constructor(module: nn.Module, kwargs: dict, input_shapes: list[tuple]) 
             return {**kwargs, **{name: value for name, value in zip(unread, flags)
                                  if value != info.parameters[[p.name for p in info.parameters].index(name)].default}}
     raise Unsupported(f"{cls.__name__}: no constructor call found that rebuilds its weights from the args read back")
+
+
+def stand_in(module: nn.Module, inputs: list[torch.Tensor], infer: bool = True) -> tuple[str, dict]:
+    """The torch.nn (or specc) layer that a library's subclass of it (timm's `LayerNorm`,
+    `LayerNorm2d`) is: same weights under the same names, same outputs on `inputs`.
+
+    Candidates are the nearest torch.nn ancestor and specc's layers derived from it; each is built
+    from the args read back as that class, given the module's weights, and run on `inputs`.
+
+    Raises:
+        Unsupported: no candidate has the module's weights and computes what it computes.
+    """
+    from specc.build.registry import INFERABLE
+
+    base = torch_base(type(module))
+    if base is None:
+        raise Unsupported(f"{type(module).__name__}: not derived from a torch.nn layer")
+    wanted = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    shapes = [tuple(value.shape) for value in inputs]
+    for candidate in [base, *_specc_layers_derived_from(base)]:
+        try:
+            name, kwargs = layer_item(module, infer, candidate)
+            info = layer_info(candidate.__name__, candidate)
+            sizes = {size: INFERABLE[size](shapes) for size in info.inferable() if size not in kwargs}
+            rebuilt = candidate(**kwargs, **sizes).eval()
+            if {key: tuple(value.shape) for key, value in rebuilt.state_dict().items()} != wanted:
+                continue
+            rebuilt.load_state_dict(module.state_dict())
+            with torch.no_grad():
+                same = torch.allclose(rebuilt(*inputs), module(*inputs), rtol=1e-5, atol=1e-6)
+        except Exception:  # noqa: BLE001 - a candidate that cannot be built or run this way
+            continue
+        if same:
+            return name, kwargs
+    raise Unsupported(f"{type(module).__name__}: derived from {base.__name__}, but neither it nor specc's layers "
+                      f"derived from it compute the same")
+
+
+def example_values(nodes: list) -> list[torch.Tensor]:
+    """Random tensors of the shapes and dtypes that reached a traced call (its nodes' tensor_meta)."""
+    values = []
+    for node in nodes:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            continue
+        floating = meta.dtype.is_floating_point
+        values.append(torch.randn(tuple(meta.shape), dtype=meta.dtype) if floating
+                      else torch.randint(0, 2, tuple(meta.shape), dtype=meta.dtype))
+    return values
+
+
+def torch_base(cls: type) -> type | None:
+    """The nearest torch.nn layer class `cls` derives from, when `cls` is another library's (or the
+    user's) subclass; None for torch's and specc's own classes and for plain modules."""
+    if cls.__module__.startswith(("torch.", "specc.")):
+        return None
+    for klass in cls.__mro__[1:]:
+        if klass.__module__.startswith("torch.nn.modules") and klass not in (nn.Module, nn.Sequential,
+                                                                              nn.ModuleList, nn.ModuleDict):
+            return klass
+    return None
+
+
+def _specc_layers_derived_from(base: type) -> list[type]:
+    from specc.build import layers
+
+    return [value for value in vars(layers).values()
+            if isinstance(value, type) and value is not base and issubclass(value, base)
+            and value.__module__ == layers.__name__]
 
 
 def _read(module: nn.Module, name: str, readers: dict) -> Any:

@@ -2,10 +2,11 @@
 
 torch.fx records `self.weight` inside a forward as a `get_attr` node. The spec's free tensors
 (`parameter`, `buffer`, `constant`) are the same thing: a tensor registered under the item's
-name, with a leading 1 for the batch dim. So a parameter becomes `parameter: {shape}`, a buffer
-saved in the state_dict `buffer:`, one that is not `constant:`, its value written as `arange`,
-`zeros`, `ones` or a literal. A tensor that has no such form (a first dim other than 1, a large
-literal) raises `Unsupported`, and the importer keeps the module that uses it as an import.
+name. So a parameter becomes `parameter: {shape}` with its exact shape, a buffer saved in the
+state_dict `buffer:` (its exact value), one that is not `constant:` (whose value has a leading 1
+for the batch dim), the value written as `arange`, `zeros`, `ones` or a literal. A tensor that has
+no such form (a constant whose first dim is not 1, a large literal) raises `Unsupported`, and the
+importer keeps the module that uses it as an import.
 """
 from __future__ import annotations
 
@@ -26,14 +27,18 @@ def free_tensor_item(module: nn.Module, target: str) -> dict:
     owner_path, _, attribute = target.rpartition(".")
     owner = module.get_submodule(owner_path)
     tensor = getattr(owner, attribute)
-    parameter = isinstance(tensor, nn.Parameter)
-    if tensor.dim() < (2 if parameter else 1) or tensor.shape[0] != 1:
-        raise Unsupported(f"{target}: a tensor used directly needs a leading dim of 1 to be a spec "
-                          f"{'parameter' if parameter else 'buffer'}, it is {list(tensor.shape)}")
-    if parameter:
-        return {"parameter": {"shape": list(tensor.shape[1:])}}
-    persistent = attribute not in owner._non_persistent_buffers_set
-    return {"buffer" if persistent else "constant": _value(target, tensor[0])}
+    if isinstance(tensor, nn.Parameter):
+        if tensor.dim() == 0:
+            raise Unsupported(f"{target}: a parameter without dims")
+        return {"parameter": {"shape": list(tensor.shape)}}
+    if attribute not in owner._non_persistent_buffers_set:
+        if tensor.dim() == 0:
+            raise Unsupported(f"{target}: a buffer without dims")
+        return {"buffer": _value(target, tensor)}
+    if tensor.dim() < 1 or tensor.shape[0] != 1:
+        raise Unsupported(f"{target}: a tensor used directly that is not saved needs a leading dim of 1 to be a "
+                          f"spec constant, it is {list(tensor.shape)}")
+    return {"constant": _value(target, tensor[0])}
 
 
 def _value(target: str, value: torch.Tensor) -> dict:

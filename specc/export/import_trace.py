@@ -1,7 +1,8 @@
 """Tracing for `specc.from_module`: which modules are leaves, and which one torch.fx cannot trace.
 
 torch.nn layers and specc's own (also the verbatim copies `specc codegen` writes into its output)
-are leaves: each is one spec item. The user's classes are traced through, so their calls become
+are leaves: each is one spec item, and so are other libraries' subclasses of torch.nn layers
+(timm's `LayerNorm`), which import as the layer that computes the same (`import_ops.stand_in`). The user's classes are traced through, so their calls become
 items; one that cannot be traced is found and kept whole (an `imports:` class).
 """
 from __future__ import annotations
@@ -13,6 +14,9 @@ import inspect
 from typing import Any
 
 from torch import fx, nn
+
+from specc.build.layers import LAYER_MODULES
+from specc.export.import_ops import torch_base
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -38,18 +42,22 @@ class Tracer(fx.Tracer):
             return True
         if isinstance(module, CONTAINERS):
             return False
-        return type(module).__module__.startswith(("torch.nn", "specc.build.layers")) or specc_layer(type(module))
+        if type(module).__module__.startswith(("torch.nn", *LAYER_MODULES)) or specc_layer(type(module)):
+            return True
+        # another library's subclass of a torch.nn layer (timm's LayerNorm): one item, as the layer it is
+        return torch_base(type(module)) is not None and not module._modules
 
 
 @functools.cache
 def specc_layer(cls: type) -> bool:
     """specc's own layer, or the verbatim copy of it that `specc codegen` writes into its output."""
-    from specc.build import layers
+    import importlib
 
-    original = getattr(layers, cls.__name__, None)
+    modules = [importlib.import_module(name) for name in LAYER_MODULES]
+    original = next((getattr(module, cls.__name__) for module in modules if hasattr(module, cls.__name__)), None)
     if original is cls:
         return True
-    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ == layers.__name__:
+    if not isinstance(original, type) or not issubclass(original, nn.Module) or cls.__module__ in LAYER_MODULES:
         return False
     try:
         return inspect.getsource(cls) == inspect.getsource(original)

@@ -77,7 +77,7 @@ class ListWriter:
             while index < len(entries):
                 item, output, key, used = self._entry(entries, index, prefix, current, len(items))
                 self._place(items, item, key, prefix)
-                self._local[-1][output] = str(len(items) - 1) if key is None or key.isdigit() else key
+                self._local[-1][output] = str(len(items) - 1) if key is None else key
                 current, index = output, index + used
         finally:
             self._local.pop()
@@ -85,11 +85,12 @@ class ListWriter:
         return items, current
 
     def _place(self, items: list, item: Any, key: str | None, prefix: str) -> None:
-        """Put the item at the position its path needs (`0`, `1`, …), padding with skipped items
-        (`if: false`: nothing is built, the value passes through), as a spec leaves a position."""
-        if key is not None and key.isdigit():
-            while len(items) < int(key):
-                items.append({"Identity": {}, "if": False})
+        """Put the item at the position its path needs (`0`, `1`, …): a number past the items before
+        it is written as its `name:` (an unnamed item is numbered by the items built before it)."""
+        if key is not None and key.isdigit() and len(items) < int(key):
+            item = {item: {}} if isinstance(item, str) else item
+            item["name"] = key
+        elif key is not None and key.isdigit():
             if len(items) > int(key):
                 if not self._named[-1]:
                     raise _Crowded()

@@ -23,12 +23,13 @@ from torch.fx.passes.shape_prop import ShapeProp
 from specc.build.infer import DTYPES
 from specc.build.registry import FUNCTION_AS_LAYER
 from specc.export.import_functions import function_item
-from specc.export.import_ops import Unsupported, fit_constructor, is_tuple_layer, layer_item
+from specc.export.import_ops import (Unsupported, example_values, fit_constructor, is_tuple_layer, layer_item,
+                                     stand_in, torch_base)
 from specc.export.import_tensors import free_tensor_item
 from specc.export.import_trace import CONTAINERS, Tracer, failing_module, refuse_unwritable_names, specc_layer
 from specc.export.import_tree import Group as _Group, ListWriter
 
-_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function == "attention"}
+_AS_FUNCTION = {layer: function for function, layer in FUNCTION_AS_LAYER.items() if function in ("attention", "scan")}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if name not in ("int64",)}
 
 
@@ -68,7 +69,7 @@ def from_module(module: nn.Module, example_inputs: Sequence[torch.Tensor] | torc
 
 def _check(text: str, module: nn.Module) -> None:
     """The spec builds, with the module's state_dict keys and shapes."""
-    from specc.build.compiler import build
+    from specc.weights.building import build
     from specc.lang.errors import SpecError
 
     try:
@@ -329,6 +330,11 @@ class _Importer:
     def layer(self, node: fx.Node) -> tuple[str, dict]:
         """A call_module node's layer and kwargs; a user class is imported."""
         submodule = self.module.get_submodule(node.target)
+        if node.target not in self.opaque and torch_base(type(submodule)) is not None:
+            try:   # a library's subclass of a torch.nn layer: the layer it computes the same as
+                return stand_in(submodule, example_values(self.tensor_inputs(node)))
+            except Unsupported as error:
+                raise _Opaque(node.target, str(error)) from None     # kept as an import instead
         try:
             layer, kwargs = layer_item(submodule, infer=node.target not in self.opaque)
         except Unsupported as error:

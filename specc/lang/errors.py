@@ -28,6 +28,7 @@ CODES = (
     "LAYER_ERROR", "EXPECT_FAILED", "EXPORT_ERROR", "DATA_ERROR", "CHECKPOINT_ERROR",
     "YAML_TAG", "LIMIT_EXCEEDED", "SAFE_MODE", "UNKNOWN_VARIANT", "BATCH_DIM",
     "UNUSED_ITEM",   # a warning: compiling goes on
+    "FIXED_DIM",     # a warning: a free tensor sized by a named dim fixes that dim
 )
 
 

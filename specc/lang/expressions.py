@@ -33,9 +33,9 @@ _CALLS = {"min": min, "max": max, "int": int, "round": round, "abs": abs}
 _NAMED_CONSTANTS = {"true": True, "false": False, "True": True, "False": False}
 # Node types that may appear at all; operators and calls are checked further by the evaluator.
 _ALLOWED_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp,
-                  ast.And, ast.Or, ast.Compare, ast.IfExp, ast.Call, *_BINARY, *_UNARY, *_COMPARE)
+                  ast.And, ast.Or, ast.Compare, ast.IfExp, ast.Call, ast.Subscript, *_BINARY, *_UNARY, *_COMPARE)
 _ALLOWED = ("numbers, strings, true/false, vars, + - * / // % **, == != < <= > >=, and/or/not, "
-            "a if cond else b and min/max/int/round/abs")
+            "a if cond else b, list[index] and min/max/int/round/abs")
 
 # `$name` or `${name}`; `$(expression)` is found by counting parentheses (any nesting depth)
 _NAME_REFERENCE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -229,7 +229,20 @@ class _Evaluator:
             return self.compare(node)
         if isinstance(node, ast.IfExp):  # only the chosen branch is evaluated
             return self.value(node.body) if self.value(node.test) else self.value(node.orelse)
+        if isinstance(node, ast.Subscript):
+            return self.index(node)
         return self.call(node)
+
+    def index(self, node: ast.Subscript) -> Any:
+        """`dims[i]`, `dims[-1]`: one element of a list (or a string), by an int."""
+        container, position = self.value(node.value), self.value(node.slice)
+        if not isinstance(container, (list, str)):
+            raise self.fail(f"only a list can be indexed, not {type(container).__name__}")
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise self.fail(f"an index must be an int, got {position!r}")
+        if not -len(container) <= position < len(container):
+            raise self.fail(f"index {position} is out of range for a list of {len(container)}")
+        return container[position]
 
     def binary(self, node: ast.BinOp) -> Any:
         left, right = self.value(node.left), self.value(node.right)

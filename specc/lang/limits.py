@@ -46,3 +46,16 @@ def limit(name: str) -> int:
 def raise_hint(name: str) -> str:
     """The sentence telling a user how to raise a bound."""
     return f"the limit is {limit(name):,}; set SPECC_{name} to raise it"
+
+
+# Bounds on a run's data settings and on the data it reads (specc.train; docs/train.md, "Data
+# from strangers"). A data folder or setting from a stranger must not walk the whole disk, start
+# thousands of processes or allocate terabytes.
+DEFAULTS.update({
+    "MAX_DATA_WORKERS": 64,           # train.data.num_workers: DataLoader processes
+    "MAX_PREFETCH": 64,               # train.data.prefetch_factor: batches each worker holds ahead
+    "MAX_THREADS": 1024,              # train.threads: torch CPU threads
+    "MAX_FOLDER_ENTRIES": 10_000_000,  # files and folders a folder: source may list (ImageNet: 1.3 million)
+    "MAX_FOLDER_DEPTH": 32,           # folder levels below a class folder
+})
+DEFAULTS["MAX_NPZ_BYTES"] = 0  # the arrays of one npz (read whole); unset = half the RAM (specc.train.npz)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Item keys that are not the operation (specc.build.items.META_KEYS; a test keeps them equal).
-META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs")
+META_KEYS = ("name", "from", "repeat", "merge", "shortcut", "share", "if", "flat", "names", "batch_dim", "outputs",
+             "trainable")
 
 _VAR = {"type": "string", "pattern": r"^\$"}          # `$width`, `$(width * 2)`, `$in.channels`
-_NAME = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}
+_PATH = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$|\$"   # a name, a dotted path, or a var
 _BLOCK_KEY = r"^[a-z_][A-Za-z0-9_]*$"                 # a use of one of the spec's blocks
 
 
@@ -89,7 +90,9 @@ def _args(kwargs: dict) -> dict:
 def _meta_properties(catalogue: ItemCatalogue, item_list: dict) -> dict:
     merge_names = {"enum": list(catalogue.merges)}
     return {
-        "name": {**_NAME, "description": "the item's name: its submodule path, state_dict prefix and label"},
+        "name": {"description": "the item's name: its submodule path (dotted, as resnets.0 or attention.self.query), "
+                                "state_dict prefix and label",
+                 "anyOf": [{"type": "string", "pattern": _PATH}, {"type": "integer", "minimum": 0}]},
         "from": {"description": "earlier item(s) or input(s) to consume",
                  "anyOf": [{"type": ["string", "integer"]}, {"type": "array", "items": {"type": ["string", "integer"]}}]},
         "repeat": {"description": "repeat N times in sequence ($i is the index); 0 skips the item",
@@ -102,6 +105,8 @@ def _meta_properties(catalogue: ItemCatalogue, item_list: dict) -> dict:
         "batch_dim": {"description": "where this item's output has the batch dim, or false for none (the dry run checks it)",
                       "anyOf": [{"type": "integer"}, {"const": False}, _VAR]},
         "outputs": {"const": "all", "description": "keep the layer's whole output tuple (LSTM: output, (h, c))"},
+        "trainable": {"description": "false: the weights of every layer and parameter of the item stay fixed",
+                      "anyOf": [{"type": "boolean"}, _VAR]},
         "shortcut": {**item_list, "description": "a residual's shortcut (default: the identity)"},
         "merge": {"description": f"how a parallel's branches combine: {', '.join(catalogue.merges)}",
                   "type": ["string", "object"],

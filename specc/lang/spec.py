@@ -6,16 +6,18 @@ compiler); everything else — inputs, vars, blocks, outputs, tie, init, train, 
 from __future__ import annotations
 
 import keyword
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from specc.lang.errors import Problem, SpecError, did_you_mean
 from specc.lang.safety import safe_mode_problems, safe_scope
 from specc.lang.source import SourceMap, load_yaml, read_spec_text
+from specc.lang.tokenizer_vars import with_stand_in
 from specc.lang.train_config import TrainConfig
 
 DTYPES = ("float32", "float64", "float16", "bfloat16", "long", "int64", "int32", "bool")
@@ -27,6 +29,13 @@ def is_name(text: Any) -> bool:
     """A name that can become Python code (forward's arguments, submodule attributes): an identifier
     and no keyword — a branch named `as` made the generated forward a SyntaxError."""
     return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
+
+
+def is_path(text: Any) -> bool:
+    """A module path an item may be named with: names or numbers joined by dots (`head`, `resnets.0`,
+    `attention.self.query`), so a spec can hold a layer wherever a library's state_dict has it."""
+    return isinstance(text, str) and all(part.isdigit() and part.isascii() or is_name(part)
+                                         for part in text.split("."))
 
 Item = Union[str, dict[str, Any]]
 
@@ -87,6 +96,12 @@ class Spec(_Strict):
     _source: SourceMap | None = PrivateAttr(default=None)
     _raw: dict = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_stand_in(cls, data: Any) -> Any:
+        # `$tokenizer.vocab_size` vars: a stand-in until a run sets the real size (lang/tokenizer_vars.py)
+        return with_stand_in(data)
+
     @field_validator("inputs", "vars", "blocks", "variants")
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
@@ -129,7 +144,10 @@ class Spec(_Strict):
     def display_name(self) -> str:
         if self.name:
             return self.name
-        return Path(self.file).stem if self.file != "<spec>" else "model"
+        if self.file == "<spec>":
+            return "model"
+        # a file name that is not UTF-8 (bytes kept as surrogates) is shown with \x escapes
+        return os.fsencode(Path(self.file).stem).decode("utf-8", "backslashreplace")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self._raw, sort_keys=False)
@@ -176,8 +194,33 @@ def _load(path_or_text: str | Path | dict | Spec, overrides: dict[str, Any] | No
     if variant is not None:
         apply_variant(data, variant, source)
     apply_overrides(data, overrides, source)
+    _refuse_lone_surrogates(data, source)
     _refuse_in_safe_mode(data, source)
     return validate(data, source)
+
+
+def _refuse_lone_surrogates(data: Any, source: SourceMap) -> None:
+    """A YAML escape like "\\ud800" gives a string no UTF-8 file, terminal or validator can hold:
+    refused at its line (an iterative walk: the YAML's nesting is bounded, not small)."""
+    pending: list[tuple[tuple, Any]] = [((), data)]
+    while pending:
+        path, value = pending.pop()
+        entries = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in entries:
+            for text in (key, item):
+                if isinstance(text, str) and not _encodable(text):
+                    raise SpecError(Problem(f"'{text.encode('utf-8', 'backslashreplace').decode()}' holds a lone "
+                                            f"surrogate (an unpaired \\ud800-\\udfff escape), which is not text",
+                                            source.locate((*path, key)), "TYPE_ERROR"))
+            pending.append(((*path, key), item))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_in_safe_mode(data: dict, source: SourceMap) -> None:

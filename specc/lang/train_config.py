@@ -18,19 +18,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from specc.lang.augment_config import Augmentation
 from specc.lang.call_args import ArgumentError, check_argument_types
 from specc.lang.errors import SpecError, did_you_mean
+from specc.lang.limits import limit
+from specc.lang.parallel_config import CheckpointingName, FSDPConfig, ParallelConfig, StrategyName
+from specc.lang.prune_config import PruneConfig
 from specc.lang.rename_rules import compile_rules
 from specc.lang.safety import check_code_path, safe_mode
+from specc.lang.text_config import BpeTokenizer, check_text_keys, check_tokenizer_name
 
-SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy")
+SOURCE_KINDS = ("sklearn", "csv", "npz", "synthetic", "folder", "parquet", "arrow", "npy", "text")
 SKLEARN_DATASETS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 SYNTHETIC_KINDS = ("classification", "regression", "sequence")
 SYNTHETIC_ARGS = ("samples", "classes", "noise", "vocab_size")
 METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "confusion_matrix",
-           "rmse", "mse", "mae", "mape", "smape", "r2", "mbe", "perplexity")
+           "rmse", "mse", "mae", "mape", "smape", "r2", "mbe", "perplexity", "bits_per_char", "bits_per_byte")
+# Next-token metrics: they need class scores per position and a class-index loss.
+LANGUAGE_METRICS = ("perplexity", "bits_per_char", "bits_per_byte")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "confusion_matrix")
 # Metrics that are not one number: kept in results, left out of metrics.csv/TensorBoard/monitors.
 MATRIX_METRICS = ("confusion_matrix",)
-LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "mape", "smape", "perplexity", "mbe")
+LOWER_IS_BETTER = ("loss", "rmse", "mse", "mae", "mape", "smape", "perplexity", "mbe", "bits_per_char",
+                   "bits_per_byte")
 # Losses whose target is a class index (long), so the task is multiclass classification.
 CLASS_INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss", "MultiMarginLoss")
 EXTRA_LOSSES = ("mbe",)
@@ -134,7 +141,7 @@ class ImageNormalize(_Strict):
 class DataConfig(_Strict):
     """Where the examples come from and how they are split and scaled."""
 
-    source: Optional[str] = None    # sklearn:|csv:|npz:|synthetic:|folder:|parquet:|arrow:|npy:
+    source: Optional[str] = None    # sklearn:|csv:|npz:|synthetic:|folder:|parquet:|arrow:|npy:|text:
     dataset: Optional[str] = None   # dotted path of a torch Dataset class, e.g. my_pkg.data.MyDataset
     args: dict[str, Any] = Field(default_factory=dict)  # kwargs of `dataset`, or synthetic sizes
     target: Union[str, int, None] = None  # csv/parquet/arrow target column; npy: the targets' .npy file
@@ -147,6 +154,21 @@ class DataConfig(_Strict):
     num_workers: Optional[int] = Field(None, ge=0)  # DataLoader processes; default from the core count
     prefetch_factor: int = Field(2, ge=1)  # batches each worker prepares ahead
     augment: list[Augmentation] = Field(default_factory=list)  # training split only, batched on the device
+    # language models (text:, or parquet:/arrow: with text_column): see docs/train.md#text
+    tokenizer: Union[BpeTokenizer, str, None] = None  # bytes | char | {bpe: {vocab_size: N}} | path/tokenizer.json
+    text_column: Optional[str] = None                  # parquet/arrow: the column of text
+    samples_per_epoch: Optional[int] = Field(None, ge=1)  # training windows per epoch
+    steps: Optional[int] = Field(None, ge=1)              # or: training steps per epoch
+
+    @field_validator("num_workers")
+    @classmethod
+    def _bounded_workers(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_DATA_WORKERS", "worker processes")
+
+    @field_validator("prefetch_factor")
+    @classmethod
+    def _bounded_prefetch(cls, value: int) -> int:
+        return _at_most(value, "MAX_PREFETCH", "batches ahead per worker")
 
     @field_validator("dataset")
     @classmethod
@@ -154,6 +176,11 @@ class DataConfig(_Strict):
         if value is not None:
             check_dataset_path(value)
         return value
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _known_tokenizer(cls, value: Any) -> Any:
+        return check_tokenizer_name(value)
 
     @field_validator("source")
     @classmethod
@@ -185,7 +212,7 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
         if (self.source is None) == (self.dataset is None):
-            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:/folder:/parquet:/arrow:/npy:) "
+            raise ValueError("give exactly one of `source` (sklearn:/csv:/npz:/synthetic:/folder:/parquet:/arrow:/npy:/text:) "
                              "or `dataset`")
         if self.source and self.source.startswith("synthetic:"):
             for key in self.args:
@@ -196,7 +223,16 @@ class DataConfig(_Strict):
             raise ValueError("`args` applies to `dataset` and synthetic sources only")
         if self.inputs and self.kind not in ("parquet", "arrow", "npy"):
             raise ValueError("`inputs` applies to parquet:, arrow: and npy: sources only")
+        self._check_text()
         return self
+
+    def _check_text(self) -> None:
+        check_text_keys(self)
+
+    @property
+    def is_text(self) -> bool:
+        """Language-model data: tokenised text read as block_size windows."""
+        return self.kind == "text" or self.text_column is not None
 
     @property
     def kind(self) -> str:
@@ -265,6 +301,7 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     swa: Optional[SWAConfig] = None
     grad_clip: Optional[float] = Field(None, gt=0)  # max total gradient norm
+    aux_loss_weight: float = Field(0.0, ge=0)  # × the MoE layers' load-balancing loss, added to the loss
     amp: bool = False                # bf16 autocast on CPU, fp16 + GradScaler on CUDA
     compile: Union[bool, dict[str, Any]] = False  # true, or torch.compile kwargs: mode, fullgraph, dynamic, backend
     device: str = "auto"             # auto = cuda > mps > cpu
@@ -274,6 +311,33 @@ class TrainConfig(_Strict):
     log_histograms: Union[bool, int] = False  # TensorBoard weight/gradient histograms: every epoch (true) or every N
     init_from: Union[str, InitFromConfig, None] = None  # fine-tuning: start from these weights (path or mapping)
     freeze: list[str] = Field(default_factory=list)     # globs of parameters kept fixed ("features.*")
+    strategy: StrategyName = None        # ddp | fsdp (docs/distributed.md); default: ddp on several processes
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig)        # strategy fsdp: units, resharding, CPU offload
+    activation_checkpointing: CheckpointingName = "none"        # blocks: recompute each block's activations
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # {tensor: N}: tensor parallel (with fsdp)
+    prune: Optional[PruneConfig] = None  # gradual magnitude pruning (specc.train.pruning)
+
+    @field_validator("threads")
+    @classmethod
+    def _bounded_threads(cls, value: Optional[int]) -> Optional[int]:
+        return _at_most(value, "MAX_THREADS", "threads")
+
+    @model_validator(mode="after")
+    def _prune_fits_the_run(self) -> "TrainConfig":
+        prune = self.prune
+        if prune is None:
+            return self
+        if prune.schedule.end_epoch is not None and prune.schedule.end_epoch > self.epochs:
+            raise ArgumentError(f"prune end_epoch {prune.schedule.end_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "end_epoch"))
+        if prune.schedule.start_epoch > self.epochs:
+            raise ArgumentError(f"prune start_epoch {prune.schedule.start_epoch} is after the last epoch ({self.epochs})",
+                                ("prune", "schedule", "start_epoch"))
+        if self.swa is not None:   # AveragedModel would average masked and unmasked copies of each weight
+            raise ArgumentError("prune and swa cannot be combined: remove one of them", ("prune",))
+        if self.strategy == "fsdp":   # torch.nn.utils.prune reparametrises whole tensors, not DTensor shards
+            raise ArgumentError("prune works on whole tensors; it does not combine with strategy: fsdp", ("prune",))
+        return self
 
     @field_validator("log_histograms")
     @classmethod
@@ -486,3 +550,12 @@ def _torch_classes(kind: str) -> dict[str, Any]:
             torch.optim.lr_scheduler, UNSUPPORTED_SCHEDULERS
     return {name: item for name, item in vars(namespace).items()
             if isinstance(item, type) and issubclass(item, base) and not name.startswith("_") and name not in excluded}
+
+
+def _at_most(value: Optional[int], bound: str, what: str) -> Optional[int]:
+    """`value` if it is within the bound `bound` (specc.lang.limits): `num_workers: 10000` would
+    never start, `threads: 100000` runs out of memory."""
+    highest = limit(bound)
+    if value is not None and value > highest:
+        raise ValueError(f"{value:,} is more than {highest:,} {what}; set SPECC_{bound} to raise the bound")
+    return value

@@ -5,4 +5,4 @@ spec or any nn.Module, `summarize` nests and totals them, `render` formats them.
 """
 from specc._callable import make_callable
 
-make_callable(__name__, "specc.summary.summarize", "summary")
+make_callable(__name__)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specc.lang.spec import load
-from specc.summary.render import readable, shape_text
+from specc.lang.terminal import console_text, printable
+from specc.summary.render import markdown_text, readable, shape_text
 from specc.summary.rows import LayerRow
 from specc.summary.summarize import summary
 
@@ -190,15 +191,16 @@ def _table(result: SpecDiff) -> str:
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=io.StringIO(), width=1_000, color_system=None, highlight=False)
-    console.print(f"{result.a_name} → {result.b_name}")
+    console.print(f"{console_text(result.a_name)} → {console_text(result.b_name)}")
     if result.changes:
         grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
         for header in HEADERS:
             grid.add_column(header, justify="right" if header in ("Params", "FLOPs") else "left", no_wrap=True)
         for item in result.changes:
-            grid.add_row(*cells(item))
+            grid.add_row(*(Text(printable(cell)) for cell in cells(item)))
         console.print(grid)
     else:
         console.print("\nno item differs\n")
@@ -207,10 +209,10 @@ def _table(result: SpecDiff) -> str:
 
 
 def _markdown(result: SpecDiff) -> str:
-    lines = [f"### {result.a_name} → {result.b_name}", ""]
+    lines = [f"### {markdown_text(result.a_name)} → {markdown_text(result.b_name)}", ""]
     if result.changes:
         lines += ["| " + " | ".join(HEADERS) + " |", "|:-:|:--|:--|:--|:--|--:|--:|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells(item)) + " |" for item in result.changes]
+        lines += ["| " + " | ".join(markdown_text(cell, formatting=False) for cell in cells(item)) + " |" for item in result.changes]
     else:
         lines.append("no item differs")
     lines += ["", "| Total | |", "|:--|:--|"] + [f"| {label} | {value} |" for label, value in totals(result)]

@@ -12,6 +12,7 @@ import os
 from html import escape
 from typing import TYPE_CHECKING, Any, Callable
 
+from specc.lang.terminal import console_text, printable
 from specc.summary.layout import COLUMNS, Fitted, fit, table_width
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def print_summary(result: "ModelSummary", output_format: str = "table", console:
 
 
 def _print_table(result: "ModelSummary", console: "Console") -> None:
-    console.print(f"[bold]{result.model}[/bold]  {_inputs_text(result)}")
+    console.print(f"[bold]{console_text(result.model)}[/bold]  {console_text(_inputs_text(result))}")
     fitted = fit(result, cell_of(result), console.width)
     width = console.width
     console.width = max(width, table_width(fitted.widths))  # too narrow even for Layer and Params: longer lines, not cut ones
@@ -88,13 +89,14 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
     """
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     fitted = fitted or fit(result, cell_of(result), 10 ** 6)
     grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
     for column, width in zip(fitted.columns, fitted.widths):
         grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
     for row, texts in zip(result.rows, fitted.rows):
-        grid.add_row(*texts, style="bold" if row.children else None)
+        grid.add_row(*(Text(printable(text)) for text in texts), style="bold" if row.children else None)
     return grid
 
 
@@ -174,17 +176,38 @@ def memory(result: "ModelSummary") -> list[tuple[str, str]]:
 
 
 def markdown(result: "ModelSummary") -> str:
-    """A GitHub-flavoured markdown table, nesting shown with em-spaces, then the totals."""
+    """A GitHub-flavoured markdown table, nesting shown with em-spaces, then the totals. Every text
+    from the spec (names, types, the file name) is escaped: a document renders it as text."""
     columns = [COLUMNS[key] for key in result.columns]
-    lines = [f"### {result.model}", "", _inputs_text(result), "",
+    lines = [f"### {markdown_text(result.model)}", "", markdown_text(_inputs_text(result)), "",
              "| " + " | ".join(column.header for column in columns) + " |",
              "|" + "|".join(ALIGN[column.justify] for column in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row, column.key, indent="&emsp;", total_params=result.total_params)
-                                for column in columns) + " |"
+    lines += ["| " + " | ".join(_markdown_cell(row, column.key, result.total_params) for column in columns) + " |"
               for row in result.rows]
     lines += ["", "| Total | |", "|:--|--:|"]
     lines += [f"| {label} | {value} |" for label, value in [*totals(result), *memory(result)]]
     return "\n".join(lines)
+
+
+def _markdown_cell(row: "LayerRow", key: str, total_params: int) -> str:
+    text = cell(row, key, indent="", total_params=total_params)
+    if key == "layer":
+        return "&emsp;" * row.depth + markdown_text(text)
+    return markdown_text(text) if key == "type" else text   # the other columns are specc's numbers
+
+
+def markdown_text(text: str, *, formatting: bool = True) -> str:
+    """`text` shown as itself in markdown: HTML (`<img onerror=...>`) as entities, line breaks and
+    other control characters as spaces, `|` escaped (a table cell); with `formatting`, markdown's
+    emphasis, code and link punctuation backslash-escaped too (names; shapes need not be)."""
+    text = "".join(" " if ord(character) < 32 or 127 <= ord(character) < 160 else character for character in str(text))
+    text = escape(text, quote=False)
+    special = _MARKDOWN_PUNCTUATION if formatting else {"\\", "|"}
+    return "".join(f"\\{character}" if character in special else character for character in text)
+
+
+# Characters markdown may read as formatting (links, emphasis, code, tables, headings, lists).
+_MARKDOWN_PUNCTUATION = set("\\`*_[]|~")
 
 
 def csv_text(result: "ModelSummary") -> str:

@@ -214,6 +214,7 @@ class SavedForBackward:
     def exclude(self, tensor: torch.Tensor) -> None:
         """Leave `tensor`'s storage out of the count (an input made after the hooks were set)."""
         self._excluded.add(_storage_key(tensor))
+        self._kept.append(tensor)   # alive to the end: a freed input's address would exclude a later saved tensor
 
     def add(self, tensor: torch.Tensor) -> None:
         """Count `tensor` as saved (summary/saved_rules.py, which knows what autograd would save)."""

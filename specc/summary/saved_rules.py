@@ -16,7 +16,10 @@ the saved tensors follow from torch's derivative formulas (tools/autograd/deriva
   the input, or nothing when it pools to a single value per channel (torch then takes a mean);
 - Embedding: the indices; Flatten, PositionalEmbedding (an add) and the add/cat merges: nothing; a mul merge of two: each input
   whose partner needs a gradient;
-- the norms and specc's transformer layers: summary/saved_blocks.py.
+- the norms and specc's transformer layers: summary/saved_blocks.py;
+- one-input function items: relu, sigmoid, tanh, exp, sqrt, rsqrt, reciprocal, softmax, log_softmax
+  their output; silu, gelu, log, sin, cos, erf, abs, softplus their input; neg, sign, floor and a
+  number added, subtracted, multiplied or divided (`mul: 0.5`) nothing.
 
 An op saves nothing when none of its inputs needs a gradient and it has no trainable parameters
 (autograd does not record it), so "needs a gradient" is tracked per value. A spec with any other
@@ -106,6 +109,13 @@ SAVED_RULES: dict[type, SavedRule] = {
 _VIEWS = (nn.Flatten,)              # run for real: a view shares its input's storage, as autograd sees it
 _PASSTHROUGH = (nn.Identity,)       # returns its input itself
 _MERGES_SAVING_NOTHING = ("add", "cat", "mean", "stack")
+# one-input function items: what their derivative formula keeps (derivatives.yaml); `mul: 0.5` and
+# the like keep only the number
+_FUNCTION_SAVES = {
+    **dict.fromkeys(("relu", "sigmoid", "tanh", "exp", "sqrt", "rsqrt", "reciprocal", "softmax", "log_softmax"), "output"),
+    **dict.fromkeys(("silu", "gelu", "log", "sin", "cos", "erf", "abs", "softplus"), "input"),
+    **dict.fromkeys(("neg", "sign", "floor", "sub", "mul", "div"), "nothing"),
+}
 
 
 def run_by_rules(graph: Any, module: nn.Module, add_saved: Callable[[Tensor], None],
@@ -120,7 +130,7 @@ def run_by_rules(graph: Any, module: nn.Module, add_saved: Callable[[Tensor], No
             values[node.name], flops[node.name], needs_grad[node.name] = input_value(node), 0, False
             continue
         inputs = [values[name] for name in node.inputs]
-        if node.op == "merge" and node.target == "mul":
+        if node.target == "mul" and (node.op == "merge" or node.op == "function" and len(node.inputs) == 2):
             counted = _run_product(node, inputs, module, [needs_grad[name] for name in node.inputs], add_saved)
         else:
             counted = _run_node(node, inputs, module, any(needs_grad[name] for name in node.inputs), add_saved)
@@ -144,9 +154,17 @@ def _run_product(node: Any, inputs: list, module: nn.Module, need_grad: list[boo
 
 def _run_node(node: Any, inputs: list, module: nn.Module, inputs_need_grad: bool,
               add_saved: Callable[[Tensor], None]) -> tuple[Tensor, int, bool] | None:
-    if node.op == "merge" and node.target in _MERGES_SAVING_NOTHING:
+    if node.target in _MERGES_SAVING_NOTHING and node.op in ("merge", "function"):   # `- add: {from: [a, b]}` too
         predicted = predicted_node(node, inputs, module)
         return None if predicted is None else (*predicted, inputs_need_grad)
+    if node.op == "function" and node.target in _FUNCTION_SAVES and len(inputs) == 1:
+        predicted = predicted_node(node, inputs, module)
+        if predicted is None:
+            return None
+        saves = _FUNCTION_SAVES[node.target]
+        if inputs_need_grad and saves != "nothing":
+            add_saved(predicted[0] if saves == "output" else inputs[0])
+        return (*predicted, inputs_need_grad)
     if node.op != "module" or len(inputs) != 1:
         return None
     layer = module.get_submodule(node.shared_with or node.name)

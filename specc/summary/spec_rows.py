@@ -178,7 +178,7 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             chain[-1].flops += flops[node.name]
             chain[-1].output_bytes += output_bytes
             continue
-        row = LayerRow(node.name, node.name.rpartition(".")[2], node.target,
+        row = LayerRow(node.name, _row_name(node), node.target,
                        "layer" if node.op == "module" else "function", shape=shape,
                        input_shape=_input_shape(node, outputs), flops=flops[node.name], output_bytes=output_bytes,
                        args=dict(node.args), unused=node.name in unused)
@@ -190,6 +190,13 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
             count_parameters(row, [operator.attrgetter(node.name)(module)], counted)
         chain[-1].children.append(row)
     return root
+
+
+def _row_name(node: "Node") -> str:
+    """What a layer's row shows: its index or name in its list; a dotted `name:` (`attention.self.query`) whole."""
+    if "." in node.label and node.name.endswith("." + node.label) or node.name == node.label:
+        return node.label
+    return node.name.rpartition(".")[2]
 
 
 def _with_named_dims(shape: list | None, labels: list | None) -> list | None:

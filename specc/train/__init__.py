@@ -7,4 +7,4 @@ epochs, `run_log` reports them, `ranks` is what torchrun processes share, `train
 """
 from specc._callable import make_callable
 
-make_callable(__name__, "specc.train.launch", "train")
+make_callable(__name__)

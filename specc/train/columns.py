@@ -69,7 +69,7 @@ class _Images:
                 if image.size != (self.width, self.height):
                     image = image.resize((self.width, self.height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(image, dtype=np.float32) / 255.0
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise SpecError(Problem(f"{self._describe(row)}: cannot read the image ({error})", self.where,
                                     "DATA_ERROR")) from None
         return pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels

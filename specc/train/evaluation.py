@@ -3,23 +3,25 @@ from __future__ import annotations
 
 import csv
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from specc.build.checkpoint import load_checkpoint, load_model_state, require_keys
+from specc.weights.checkpoint import load_checkpoint, load_model_state, require_keys
 from specc.train.data import Normalizer, TensorData, batches, layout_of, shape_inputs
 from specc.lang.errors import Problem, SpecError
 from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
-from specc.train.columns import check_npz_array
+from specc.train.npz import read_npz
 from specc.train.sources import read_csv
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
 from specc.lang.safety import stored_spec_scope
-from specc.lang.spec import Spec
+from specc.lang.spec import Spec, load
+from specc.lang.tokenizer_vars import tokenizer_vars
+from specc.train.tokenizer import from_state as tokenizer_from_state
 from specc.lang.train_config import CLASS_INDEX_LOSSES
 
 SPLITS = ("train", "val", "test")
@@ -45,23 +47,45 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
     Raises:
         SpecError: unreadable checkpoint, a checkpoint that does not fit the model, or an empty split.
     """
+    state = load_checkpoint(checkpoint)
+    spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
+    data, task = split_data(spec, model, state, split, device, checkpoint)
+    return score(spec, model.module, data, task, device)
+
+
+def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: torch.device,
+               checkpoint: Any = None) -> tuple[TensorData, Task]:
+    """One split of the spec's data (same source and split seed as training), scaled with the
+    checkpoint's statistics, on `device`; and the task. Text data are tokenised with a cache beside
+    the runs `checkpoint` belongs to, and must give the checkpoint's tokenizer.
+
+    Raises:
+        SpecError: an unknown or empty split.
+    """
     if split not in SPLITS:
         raise SpecError(Problem(f"unknown split '{split}'; choose train, val or test", None, "TYPE_ERROR"))
-    state = load_checkpoint(checkpoint)
-    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
-    prepared = prepare_data(spec, model)
+    corpus = read_text_data(spec, cache_root_of(checkpoint, Path("runs")))[1] if spec.train.data.is_text else None
+    check_tokenizer(state.get("tokenizer"), None if corpus is None else corpus.tokenizer, spec, checkpoint or "")
+    prepared = prepare_data(spec, model, corpus)
     fold = prepared.splits[state.get("fold") or 0]
     data = fold.named().get(split)
     if data is None:
         available = ", ".join(fold.named())
         raise SpecError(Problem(f"the spec's split has no {split} examples (it has {available})",
                                 spec.source.locate(("train", "data", "split")), "DATA_ERROR"))
-    data = Normalizer.from_state_dict(state["normalizer"])(data).to(device)
+    if isinstance(data, TensorData):   # the normalizer, from the checkpoint, must fit the inputs
+        data = TensorData(_scaled(state, data.inputs, checkpoint), data.target)
+    else:                              # a streamed split scales each batch
+        data = Normalizer.from_state_dict(state["normalizer"])(data)
+    return data.to(device), prepared.task
+
+
+def score(spec: Spec, module: torch.nn.Module, data: TensorData, task: Task, device: torch.device) -> dict[str, Any]:
+    """The loss and every configured metric of `module` on `data`."""
     config = spec.train
-    metrics = MetricSet.build(config.metrics, prepared.task, device, metric_locator(spec))
+    metrics = MetricSet.build(config.metrics, task, device, metric_locator(spec))
     loss_fn = build_loss(config.loss, spec.source.locate(("train", "loss"))).to(device)
-    return evaluate_split(model.module, data, loss_fn=loss_fn, task=prepared.task, metrics=metrics,
-                          batch_size=eval_batch_size(config))
+    return evaluate_split(module, data, loss_fn=loss_fn, task=task, metrics=metrics, batch_size=eval_batch_size(config))
 
 
 def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Path, input_path: str | Path,
@@ -83,12 +107,12 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
         regression writes the outputs.
     """
     state = load_checkpoint(checkpoint)
-    spec, model, device = _restore(spec_or_path, state, checkpoint, device, overrides)
+    spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
     input_path = Path(input_path)
     output_shape = tuple(model.graph[model.graph.outputs[0]].feature_shape or ())
     layout = layout_of(spec, model.input_shapes(), output_shape, spec.train.loss.name in CLASS_INDEX_LOSSES)
     inputs = shape_inputs(_read_inputs(input_path, spec, layout), layout, None)
-    inputs = Normalizer.from_state_dict(state["normalizer"]).inputs(tuple(x.to(device) for x in inputs))
+    inputs = _scaled(state, tuple(x.to(device) for x in inputs), checkpoint)
     data = TensorData(inputs, torch.zeros(len(inputs[0]), device=device))
     module = model.module.eval()
     with torch.no_grad():
@@ -102,8 +126,22 @@ def predict(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pat
     return output_path
 
 
-def _restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
-    """The spec (given, or the checkpoint's: validated just the same) and its model with the weights."""
+def _scaled(state: dict, inputs: tuple[torch.Tensor, ...], checkpoint: Any) -> tuple[torch.Tensor, ...]:
+    """The inputs scaled by the checkpoint's normalizer, which must fit them (one entry per input,
+    statistics of the input's shape)."""
+    normalizer = Normalizer.from_state_dict(state["normalizer"])
+    try:
+        if len(normalizer.stats) != len(inputs):
+            raise ValueError(f"it has statistics for {len(normalizer.stats)} inputs, the model {len(inputs)}")
+        return normalizer.inputs(inputs)
+    except (ValueError, RuntimeError) as error:
+        raise SpecError(Problem(f"{checkpoint or 'the checkpoint'}: the checkpoint's `normalizer` does not fit the "
+                                f"model's inputs ({str(error).splitlines()[0]})", None, "CHECKPOINT_ERROR")) from None
+
+
+def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides):
+    """The spec (given, or the checkpoint's: validated just the same) and its model with the weights;
+    a checkpoint of `specc quantize` gets its quantized layers back first (specc.train.quantize)."""
     require_keys(state, ("model", "normalizer", "task") + (("spec",) if spec_or_path is None else ()),
                  checkpoint, "evaluate and predict")
     if spec_or_path is None:   # the checkpoint's own spec: safe mode unless its code is trusted (--trust-code)
@@ -111,9 +149,17 @@ def _restore(spec_or_path, state: dict, checkpoint, device: str | None, override
             spec = load_train_spec(state["spec"], overrides)
     else:
         spec = load_train_spec(spec_or_path, overrides)
+    if tokenizer_vars(spec.raw) and state.get("tokenizer"):   # the size the checkpoint was trained with
+        size = tokenizer_from_state(state["tokenizer"]).vocab_size
+        spec = load(spec, {name: size for name in tokenizer_vars(spec.raw)})
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
-    load_model_state(compiled.module, state, checkpoint)
+    if state.get("quantization"):
+        from specc.train.quantized import load_quantized
+
+        load_quantized(compiled, state, checkpoint)
+    else:
+        load_model_state(compiled.module, state, checkpoint)
     return spec, compiled, device
 
 
@@ -121,13 +167,7 @@ def _read_inputs(path: Path, spec: Spec, layout) -> Any:
     if not path.is_file():
         raise SpecError(Problem(f"input file not found: {path}", None, "DATA_ERROR"))
     if path.suffix == ".npz":
-        if not zipfile.is_zipfile(path):
-            raise SpecError(Problem(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)",
-                                    None, "DATA_ERROR"))
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        for key, array in arrays.items():
-            check_npz_array(path, key, array, None)
+        arrays = read_npz(path, None)
         names = list(layout.inputs)
         if all(name in arrays for name in names):
             return {name: arrays[name] for name in names}

@@ -7,14 +7,17 @@ which never calls back here (see specc.train.ranks for what the processes share)
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import signal
+import tempfile
 import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from specc.lang.errors import SpecError
+from specc.lang.errors import Location, Problem, SpecError
 from specc.train.ranks import launched
 
 
@@ -70,36 +73,64 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
         Rank 0's `TrainResult`.
 
     Raises:
-        SpecError: the spec, data or checkpoint has a problem (found here or by rank 0).
+        SpecError: the spec, data or checkpoint has a problem (found here or by any rank: the
+            lowest failing rank's problems; one rank's error ends every process).
         LaunchError: a process failed.
     """
     from specc.lang.spec import load
 
     if spec_or_path is None and resume is not None:  # resume with the checkpoint's own spec
-        from specc.build.checkpoint import load_checkpoint
-
         from specc.lang.safety import stored_spec_scope
+        from specc.train.resume import read_resume_checkpoint
 
         with stored_spec_scope():   # the checkpoint's spec: safe mode unless its code is trusted (--trust-code)
-            spec = load(load_checkpoint(resume).get("spec"), {**(overrides or {}),
-                                                              **{f"train.{key}": value for key, value in train_keys.items()}})
+            # a .dcp's state.pt only, not its shards
+            spec = load(read_resume_checkpoint(resume).get("spec"),
+                        {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     else:
         spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
-    result = launch(_train_process, (spec, str(out), resume, verbose), nproc)
-    if isinstance(result, list):  # the problems of a SpecError, see _train_process
-        raise SpecError(result)
-    return result
+    with tempfile.TemporaryDirectory(prefix="specc-ranks-") as failures:
+        try:
+            return launch(_train_process, (spec, str(out), resume, verbose, failures), nproc)
+        except LaunchError:
+            problems = _first_failure(Path(failures))
+            if problems:
+                raise SpecError(problems) from None
+            raise
 
 
-def _train_process(spec: Any, out: str, resume: str | Path | None, verbose: bool) -> Any:
-    """One process of `launch_training`. A SpecError comes back as its problems: returned, not
-    raised, so the launching process reports it as a spec error rather than a crash."""
+def _train_process(spec: Any, out: str, resume: str | Path | None, verbose: bool, failures: str) -> Any:
+    """One process of `launch_training`.
+
+    A SpecError (bad data met by this rank alone, say) must end the whole job: the other ranks wait
+    for this one in their next collective and would wait for ever. So its problems go to a file in
+    `failures` and the process exits with code 2; torchrun's agent then stops the other processes,
+    and the launching process reports the problems as a spec error rather than a crash.
+    """
     from specc.train.training import train
 
     try:
         return train(spec, out=out, resume=resume, verbose=verbose)
-    except SpecError as error:
-        return error.problems
+    except SpecError as error:  # the group is gone by now: the rank comes from torchrun's environment
+        path = Path(failures) / f"rank{os.environ.get('RANK', '0')}.json"
+        path.write_text(json.dumps([_problem_record(problem) for problem in error.problems]))
+        raise SystemExit(2) from None
+
+
+def _problem_record(problem: Problem) -> dict:
+    return {**problem.to_dict(), "notes": list(problem.notes)}
+
+
+def _first_failure(failures: Path) -> list[Problem]:
+    """The problems of the lowest rank that reported a SpecError (empty when none did)."""
+    reports = sorted(failures.glob("rank*.json"), key=lambda path: int(path.stem.removeprefix("rank")))
+    if not reports:
+        return []
+    problems = []
+    for record in json.loads(reports[0].read_text()):
+        location = Location(record["file"], record["line"], record["column"]) if record["file"] is not None else None
+        problems.append(Problem(record["message"], location, record["code"], record["suggestion"], record["notes"]))
+    return problems
 
 
 def launch(function: Callable[..., Any], args: tuple, nproc: int) -> Any:
@@ -131,11 +162,30 @@ def launch(function: Callable[..., Any], args: tuple, nproc: int) -> Any:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")  # SIGINT: _second_ctrl_c_ends_workers
     try:
-        with _threads_per_process(nproc), _second_ctrl_c_ends_workers():
+        with _threads_per_process(nproc), _second_ctrl_c_ends_workers(), _quiet_spec_error_exits():
             return elastic_launch(config, function)(*args)[0]
     except ChildFailedError as error:
         failures = ", ".join(f"rank {rank} (exit code {failure.exitcode})" for rank, failure in error.failures.items())
         raise LaunchError(f"training process failed: {failures}; see its output above") from None
+
+
+class _SpecErrorExit(logging.Filter):
+    """Drops the agent's traceback for a process that exited with code 2: a SpecError that
+    `launch_training` reports as one located line (a traceback of torch's own code says nothing)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and record.getMessage().startswith("failed (exitcode: 2)"))
+
+
+@contextlib.contextmanager
+def _quiet_spec_error_exits() -> Iterator[None]:
+    agent_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    spec_error_exits = _SpecErrorExit()
+    agent_log.addFilter(spec_error_exits)
+    try:
+        yield
+    finally:
+        agent_log.removeFilter(spec_error_exits)
 
 
 @contextlib.contextmanager

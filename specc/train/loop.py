@@ -24,10 +24,12 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from specc.train import ranks
-from specc.build.checkpoint import restore_rng, rng_state, save_checkpoint
+from specc.weights.checkpoint import restore_rng, rng_state
+from specc.train.sharded_state import remove_checkpoint, write_checkpoint
 from specc.train.data import DataSplits, Normalizer, TensorData, batches, shard_size
 from specc.train.metrics import MetricSet, Task
 from specc.train.optim import Schedulers
+from specc.train.pruning import Pruner, plain_state_dict
 from specc.train.progress import INTERRUPTED, EpochProgress, NonFiniteLoss, check_finite, epoch_progress
 from specc.train.run_log import RunLog
 from specc.lang.spec import Spec
@@ -103,9 +105,23 @@ class Session:
     world_size: int = 1
     ddp: nn.Module | None = None           # `forward` in DistributedDataParallel, under torchrun
     progress: EpochProgress | None = None  # the epoch being trained, between steps
+    aux_loss: Callable[[], torch.Tensor] | None = None   # weighted MoE load-balancing loss of the last forward
     resume_point: dict[str, Any] | None = None  # from interrupted.pt: where the next epoch continues
     augment: Callable | None = None        # (inputs, target, (epoch, step, rank)) -> (inputs, loss target):
     # training batches only (specc.train.augment)
+    tokenizer: dict[str, str] | None = None  # text data: the tokenizer's state (specc.train.tokenizer)
+    sharded: bool = False                  # strategy fsdp: checkpoints are DCP folders (specc.train.sharded_state)
+    replicas: int = 1                      # parallel.tensor: processes that see the same batches
+    pruner: Pruner | None = None           # `train.prune:` (specc.train.pruning)
+
+    @property
+    def data_rank(self) -> int:
+        """Which share of each batch this process trains on (a tensor-parallel group shares one)."""
+        return self.rank // self.replicas
+
+    @property
+    def data_world_size(self) -> int:
+        return self.world_size // self.replicas
 
     @property
     def is_main(self) -> bool:
@@ -120,7 +136,7 @@ class Session:
         """`evaluate_split` with this run's loss, task, batch size and autocast, on this rank's shard."""
         return evaluate_split(model, data, loss_fn=self.loss_fn, task=self.task, metrics=metrics,
                               batch_size=eval_batch_size(self.config), autocast=self.autocast,
-                              rank=self.rank, world_size=self.world_size)
+                              rank=self.data_rank, world_size=self.data_world_size)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CPU/MPS, fp16 on CUDA (with the GradScaler), or nothing."""
@@ -133,25 +149,29 @@ class Session:
         return self.config.swa is not None and epoch >= self.config.swa.start_epoch
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything `--resume` needs to continue exactly (see specc.build.checkpoint for the layout)."""
+        """Everything `--resume` needs to continue exactly (see specc.weights.checkpoint for the layout)."""
         return {
-            "spec": self.spec.raw, "epoch": self.epoch, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "schedulers": self.schedulers.state_dict(),
+            "spec": self.spec.raw, "epoch": self.epoch, "schedulers": self.schedulers.state_dict(),
+            **({} if self.sharded else {"model": plain_state_dict(self.model), "optimizer": self.optimizer.state_dict()}),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "swa": None if self.swa_model is None else {
                 "model": self.swa_model.state_dict(), "scheduler": self.swa_scheduler.state_dict()},
             "rng": rng_state(self.generator),
             "trackers": {"best": self.best.state_dict(), "early": self.early.state_dict() if self.early else None},
             "history": self.history, "normalizer": self.normalizer.state_dict(),
-            "classes": self.classes, "fold": self.fold,
+            "classes": self.classes, "fold": self.fold, "tokenizer": self.tokenizer,
             "task": {"kind": self.task.kind, "num_classes": self.task.num_classes,
                      "classes_first": self.task.classes_first},
+            "prune": None if self.pruner is None else self.pruner.state_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `checkpoint_state`."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not state.get("sharded"):  # a sharded checkpoint's tensors are restored by specc.train.sharded_state
+            self.model.load_state_dict(state["model"])
+            if self.pruner is not None and state.get("prune"):   # masks go back on the plain weights just loaded
+                self.pruner.load_state_dict(state["prune"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.schedulers.load_state_dict(state["schedulers"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -198,11 +218,7 @@ def _save_interrupted(session: Session) -> str:
     epoch = session.epoch + 1
     if progress is None or progress.in_step or progress.step == 0:
         return f"interrupted during epoch {epoch} (not between two steps: nothing new saved){kept}"
-    path = session.run_dir / INTERRUPTED
-    if session.is_main:
-        state = session.checkpoint_state()
-        state["interrupted"] = progress.state_dict(session.metrics["train"])
-        save_checkpoint(state, path)
+    path = write_checkpoint(session, INTERRUPTED, extra={"interrupted": progress.state_dict(session.metrics["train"])})
     return (f"interrupted during epoch {epoch} after step {progress.step}: saved {path} "
             f"(--resume it to continue exactly){kept}")
 
@@ -212,14 +228,16 @@ def _run_epochs(session: Session, log: RunLog) -> tuple[str, str]:
         record = run_epoch(session, epoch, log)
         session.history.append(record)
         session.epoch = epoch
-        improved = session.best.update(record[session.best.monitor], epoch)
+        # while pruning is under way a better epoch is a denser model: best.pt waits for the final sparsity
+        pruning = session.pruner is not None and epoch < session.pruner.end
+        improved = not pruning and session.best.update(record[session.best.monitor], epoch)
         if session.early is not None:
             session.early.update(record[session.early.monitor], epoch)
+        if improved:
+            write_checkpoint(session, "best.pt", verify=True)
+        write_checkpoint(session, "last.pt")
         if session.is_main:
-            if improved:
-                save_checkpoint(session.checkpoint_state(), session.run_dir / "best.pt", verify=True)
-            save_checkpoint(session.checkpoint_state(), session.run_dir / "last.pt")
-            (session.run_dir / INTERRUPTED).unlink(missing_ok=True)  # last.pt has moved past it
+            remove_checkpoint(session.run_dir, INTERRUPTED)  # last.pt has moved past it
             log.epoch_finished(record, session.history)
         if session.early is not None and ranks.any_rank(session.early.should_stop):
             return "early_stopped", (f"early stopping: {session.early.monitor} did not improve for "
@@ -257,6 +275,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
         session.start_swa()
     point = session.resume_point  # an epoch continued from interrupted.pt records the rate it began with
     learning_rate = point["lr"] if point and point["epoch"] == epoch else session.optimizer.param_groups[0]["lr"]
+    if session.pruner is not None:   # the cut comes before the epoch's steps (repeating it on resume changes nothing)
+        session.pruner.step(epoch)
     train = session.splits.train
     streamed = getattr(train, "streamed", False)
     if streamed:
@@ -270,6 +290,8 @@ def run_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, Any]:
     check_finite(record, {"val_loss", session.best.monitor, *(e.monitor for e in session.schedulers.entries),
                           *([session.early.monitor] if session.early else [])}, epoch)
     record["lr"] = learning_rate
+    if session.pruner is not None:
+        record["sparsity"] = round(session.pruner.sparsity(), 6)
     if session.in_swa(epoch):
         session.swa_model.update_parameters(session.model)
         session.swa_scheduler.step()
@@ -293,18 +315,18 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
     progress = session.progress = epoch_progress(epoch, point, session.generator, session.metrics["train"],
                                                  train.device, session.optimizer.param_groups[0]["lr"])
     losses, sizes, skip = progress.losses, progress.sizes, progress.step
-    steps = count_steps(shard_size(len(train), session.world_size), config.batch_size)
+    steps = count_steps(shard_size(len(train), session.data_world_size), config.batch_size)
     log.epoch_started(epoch, steps, session.optimizer.param_groups[0]["lr"])
     for step, (inputs, target) in enumerate(batches(train, config.batch_size, generator=session.generator,
-                                                    drop_single=True, rank=session.rank,
-                                                    world_size=session.world_size, pad=True), start=1):
+                                                    drop_single=True, rank=session.data_rank,
+                                                    world_size=session.data_world_size, pad=True), start=1):
         if step <= skip:  # done before the interruption this epoch resumes from
             log.step(None)
             continue
         progress.in_step = True
         loss_target = target
         if session.augment is not None:  # metrics keep the true targets; the loss sees mixed ones
-            inputs, loss_target = session.augment(inputs, target, (epoch, step, session.rank))
+            inputs, loss_target = session.augment(inputs, target, (epoch, step, session.data_rank))
         output, loss = train_step(session, inputs, loss_target)
         losses.append(loss)
         sizes.append(len(target))
@@ -317,8 +339,9 @@ def train_epoch(session: Session, epoch: int, log: RunLog) -> dict[str, float]:
         log.step(_checked_mean(losses, sizes, epoch) if step % config.log_every == 0 else None)
     session.progress = None
     ranks.share_buffers(session.model)
-    return {"train_loss": _checked_mean(losses, sizes, epoch),
-            **_prefixed("train", session.metrics["train"].compute())}
+    loss = _checked_mean(losses, sizes, epoch)
+    session.metrics["train"].units = getattr(train, "units", {})
+    return {"train_loss": loss, **_prefixed("train", session.metrics["train"].compute(loss))}
 
 
 def _stop_requested(session: Session, agreement_point: bool) -> bool:
@@ -334,6 +357,8 @@ def train_step(session: Session, inputs: tuple[torch.Tensor, ...], target: torch
     with session.autocast():
         output = first_output(session.training_forward(*inputs))
         loss = session.loss_fn(*session.task.align(output, target))
+        if session.aux_loss is not None:
+            loss = loss + session.aux_loss()
     session.optimizer.zero_grad(set_to_none=True)
     clip = session.config.grad_clip
     if session.scaler is not None:
@@ -363,16 +388,23 @@ def evaluate_split(model: nn.Module, data: TensorData, *, loss_fn: nn.Module, ta
     was_training = model.training
     model.eval()
     try:
-        loss_sum, count = torch.zeros((), device=data.device), 0
+        loss_sum, count, steps = torch.zeros((), device=data.device), 0, 0
         for inputs, target in batches(data, batch_size, rank=rank, world_size=world_size):
             with autocast():
                 output = first_output(model(*inputs))
                 loss = loss_fn(*task.align(output, target))
             loss_sum += loss.float() * len(target)
             count += len(target)
+            steps += 1
             metrics.update(output, target)
+        lockstep = math.ceil(shard_size(len(data), world_size) / batch_size) if isinstance(data, TensorData) else 0
+        for _ in range(lockstep - steps):
+            with autocast():  # a sharded model gathers its weights in every forward: all ranks run as many
+                model(*data.head(1).inputs)
         loss_sum, count = ranks.reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(count)]))
-        return {"loss": (loss_sum / count.clamp(min=1)).item(), **metrics.compute()}
+        loss = (loss_sum / count.clamp(min=1)).item()
+        metrics.units = getattr(data, "units", {})   # text: tokens per char / byte, for bits_per_*
+        return {"loss": loss, **metrics.compute(loss)}
     finally:
         model.train(was_training)
 

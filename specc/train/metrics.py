@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,7 +16,7 @@ import torchmetrics
 from torch import nn
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.lang.train_config import CLASS_INDEX_LOSSES, CLASSIFICATION_METRICS, MATRIX_METRICS, Call
+from specc.lang.train_config import CLASS_INDEX_LOSSES, CLASSIFICATION_METRICS, LANGUAGE_METRICS, MATRIX_METRICS, Call
 
 BINARY_LOSSES = ("BCEWithLogitsLoss", "BCELoss")
 
@@ -140,25 +141,36 @@ METRIC_FACTORIES: dict[str, Callable[[Task, dict], torchmetrics.Metric]] = {
 }
 
 
+# Metrics computed from the split's mean loss (nats per token) when the epoch ends, at no cost per
+# batch: bits per token scaled by the split's tokens per character or per UTF-8 byte (text data;
+# other data count per token).
+BITS_PER_UNIT = {"bits_per_char": "char", "bits_per_byte": "byte"}
+
+
 class MetricSet:
     """The configured metrics for one split: update per batch on the device, compute once per epoch."""
 
-    def __init__(self, metrics: dict[str, torchmetrics.Metric], task: Task):
+    def __init__(self, metrics: dict[str, torchmetrics.Metric], task: Task, derived: tuple[str, ...] = ()):
         self.metrics = metrics
         self.task = task
+        self.derived = derived                 # names in BITS_PER_UNIT, computed from the loss
+        self.units: dict[str, float] = {}      # tokens per char / per byte of the split being measured
 
     @classmethod
     def build(cls, calls: list[Call], task: Task, device: torch.device,
               locate: Callable[[int], Location | None]) -> "MetricSet":
         """One torchmetrics object per configured metric; `locate(i)` points errors at metrics[i]."""
-        metrics = {}
+        metrics, derived = {}, []
         for index, call in enumerate(calls):
             _check_fits_task(call.name, task, locate(index))
+            if call.name in BITS_PER_UNIT:
+                derived.append(call.name)
+                continue
             try:
                 metrics[call.name] = METRIC_FACTORIES[call.name](task, call.kwargs).to(device)
             except (TypeError, ValueError) as error:
                 raise SpecError(Problem(f"metric {call.name}: {error}", locate(index), "TYPE_ERROR")) from None
-        return cls(metrics, task)
+        return cls(metrics, task, tuple(derived))
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         if not self.metrics:
@@ -184,9 +196,14 @@ class MetricSet:
             metric._update_count = states[name]["updates"]
             metric._computed = None
 
-    def compute(self) -> dict[str, Any]:
-        """Numbers for scalar metrics, nested lists for matrices; resets for the next epoch."""
-        values = {}
+    def compute(self, loss: float | None = None) -> dict[str, Any]:
+        """Numbers for scalar metrics, nested lists for matrices; resets for the next epoch.
+
+        Args:
+            loss: the split's mean loss, which bits_per_char / bits_per_byte are computed from.
+        """
+        values = {name: (math.nan if loss is None else loss / math.log(2) * self.units.get(BITS_PER_UNIT[name], 1.0))
+                  for name in self.derived}
         for name, metric in self.metrics.items():
             value = metric.compute()
             values[name] = value.tolist() if name in MATRIX_METRICS else float(value)
@@ -198,9 +215,9 @@ def _check_fits_task(name: str, task: Task, where: Location | None) -> None:
     if name in CLASSIFICATION_METRICS and not task.is_classification:
         raise SpecError(Problem(f"metric {name} needs a classification loss ({', '.join(CLASS_INDEX_LOSSES)}, "
                                 f"BCEWithLogitsLoss); this loss makes a regression task", where, "TYPE_ERROR"))
-    if name == "perplexity" and task.kind != "multiclass":
-        raise SpecError(Problem("metric perplexity needs next-token class scores and a class-index loss "
+    if name in LANGUAGE_METRICS and task.kind != "multiclass":
+        raise SpecError(Problem(f"metric {name} needs next-token class scores and a class-index loss "
                                 "such as CrossEntropyLoss", where, "TYPE_ERROR"))
-    if name not in CLASSIFICATION_METRICS and name != "perplexity" and task.is_classification:
+    if name not in CLASSIFICATION_METRICS and name not in LANGUAGE_METRICS and task.is_classification:
         raise SpecError(Problem(f"metric {name} is a regression metric but the loss makes a {task.kind} task",
                                 where, "TYPE_ERROR"))

@@ -14,11 +14,16 @@ from specc.train import ranks
 from specc.build.compiled import Compiled
 from specc.build.compiler import compile as compile_spec
 from specc.train.augment import build_augmenter
+from specc.train.auxiliary import auxiliary_loss
 from specc.train.data import DataSplits, Examples, Layout, Normalizer, layout_of, make_splits, shard_size
+from specc.train.sharding import block_units, checkpoint_blocks, shard_model, sharded_checkpoints, strategy_of
 from specc.train.streaming import load_data
+from specc.train.text_data import check_model_fits, read_text_data
+from specc.train.token_windows import split_windows
 from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
+from specc.train.pruning import Pruner
 from specc.train.optim import Schedulers, build_optimizer
 from specc.lang.spec import Spec, load
 from specc.lang.train_config import CLASS_INDEX_LOSSES, MATRIX_METRICS, TrainConfig
@@ -32,6 +37,11 @@ class Prepared:
     task: Task
     examples: Examples
     splits: list[DataSplits]  # one holdout partition, or K folds
+    corpus: Any = None        # text data: the token file and its tokenizer (specc.train.text_corpus)
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.corpus is None else self.corpus.tokenizer
 
 
 def load_train_spec(spec_or_path: Any, overrides: dict[str, Any] | None = None) -> Spec:
@@ -63,16 +73,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(spec: Spec, device: torch.device, seed: int | None) -> Compiled:
-    """Compile the spec's model; seeding first makes the initial weights reproducible."""
+    """Compile the spec's model; seeding first makes the initial weights reproducible.
+
+    With `strategy: fsdp` the model is compiled on `meta` and each process materialises its own
+    shards only, with the values a 1-process build has (specc.train.sharding). With
+    `activation_checkpointing: blocks`, each block recomputes its activations in backward.
+    """
     if seed is not None:
         torch.manual_seed(seed)
-    return compile_spec(spec, device=device, symbolic=False)
+    config = spec.train
+    strategy = strategy_of(config, ranks.world_size()) if config is not None else "none"
+    if strategy == "ddp" and config.parallel.tensor > 1:
+        raise SpecError(Problem("parallel.tensor splits layers over processes that FSDP then shards: it needs "
+                                "strategy: fsdp", spec.source.locate(("train", "parallel")), "TYPE_ERROR"))
+    if strategy == "fsdp":
+        compiled = compile_spec(spec, device="meta", symbolic=False)
+        shard_model(compiled, config, device, spec.source.locate)
+        compiled.device = device
+        return compiled
+    compiled = compile_spec(spec, device=device, symbolic=False)
+    if config is not None and config.activation_checkpointing == "blocks":
+        checkpoint_blocks(compiled.module, block_units(compiled))
+    return compiled
 
 
 def start_from_weights(spec: Spec, compiled: Compiled) -> None:
     """`train: {init_from: ..., freeze: [...]}`: load the weights to fine-tune, freeze what the globs name
-    (see specc.build.freeze)."""
-    from specc.build.freeze import freeze, init_from
+    (see specc.weights.freeze)."""
+    from specc.weights.freeze import freeze, init_from
 
     config = spec.train
     base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
@@ -82,18 +110,35 @@ def start_from_weights(spec: Spec, compiled: Compiled) -> None:
         freeze(compiled.module, config.freeze, lambda index: spec.source.locate(("train", "freeze", index)))
 
 
-def prepare_data(spec: Spec, compiled: Compiled) -> Prepared:
-    """Read the data source, shape it for the model, infer the task and split (holdout or K folds)."""
+def prepare_data(spec: Spec, compiled: Compiled, corpus: Any = None, cache_root: Path | None = None) -> Prepared:
+    """Read the data source, shape it for the model, infer the task and split (holdout or K folds).
+
+    Text data (`train.data.tokenizer`) become block_size windows of the token file `corpus` (read
+    from `cache_root`, default `runs/.tokens`, when not given) in contiguous train/val/test ranges.
+    """
     config = spec.train
     output_shape = tuple(compiled.graph[compiled.graph.outputs[0]].feature_shape or ())
     class_index = config.loss.name in CLASS_INDEX_LOSSES
     layout = layout_of(spec, compiled.input_shapes(), output_shape, class_index)
+    if config.data.is_text:
+        return _prepare_text(spec, compiled, layout, corpus, cache_root or Path("runs") / ".tokens")
     where = data_location(spec)
     base_dir = Path(spec.file).parent if spec.file != "<spec>" else Path.cwd()
     examples = load_data(config.data, layout, base_dir=base_dir, where=where, seed=config.data.split.seed)
     task = Task.infer(config.loss.name, output_shape, examples.data.target_shape)
     _check_classes(task, examples, where)
     return Prepared(layout, task, examples, make_splits(examples, config.data.split, class_index))
+
+
+def _prepare_text(spec: Spec, compiled: Compiled, layout: Layout, corpus: Any, cache_root: Path) -> Prepared:
+    if corpus is None:
+        _, corpus = read_text_data(spec, cache_root)
+    block_size = check_model_fits(spec, compiled, corpus)
+    data = spec.train.data
+    windows = split_windows(corpus, block_size, data.samples_per_epoch, data.steps, spec.train.batch_size,
+                            ranks.world_size())
+    task = Task.infer(spec.train.loss.name, layout.output_shape, (block_size,))
+    return Prepared(layout, task, Examples(windows["train"]), [DataSplits(**windows)], corpus)
 
 
 def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: DataSplits, device: torch.device,
@@ -105,7 +150,12 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     """
     config: TrainConfig = spec.train
     world_size = ranks.world_size()
+    sharded = strategy_of(config, world_size) == "fsdp"   # fsdp keeps bf16 parameters: no fp16 GradScaler
+    replicas = config.parallel.tensor if sharded else 1
     locate = spec.source.locate
+    if config.swa is not None and sharded_checkpoints(config):
+        raise SpecError(Problem("swa averages a full copy of the model; it does not combine with strategy: fsdp",
+                                locate(("train", "swa")), "TYPE_ERROR"))
     normalizer = Normalizer.fit(config.data.normalize, split.train)
     splits = DataSplits(*(normalizer(data).to(device) if data is not None else None
                           for data in (split.train, split.val, split.test)), fold=split.fold)
@@ -121,23 +171,28 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         ("train", "optimizer", config.optimizer.name, "groups", index, "params")))
     scheduler_path = ("train", "scheduler")
     schedulers = Schedulers.build(
-        config, optimizer, count_steps(shard_size(len(splits.train), world_size), config.batch_size),
+        config, optimizer, count_steps(shard_size(len(splits.train), world_size // replicas), config.batch_size),
         lambda index: locate(scheduler_path + ((index,) if isinstance(config.scheduler, list) else ())))
     generator = torch.Generator()
     generator.manual_seed(config.seed)
     early = config.early_stopping
     forward = _compiled_forward(model, config)
-    ddp = None if world_size == 1 else ranks.wrap_model(TrainedOutput(forward), device)
+    data_parallel = world_size > 1 and strategy_of(config, world_size) == "ddp"  # fsdp: the model is its own wrapper
+    ddp = ranks.wrap_model(TrainedOutput(forward), device) if data_parallel else None
     return Session(
         spec=spec, config=config, device=device, model=model, forward=forward,
         ddp=ddp, rank=ranks.rank(), world_size=world_size,
         task=prepared.task, splits=splits, normalizer=normalizer, loss_fn=loss_fn, optimizer=optimizer,
         schedulers=schedulers, metrics=metrics, run_dir=run_dir, classes=prepared.examples.classes,
         fold=split.fold, generator=generator,
+        tokenizer=None if prepared.tokenizer is None else prepared.tokenizer.state(),
         best=Tracker(config.checkpoint.monitor or config.default_monitor(), config.checkpoint.mode),
         early=None if early is None else Tracker(early.monitor or config.default_monitor(), early.mode,
                                                  early.min_delta, early.patience),
-        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None, augment=augment,
+        scaler=torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" and not sharded else None,
+        augment=augment, sharded=sharded_checkpoints(config), replicas=replicas,
+        aux_loss=auxiliary_loss(model, config.aux_loss_weight, locate(("train", "aux_loss_weight"))),
+        pruner=None if config.prune is None else Pruner(config.prune, model, config.epochs, locate),
     )
 
 

@@ -7,9 +7,12 @@ the step losses and the running metric states. last.pt keeps the last complete e
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -65,3 +68,24 @@ def epoch_progress(epoch: int, point: dict[str, Any] | None, generator: torch.Ge
     metrics.load_state_dict(point["metrics"])
     losses = list(point["losses"].to(device).unbind()) if point["step"] else []
     return EpochProgress(epoch, point["generator"], point["lr"], losses, list(point["sizes"]), point["step"])
+
+
+@contextlib.contextmanager
+def deferred_signals(*, interrupt_after: bool = True) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while the block writes a run's final files (curves.png, summary.json),
+    so a signal in the second after the last epoch cannot lose them; then, with `interrupt_after`,
+    act on a held signal as a KeyboardInterrupt. Outside the main thread signals cannot be handled
+    and the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: held.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if held and interrupt_after:
+        raise KeyboardInterrupt

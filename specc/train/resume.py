@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from specc.build.checkpoint import load_checkpoint, require_keys
+from specc.weights.checkpoint import is_sharded, load_checkpoint, read_sharded_state, require_keys
 from specc.lang.errors import Problem, SpecError
 from specc.lang.train_config import Call
 from specc.train.optim import Schedulers
@@ -28,6 +28,10 @@ def read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         SpecError: CHECKPOINT_ERROR for an unreadable, corrupted or incomplete checkpoint.
     """
+    if is_sharded(path):  # its tensors are read later, each rank its own shards
+        state = read_sharded_state(path)
+        require_keys(state, tuple(key for key in RESUME_KEYS if key not in ("model", "optimizer")), path, "--resume")
+        return state
     state = load_checkpoint(path)
     require_keys(state, RESUME_KEYS, path, "--resume")
     return state

@@ -62,6 +62,32 @@ def lock_run_dir(run_dir: Path) -> Any:
     return handle
 
 
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the `.<name>.<pid>.tmp` files that writers killed mid-write (`kill -9`, a power cut)
+    left in `run_dir` and its fold folders: those whose process is gone. Called with the lock held.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for temporary in [*Path(run_dir).glob(".*.tmp"), *Path(run_dir).glob("fold_*/.*.tmp")]:
+        pid = temporary.name.removesuffix(".tmp").rpartition(".")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            temporary.unlink(missing_ok=True)
+            removed.append(temporary)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)   # signal 0: only asks whether the process exists
+    except PermissionError:   # it does, and belongs to another user
+        return True
+    except (ProcessLookupError, OverflowError, OSError):
+        return False
+    return True
+
+
 def unlock(handle: Any) -> None:
     """Release a lock taken by `lock_run_dir` (closing the file releases the flock)."""
     if handle is not None:

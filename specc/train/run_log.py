@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.table import Table
 
+from specc.lang.terminal import console_text, printable
 from specc.train.run_dir import write_atomic
 from specc.train.tensorboard import TensorBoard, histograms_due
 
@@ -77,12 +78,12 @@ class RunLog:
 
     def message(self, text: str) -> None:
         if self.verbose:
-            self.console.print(text)
+            self.console.print(printable(text), markup=False)
 
     def wrapped_message(self, text: str) -> None:
         """A message wrapped between words to the width, never inside a number or a path."""
         if self.verbose:
-            self.console.print(_wrapped(text, self._width()), crop=False, markup=False)
+            self.console.print(_wrapped(printable(text), self._width()), crop=False, markup=False)
 
     def _width(self) -> int:
         return line_width(self.console if self.interactive else None)
@@ -118,7 +119,7 @@ def stage(text: str, verbose: bool = True) -> Iterator[None]:
     if not verbose or not console.is_terminal:
         yield
         return
-    with console.status(f"{text} ...", spinner="dots"):
+    with console.status(f"{console_text(text)} ...", spinner="dots"):
         yield
 
 
@@ -308,7 +309,8 @@ def print_metrics(console: Console, title: str, metrics: dict[str, dict[str, Any
             matrices.append(name)
             continue
         table.add_row(name, *("" if cell is None else f"{cell:.4f}" for cell in cells))
-    console.print(_wrapped(title, line_width(console if console.is_terminal else None)), crop=False, markup=False)
+    console.print(_wrapped(printable(title), line_width(console if console.is_terminal else None)), crop=False,
+                  markup=False)
     console.print(table)
     for name in matrices:
         for split in splits:
@@ -327,7 +329,7 @@ def print_folds(console: Console, title: str, folds: list[dict[str, float]], sum
     table.add_column("mean ± std", justify="right")
     for name, (mean, std) in summary.items():
         table.add_row(name, *(f"{fold.get(name, math.nan):.4f}" for fold in folds), f"{mean:.4f} ± {std:.4f}")
-    console.print(title)
+    console.print(printable(title), markup=False)
     console.print(table)
 
 

@@ -11,7 +11,6 @@ import csv
 import importlib
 import math
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,10 @@ import numpy as np
 
 from specc.lang.errors import Location, Problem, SpecError
 from specc.lang.train_config import DataConfig, check_dataset_path
-from specc.train.columns import IMAGE_SUFFIXES, ImageBytes, ImageFiles, NpyFile, check_npz_array
+from specc.train.columns import IMAGE_SUFFIXES, ImageFiles, NpyFile
+from specc.train.folder_walk import class_folders, image_files
+from specc.train.npz import read_npz
+from specc.train.tables import read_table
 
 
 @dataclass
@@ -69,7 +71,11 @@ def read_csv(path: Path, target: str | int | None, where: Location | None,
         where: the spec position errors point at.
         require_target: False for prediction inputs, which may lack the target column.
     """
-    rows = [row for row in csv.reader(_utf8_lines(path, where)) if row]
+    reader = csv.reader(_utf8_lines(path, where))
+    try:
+        rows = [row for row in reader if row]
+    except csv.Error as error:  # a field over csv's 131,072-character limit, a NUL byte
+        _fail(f"{path}:{reader.line_num}: not a readable csv row ({error})", where)
     if len(rows) < 2:
         _fail(f"{path}: needs a header row and at least one data row", where)
     header, body = [name.strip() for name in rows[0]], rows[1:]
@@ -142,17 +148,9 @@ def _csv(config: DataConfig, layout, context: Context) -> RawData:
 
 def _npz(config: DataConfig, layout, context: Context) -> RawData:
     path = resolve_path(config.location, context.base_dir, context.where)
-    if not zipfile.is_zipfile(path):   # np.load would try it as a pickle and say so
-        _fail(f"{path}: not an npz file (an npz is a zip archive written by numpy.savez)", context.where)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        _fail(f"{path}: not a readable npz file ({error})", context.where)
+    arrays = read_npz(path, context.where)
     if not arrays:
         _fail(f"{path}: the archive holds no arrays; it needs x (the features) and y (the targets)", context.where)
-    for key, array in arrays.items():
-        check_npz_array(path, key, array, context.where)
     if "y" not in arrays:
         _fail(f"{path}: needs an array named y (the targets); it has {', '.join(arrays)}", context.where)
     names = list(layout.inputs)
@@ -297,14 +295,13 @@ def _folder(config: DataConfig, layout, context: Context) -> RawData:
     names = list(layout.inputs)
     if len(names) != 1:
         _fail(f"folder: feeds one image input; the spec has {', '.join(names)}", context.where)
-    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    classes = class_folders(root, context.where)
     if len(classes) < 2:
         found = f"one class folder ({classes[0]})" if classes else "no class folders"
         _fail(f"{root}: has {found}; a folder source needs one subfolder per class, at least two", context.where)
-    paths, labels = [], []
+    paths, labels, listed = [], [], [0]
     for name in classes:
-        files = sorted(path for path in (root / name).rglob("*")
-                       if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        files = image_files(root, name, IMAGE_SUFFIXES, context.where, listed)
         if not files:
             _fail(f"{root / name}: the class folder '{name}' has no png or jpg images", context.where)
         paths += files
@@ -316,89 +313,7 @@ def _folder(config: DataConfig, layout, context: Context) -> RawData:
 def _table(config: DataConfig, layout, context: Context) -> RawData:
     """A parquet or arrow (IPC/feather) table: a column per input (images as encoded bytes) + the target."""
     path = resolve_path(config.location, context.base_dir, context.where)
-    table = _read_table(path, config.kind, context.where)
-    columns = table.column_names
-    target = _table_target(config.target, columns, path, context.where)
-    names = list(layout.inputs)
-    for name in config.inputs:
-        if name not in names:
-            _fail(f"`inputs` names '{name}', which is not a spec input ({', '.join(names)})", context.where)
-    wanted = {name: config.inputs.get(name, name) for name in names}
-    if len(names) == 1 and not config.inputs and names[0] not in columns:
-        wanted = {names[0]: [column for column in columns if column != target]}
-    inputs = {}
-    for name, column in wanted.items():
-        for label in column if isinstance(column, list) else [column]:
-            if label not in columns:
-                _fail(f"{path}: no column named '{label}' (for input {name}); the columns are "
-                      f"{', '.join(columns)}", context.where)
-        inputs[name] = _table_input(table, column, layout.inputs[name][0], name, path, context.where)
-    return RawData(inputs, _table_values(table.column(target), path, target, context.where))
-
-
-def _read_table(path: Path, kind: str, where: Location | None):
-    import pyarrow as pa
-
-    try:
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path, memory_map=True)
-        source = pa.memory_map(str(path))
-        try:
-            return pa.ipc.open_file(source).read_all()
-        except pa.ArrowInvalid:
-            source.seek(0)
-            return pa.ipc.open_stream(source).read_all()
-    except (OSError, pa.ArrowException) as error:
-        _fail(f"{path}: not a readable {kind} file ({error})", where)
-
-
-def _table_target(target: str | int | None, columns: list[str], path: Path, where) -> str:
-    if isinstance(target, int):
-        if not -len(columns) <= target < len(columns):
-            _fail(f"{path}: target column {target} is out of range ({len(columns)} columns)", where)
-        return columns[target]
-    if target is None:
-        return "target" if "target" in columns else columns[-1]
-    if target not in columns:
-        _fail(f"{path}: no column named '{target}' (the target); the columns are {', '.join(columns)}", where)
-    return target
-
-
-def _table_input(table, column: str | list[str], shape, name: str, path: Path, where) -> Any:
-    """One column of images (binary) or of arrays (lists), or several numeric columns side by side."""
-    import pyarrow as pa
-
-    if isinstance(column, list) and len(column) == 1:
-        column = column[0]
-    if isinstance(column, list):
-        return np.stack([_table_values(table.column(label), path, label, where) for label in column], axis=1)
-    values = table.column(column).combine_chunks()
-    kind = values.type
-    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
-        values, kind = values.field("bytes"), kind.field("bytes").type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return ImageBytes(values, shape, name, f"{path} column '{column}'", where)
-    return _table_values(values, path, column, where)
-
-
-def _table_values(values, path: Path, column: str, where) -> np.ndarray:
-    import pyarrow as pa
-
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    kind = values.type
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        lengths = set(values.value_lengths().to_pylist()) if not pa.types.is_fixed_size_list(kind) else {kind.list_size}
-        if len(lengths) > 1:
-            _fail(f"{path}: column '{column}' holds lists of different lengths {sorted(lengths)[:5]}", where)
-        return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-        return np.asarray(values.to_pylist(), dtype=str)
-    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-        _fail(f"{path}: column '{column}' has type {kind}; use numbers, lists of numbers or image bytes", where)
-    return values.to_numpy(zero_copy_only=False)
+    return RawData(*read_table(path, config, layout, context.where))
 
 
 def _npy(config: DataConfig, layout, context: Context) -> RawData:

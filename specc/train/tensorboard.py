@@ -49,6 +49,8 @@ class TensorBoard:
         example = _example_inputs(session)
         if example is None:  # streamed data: no batch at hand before training (docs/train.md says so)
             return ""
+        if session.sharded and session.world_size > 1:  # rank 0 alone cannot run a forward that gathers shards
+            return ""
         try:
             with _eval_mode(session.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # add_graph traces with torch.jit, deprecated in torch 2.x
@@ -59,10 +61,10 @@ class TensorBoard:
 
     def histograms(self, model: nn.Module, epoch: int) -> None:
         """Each parameter's values and its last step's gradient, under `weights/` and `gradients/`."""
-        for name, parameter in model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", parameter.detach().float().cpu(), epoch)
+        for name, parameter in model.named_parameters():  # strategy fsdp: rank 0's shard
+            self.writer.add_histogram(f"weights/{name}", _local(parameter).detach().float().cpu(), epoch)
             if parameter.grad is not None:
-                self.writer.add_histogram(f"gradients/{name}", parameter.grad.detach().float().cpu(), epoch)
+                self.writer.add_histogram(f"gradients/{name}", _local(parameter.grad).detach().float().cpu(), epoch)
         self.writer.flush()
 
     def final(self, session: Session, metrics: dict[str, dict[str, Any]], epoch: int) -> None:
@@ -168,3 +170,8 @@ def _as_code(text: str) -> str:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor (a DTensor), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -22,15 +22,22 @@ import numpy as np
 import torch
 
 from specc.train import ranks
-from specc.build.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from specc.weights.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from specc.lang.errors import Problem, SpecError
+from specc.lang.terminal import printable
 from specc.train.loop import Session, eval_batch_size, fit, update_batch_norm
 from specc.train.metrics import MetricSet
+from specc.train.progress import deferred_signals
 from specc.train.prepare import (Prepared, build_model, load_train_spec, metric_locator, open_session, prepare_data,
                            resolve_device, start_from_weights)
 from specc.train.resume import apply_changes, check_resumable, read_resume_checkpoint, spec_changes
-from specc.train.run_dir import lock_run_dir, unlock, write_text_atomic
+from specc.train.run_dir import lock_run_dir, remove_stale_temporaries, unlock, write_text_atomic
+from specc.weights.checkpoint import is_sharded
+from specc.train.sharded_state import existing_checkpoint, restore_sharded
 from specc.train.run_dir import new_run_dir as make_run_dir
+from specc.train.text_data import cache_root_of, check_tokenizer, read_text_data
+from specc.train.token_windows import unigram_baseline
+from specc.train.tokenizer import file_text as tokenizer_file_text
 from specc.train.run_log import RunLog, SilentLog, print_folds, print_metrics, stage
 from specc.lang.safety import stored_spec_scope
 from specc.lang.spec import Spec
@@ -126,13 +133,19 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     if state is not None and config.data.split.kfold:
         raise SpecError(Problem("--resume continues one holdout run; K-fold runs start again",
                                 spec.source.locate(("train", "data", "split", "kfold")), "CHECKPOINT_ERROR"))
+    with stage(f"tokenising ({config.data.source})", verbose and config.data.is_text):
+        spec, corpus = read_text_data(spec, cache_root_of(resume, out))   # sets `$tokenizer.vocab_size`
     with stage(f"compiling {spec.display_name}", verbose):
         compiled = build_model(spec, device, config.seed)
     if state is None:   # a resumed run has its own weights
         with stage("loading the initial weights", verbose and config.init_from is not None):
             start_from_weights(spec, compiled)
     with stage(f"loading data ({config.data.source or 'dataset'})", verbose):
-        prepared = prepare_data(spec, compiled)
+        prepared = prepare_data(spec, compiled, corpus)
+    if state is not None:
+        check_tokenizer(state.get("tokenizer"), prepared.tokenizer, spec, resume)
+    if prepared.corpus is not None and verbose:
+        print(baseline_line(prepared.corpus), flush=True)
     if config.data.split.kfold:
         run_dir = ranks.on_main(new_run_dir, out, spec)
         with _locked(run_dir):
@@ -144,12 +157,24 @@ def _train(spec: Spec, device: torch.device, out: Path, resume: str | Path | Non
     with _locked(session.run_dir):
         if state is not None and verbose:
             for change in spec_changes(state["spec"], spec.raw):
-                print(f"resume: {change}", flush=True)
+                print(printable(f"resume: {change}"), flush=True)
         _write_spec(session.run_dir, spec)
+        if prepared.tokenizer is not None and ranks.is_main():
+            write_text_atomic(session.run_dir / "tokenizer.json", tokenizer_file_text(prepared.tokenizer))
         result = _run_split(session, verbose)
         if ranks.is_main():
-            _write_summary(session.run_dir, result)
+            with deferred_signals(interrupt_after=False):   # the run is over: the summary must be written
+                _write_summary(session.run_dir, result)
     return result
+
+
+def baseline_line(corpus) -> str:
+    """`unigram baseline: ...`: the loss to beat on text, printed before training starts."""
+    baseline = unigram_baseline(corpus)
+    shown = "  ".join(f"{split}_loss {values['loss']:.4f} ({values['bits_per_char']:.4f} bits/char)"
+                      for split, values in baseline.items() if split != "train")
+    return (f"tokenizer {corpus.tokenizer.describe()}; unigram baseline (the training split's token "
+            f"frequencies): {shown or 'no val or test split'}")
 
 
 def new_run_dir(out: Path, spec: Spec) -> Path:
@@ -162,7 +187,12 @@ def new_run_dir(out: Path, spec: Spec) -> Path:
 def _locked(run_dir: Path):
     """Hold the run directory's lock (rank 0) while the run writes into it."""
     held = {}
-    ranks.on_main(lambda: held.update(lock=lock_run_dir(run_dir)))
+
+    def lock_and_tidy() -> None:
+        held["lock"] = lock_run_dir(run_dir)
+        remove_stale_temporaries(run_dir)   # of writes that a kill -9 stopped in an earlier run here
+
+    ranks.on_main(lock_and_tidy)
     try:
         yield
     finally:
@@ -179,7 +209,10 @@ def _open_split(spec: Spec, compiled, prepared: Prepared, index: int, device: to
     """The session of one split, restored from `state` (with the spec's changes applied) if given."""
     session = open_session(spec, compiled, prepared, prepared.splits[index], device, run_dir)
     if state is not None:
-        load_model_state(session.model, state, resume)
+        if state.get("sharded"):
+            restore_sharded(session.model, session.optimizer, resume)
+        else:
+            load_model_state(session.model, state, resume)
         try:
             session.restore(state)
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
@@ -204,29 +237,47 @@ def _run_split(session: Session, verbose: bool, label: str = "", show_table: boo
     log.model_started(session)
     try:
         status, message = fit(session, log)
+        if session.pruner is not None:   # checkpoints hold plain weights: so does the model from here on
+            session.pruner.make_permanent()
         if status in ("completed", "early_stopped"):
             message = "\n".join(filter(None, [message, _finish_swa(session)]))
-    finally:
+    except BaseException:
         log.close(session.history)
-    if message:
-        log.message(message)
-    last, best = ranks.on_main(lambda: (_existing(run_dir / "last.pt"), _existing(run_dir / "best.pt")))
-    result = TrainResult(run_dir, status, message, session.history, last_checkpoint=last, best_checkpoint=best)
-    if result.ok and result.best_checkpoint:
-        result.metrics = best_metrics(session, result.best_checkpoint)
-        if show_table and verbose:
-            print_metrics(log.console, f"best checkpoint: epoch {session.best.best_epoch} ({session.best.monitor} "
-                                       f"{session.best.best:.4f}), {result.best_checkpoint}", result.metrics)
-        log.final_metrics(session, {**result.metrics, **_confusion_matrices(session, result.metrics)},
-                          session.best.best_epoch or session.epoch)
+        raise
+    result = TrainResult(run_dir, status, message, session.history)
+    try:
+        with deferred_signals():   # a signal right after the last epoch: curves.png first, then stop
+            log.close(session.history)
+        result.last_checkpoint, result.best_checkpoint = ranks.on_main(
+            lambda: (existing_checkpoint(run_dir, "last.pt"), existing_checkpoint(run_dir, "best.pt")))
+        _report_best(session, log, result, show_table and verbose)
+    except KeyboardInterrupt:   # the checkpoints are complete; summary.json is still written
+        result.status = "interrupted"
+        result.message = "\n".join(filter(None, [message, "interrupted after the last epoch, while reporting the best "
+                                                           "checkpoint; best.pt and last.pt are complete"]))
+        log.message(result.message)
     log.finish()
     return result
 
 
+def _report_best(session: Session, log: RunLog, result: TrainResult, show_table: bool) -> None:
+    """Print the run's message, then evaluate, print and log the best checkpoint on every split."""
+    if result.message:
+        log.message(result.message)
+    if result.ok and result.best_checkpoint:
+        result.metrics = best_metrics(session, result.best_checkpoint)
+        if show_table:
+            print_metrics(log.console, f"best checkpoint: epoch {session.best.best_epoch} ({session.best.monitor} "
+                                       f"{session.best.best:.4f}), {result.best_checkpoint}", result.metrics)
+        log.final_metrics(session, {**result.metrics, **_confusion_matrices(session, result.metrics)},
+                          session.best.best_epoch or session.epoch)
+
+
 def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For TensorBoard: the val/test confusion matrices of a classifier whose spec does not ask for
-    them. One process only (under torchrun every rank would have to take part)."""
-    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or \
+    them. One process only (under torchrun every rank would have to take part); none for a language
+    model (a vocabulary-square image says nothing)."""
+    if session.task.kind not in ("multiclass", "binary") or session.world_size > 1 or session.tokenizer or \
             any("confusion_matrix" in values for values in metrics.values()):
         return {}
     matrix = MetricSet.build([Call(name="confusion_matrix")], session.task, session.device, lambda index: None)
@@ -236,8 +287,11 @@ def _confusion_matrices(session: Session, metrics: dict[str, dict[str, Any]]) ->
 
 def best_metrics(session: Session, checkpoint: Path) -> dict[str, dict[str, Any]]:
     """Every configured metric (matrices too) of the best checkpoint's weights, on each split."""
-    weights = ranks.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
-    load_model_state(session.model, weights, checkpoint)
+    if is_sharded(checkpoint):  # every rank reads its own shards
+        restore_sharded(session.model, None, checkpoint)
+    else:
+        weights = ranks.on_main(lambda: {"model": load_checkpoint(checkpoint)["model"]})
+        load_model_state(session.model, weights, checkpoint)
     metrics = MetricSet.build(session.config.metrics, session.task, session.device, metric_locator(session.spec))
     return {name: session.evaluate(session.model, data, metrics) for name, data in session.splits.named().items()}
 
@@ -289,7 +343,8 @@ def _train_folds(spec: Spec, compiled, prepared: Prepared, device: torch.device,
 
         print_folds(Console(highlight=False), f"{count}-fold cross-validation: {run_dir}", per_fold, summary)
     if ranks.is_main():
-        _write_summary(run_dir, result)
+        with deferred_signals(interrupt_after=False):
+            _write_summary(run_dir, result)
     return result
 
 
@@ -308,10 +363,6 @@ def _nest(flat: dict[str, float]) -> dict[str, dict[str, float]]:
         split, _, name = key.partition("_")
         nested.setdefault(split, {})[name] = value
     return nested
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,21 +17,37 @@ so `torch.load(..., weights_only=True)` reads it and a run can be rebuilt from t
     checksum    "sha256:<hex>" of every tensor and value above, verified on load
     interrupted {"epoch": e, "step": s, ...} in interrupted.pt only: the state after step s of epoch e
 
+A `strategy: fsdp` run writes sharded checkpoints instead (`last.dcp/`, a link to a folder):
+
+    last.dcp -> .last.dcp.<id>/
+        .metadata, __0_0.distcp, ...   torch.distributed.checkpoint (DCP): "model" and "optimizer",
+                                       each process's shards in its own file (specc.train.sharded_state)
+        state.pt    every other key above, a checkpoint itself (checksummed), plus `sharded: True` and
+                    `files`: the sha256 of each DCP file
+
+DCP reshards on load, so such a folder resumes on any number of processes; `load_checkpoint` reads it
+without a process group, the model's full tensors included, so every command reads sharded runs.
+
 Writing checks the disk: a full disk is a CHECKPOINT_ERROR naming the file, and the previous
 file stays intact. Reading checks the checksum, so flipped bytes are an error, not wrong weights.
 """
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
+import importlib
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from specc.lang.errors import Problem, SpecError
 from specc.lang.limits import limit, raise_hint
+from specc.weights.checkpoint_checks import check_normalizer, write_failure
 
 FORMAT = "specc-checkpoint/1"
 
@@ -63,22 +79,14 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, verify: bool = False) 
         if verify:
             load_checkpoint(temporary, shown_as=path)
         os.replace(temporary, path)
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path) from None
-        raise
-    except RuntimeError as error:  # torch's zip writer reports a full disk as "file write failed"
-        if "write failed" in str(error) or "No space left" in str(error):
-            raise _no_space(path) from None
-        raise
+    except (OSError, RuntimeError) as error:
+        failure = write_failure(error, path, temporary)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         if temporary.exists():
             temporary.unlink()
-
-
-def _no_space(path: Path) -> SpecError:
-    return SpecError(Problem(f"no space left while writing {path}; the previous checkpoint is intact",
-                             None, "CHECKPOINT_ERROR"))
 
 
 def checksum(state: dict[str, Any]) -> str:
@@ -89,7 +97,12 @@ def checksum(state: dict[str, Any]) -> str:
 
 
 def _digest(value: Any, digest) -> None:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+        names, context = value.__tensor_flatten__()   # a quantized tensor subclass: its plain tensors and layout
+        digest.update(f"S{type(value).__name__}{context!r}".encode())
+        for name in names:
+            _digest(getattr(value, name), digest)
+    elif isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
         if tensor.numel():
@@ -110,7 +123,8 @@ def _digest(value: Any, digest) -> None:
 
 
 def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> dict[str, Any]:
-    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum.
+    """Read a specc checkpoint on the CPU with `weights_only=True` and verify its checksum; a sharded
+    one (a `.dcp` folder) with its model's full tensors.
 
     Args:
         path: the file.
@@ -120,6 +134,9 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         SpecError: CHECKPOINT_ERROR when the file is missing, corrupted or not a specc checkpoint.
     """
     path, shown = Path(path), Path(shown_as or path)
+    if path.is_dir():  # a `strategy: fsdp` run's last.dcp/ (see below)
+        if is_sharded(path):
+            return load_sharded_checkpoint(path)
     if not path.is_file():
         raise SpecError(Problem(f"checkpoint not found: {shown}", None, "CHECKPOINT_ERROR"))
     with open(path, "rb") as handle:
@@ -128,7 +145,7 @@ def load_checkpoint(path: str | Path, *, shown_as: str | Path | None = None) -> 
         raise SpecError(Problem(f"{shown}: not a checkpoint: a torch file is a zip archive, this file starts "
                                 f"with {head!r}", None, "CHECKPOINT_ERROR"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_only(path)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise SpecError(Problem(f"{shown}: cannot read the checkpoint (corrupted or not a torch file): "
                                 f"{_reason(error)}", None, "CHECKPOINT_ERROR")) from None
@@ -200,6 +217,46 @@ def _too_big(shown: str | Path, message: str, bound: str) -> SpecError:
     return SpecError(Problem(f"{shown}: {message} ({raise_hint(bound)})", None, "CHECKPOINT_ERROR"))
 
 
+def _load_weights_only(path: Path) -> Any:
+    """`torch.load(weights_only=True)`; a checkpoint of `specc quantize` holds torchao's tensor types,
+    which torchao adds to torch's allow-list when imported, so it is imported (if installed) and the
+    file read again. The allow-list still decides: nothing but those vetted types is unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        if "torchao" not in str(error) or "torchao" in sys.modules:
+            raise
+        try:
+            import_torchao()
+        except ImportError:
+            raise error from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def import_torchao() -> Any:
+    """Import torchao.quantization quietly (see `torchao_quiet`).
+
+    Raises:
+        ImportError: torchao is not installed.
+    """
+    with torchao_quiet():
+        return importlib.import_module("torchao.quantization")
+
+
+@contextlib.contextmanager
+def torchao_quiet() -> Iterator[None]:
+    """On a CPU machine torchao logs a warning per GPU-only extension it cannot load, and warns about
+    torch internals while it quantizes: noise, none of it about the user's model."""
+    previous = logging.root.manager.disable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
 def _reason(error: Exception) -> str:
     """torch's first line, without its advice to load with weights_only=False (which runs pickles)."""
     lines = [line.strip() for line in str(error).strip().splitlines()
@@ -221,12 +278,15 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: str | Path,
                                 and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
         raise SpecError(Problem(f"{path}: the checkpoint's `model` is not a state_dict of tensors", None,
                                 "CHECKPOINT_ERROR"))
+    if "normalizer" in keys:
+        check_normalizer(state["normalizer"], path)
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Load weights, turning a structure mismatch into a clear error instead of a traceback."""
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, *, assign: bool = False) -> None:
+    """Load weights, turning a structure mismatch into a clear error instead of a traceback.
+    `assign` keeps the checkpoint's tensor objects (quantized tensor subclasses must stay what they are)."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], assign=assign)
     except RuntimeError as error:
         detail = str(error).split("\n\t", 1)[-1].splitlines()[0]
         raise SpecError(Problem(f"{path}: the checkpoint does not fit this spec's model: {detail}",
@@ -246,3 +306,63 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- sharded checkpoints (strategy: fsdp) ---------------------------------------------------------
+STATE_FILE = "state.pt"
+SUFFIX = ".dcp"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """True for a sharded checkpoint folder (or the link to one)."""
+    return Path(path).is_dir() and (Path(path) / STATE_FILE).is_file()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """`{file name: "sha256:<hex>"}` of every DCP file in `folder` (not state.pt)."""
+    digests = {}
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.name != STATE_FILE and not file.name.startswith(f".{STATE_FILE}"):
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            digests[file.name] = f"sha256:{digest.hexdigest()}"
+    return digests
+
+
+def read_sharded_state(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """state.pt of a sharded checkpoint, its DCP files checked against their recorded sha256.
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a missing, changed or extra file.
+    """
+    folder = Path(path)
+    state = load_checkpoint(folder / STATE_FILE, shown_as=folder)
+    if verify:
+        recorded, found = state.get("files", {}), file_digests(folder.resolve())
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise SpecError(Problem(f"{path}: the checkpoint is corrupted or incomplete ({', '.join(changed)} "
+                                    f"missing or changed since it was written)", None, "CHECKPOINT_ERROR"))
+    return state
+
+
+def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint as one process's dict: state.pt's keys plus `model`, the full tensors
+    gathered from every shard on the CPU (the optimizer state stays on disk).
+
+    Raises:
+        SpecError: CHECKPOINT_ERROR for a corrupted or unreadable checkpoint.
+    """
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    state = read_sharded_state(path)
+    try:
+        loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
+    except Exception as error:  # DCP raises several types for damaged folders
+        raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
+                                "CHECKPOINT_ERROR")) from None
+    model = loaded.get("model", {})
+    state["model"] = {name: tensor for name, tensor in model.items() if isinstance(tensor, torch.Tensor)}
+    return state

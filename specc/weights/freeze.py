@@ -13,7 +13,7 @@ from typing import Any, Callable
 from torch import nn
 
 from specc.build.compiled import Compiled
-from specc.build.weights import load_into
+from specc.weights.loading import load_into
 from specc.lang.errors import Location, Problem, SpecError, did_you_mean
 
 

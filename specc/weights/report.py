@@ -1,6 +1,7 @@
 """What a weight load did, tensor by tensor: the report every `weights=` load returns and prints."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from specc.lang.errors import Problem, SpecError
@@ -16,7 +17,9 @@ class WeightsReport:
     model keys whose tensor was transposed (Hugging Face `Conv1D`) or concatenated from / split
     into q, k, v; `recomputed` the integer buffers (step counters, index tables) kept because a
     model recomputes them, and the file's buffers skipped for the same reason; `tied` the file's
-    copies of a tied weight; `allowed` what `allow_missing` let through.
+    copies of a tied weight; `allowed` what `allow_missing` let through. `reasons` says for each
+    paired model key why it was paired ("name", "name words", "numbers", "order of use", "the only
+    one of its kind", ...); `ambiguous` the groups `auto` refused to pair, each with a rename rule.
     """
 
     origin: str
@@ -31,6 +34,8 @@ class WeightsReport:
     unmatched_model: list[str] = field(default_factory=list)
     unmatched_file: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)   # key -> why it did not match (shapes)
+    reasons: dict[str, str] = field(default_factory=dict)  # model key -> why it was paired
+    ambiguous: list[str] = field(default_factory=list)     # groups nothing told apart, with a rule
 
     @property
     def ok(self) -> bool:
@@ -40,6 +45,13 @@ class WeightsReport:
         """The report as a few lines (what `specc port` prints)."""
         lines = [f"weights {self.origin} ({self.mode}): {len(self.by_name)} matched by name, "
                  f"{len(self.by_structure)} by structure"]
+        if self.by_structure:
+            counts = Counter(self.reasons[target] for target, _ in self.by_structure)
+            lines.append("  why: " + ", ".join(f"{why} {count}" for why, count in counts.most_common()))
+            lines.append(f"  paired by structure ({len(self.by_structure)}):")
+            lines += [f"    {target} <- {source} ({self.reasons[target]})" for target, source in self.by_structure[:_SHOWN]]
+            if len(self.by_structure) > _SHOWN:
+                lines.append(f"    ... and {len(self.by_structure) - _SHOWN} more (weights_report.reasons has every one)")
         for label, keys in (("transposed", self.transposed), ("fused/split q,k,v", self.fused),
                             ("recomputed buffers", self.recomputed), ("tied copies skipped", self.tied),
                             ("allowed missing", self.allowed), ("unmatched in the model", self.unmatched_model),
@@ -57,7 +69,7 @@ class WeightsReport:
         """
         if self.ok:
             return
-        parts = []
+        parts = [f"auto will not guess: {message}" for message in self.ambiguous[:3]]
         if self.unmatched_model:
             parts.append(f"{len(self.unmatched_model)} model tensors got no weights: "
                          f"{_listing(self.unmatched_model, self.notes)}")

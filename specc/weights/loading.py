@@ -19,7 +19,7 @@ from specc.lang.spec import IDENTIFIER
 
 if TYPE_CHECKING:
     from specc.build.compiled import Compiled
-    from specc.build.weight_report import WeightsReport
+    from specc.weights.report import WeightsReport
 
 SPEC_KEY = "specc.spec"                  # the resolved spec, as YAML
 ALIASES_KEY = "specc.aliases"            # tied weights, stored once: {"head.weight": "wte.weight"}
@@ -155,9 +155,12 @@ def read_weights(source: Any) -> tuple[dict, dict | None]:
     path = Path(source)
     if path.suffix == ".safetensors":
         return _read_safetensors(path)[1], None
-    from specc.build.checkpoint import load_checkpoint
+    from specc.weights.checkpoint import check_normalizer, load_checkpoint, require_keys
 
     state = load_checkpoint(path)
+    require_keys(state, ("model",), path, "loading its weights")
+    if state.get("normalizer") is not None:
+        check_normalizer(state["normalizer"], path)
     return state["model"], state.get("normalizer")
 
 
@@ -191,7 +194,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             `.pt/.pth/.bin/.ckpt` (read with weights_only=True; Lightning and `{"state_dict"}` /
             `{"model"}` wrappers are unwrapped).
         weights_map: "strict" (names must match), "auto" (names, then structure; see
-            `specc.build.weight_map`) or a mapping of rename rules (then names must match).
+            `specc.weights.mapping`) or a mapping of rename rules (then names must match).
         allow_missing: globs of model or file keys that may stay unmatched (they are reported).
         order: module paths in the order the model uses them (the compiler passes its graph's);
             by default the state_dict order.
@@ -205,8 +208,9 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
     """
     import torch
 
-    from specc.build.weight_files import read_weight_file
-    from specc.build.weight_map import plan_load
+    from specc.build.shards import copy_full_value
+    from specc.weights.files import read_weight_file
+    from specc.weights.mapping import plan_load
 
     if isinstance(allow_missing, str):
         allow_missing = [allow_missing]
@@ -220,7 +224,7 @@ def load_into(module: nn.Module, source: Any, weights_map: Any = "strict", allow
             if tuple(value.shape) != tuple(target.shape):
                 raise SpecError(Problem(f"{plan.report.origin}: {assignment.target}: model {list(target.shape)}, "
                                         f"file {list(value.shape)}", None, "CHECKPOINT_ERROR"))
-            target.copy_(value)
+            copy_full_value(target, value)  # a sharded parameter (strategy: fsdp) keeps its part
     return plan.report
 
 
@@ -235,23 +239,28 @@ def _unique_state(module: nn.Module) -> dict:
 
 
 def _targets(module: nn.Module, tensors: dict, order: list[str] | None) -> list:
-    from specc.build.weight_map import Target
+    from specc.weights.mapping import Target
 
     rank = {path: index for index, path in enumerate(order or [])}
 
-    def use_rank(key: str) -> int:
+    def use_rank(key: str) -> int | None:
         path = key
         while path:
             path = path.rpartition(".")[0]
             if path in rank:
                 return rank[path]
-        return len(rank)
+        return None
+
+    def position(key: str) -> int:   # unknown ones last, in state_dict order
+        found = use_rank(key)
+        return len(rank) if found is None else found
 
     targets = []
-    for key in sorted(tensors, key=use_rank):
+    for key in sorted(tensors, key=position):
         owner = key.rpartition(".")[0]
         layer = type(module.get_submodule(owner)).__name__ if owner else type(module).__name__
-        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point()))
+        targets.append(Target(key, tuple(tensors[key].shape), layer, tensors[key].is_floating_point(),
+                              use_rank(key)))
     return targets
 
 
@@ -263,6 +272,9 @@ def _assigned_value(assignment, sources: dict):
         return values[0].t()
     if assignment.how == "fuse":
         return torch.cat(values, dim=0)
+    if assignment.how == "stack":    # experts: [w1, w3, w1, w3, ...] -> [E, 2F, D], or [w2, ...] -> [E, D, F]
+        per_expert = 2 if assignment.target.endswith("gate_up_proj") else 1
+        return torch.stack([torch.cat(values[index:index + per_expert]) for index in range(0, len(values), per_expert)])
     if assignment.how == "split":
-        return values[0].chunk(3, dim=0)[assignment.part]
+        return values[0].split(assignment.sizes, dim=0)[assignment.part]
     return values[0]
