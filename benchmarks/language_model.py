@@ -155,7 +155,8 @@ def _training(folder: Path, repeats: int, steps: int) -> list[Result]:
             seconds={"specc": times["specc"] / steps, "hand-written": times["hand-written"] / steps},
             repeats=repeats, note=note),
         Result("lm", f"gpt_char: val loss after {(repeats + 1) * steps} steps, |specc - hand| / hand", difference,
-               LOSS_TARGET, repeats=1, note=f"val loss specc {specc_loss:.4f}, hand-written {hand_loss:.4f}"),
+               LOSS_TARGET, unit="difference", repeats=1,
+               note=f"val loss specc {specc_loss:.4f}, hand-written {hand_loss:.4f}"),
     ]
 
 

@@ -77,6 +77,8 @@ def format_value(result: Result) -> str:
         return f"{result.value:.0f} MB"
     if result.unit == "points":   # a difference of two accuracies, in percentage points
         return f"{result.value:+.2f} points"
+    if result.unit == "difference":   # a relative difference, |a - b| / b
+        return f"{result.value:.4f}"
     if result.unit.endswith("/s"):
         return f"{result.value:,.0f} {result.unit}"
     return f"{result.value:.3f}"

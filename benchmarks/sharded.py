@@ -150,8 +150,10 @@ def run(repeats: int = 5, steps: int = 3, size: str = "300M", timing: bool = Tru
             peaks = {strategy: launch(peak_memory, (bench_spec(size, strategy), steps, run_dir), 2)
                      for strategy in ("ddp", "fsdp")}
         finally:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_") if previous is None else os.environ.update(
-                MALLOC_MMAP_THRESHOLD_=previous)
+            if previous is None:
+                del os.environ["MALLOC_MMAP_THRESHOLD_"]
+            else:
+                os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
         seconds = launch(step_times, (bench_spec(size, "fsdp"), steps, repeats, run_dir), 2) if timing else None
     parameters = _parameters(size)
     ddp, fsdp = max(peaks["ddp"]), max(peaks["fsdp"])

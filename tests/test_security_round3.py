@@ -280,7 +280,8 @@ def test_a_checkpoints_spec_is_loaded_in_safe_mode(tmp_path, monkeypatch):
     spec = {"inputs": {"x": {"shape": [8]}}, "imports": ["canary_layers.Twice"], "layers": ["Twice"],
             "train": {"data": {"source": "data.csv", "target": "y"}}}
     checkpoint = tmp_path / "best.pt"
-    torch.save({"format": FORMAT, "spec": spec, "model": {}, "normalizer": None, "task": {}}, checkpoint)
+    normalizer = {"kind": "standard", "stats": [None]}
+    torch.save({"format": FORMAT, "spec": spec, "model": {}, "normalizer": normalizer, "task": {}}, checkpoint)
     with pytest.raises(SpecError) as error:
         specc.evaluate(None, checkpoint)
     assert error.value.first.code == "SAFE_MODE" and "--trust-code" in error.value.first.message

@@ -145,6 +145,6 @@ def print_report(report: QuantizeReport) -> None:
         table.add_row(*map(escape, row))
     console.print(table)
     for layer in report.kept_float:
-        console.print(f"kept in float: {escape(layer)}")
+        console.print(f"kept in float: {escape(layer)}", soft_wrap=True)   # a path is never cut
     if report.output is not None:
-        console.print(f"wrote {escape(str(report.output))}")
+        console.print(f"wrote {escape(str(report.output))}", soft_wrap=True)
