@@ -175,3 +175,35 @@ def test_a_malformed_quantization_entry_is_a_checkpoint_error(trained, tmp_path,
     with pytest.raises(SpecError) as error:
         evaluate(DIGITS, broken)
     assert error.value.first.code == "CHECKPOINT_ERROR" and "`quantization` entry is malformed" in str(error.value)
+
+
+def test_qat_trains_with_fake_quantization_and_converts_to_its_int8_scheme(trained, tmp_path):
+    spec = copy.deepcopy(DIGITS)
+    spec["train"]["qat"] = "int8"
+    result = train(spec, out=tmp_path / "runs", verbose=False)
+    # fake quantization rounds in every forward: the same seeded run without it trains differently
+    assert [r["train_loss"] for r in result.history] != [r["train_loss"] for r in trained.history]
+    assert result.metrics["test"]["accuracy"] > 0.9
+    state = load_checkpoint(result.best_checkpoint)
+    assert set(state["model"]) == set(load_checkpoint(trained.best_checkpoint)["model"])   # plain keys
+    # evaluate runs the checkpoint as it trained (fake-quantized): the figure the run reported
+    assert evaluate(spec, result.best_checkpoint)["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"])
+    output = tmp_path / "qat_int8.pt"
+    report = quantize(spec, result.best_checkpoint, output=output, repeats=1)
+    assert type(load_checkpoint(output)["model"]["head.weight"]).__name__ == "IntxUnpackedToInt8Tensor"
+    assert abs(report.after.metrics["accuracy"] - report.before.metrics["accuracy"]) <= 0.01
+    assert evaluate(spec, output) == pytest.approx(report.after.metrics)
+    with pytest.raises(SpecError, match="trained with qat: int8"):
+        quantize(spec, result.best_checkpoint, method="int8-weight")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"qat": "int4"}, "qat"),
+    ({"qat": "int8", "prune": {"amount": 0.5}}, "qat and prune cannot be combined"),
+])
+def test_bad_qat_settings_are_located_errors(extra, message, tmp_path):
+    spec = copy.deepcopy(DIGITS)
+    spec["train"].update(extra)
+    with pytest.raises(SpecError) as error:
+        train(spec, out=tmp_path, verbose=False)
+    assert message in str(error.value) and error.value.first.location is not None

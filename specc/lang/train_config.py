@@ -316,6 +316,7 @@ class TrainConfig(_Strict):
     activation_checkpointing: CheckpointingName = "none"        # blocks: recompute each block's activations
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)  # {tensor: N}: tensor parallel (with fsdp)
     prune: Optional[PruneConfig] = None  # gradual magnitude pruning (specc.train.pruning)
+    qat: Optional[Literal["int8"]] = None  # quantization-aware training: int8 fake quantization of Linear layers
 
     @field_validator("threads")
     @classmethod
@@ -337,6 +338,16 @@ class TrainConfig(_Strict):
             raise ArgumentError("prune and swa cannot be combined: remove one of them", ("prune",))
         if self.strategy == "fsdp":   # torch.nn.utils.prune reparametrises whole tensors, not DTensor shards
             raise ArgumentError("prune works on whole tensors; it does not combine with strategy: fsdp", ("prune",))
+        return self
+
+    @model_validator(mode="after")
+    def _qat_fits_the_run(self) -> "TrainConfig":
+        if self.qat is None:
+            return self
+        if self.strategy == "fsdp":   # torchao's fake-quantized layers are not FSDP2 units
+            raise ArgumentError("qat does not combine with strategy: fsdp", ("qat",))
+        if self.prune is not None:    # pruning reparametrises the weights the fake quantizer reads
+            raise ArgumentError("qat and prune cannot be combined: prune first, then fine-tune with qat", ("qat",))
         return self
 
     @field_validator("log_histograms")

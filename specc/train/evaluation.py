@@ -184,6 +184,10 @@ def restore(spec_or_path, state: dict, checkpoint, device: str | None, overrides
         spec = load(spec, {name: size for name in tokenizer_vars(spec.raw)})
     device = resolve_device(device or spec.train.device)
     compiled = build_model(spec, device, seed=None)
+    if spec.train.qat is not None:   # evaluated as it trained, with int8 fake quantization
+        from specc.train.quantized import prepare_qat
+
+        prepare_qat(compiled.module)
     if state.get("quantization"):
         from specc.train.quantized import load_quantized
 

@@ -24,6 +24,7 @@ from specc.lang.errors import Location, Problem, SpecError
 from specc.train.loop import Session, Tracker, count_steps, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.pruning import Pruner
+from specc.train.quantized import prepare_qat
 from specc.train.optim import Schedulers, build_optimizer
 from specc.lang.spec import Spec, load
 from specc.lang.train_config import CLASS_INDEX_LOSSES, MATRIX_METRICS, TrainConfig
@@ -169,6 +170,8 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
     splits = DataSplits(*(normalizer(data).to(device) if data is not None else None
                           for data in (split.train, split.val, split.test)), fold=split.fold)
     model = compiled.module
+    if config.qat is not None:   # before the optimizer and any checkpoint: the parameters stay the same objects
+        with_location(lambda: prepare_qat(model), locate(("train", "qat")))
     loss_fn = build_loss(config.loss, locate(("train", "loss"))).to(device)
     _check_loss_fits(model, loss_fn, prepared.task, splits.train, config, locate(("train", "loss")))
     augment = build_augmenter(config.data.augment, prepared.layout, prepared.task, config.loss.name, normalizer,
@@ -203,6 +206,16 @@ def open_session(spec: Spec, compiled: Compiled, prepared: Prepared, split: Data
         aux_loss=auxiliary_loss(model, config.aux_loss_weight, locate(("train", "aux_loss_weight"))),
         pruner=None if config.prune is None else Pruner(config.prune, model, config.epochs, locate),
     )
+
+
+def with_location(call, location) -> Any:
+    """Run `call`; a SpecError it raises without a location gets `location` (the spec key behind it)."""
+    try:
+        return call()
+    except SpecError as error:
+        for problem in error.problems:
+            problem.location = problem.location or location
+        raise
 
 
 def metric_locator(spec: Spec):

@@ -52,14 +52,63 @@ def _int4_misfit(layer: nn.Linear) -> str | None:
 
 
 def apply_quantization(module: nn.Module, method: str, layers: set[str]) -> None:
-    """Quantize the named layers of `module` in place with torchao's config for `method`."""
+    """Quantize the named layers of `module` in place with torchao's config for `method`. A model
+    trained with `qat: int8` is converted with the scheme its fake quantization imitated.
+
+    Raises:
+        SpecError: a method other than int8-dynamic on a model trained with `qat: int8`.
+    """
     torchao = _import_torchao()
-    configs = {"int8-dynamic": torchao.quantization.Int8DynamicActivationInt8WeightConfig,
-               "int8-weight": torchao.quantization.Int8WeightOnlyConfig}
-    config = configs[method]() if method in configs else \
-        torchao.quantization.Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
+    if trained_with_qat(module):
+        if method != "int8-dynamic":
+            raise SpecError(Problem(f"this model was trained with qat: int8 (int8 weights and activations): quantize it "
+                                    f"with int8-dynamic, the scheme it trained for, not {method}", None, "TYPE_ERROR"))
+        from torchao.quantization.qat import QATConfig
+
+        config = QATConfig(_qat_scheme(), step="convert")
+    else:
+        configs = {"int8-dynamic": torchao.quantization.Int8DynamicActivationInt8WeightConfig,
+                   "int8-weight": torchao.quantization.Int8WeightOnlyConfig}
+        config = configs[method]() if method in configs else \
+            torchao.quantization.Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
     with torchao_quiet():
         torchao.quantization.quantize_(module, config, filter_fn=lambda layer, name: name in layers)
+
+
+def prepare_qat(module: nn.Module) -> list[str]:
+    """`train.qat: int8`: swap every nn.Linear for torchao's fake-quantized twin (int8 activations per
+    token, int8 weights per channel, rounded in the forward, straight-through in the backward). The
+    parameters stay the same objects under the same names, so optimizers and checkpoints see no change.
+
+    Returns:
+        The paths of the layers now fake-quantized.
+
+    Raises:
+        SpecError: torchao missing, or no nn.Linear to train for int8.
+    """
+    _import_torchao()
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    layers = [name for name, layer in module.named_modules() if isinstance(layer, QUANTIZED_LAYERS)]
+    if not layers:
+        raise SpecError(Problem("qat: int8 fake-quantizes nn.Linear layers, and this model has none", None,
+                                "TYPE_ERROR"))
+    with torchao_quiet():
+        quantize_(module, QATConfig(_qat_scheme(), step="prepare"))
+    return layers
+
+
+def trained_with_qat(module: nn.Module) -> bool:
+    """Whether `prepare_qat` swapped layers of `module` (torchao's fake-quantized Linear is a Linear)."""
+    return any(type(layer).__name__ == "FakeQuantizedLinear" for layer in module.modules())
+
+
+def _qat_scheme():
+    """int8 dynamic activations and int8 per-channel weights, the scheme QAT imitates and converts to."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8)
 
 
 def load_quantized(compiled, state: dict[str, Any], checkpoint: str | Path) -> None:

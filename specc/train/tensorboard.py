@@ -51,6 +51,8 @@ class TensorBoard:
             return ""
         if session.sharded and session.world_size > 1:  # rank 0 alone cannot run a forward that gathers shards
             return ""
+        if session.config.qat is not None:   # torch.jit's tracer asserts inside torchao's fake quantization
+            return "TensorBoard: no model graph (torch.jit cannot trace torchao's fake-quantized layers of qat)"
         try:
             with _eval_mode(session.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # add_graph traces with torch.jit, deprecated in torch 2.x
