@@ -148,5 +148,6 @@ def fill_initial_values(model: nn.Module, compiled: Compiled, seed: int | None) 
     targets = {unwrapped_name(name): tensor for name, tensor in local_targets(model).items()}
     tied = tied_names(compiled)
     for name, full in initial_values(compiled, seed):
+        name = unwrapped_name(name)   # initial_values may walk the model with its checkpoint wrappers in place
         if name not in tied:
             copy_full_value(targets[name], full)
