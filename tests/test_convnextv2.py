@@ -14,16 +14,9 @@ from safetensors.torch import load_file
 
 from specc.build.compiler import compile as compile_spec
 from specc.weights.building import build
+from references import reference
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "convnextv2_atto.yaml"
-REFERENCES = [Path(__file__).resolve().parents[depth] / "shared" / "reference" for depth in (2, 3)]
-
-
-def reference(name: str) -> Path:
-    path = next((folder / name for folder in REFERENCES if (folder / name).exists()), REFERENCES[0] / name)
-    if not path.exists():
-        pytest.skip(f"reference file {name} is absent (CI lays shared/ beside the clone)")
-    return path
 
 
 def test_timms_file_loads_strictly_and_reproduces_its_output() -> None:

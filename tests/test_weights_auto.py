@@ -16,16 +16,9 @@ from safetensors.torch import load_file
 
 from specc.lang.errors import SpecError
 from specc.weights.building import build
+from references import reference
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-REFERENCES = [Path(__file__).resolve().parents[depth] / "shared" / "reference" for depth in (2, 3)]
-
-
-def reference(name: str) -> Path:
-    path = next((folder / name for folder in REFERENCES if (folder / name).exists()), REFERENCES[0] / name)
-    if not path.exists():
-        pytest.skip(f"reference file {name} is absent (CI lays shared/ beside the clone)")
-    return path
 
 
 def gpt2_vars() -> dict:

@@ -15,18 +15,10 @@ from safetensors.torch import load_file as load_safetensors
 from specc.build.compiler import compile as compile_spec
 from specc.weights.building import build
 from specc.lang.errors import SpecError
+from references import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
-# shared/ lies beside the clone (CI, /work/main); a git worktree sits one folder deeper
-REFERENCES = [Path(__file__).resolve().parents[depth] / "shared" / "reference" for depth in (2, 3)]
-
-
-def reference(name: str) -> Path:
-    path = next((folder / name for folder in REFERENCES if (folder / name).exists()), REFERENCES[0] / name)
-    if not path.exists():
-        pytest.skip(f"reference file {name} is absent (CI lays shared/ beside the clone)")
-    return path
 
 
 # ----- names users already know -------------------------------------------------------------------
