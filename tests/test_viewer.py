@@ -185,3 +185,84 @@ def test_details_list_input_shapes_and_every_weight_and_fit_all_shows_the_whole_
         return [...document.querySelectorAll('.node')].every(n => { const r = n.getBoundingClientRect();
             return r.top >= s.top - 1 && r.bottom <= s.bottom + 1 && r.left >= s.left - 1 && r.right <= s.right + 1; }); })()""")
     assert inside
+
+
+def test_search_lists_every_match_and_a_result_opens_centres_and_selects_it(browser, tmp_path):
+    page = tmp_path / "resnet18.html"
+    page.write_text(draw(ROOT / "specs/resnet18.yaml", depth=0).to_html())
+    browser.open(page)
+    browser.evaluate("window.speccViewer.search('downsample')")
+    rows = browser.evaluate("[...document.querySelectorAll('#results .result')].map(r => r.innerText)")
+    matches = browser.evaluate("window.speccViewer.matches()")
+    assert len(rows) == len(matches) >= 6   # layer2..4: the frame and its conv and norm boxes
+    assert any("layer3.0.downsample.0" in row and "Conv2d" in row for row in rows), rows
+    index = next(i for i, row in enumerate(rows) if "layer3.0.downsample.0" in row)
+    target = matches[index]
+    assert target in browser.evaluate("window.speccViewer.matches()")
+    row = browser.evaluate(f"""(() => {{ const r = document.querySelectorAll('#results .result')[{index}]
+        .getBoundingClientRect(); return [r.x + 20, r.y + r.height / 2]; }})()""")
+    browser.click(*row)
+    # every frame around it opened, the box selected and in the middle of the stage
+    assert not {"block:layer3", "block:layer3.0"} & set(browser.evaluate("[...window.speccViewer.collapsed]"))
+    assert browser.evaluate(f"document.querySelector('.node.selected[data-id=\"{target}\"]') !== null")
+    centre = browser.evaluate(f"""(() => {{ const s = document.getElementById('stage').getBoundingClientRect(),
+        r = document.querySelector('.node[data-id="{target}"]').getBoundingClientRect();
+        return [r.x + r.width / 2 - (s.x + s.width / 2), r.y + r.height / 2 - (s.y + s.height / 2)]; }})()""")
+    assert abs(centre[0]) < 2 and abs(centre[1]) < 2, centre
+    assert browser.evaluate("document.querySelector('#results .result.current').dataset.index") == str(index)
+    # the arrow keys step through the list
+    browser.evaluate("""document.getElementById('search').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown'}))""")
+    assert browser.evaluate("window.speccViewer.matchIndex()") == (index + 1) % len(matches)
+    assert browser.evaluate("document.querySelector('#results .result.current').dataset.index") == str((index + 1) % len(matches))
+    browser.evaluate("window.speccViewer.search('')")
+    assert browser.evaluate("getComputedStyle(document.getElementById('results')).display") == "none"
+
+
+def test_the_minimap_shows_the_view_and_a_click_on_it_moves_the_view_there(browser, tmp_path):
+    page = tmp_path / "gpt2.html"
+    page.write_text(draw(ROOT / "specs/gpt2_small.yaml", expand=True).to_html())
+    browser.open(page)
+    before = browser.evaluate("document.getElementById('minimap-view').getBoundingClientRect().top")
+    # the minimap point of the output box: its drawing position times the minimap's scale
+    point = browser.evaluate("""(() => { const v = window.speccViewer, canvas = document.querySelector('#minimap canvas'),
+        box = canvas.getBoundingClientRect(), scale = Math.min(canvas.width / v.size().w, canvas.height / v.size().h),
+        p = v.positions().get([...v.boxes.values()].find(b => b.kind === 'output').id);
+        return [box.x + (p.x + p.w / 2) * scale, box.y + (p.y + p.h / 2) * scale, v.view.k / scale + 2]; })()""")
+    browser.click(*point[:2])
+    offset = browser.evaluate("""(() => { const s = document.getElementById('stage').getBoundingClientRect(),
+        r = document.querySelector('.node.kind-output').getBoundingClientRect();
+        return [r.x + r.width / 2 - (s.x + s.width / 2), r.y + r.height / 2 - (s.y + s.height / 2)]; })()""")
+    assert abs(offset[0]) < point[2] and abs(offset[1]) < point[2], offset   # within a minimap pixel
+    after = browser.evaluate("document.getElementById('minimap-view').getBoundingClientRect().top")
+    assert after > before + 20   # the view's rectangle went down with the view
+
+
+def test_export_saves_the_current_view_as_svg_and_png(browser, tmp_path):
+    import xml.etree.ElementTree as ElementTree
+
+    page = tmp_path / "mnist.html"
+    page.write_text(draw(ROOT / "specs/mnist_net.yaml").to_html())
+    browser.open(page)
+    capture = """(async (button) => { let saved = null; const click = HTMLAnchorElement.prototype.click;
+        HTMLAnchorElement.prototype.click = function () { saved = [this.download, this.href]; };
+        try { document.getElementById(button).click();
+              for (let i = 0; i < 100 && !saved; i++) await new Promise(done => setTimeout(done, 20)); }
+        finally { HTMLAnchorElement.prototype.click = click; }
+        const blob = await (await fetch(saved[1])).blob(), bytes = new Uint8Array(await blob.arrayBuffer());
+        return [saved[0], blob.type, blob.type === 'image/png' ? [...bytes.slice(0, 8)] : new TextDecoder().decode(bytes)];
+    })"""
+    visible = browser.evaluate("""(() => { const s = document.getElementById('stage').getBoundingClientRect();
+        return [...document.querySelectorAll('.node')].filter(n => { const r = n.getBoundingClientRect();
+            return r.bottom > s.top && r.top < s.bottom && r.right > s.left && r.left < s.right; })
+            .map(n => n.querySelector('text.head').textContent); })()""")
+    assert len(visible) >= 5
+    name, kind, text = browser.evaluate(capture + "('export-svg')")
+    assert name == "mnist_net.svg" and kind == "image/svg+xml"
+    root = ElementTree.fromstring(text)   # a standalone, parseable SVG
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and len(root.get("viewBox").split()) == 4
+    style = root.find("{http://www.w3.org/2000/svg}style").text
+    assert ".node rect" in style and ".edge" in style   # the styles travel inside it
+    texts = {element.text for element in root.iter("{http://www.w3.org/2000/svg}text")}
+    assert set(visible) <= texts, set(visible) - texts
+    name, kind, head = browser.evaluate(capture + "('export-png')")
+    assert name == "mnist_net.png" and kind == "image/png" and bytes(head) == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@
   const changes = DATA.changes || {};
   const view = {x: 20, y: 20, k: 1};
   let selected = null, matches = [], matchIndex = -1, positions = new Map();
+  const hooks = {render: [], view: [], search: []};   // viewer_tools.js: result list, minimap
 
   // ----- structure: the children of each frame and the order key of each item -------------------
   const children = new Map([[null, []]]);
@@ -176,7 +177,7 @@
     svg.setAttribute("width", root.w + margin); svg.setAttribute("height", root.h + margin);
     document.getElementById("count").textContent =
       `${layerNodes.childElementCount} nodes shown · ${boxes.size} in all · ${root.w.toFixed(0)}×${root.h.toFixed(0)} px`;
-    highlight();
+    highlight(); hooks.render.forEach(f => f());
   }
 
   function drawFrame(c, p, parent) {
@@ -285,7 +286,7 @@
   // ----- interaction -----------------------------------------------------------------------------
   function toggle(id) { collapsed.has(id) ? collapsed.delete(id) : collapsed.add(id); render(); }
   // The <svg> is drawn once at full size; panning and zooming move it as one composited layer.
-  function applyView() { svg.style.transform = `translate(${view.x}px,${view.y}px) scale(${view.k})`; }
+  function applyView() { svg.style.transform = `translate(${view.x}px,${view.y}px) scale(${view.k})`; hooks.view.forEach(f => f()); }
   function fit() {
     const root = frames.get(null), area = stage.getBoundingClientRect();
     view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w));
@@ -309,17 +310,17 @@
       .concat([...clusters.values()].filter(c => has([c.label, c.path])).map(c => c.id));   // frames too ("shortcut")
     matchIndex = -1;
     document.getElementById("matches").textContent = query ? `${matches.length} found` : "";
-    highlight();
+    highlight(); hooks.search.forEach(f => f());
   }
   function frameChain(frameId) {    // the frame itself and every frame around it, innermost first
     const result = [];
     for (let c = frameId; c !== null; c = clusters.get(c).parent) result.push(c);
     return result;
   }
-  function nextMatch() {
-    if (!matches.length) return;
-    matchIndex = (matchIndex + 1) % matches.length;
-    const id = matches[matchIndex];
+  function nextMatch(step = 1) { if (matches.length) showMatch((matchIndex + step + matches.length) % matches.length); }
+  function showMatch(index) {
+    matchIndex = index;
+    const id = matches[index];
     for (const c of clusters.has(id) ? frameChain(id) : chains.get(id)) collapsed.delete(c);   // open every frame around it
     selected = id; render(); showDetails(id); centerOn(id);
   }
@@ -384,6 +385,8 @@
 
   render(); fit();
   // For scripts and tests: the same actions the mouse and keyboard take.
-  window.speccViewer = {toggle, search, nextMatch, fit, fitAll, render, collapsed, view, applyView,
+  window.speccViewer = {toggle, search, nextMatch, showMatch, fit, fitAll, render, collapsed, view, applyView, hooks,
+                        boxes, clusters, stage, svg, matches: () => matches, matchIndex: () => matchIndex,
+                        positions: () => positions, size: () => frames.get(null),
                         nodeCount: () => viewport.querySelectorAll(".node").length};
 })();
