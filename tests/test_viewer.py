@@ -214,6 +214,9 @@ def test_search_lists_every_match_and_a_result_opens_centres_and_selects_it(brow
     browser.evaluate("""document.getElementById('search').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowDown'}))""")
     assert browser.evaluate("window.speccViewer.matchIndex()") == (index + 1) % len(matches)
     assert browser.evaluate("document.querySelector('#results .result.current').dataset.index") == str((index + 1) % len(matches))
+    browser.evaluate("window.speccViewer.search('downsample')")   # a new search: ↑ goes to the last result
+    browser.evaluate("""document.getElementById('search').dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowUp'}))""")
+    assert browser.evaluate("window.speccViewer.matchIndex()") == len(matches) - 1
     browser.evaluate("window.speccViewer.search('')")
     assert browser.evaluate("getComputedStyle(document.getElementById('results')).display") == "none"
 

@@ -317,7 +317,9 @@
     for (let c = frameId; c !== null; c = clusters.get(c).parent) result.push(c);
     return result;
   }
-  function nextMatch(step = 1) { if (matches.length) showMatch((matchIndex + step + matches.length) % matches.length); }
+  function nextMatch(step = 1) {   // step -1 (↑) from no match yet goes to the last one
+    if (matches.length) showMatch(matchIndex < 0 && step < 0 ? matches.length - 1 : (matchIndex + step + matches.length) % matches.length);
+  }
   function showMatch(index) {
     matchIndex = index;
     const id = matches[index];
