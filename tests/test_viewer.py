@@ -238,6 +238,18 @@ def test_the_minimap_shows_the_view_and_a_click_on_it_moves_the_view_there(brows
     assert abs(offset[0]) < point[2] and abs(offset[1]) < point[2], offset   # within a minimap pixel
     after = browser.evaluate("document.getElementById('minimap-view').getBoundingClientRect().top")
     assert after > before + 20   # the view's rectangle went down with the view
+    # dragging in the minimap drags the view along (and does not pan the drawing the other way)
+    box = browser.evaluate("(() => { const r = document.querySelector('#minimap canvas').getBoundingClientRect(); "
+                           "return [r.x + r.width / 2, r.y, r.height]; })()")
+    y_before = browser.evaluate("window.speccViewer.view.y")
+    browser.send("Input.dispatchMouseEvent", type="mousePressed", x=box[0], y=box[1] + box[2] * 0.5, button="left", clickCount=1)
+    middle = browser.evaluate("window.speccViewer.view.y")
+    browser.send("Input.dispatchMouseEvent", type="mouseMoved", x=box[0], y=box[1] + box[2] * 0.25, button="left")
+    browser.send("Input.dispatchMouseEvent", type="mouseReleased", x=box[0], y=box[1] + box[2] * 0.25, button="left", clickCount=1)
+    quarter = browser.evaluate("window.speccViewer.view.y")
+    assert y_before < middle < quarter   # further up the model: the drawing moves down in the stage
+    height = browser.evaluate("window.speccViewer.size().h * window.speccViewer.view.k")
+    assert abs((quarter - middle) - height / 4) < height / 50, (middle, quarter, height)
 
 
 def test_export_saves_the_current_view_as_svg_and_png(browser, tmp_path):
