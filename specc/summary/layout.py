@@ -113,7 +113,18 @@ def table_width(widths: list[int]) -> int:
 
 def _shrink(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
     """Take `excess` characters, one at a time, from the column where the table then grows the
-    fewest lines (a row is as tall as its most wrapped cell)."""
+    fewest lines (a row is as tall as its most wrapped cell); taking them all from one column wins
+    when that gives fewer lines (one step at a time cannot see that a column, once wrapped, is free)."""
+    widths = _shrink_stepwise(natural, minimum, texts, excess)
+    for index in range(len(natural)):
+        if natural[index] - excess >= minimum[index]:
+            single = natural[:index] + [natural[index] - excess] + natural[index + 1:]
+            if _height(texts, single) < _height(texts, widths):
+                widths = single
+    return widths
+
+
+def _shrink_stepwise(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
     widths = list(natural)
     for _ in range(excess):
         narrower = [index for index in range(len(widths)) if widths[index] > minimum[index]]
