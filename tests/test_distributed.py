@@ -160,7 +160,7 @@ def test_rank_0_alone_writes_one_run_directory(two_ranks):
     (run_dir,) = (out / "ddp_mlp").iterdir()
     assert run_dir == results["mlp"].run_dir
     assert sorted(path.name for path in run_dir.iterdir() if not path.name.startswith("events.")) == [
-        ".lock", "best.pt", "curves.png", "last.pt", "metrics.csv", "spec.yaml", "summary.json"]
+        ".lock", "best.pt", "curves.png", "last.pt", "metrics.csv", "spec.yaml", "summary.json", "tensorboard"]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     last = torch.load(run_dir / "last.pt", weights_only=True)
     for key, value in weights_of(weights, "ddp_mlp", 0).items():

@@ -1,6 +1,7 @@
 """TensorBoard beyond scalars, read back with tensorboard's EventAccumulator: the model graph, the
 resolved spec, weight and gradient histograms (`log_histograms:`), hparams with the best
-checkpoint's metrics, test-split scalars, the confusion matrix image, and lower-case tags."""
+checkpoint's metrics, test-split scalars, the confusion matrix image, and each split's scalars in a
+sub-run of its own under the same lower-case tag, so TensorBoard overlays train and val in one chart."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from specc.lang.errors import SpecError
-from specc.train.tensorboard import histograms_due, tag
+from specc.train.tensorboard import histograms_due, split_tag
 from specc.train.training import train
 
 PARAMETERS = ["0.weight", "0.bias", "head.weight", "head.bias"]
@@ -32,17 +33,31 @@ def events(tmp_path_factory):
     return accumulator, result
 
 
-def test_tags_are_lower_case_quantity_slash_split(events):
-    accumulator, _ = events
-    scalars = set(accumulator.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "loss/test", "accuracy/test"} <= scalars
-    assert all(name == name.lower() for name in scalars)
-    assert tag("val_accuracy") == "accuracy/val" and tag("lr") == "lr" and tag("train_F1") == "f1/train"
+def split_run(run_dir, split) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run_dir / "tensorboard" / split))
+    accumulator.Reload()
+    return accumulator
+
+
+def test_splits_are_sub_runs_sharing_one_tag_per_quantity(events):
+    accumulator, result = events
+    for split in ("train", "val"):
+        run = split_run(result.run_dir, split)
+        assert set(run.Tags()["scalars"]) == {"loss", "accuracy"}
+        for quantity in ("loss", "accuracy"):
+            assert [(event.step, event.value) for event in run.Scalars(quantity)] == [
+                (record["epoch"], pytest.approx(record[f"{split}_{quantity}"])) for record in result.history]
+    own = set(accumulator.Tags()["scalars"])
+    assert "lr" in own and not own & {"loss", "accuracy", "loss/train", "loss/val"}
+    assert [event.value for event in accumulator.Scalars("lr")] == pytest.approx(
+        [record["lr"] for record in result.history])
+    assert split_tag("val_accuracy") == ("val", "accuracy") and split_tag("lr") == (None, "lr")
+    assert split_tag("train_F1") == ("train", "f1") and split_tag("data_seconds") == (None, "data_seconds")
 
 
 def test_test_split_metrics_are_the_best_checkpoints(events):
     accumulator, result = events
-    [test_accuracy] = accumulator.Scalars("accuracy/test")
+    [test_accuracy] = split_run(result.run_dir, "test").Scalars("accuracy")
     assert test_accuracy.value == pytest.approx(result.metrics["test"]["accuracy"])
     assert accumulator.Scalars("best/val_accuracy")[0].value == pytest.approx(result.metrics["val"]["accuracy"])
 
@@ -86,9 +101,12 @@ def test_confusion_matrix_image_for_val_and_test(events):
     assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and image.width > 100
 
 
-def test_one_events_file(events):
+def test_one_events_file_per_run_and_sub_run(events):
     _, result = events
     assert len(list(result.run_dir.glob("events.out.tfevents.*"))) == 1
+    assert sorted(path.name for path in (result.run_dir / "tensorboard").iterdir()) == ["test", "train", "val"]
+    for split in ("train", "val", "test"):
+        assert len(list((result.run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))) == 1
 
 
 def test_histograms_every_n_epochs(tmp_path):
@@ -106,3 +124,20 @@ def test_no_histograms_by_default_and_a_bad_setting_is_located(tmp_path):
     assert accumulator.Tags()["histograms"] == []
     with pytest.raises(SpecError, match="log_histograms must be true, false or a number"):
         train(iris_spec(log_histograms=0), out=tmp_path, verbose=False)
+
+
+def test_a_resumed_run_appends_to_the_same_sub_runs(tmp_path):
+    first = train(iris_spec(epochs=2), out=tmp_path, verbose=False)
+    resumed = train(iris_spec(epochs=3), resume=first.last_checkpoint, verbose=False)
+    assert resumed.run_dir == first.run_dir
+    for split in ("train", "val"):
+        steps = [event.step for event in split_run(first.run_dir, split).Scalars("loss")]
+        assert steps == [1, 2, 3]
+
+
+def test_k_fold_sub_runs_live_in_each_fold(tmp_path):
+    spec = iris_spec(epochs=1)
+    spec["train"]["data"]["split"] = {"kfold": 2, "test": 0, "seed": 0}
+    result = train(spec, out=tmp_path, verbose=False)
+    for fold in ("fold_1", "fold_2"):
+        assert [event.step for event in split_run(result.run_dir / fold, "val").Scalars("loss")] == [1]

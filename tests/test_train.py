@@ -69,12 +69,14 @@ def test_run_directory_holds_checkpoints_csv_events_curves_and_spec(digits_run):
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine annealing
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "f1/val", "lr"} <= tags
-    assert [event.step for event in events.Scalars("loss/val")] == [1, 2, 3, 4]
-    assert events.Scalars("accuracy/val")[-1].value == pytest.approx(float(rows[-1]["val_accuracy"]))
+    events = {name: EventAccumulator(str(run_dir / "tensorboard" / name if name else run_dir))
+              for name in ("", "train", "val")}   # splits are sub-runs: one chart overlays train and val
+    for accumulator in events.values():
+        accumulator.Reload()
+    assert "lr" in events[""].Tags()["scalars"]
+    assert {"loss", "accuracy", "f1"} <= set(events["train"].Tags()["scalars"]) & set(events["val"].Tags()["scalars"])
+    assert [event.step for event in events["val"].Scalars("loss")] == [1, 2, 3, 4]
+    assert events["val"].Scalars("accuracy")[-1].value == pytest.approx(float(rows[-1]["val_accuracy"]))
     import matplotlib.image
 
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -213,7 +213,7 @@ def test_a_refused_resume_writes_nothing(iris_run, tmp_path):
         train(wider, resume=iris_run.last_checkpoint, verbose=False)
     assert (run_dir / "spec.yaml").read_bytes() == before
     assert sorted(path.name for path in run_dir.iterdir() if not path.name.startswith("events")) == [
-        ".lock", "best.pt", "curves.png", "last.pt", "metrics.csv", "spec.yaml", "summary.json"]
+        ".lock", "best.pt", "curves.png", "last.pt", "metrics.csv", "spec.yaml", "summary.json", "tensorboard"]
 
 
 # --- resource exhaustion ------------------------------------------------------------------------

@@ -3,8 +3,10 @@ given without ever cutting a name or a number.
 
 At a narrow width the table gives way in a fixed order (docs/summary.md, "Narrow terminals"):
 the Trainable column goes first (rows that are not trainable say so in Params), then nesting is
-indented by one space instead of two, then cells wrap between words (a shape after a comma, `×12` under its type), then the optional columns go, then
-FLOPs, Output shape and Type. Layer and Params always stay; a cell is never cut inside a word.
+indented by one space instead of two, then shapes are written compactly (`1×64×56×56` for
+`[1, 64, 56, 56]`: one word, so a row keeps one line), then cells wrap between words (`×12` under
+its type), then the optional columns go, then FLOPs, Output shape and Type. Layer and Params
+always stay; a cell is never cut inside a word.
 """
 from __future__ import annotations
 
@@ -66,13 +68,14 @@ class Fitted:
 def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
     """Choose columns and widths so the table is at most `width` characters wide where it can be.
 
-    `cell(row, key, trainable_shown, indent)` gives a cell's text. The table gives way one step at
-    a time (see the module's docstring); when even Layer and Params at their longest word do not
-    fit, it is as narrow as it can be and wider than `width`.
+    `cell(row, key, trainable_shown, indent, compact=...)` gives a cell's text. The table gives way
+    one step at a time (see the module's docstring); when even Layer and Params at their longest
+    word do not fit, it is as narrow as it can be and wider than `width`.
     """
-    keys, indent, wrapping = list(result.columns), "  ", False
+    keys, indent, wrapping, compact = list(result.columns), "  ", False, False
     while True:
-        texts = [[cell(row, key, "trainable" in keys, indent) for row in result.rows] for key in keys]
+        texts = [[cell(row, key, "trainable" in keys, indent, compact=compact) for row in result.rows]
+                 for key in keys]
         natural, minimum = _measure(keys, texts, wrapping)
         if table_width(natural) <= width:
             return _fitted(result, keys, natural, texts)
@@ -82,6 +85,8 @@ def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
             keys.remove("trainable")
         elif indent == "  ":
             indent = " "
+        elif not compact:  # before any cell wraps: a shape on one line beats one split over three
+            compact = True
         elif not wrapping:
             wrapping = True
         elif any(key in keys for key in DROP_ORDER):
@@ -108,7 +113,18 @@ def table_width(widths: list[int]) -> int:
 
 def _shrink(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
     """Take `excess` characters, one at a time, from the column where the table then grows the
-    fewest lines (a row is as tall as its most wrapped cell)."""
+    fewest lines (a row is as tall as its most wrapped cell); taking them all from one column wins
+    when that gives fewer lines (one step at a time cannot see that a column, once wrapped, is free)."""
+    widths = _shrink_stepwise(natural, minimum, texts, excess)
+    for index in range(len(natural)):
+        if natural[index] - excess >= minimum[index]:
+            single = natural[:index] + [natural[index] - excess] + natural[index + 1:]
+            if _height(texts, single) < _height(texts, widths):
+                widths = single
+    return widths
+
+
+def _shrink_stepwise(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
     widths = list(natural)
     for _ in range(excess):
         narrower = [index for index in range(len(widths)) if widths[index] > minimum[index]]

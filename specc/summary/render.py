@@ -103,19 +103,19 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
 
 
 def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = "  ", *,
-         total_params: int | None = None) -> str:
+         total_params: int | None = None, compact: bool = False) -> str:
     """One cell of the table (`key` is a layout.COLUMNS key). Without the Trainable column, a row
-    that is not trainable says so in Params."""
+    that is not trainable says so in Params; `compact` writes shapes as `1×64×56×56`."""
     if key == "layer":
         return indent * row.depth + row.name
     if key == "type":
         return row.type + (f" ×{row.count}" if row.count > 1 else "") + (" (unused)" if row.unused else "")
     if key == "input_shape":
-        return shape_text(row.input_shape)
+        return shape_text(row.input_shape, compact)
     if key == "output_shape":
-        return shape_text(row.shape)
+        return shape_text(row.shape, compact)
     if key == "kernel_size":
-        return shape_text(row.kernel_size)
+        return shape_text(row.kernel_size, compact)
     if key == "params":
         mark = "" if trainable_shown or trainable_text(row) in ("yes", "-") else f" ({_frozen(row)})"
         return params_text(row) + mark
@@ -224,13 +224,16 @@ def csv_text(result: "ModelSummary") -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def shape_text(shape: list | None) -> str:
-    """`[1, 32, 26, 26]`; a tuple output lists its shapes; `-` for non-tensors."""
+def shape_text(shape: list | None, compact: bool = False) -> str:
+    """`[1, 32, 26, 26]` (`compact`: `1×32×26×26`, one word that never wraps); a tuple output lists
+    its shapes; `-` for non-tensors."""
     if shape is None:
         return "-"
     if all(isinstance(size, (int, str)) for size in shape):  # a str is a named dim ("seq")
+        if compact:
+            return "×".join(map(str, shape)) if shape else "[]"  # a scalar keeps its brackets
         return "[" + ", ".join(map(str, shape)) + "]"
-    return ", ".join(shape_text(item) for item in shape)
+    return ", ".join(shape_text(item, compact) for item in shape)
 
 
 def params_text(row: "LayerRow") -> str:

@@ -104,7 +104,7 @@ class RunLog:
         """Stop the progress display and draw curves.png; the events file stays open for final_metrics."""
         if self.progress is not None:
             self.progress.stop()
-        self.tensorboard.writer.flush()
+        self.tensorboard.flush()
         if history:
             best = self.session.best.best_epoch if self.session is not None else None
             plot_curves(history, self.run_dir / "curves.png", best)

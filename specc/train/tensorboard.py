@@ -3,8 +3,10 @@ text, weight and gradient histograms per named layer (`log_histograms:`), the hy
 (the spec's vars and train keys) with the best checkpoint's metrics, its test-split metrics, and
 the confusion matrix as an image.
 
-Every tag is lower case, `<quantity>/<split>` (`loss/val`, `accuracy/test`), so TensorBoard
-groups a quantity's splits in one card. Everything goes into the run directory's one events file.
+Each split's per-epoch figures go to a sub-run of its own, `<run>/tensorboard/<split>/`, under the
+quantity's lower-case name (`loss`, `accuracy`): TensorBoard overlays train and val in one chart
+(the Keras/Lightning convention). Everything else (the learning rate, graph, spec, histograms,
+hparams, `best/` figures, confusion matrices) goes into the run directory's own events file.
 """
 from __future__ import annotations
 
@@ -22,25 +24,49 @@ Session = Any
 TEXT_LIMIT = 200_000  # characters of the resolved spec shown (a generated spec can be huge)
 
 
-def tag(key: str) -> str:
-    """`train_loss` -> `loss/train`, `val_accuracy` -> `accuracy/val`, `lr` -> `lr`."""
+SPLITS = ("train", "val", "test")
+SUBRUNS = "tensorboard"  # the folder of the splits' sub-runs inside the run directory
+
+
+def split_tag(key: str) -> tuple[str | None, str]:
+    """`train_loss` -> `("train", "loss")`, `val_F1` -> `("val", "f1")`, `lr` -> `(None, "lr")`."""
     split, _, name = key.partition("_")
-    return f"{name}/{split}".lower() if name else key.lower()
+    return (split, name.lower()) if split in SPLITS and name else (None, key.lower())
 
 
 class TensorBoard:
-    """The run's SummaryWriter and what specc writes with it."""
+    """The run's SummaryWriter, one more per split (opened when first written), and what specc writes."""
 
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.run_dir = run_dir
         self.writer = SummaryWriter(str(run_dir))
+        self.split_writers: dict[str, SummaryWriter] = {}
+
+    def split_writer(self, split: str):
+        """The sub-run `<run>/tensorboard/<split>/`; a resumed run appends a new events file there."""
+        if split not in self.split_writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.split_writers[split] = SummaryWriter(str(self.run_dir / SUBRUNS / split))
+        return self.split_writers[split]
+
+    def scalar(self, key: str, value: float, step: int) -> None:
+        """`train_loss` as `loss` in the train sub-run; a key of no split (`lr`) in the run's own file."""
+        split, name = split_tag(key)
+        writer = self.writer if split is None else self.split_writer(split)
+        writer.add_scalar(name, value, step)
 
     def scalars(self, record: dict[str, Any], step: int) -> None:
         for key, value in record.items():
             if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
-                self.writer.add_scalar(tag(key), value, step)
-        self.writer.flush()
+                self.scalar(key, value, step)
+        self.flush()
+
+    def flush(self) -> None:
+        for writer in (self.writer, *self.split_writers.values()):
+            writer.flush()
 
     def model(self, session: Session) -> str:
         """The graph of the compiled module, traced on two training examples, and the resolved
@@ -74,7 +100,7 @@ class TensorBoard:
         figures, and each split's confusion matrix as an image."""
         for name, value in metrics.get("test", {}).items():
             if _number(value):
-                self.writer.add_scalar(tag(f"test_{name}"), value, epoch)
+                self.scalar(f"test_{name}", value, epoch)
         figures = {f"best/{split}_{name}": float(value) for split, values in metrics.items()
                    for name, value in values.items() if _number(value)}
         self._hparams(hyperparameters(session), figures)
@@ -83,7 +109,7 @@ class TensorBoard:
             if isinstance(matrix, list) and split != "train":
                 self.writer.add_figure(f"confusion_matrix/{split}", confusion_figure(matrix, session.classes, split),
                                        epoch)
-        self.writer.flush()
+        self.flush()
 
     def _hparams(self, values: dict[str, Any], figures: dict[str, float]) -> None:
         """add_hparams, but into this events file (SummaryWriter.add_hparams opens another one)."""
@@ -95,7 +121,8 @@ class TensorBoard:
             self.writer.add_scalar(name, value)
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in (self.writer, *self.split_writers.values()):
+            writer.close()
 
 
 def histograms_due(setting: bool | int, epoch: int) -> bool:
