@@ -2,6 +2,7 @@
 documented order), the optional torchinfo columns, Jupyter's HTML and the REPL's repr."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -151,3 +152,36 @@ def test_rows_of_renamed_containers_use_the_state_dict_path():
     layers = [row for row in result.rows if row.kind == "layer" and row.params and "*" not in row.path]
     assert layers and all(f"{row.path}.weight" in keys for row in layers)
     assert re.search(r"^\s+downsample\s+shortcut\b", result.render("table"), re.M)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "bert"])
+def test_every_row_path_is_a_module_or_a_marked_flat_structure(name):
+    """`--format json`: a row's path is a module of the compiled model (`*` stands for each repetition),
+    or a structure with no module of its own (`flat:`), marked `<enclosing module> (<kind>, flat)`;
+    a layer's path is the prefix of its weights in the state_dict."""
+    spec = ROOT / "specs" / f"{name}.yaml"
+    runner_result = CliRunner().invoke(app, ["summary", str(spec), "--format", "json"])
+    assert runner_result.exit_code == 0, runner_result.output
+    rows = json.loads(runner_result.output)["rows"]
+    model = specc.build(spec, device="meta")
+    modules, keys = set(dict(model.named_modules())), set(model.state_dict())
+
+    def is_module(path):
+        pattern = re.compile(re.escape(path).replace(r"\*", r"\d+") + r"\Z")
+        return any(pattern.match(module) for module in modules)
+
+    flat_rows = []
+    for row in rows:
+        mark = f"({row['type']}, flat)"
+        enclosing = row["path"].removesuffix(mark).rstrip()
+        if row["kind"] == "function":
+            continue   # a function item (flatten, matmul) is a call, not a module
+        if row["path"].endswith(mark):
+            flat_rows.append(row)
+            assert row["name"] == "(flat)" and (enclosing == "" or is_module(enclosing)), row
+        else:
+            assert is_module(row["path"]), row
+        if row["kind"] == "layer" and row["params"] and "*" not in row["path"]:
+            assert any(key.startswith(row["path"] + ".") for key in keys), row
+    if name == "resnet18":
+        assert [row["path"] for row in flat_rows[:2]] == ["layer1.* (residual, flat)", "layer2.0 (residual, flat)"]
