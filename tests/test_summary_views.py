@@ -172,16 +172,22 @@ def test_every_row_path_is_a_module_or_a_marked_flat_structure(name):
 
     flat_rows = []
     for row in rows:
-        mark = f"({row['type']}, flat)"
-        enclosing = row["path"].removesuffix(mark).rstrip()
         if row["kind"] == "function":
             continue   # a function item (flatten, matmul) is a call, not a module
-        if row["path"].endswith(mark):
+        flat = re.fullmatch(r"(?:(\S+) )?\(" + re.escape(row["type"]) + r"(?: (\w+))?, flat\)", row["path"])
+        if flat:
             flat_rows.append(row)
-            assert row["name"] == "(flat)" and (enclosing == "" or is_module(enclosing)), row
+            assert row["name"] == " ".join(filter(None, [flat[2], "(flat)"])), row
+            assert flat[1] is None or is_module(flat[1]), row
         else:
             assert is_module(row["path"]), row
         if row["kind"] == "layer" and row["params"] and "*" not in row["path"]:
             assert any(key.startswith(row["path"] + ".") for key in keys), row
     if name == "resnet18":
         assert [row["path"] for row in flat_rows[:2]] == ["layer1.* (residual, flat)", "layer2.0 (residual, flat)"]
+    if name == "squeezenet1_1":   # `flat: true`, `names: {expand1x1: "", expand3x3: ""}`, `name: expand`
+        assert [(row["path"], row["name"]) for row in flat_rows[:3]] == [
+            ("features.3 (parallel expand, flat)", "expand (flat)"),
+            ("features.3 (branch expand1x1, flat)", "expand1x1 (flat)"),
+            ("features.3 (branch expand3x3, flat)", "expand3x3 (flat)")]
+    assert len({row["path"] for row in rows}) == len(rows)   # paths key the rows (summary diff)

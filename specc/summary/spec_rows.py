@@ -219,8 +219,10 @@ def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Sc
     no module of its own, so its row says so: `(flat)`, at path `layer2.0 (residual, flat)` (the
     enclosing module's path and the structure)."""
     kind_type = scope.label.rpartition(": ")[2] if scope.kind == "block" else scope.kind
-    if scope.module is None:   # the Type column says which structure; the Layer column stays narrow
-        name, marked = "(flat)", f"({kind_type}, flat)"
+    if scope.module is None:
+        own = _own_name(scope, kind_type)   # `expand1x1`: tells apart two flat branches of one parallel
+        name = f"{own} (flat)" if own else "(flat)"
+        marked = f"({kind_type} {own}, flat)" if own else f"({kind_type}, flat)"
         path = f"{enclosing} {marked}" if enclosing else marked
     else:
         path = scope.module
@@ -229,6 +231,15 @@ def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Sc
     containers[scope.path] = row
     parent.children.append(row)
     return row
+
+
+def _own_name(scope: "Scope", kind_type: str) -> str:
+    """The name the spec gives a container (`name:`, a branch's key); "" when it has none."""
+    if scope.kind == "repeat":
+        return ""   # its label is the count (`×3`)
+    if scope.kind == "block":   # `name: op`, or just `op` when unnamed
+        return scope.label.partition(": ")[0] if ": " in scope.label else ""
+    return "" if scope.label == kind_type else scope.label
 
 
 def _shape_of(value: Any) -> list | None:
