@@ -2,6 +2,7 @@
 documented order), the optional torchinfo columns, Jupyter's HTML and the REPL's repr."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -193,3 +194,42 @@ def test_rows_of_renamed_containers_use_the_state_dict_path():
     layers = [row for row in result.rows if row.kind == "layer" and row.params and "*" not in row.path]
     assert layers and all(f"{row.path}.weight" in keys for row in layers)
     assert re.search(r"^\s+downsample\s+shortcut\b", result.render("table"), re.M)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "bert"])
+def test_every_row_path_is_a_module_or_a_marked_flat_structure(name):
+    """`--format json`: a row's path is a module of the compiled model (`*` stands for each repetition),
+    or a structure with no module of its own (`flat:`), marked `<enclosing module> (<kind>, flat)`;
+    a layer's path is the prefix of its weights in the state_dict."""
+    spec = ROOT / "specs" / f"{name}.yaml"
+    runner_result = CliRunner().invoke(app, ["summary", str(spec), "--format", "json"])
+    assert runner_result.exit_code == 0, runner_result.output
+    rows = json.loads(runner_result.output)["rows"]
+    model = specc.build(spec, device="meta")
+    modules, keys = set(dict(model.named_modules())), set(model.state_dict())
+
+    def is_module(path):
+        pattern = re.compile(re.escape(path).replace(r"\*", r"\d+") + r"\Z")
+        return any(pattern.match(module) for module in modules)
+
+    flat_rows = []
+    for row in rows:
+        if row["kind"] == "function":
+            continue   # a function item (flatten, matmul) is a call, not a module
+        flat = re.fullmatch(r"(?:(\S+) )?\(" + re.escape(row["type"]) + r"(?: (\w+))?, flat\)", row["path"])
+        if flat:
+            flat_rows.append(row)
+            assert row["name"] == " ".join(filter(None, [flat[2], "(flat)"])), row
+            assert flat[1] is None or is_module(flat[1]), row
+        else:
+            assert is_module(row["path"]), row
+        if row["kind"] == "layer" and row["params"] and "*" not in row["path"]:
+            assert any(key.startswith(row["path"] + ".") for key in keys), row
+    if name == "resnet18":
+        assert [row["path"] for row in flat_rows[:2]] == ["layer1.* (residual, flat)", "layer2.0 (residual, flat)"]
+    if name == "squeezenet1_1":   # `flat: true`, `names: {expand1x1: "", expand3x3: ""}`, `name: expand`
+        assert [(row["path"], row["name"]) for row in flat_rows[:3]] == [
+            ("features.3 (parallel expand, flat)", "expand (flat)"),
+            ("features.3 (branch expand1x1, flat)", "expand1x1 (flat)"),
+            ("features.3 (branch expand3x3, flat)", "expand3x3 (flat)")]
+    assert len({row["path"] for row in rows}) == len(rows)   # paths key the rows (summary diff)

@@ -166,10 +166,11 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
     for node in graph.nodes:
         if node.op == "input":
             continue
-        chain = [root]
+        chain, enclosing = [root], ""
         for scope in node.scopes:
             if scope.kind != "body":  # a residual's body items sit right under the residual's row
-                chain.append(containers.get(scope.path) or _add_container(containers, chain[-1], scope))
+                chain.append(containers.get(scope.path) or _add_container(containers, chain[-1], scope, enclosing))
+            enclosing = scope.module or enclosing
         shape, output_bytes = outputs[node.name]
         shape = _with_named_dims(shape, node.meta.get("symbolic_shape"))
         for container in chain[1:]:
@@ -212,14 +213,33 @@ def _input_shape(node: "Node", outputs: dict) -> list | None:
     return shapes[0] if len(shapes) == 1 else (shapes or None)
 
 
-def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope") -> LayerRow:
+def _add_container(containers: dict[str, LayerRow], parent: LayerRow, scope: "Scope", enclosing: str) -> LayerRow:
+    """A container's row at the module path its layers' state_dict keys use (`names: {shortcut:
+    downsample}` -> `downsample`); one that adds no path level (`flat: true`, `names: {branch: ""}`) has
+    no module of its own, so its row says so: `(flat)`, at path `layer2.0 (residual, flat)` (the
+    enclosing module's path and the structure)."""
     kind_type = scope.label.rpartition(": ")[2] if scope.kind == "block" else scope.kind
-    # the module path its layers' state_dict keys use (`names: {shortcut: downsample}` -> downsample)
-    path = scope.module if scope.module and scope.module != scope.path else scope.path
-    row = LayerRow(path, path.rpartition(".")[2], kind_type, scope.kind)
+    if scope.module is None:
+        own = _own_name(scope, kind_type)   # `expand1x1`: tells apart two flat branches of one parallel
+        name = f"{own} (flat)" if own else "(flat)"
+        marked = f"({kind_type} {own}, flat)" if own else f"({kind_type}, flat)"
+        path = f"{enclosing} {marked}" if enclosing else marked
+    else:
+        path = scope.module
+        name = path.rpartition(".")[2]
+    row = LayerRow(path, name, kind_type, scope.kind)
     containers[scope.path] = row
     parent.children.append(row)
     return row
+
+
+def _own_name(scope: "Scope", kind_type: str) -> str:
+    """The name the spec gives a container (`name:`, a branch's key); "" when it has none."""
+    if scope.kind == "repeat":
+        return ""   # its label is the count (`×3`)
+    if scope.kind == "block":   # `name: op`, or just `op` when unnamed
+        return scope.label.partition(": ")[0] if ": " in scope.label else ""
+    return "" if scope.label == kind_type else scope.label
 
 
 def _shape_of(value: Any) -> list | None:

@@ -139,7 +139,12 @@ def _signature(row: LayerRow) -> tuple:
 def _sum_rows(rows: list[LayerRow], first_prefix: str, merged_prefix: str) -> LayerRow:
     """Add up rows position by position; paths become patterns (`h.*.attention`) matching every repetition."""
     first = rows[0]
-    path = merged_prefix + first.path.removeprefix(first_prefix) if first.path.startswith(first_prefix) else first.path
+    path = first.path
+    # a flat structure's row (`layer1.0 (residual, flat)`) sits at the repetition's own path
+    for prefix, merged in ((first_prefix, merged_prefix), (first_prefix[:-1] + " (", merged_prefix[:-1] + " (")):
+        if first.path.startswith(prefix):
+            path = merged + first.path.removeprefix(prefix)
+            break
     merged = LayerRow(path, first.name, first.type, first.kind, shape=first.shape, count=sum(row.count for row in rows),
                       input_shape=first.input_shape, kernel_size=first.kernel_size, args=first.args)
     for name in FIGURES:
