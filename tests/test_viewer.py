@@ -281,3 +281,18 @@ def test_export_saves_the_current_view_as_svg_and_png(browser, tmp_path):
     assert set(visible) <= texts, set(visible) - texts
     name, kind, head = browser.evaluate(capture + "('export-png')")
     assert name == "mnist_net.png" and kind == "image/png" and bytes(head) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_details_panel_opens_a_specc_layer_to_show_its_submodules(browser, tmp_path):
+    page = tmp_path / "gpt2_small.html"
+    page.write_text(draw(ROOT / "specs/gpt2_small.yaml", expand=True).to_html())
+    attention = next(b for b in _data(page.read_text())["boxes"] if b.get("path") == "h.0.attention.body.attn")
+    assert attention["inside"] == [["c_attn", "Linear", "weight 2304×768, bias 2304"],
+                                   ["c_proj", "Linear", "weight 768×768, bias 768"], ["resid_dropout", "Dropout", ""]]
+    browser.open(page)
+    browser.evaluate("""document.querySelector('.node[data-id="h.0.attention.body.attn"] rect')
+                        .dispatchEvent(new MouseEvent('click', {bubbles: true}))""")
+    details = browser.evaluate("document.getElementById('details').innerText")
+    assert "inside\t3 submodules" in details
+    assert "c_attn\tLinear · weight 2304×768, bias 2304" in details
+    assert "c_proj\tLinear · weight 768×768, bias 768" in details

@@ -265,6 +265,10 @@
       if (b.kind === "module") rows.push(["params", number(b.params) + (b.shared_params ? ` (+${number(b.shared_params)} shared)` : "")]);
       if (b.flops !== undefined) rows.push(["FLOPs (batch 1)", readable(b.flops)]);
       for (const [name, shape, dtype] of b.weights || []) rows.push([name, `${shape} ${dtype}`]);
+      if (b.inside && b.inside.length) {   // a specc layer opened: its submodules and their weights
+        rows.push(["inside", `${b.inside.length} submodule${b.inside.length === 1 ? "" : "s"}`]);
+        for (const [name, type, shapes] of b.inside) rows.push([`  ${name}`, type + (shapes ? ` · ${shapes}` : "")]);
+      }
       if (b.shared_with) rows.push(["shares weights of", b.shared_with]);
       if (b.location) rows.push(["spec", b.location]);
     } else if (clusters.has(id)) {
