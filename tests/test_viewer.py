@@ -296,3 +296,31 @@ def test_the_details_panel_opens_a_specc_layer_to_show_its_submodules(browser, t
     assert "inside\t3 submodules" in details
     assert "c_attn\tLinear · weight 2304×768, bias 2304" in details
     assert "c_proj\tLinear · weight 768×768, bias 768" in details
+
+
+LABEL_OVERLAPS = """(() => {
+    const boxOf = node => { const b = node.getBBox(); return {x: b.x, y: b.y, w: b.width, h: b.height, text: node.textContent}; };
+    const labels = [...document.querySelectorAll('text.edge-label')].map(boxOf);
+    const titles = [...document.querySelectorAll('.frame-header text')].map(boxOf);
+    const hit = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    const found = [];
+    labels.forEach((a, i) => {
+        labels.slice(i + 1).forEach(b => { if (hit(a, b)) found.push([a.text, b.text]); });
+        titles.forEach(t => { if (hit(a, t)) found.push([a.text, t.text]); });
+    });
+    return [labels.length, found.slice(0, 5)]; })()"""
+
+
+@pytest.mark.parametrize("spec, options", [("llama2_7b", {"depth": 1}), ("llama2_7b", {"depth": 2}),
+                                           ("llama2_7b", {"expand": True}), ("resnet18", {"expand": True}),
+                                           ("resnet18", {})])
+def test_edge_labels_overprint_no_other_label_and_no_frame_title(browser, tmp_path, spec, options):
+    page = tmp_path / f"{spec}.html"
+    page.write_text(draw(ROOT / f"specs/{spec}.yaml", **options).to_html())
+    browser.open(page)
+    count, overlaps = browser.evaluate(LABEL_OVERLAPS)
+    assert count >= 5 and overlaps == []
+    # the same after opening every frame
+    browser.evaluate("document.getElementById('open-all').click()")
+    count, overlaps = browser.evaluate(LABEL_OVERLAPS)
+    assert count >= 5 and overlaps == []

@@ -166,8 +166,10 @@
     place(null, 0, 0);
     const layerFrames = el("g", {}), layerEdges = el("g", {}), layerNodes = el("g", {});
     const drawnFrames = [...positions.keys()].filter(id => clusters.has(id) && !collapsed.has(id));
+    const labels = labelPlacer();
+    for (const id of drawnFrames) labels.take(titleRect(clusters.get(id), positions.get(id)));
     for (const id of drawnFrames) drawFrame(clusters.get(id), positions.get(id), layerFrames);
-    drawEdges(layerEdges);
+    drawEdges(layerEdges, labels);
     for (const [id, p] of positions) {
       if (boxes.has(id)) drawBox(boxes.get(id), p, layerNodes);
       else if (collapsed.has(id)) drawCollapsed(clusters.get(id), p, layerNodes);
@@ -206,7 +208,36 @@
     el("text", {x: p.x + p.w / 2 - 2, y: p.y + 29, class: "detail"}, g, collapsedNote(c));
   }
 
-  function drawEdges(parent) {
+  // Edge labels go where they cover no other label and no frame title: a grid of taken rectangles,
+  // the first free candidate spot, else the first spot free further right.
+  function labelPlacer() {
+    const CELL = 80, grid = new Map(), widths = new Map();
+    const overlap = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    function cells(r, visit) {
+      for (let gx = Math.floor(r.x / CELL); gx <= Math.floor((r.x + r.w) / CELL); gx++)
+        for (let gy = Math.floor(r.y / CELL); gy <= Math.floor((r.y + r.h) / CELL); gy++) visit(gx + "," + gy);
+    }
+    function free(r) {
+      let ok = true;
+      cells(r, key => { if (ok) for (const other of grid.get(key) || []) if (overlap(r, other)) { ok = false; break; } });
+      return ok;
+    }
+    function take(r) { cells(r, key => { if (!grid.has(key)) grid.set(key, []); grid.get(key).push(r); }); }
+    function place(text, spots, parent) {   // spots: [x, y] text baselines to try, best first
+      if (!widths.has(text)) widths.set(text, textWidth(text, "9px sans-serif"));
+      const w = widths.get(text) + 2, rect = ([x, y]) => ({x: x - 1, y: y - 9, w, h: 12});
+      let spot = spots.find(s => free(rect(s)));
+      for (let step = 1; !spot; step++) { const s = [spots[0][0] + step * 6, spots[0][1]]; if (free(rect(s))) spot = s; }
+      take(rect(spot));
+      el("text", {x: spot[0], y: spot[1], class: "edge-label"}, parent, text);
+    }
+    return {take, place};
+  }
+  function titleRect(c, p) {   // where drawFrame writes the frame's title
+    return {x: p.x + 7, y: p.y + 2, w: textWidth(`▾ ${c.label}`, "bold 11px sans-serif") + 3, h: 17};
+  }
+
+  function drawEdges(parent, labels) {
     const seen = new Set();
     for (const a of DATA.arrows) {
       const s = visible(a.s), t = visible(a.t), key = `${s}>${t}>${a.shape}`;
@@ -214,7 +245,7 @@
       seen.add(key);
       const from = positions.get(s), to = positions.get(t);
       if (!from || !to) continue;
-      if (ACROSS) { drawEdgeAcross(a, from, to, parent); continue; }
+      if (ACROSS) { drawEdgeAcross(a, from, to, parent, labels); continue; }
       const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
       let d;
       const frame = a.skip && positions.get(chains.get(a.t)[0]);
@@ -224,11 +255,14 @@
       } else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
       else { const side = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${side},${y1 + 40} ${side},${y2 - 40} ${x2},${y2}`; }
       el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-      if (a.shape) el("text", {x: (x1 + x2) / 2 + 4, y: y2 > y1 ? y2 - 6 : (y1 + y2) / 2, class: "edge-label"}, parent, a.shape);
+      if (!a.shape) continue;
+      const mx = (x1 + x2) / 2 + 4, w = textWidth(a.shape, "9px sans-serif");
+      labels.place(a.shape, y2 > y1 ? [[mx, y2 - 6], [mx, y1 + 12], [x2 - w - 6, y2 - 6], [x1 + 4, y1 + 12], [x1 - w - 6, y1 + 12]]
+                                    : [[mx, (y1 + y2) / 2]], parent);
     }
   }
 
-  function drawEdgeAcross(a, from, to, parent) {   // left to right: out of the right side, into the left
+  function drawEdgeAcross(a, from, to, parent, labels) {   // left to right: out of the right side, into the left
     const x1 = from.x + from.w, y1 = from.y + from.h / 2, x2 = to.x, y2 = to.y + to.h / 2;
     const frame = a.skip && positions.get(chains.get(a.t)[0]);
     let d;
@@ -238,7 +272,8 @@
     } else if (x2 > x1) { const m = (x1 + x2) / 2; d = `M${x1},${y1} C${m},${y1} ${m},${y2} ${x2},${y2}`; }
     else { const below = Math.max(from.y + from.h, to.y + to.h) + 30; d = `M${x1},${y1} C${x1 + 40},${below} ${x2 - 40},${below} ${x2},${y2}`; }
     el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-    if (a.shape) el("text", {x: x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y: y1 - 4, class: "edge-label"}, parent, a.shape);
+    if (a.shape) labels.place(a.shape, [[x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y1 - 4], [x1 + 4, y1 + 12],
+                                        [x2 - textWidth(a.shape, "9px sans-serif") - 6, y2 - 4]], parent);
   }
 
   function changeClass(id) { return changes[id] ? ` change-${changes[id]}` : ""; }
