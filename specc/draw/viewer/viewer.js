@@ -169,14 +169,14 @@
     const labels = labelPlacer();
     for (const id of drawnFrames) labels.take(titleRect(clusters.get(id), positions.get(id)));
     for (const id of drawnFrames) drawFrame(clusters.get(id), positions.get(id), layerFrames);
-    drawEdges(layerEdges, labels);
+    const laneRight = drawEdges(layerEdges, labels);
     for (const [id, p] of positions) {
       if (boxes.has(id)) drawBox(boxes.get(id), p, layerNodes);
       else if (collapsed.has(id)) drawCollapsed(clusters.get(id), p, layerNodes);
     }
     viewport.replaceChildren(layerFrames, layerEdges, layerNodes);
     const margin = 40;   // room for edges that bend out to the right
-    svg.setAttribute("width", root.w + margin); svg.setAttribute("height", root.h + margin);
+    svg.setAttribute("width", Math.max(root.w + margin, laneRight + 20)); svg.setAttribute("height", root.h + margin);
     document.getElementById("count").textContent =
       `${layerNodes.childElementCount} nodes shown · ${boxes.size} in all · ${root.w.toFixed(0)}×${root.h.toFixed(0)} px`;
     highlight(); hooks.render.forEach(f => f());
@@ -238,28 +238,53 @@
   }
 
   function drawEdges(parent, labels) {
-    const seen = new Set();
+    const seen = new Set(), edges = [];
     for (const a of DATA.arrows) {
       const s = visible(a.s), t = visible(a.t), key = `${s}>${t}>${a.shape}`;
       if (s === t || seen.has(key)) continue;
       seen.add(key);
       const from = positions.get(s), to = positions.get(t);
-      if (!from || !to) continue;
-      if (ACROSS) { drawEdgeAcross(a, from, to, parent, labels); continue; }
-      const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
-      let d;
-      const frame = a.skip && positions.get(chains.get(a.t)[0]);
-      if (frame && y2 > y1) {   // a residual's skip runs down the right side of its frame
-        const side = frame.x + frame.w - 8, m = (y1 + y2) / 2;
-        d = `M${x1},${y1} C${x1},${y1 + 16} ${side},${y1 + 8} ${side},${y1 + 30} L${side},${y2 - 30} C${side},${y2 - 8} ${x2},${y2 - 16} ${x2},${y2}`;
-      } else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
-      else { const side = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${side},${y1 + 40} ${side},${y2 - 40} ${x2},${y2}`; }
-      el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-      if (!a.shape) continue;
-      const mx = (x1 + x2) / 2 + 4, w = textWidth(a.shape, "9px sans-serif");
-      labels.place(a.shape, y2 > y1 ? [[mx, y2 - 6], [mx, y1 + 12], [x2 - w - 6, y2 - 6], [x1 + 4, y1 + 12], [x1 - w - 6, y1 + 12]]
-                                    : [[mx, (y1 + y2) / 2]], parent);
+      if (from && to) edges.push({a, from, to});
     }
+    if (ACROSS) { for (const {a, from, to} of edges) drawEdgeAcross(a, from, to, parent, labels); return 0; }
+    const lanes = skipLanes(edges);
+    for (const edge of edges) drawEdge(edge, lanes.get(edge), parent, labels);
+    return Math.max(0, ...lanes.values());
+  }
+
+  // An edge that passes over boxes or frames (U-Net's skips) gets a lane of its own right of them,
+  // shortest first, each beside the lanes it overlaps, so no edge hides under the column.
+  function skipLanes(edges) {
+    const lanes = new Map(), placed = [], items = [...positions.values()];
+    const long = edges.filter(({a, from, to}) => !(a.skip && positions.get(chains.get(a.t)[0])) && to.y - (from.y + from.h) > GAP_Y + 2);
+    long.sort((e, f) => (e.to.y - e.from.y) - (f.to.y - f.from.y));
+    for (const edge of long) {
+      const y1 = edge.from.y + edge.from.h, y2 = edge.to.y;
+      const xs = [edge.from.x + edge.from.w / 2, edge.to.x + edge.to.w / 2], left = Math.min(...xs), right = Math.max(...xs);
+      let lane = -Infinity;
+      for (const p of items) if (p.y >= y1 && p.y + p.h <= y2 && p.x <= right && p.x + p.w >= left) lane = Math.max(lane, p.x + p.w + 12);
+      if (lane === -Infinity) continue;   // nothing in the way: the plain curve shows
+      for (const other of placed) if (other.y1 < y2 && y1 < other.y2) lane = Math.max(lane, other.lane + 10);
+      placed.push({y1, y2, lane});
+      lanes.set(edge, lane);
+    }
+    return lanes;
+  }
+
+  function drawEdge({a, from, to}, lane, parent, labels) {
+    const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
+    const frame = a.skip && positions.get(chains.get(a.t)[0]);
+    const side = lane ?? (frame && y2 > y1 ? frame.x + frame.w - 8 : null);   // a residual's skip: down its frame's right side
+    let d;
+    if (side !== null) d = `M${x1},${y1} C${x1},${y1 + 16} ${side},${y1 + 8} ${side},${y1 + 30} L${side},${y2 - 30} C${side},${y2 - 8} ${x2},${y2 - 16} ${x2},${y2}`;
+    else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
+    else { const out = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${out},${y1 + 40} ${out},${y2 - 40} ${x2},${y2}`; }
+    el("path", {d, class: "edge" + (a.skip ? " skip" : "") + (lane !== undefined ? " lane" : "")}, parent);
+    if (!a.shape) return;
+    const mx = (x1 + x2) / 2 + 4, w = textWidth(a.shape, "9px sans-serif");
+    const spots = y2 > y1 ? [[mx, y2 - 6], [mx, y1 + 12], [x2 - w - 6, y2 - 6], [x1 + 4, y1 + 12], [x1 - w - 6, y1 + 12]] : [[mx, (y1 + y2) / 2]];
+    if (lane !== undefined) spots.unshift([lane + 4, (y1 + y2) / 2]);
+    labels.place(a.shape, spots, parent);
   }
 
   function drawEdgeAcross(a, from, to, parent, labels) {   // left to right: out of the right side, into the left
