@@ -84,7 +84,8 @@ def html_document(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, i
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(page)} · specc</title>\n<style>{_asset('viewer.css')}</style></head>\n<body>\n"
             f"<script type=\"application/json\" id=\"specc-data\">{payload}</script>\n"
-            f"<script>{_asset('viewer.js')}</script>\n<script>{_asset('viewer_tools.js')}</script>\n</body></html>\n")
+            + "".join(f"<script>{_asset(name)}</script>\n" for name in ("viewer_edges.js", "viewer.js", "viewer_tools.js"))
+            + "</body></html>\n")
 
 
 def viewer_data(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, int]], *,

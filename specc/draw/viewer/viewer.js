@@ -208,30 +208,12 @@
     el("text", {x: p.x + p.w / 2 - 2, y: p.y + 29, class: "detail"}, g, collapsedNote(c));
   }
 
-  // Edge labels go where they cover no other label and no frame title: a grid of taken rectangles,
-  // the first free candidate spot, else the first spot free further right.
-  function labelPlacer() {
-    const CELL = 80, grid = new Map(), widths = new Map();
-    const overlap = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
-    function cells(r, visit) {
-      for (let gx = Math.floor(r.x / CELL); gx <= Math.floor((r.x + r.w) / CELL); gx++)
-        for (let gy = Math.floor(r.y / CELL); gy <= Math.floor((r.y + r.h) / CELL); gy++) visit(gx + "," + gy);
-    }
-    function free(r) {
-      let ok = true;
-      cells(r, key => { if (ok) for (const other of grid.get(key) || []) if (overlap(r, other)) { ok = false; break; } });
-      return ok;
-    }
-    function take(r) { cells(r, key => { if (!grid.has(key)) grid.set(key, []); grid.get(key).push(r); }); }
-    function place(text, spots, parent) {   // spots: [x, y] text baselines to try, best first
-      if (!widths.has(text)) widths.set(text, textWidth(text, "9px sans-serif"));
-      const w = widths.get(text) + 2, rect = ([x, y]) => ({x: x - 1, y: y - 9, w, h: 12});
-      let spot = spots.find(s => free(rect(s)));
-      for (let step = 1; !spot; step++) { const s = [spots[0][0] + step * 6, spots[0][1]]; if (free(rect(s))) spot = s; }
-      take(rect(spot));
-      el("text", {x: spot[0], y: spot[1], class: "edge-label"}, parent, text);
-    }
-    return {take, place};
+  function labelPlacer() {   // viewer_edges.js; draws each label where it placed it
+    const placer = window.speccEdges.labelPlacer(text => textWidth(text, "9px sans-serif"));
+    return {take: placer.take, place: (text, spots, parent) => {
+      const [x, y] = placer.place(text, spots);
+      el("text", {x, y, class: "edge-label"}, parent, text);
+    }};
   }
   function titleRect(c, p) {   // where drawFrame writes the frame's title
     return {x: p.x + 7, y: p.y + 2, w: textWidth(`▾ ${c.label}`, "bold 11px sans-serif") + 3, h: 17};
@@ -252,23 +234,9 @@
     return Math.max(0, ...lanes.values());
   }
 
-  // An edge that passes over boxes or frames (U-Net's skips) gets a lane of its own right of them,
-  // shortest first, each beside the lanes it overlaps, so no edge hides under the column.
-  function skipLanes(edges) {
-    const lanes = new Map(), placed = [], items = [...positions.values()];
-    const long = edges.filter(({a, from, to}) => !(a.skip && positions.get(chains.get(a.t)[0])) && to.y - (from.y + from.h) > GAP_Y + 2);
-    long.sort((e, f) => (e.to.y - e.from.y) - (f.to.y - f.from.y));
-    for (const edge of long) {
-      const y1 = edge.from.y + edge.from.h, y2 = edge.to.y;
-      const xs = [edge.from.x + edge.from.w / 2, edge.to.x + edge.to.w / 2], left = Math.min(...xs), right = Math.max(...xs);
-      let lane = -Infinity;
-      for (const p of items) if (p.y >= y1 && p.y + p.h <= y2 && p.x <= right && p.x + p.w >= left) lane = Math.max(lane, p.x + p.w + 12);
-      if (lane === -Infinity) continue;   // nothing in the way: the plain curve shows
-      for (const other of placed) if (other.y1 < y2 && y1 < other.y2) lane = Math.max(lane, other.lane + 10);
-      placed.push({y1, y2, lane});
-      lanes.set(edge, lane);
-    }
-    return lanes;
+  function skipLanes(edges) {   // viewer_edges.js
+    const residual = edge => edge.a.skip && positions.get(chains.get(edge.a.t)[0]);
+    return window.speccEdges.skipLanes(edges.filter(edge => !residual(edge)), [...positions.values()], GAP_Y);
   }
 
   function drawEdge({a, from, to}, lane, parent, labels) {
