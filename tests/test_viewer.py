@@ -326,14 +326,19 @@ def test_edge_labels_overprint_no_other_label_and_no_frame_title(browser, tmp_pa
     assert count >= 5 and overlaps == []
 
 
-def test_unets_skip_connections_run_in_lanes_of_their_own_beside_the_column(browser, tmp_path):
+@pytest.mark.parametrize("rankdir", ["TB", "LR"])
+def test_unets_skip_connections_run_in_lanes_of_their_own_beside_the_column(browser, tmp_path, rankdir):
+    from specc.draw.html import spec_html
+
     page = tmp_path / "unet.html"
-    page.write_text(draw(ROOT / "specs/unet.yaml").to_html())
+    page.write_text(spec_html(ROOT / "specs/unet.yaml", rankdir=rankdir))
     browser.open(page)
-    paths, column_right = browser.evaluate("""(() => {
-        const right = Math.max(...[...document.querySelectorAll('.node, .frame')].map(n => { const b = n.getBBox(); return b.x + b.width; }));
-        return [[...document.querySelectorAll('path.edge')].map(p => { const b = p.getBBox();
-            return [p.getAttribute('d'), b.x + b.width, p.classList.contains('lane')]; }), right]; })()""")
+    # TB: how far right each edge reaches, past every box and frame; LR: how far down
+    end = "b.x + b.width" if rankdir == "TB" else "b.y + b.height"
+    paths, column_right = browser.evaluate(f"""(() => {{
+        const right = Math.max(...[...document.querySelectorAll('.node, .frame')].map(n => {{ const b = n.getBBox(); return {end}; }}));
+        return [[...document.querySelectorAll('path.edge')].map(p => {{ const b = p.getBBox();
+            return [p.getAttribute('d'), {end}, p.classList.contains('lane')]; }}), right]; }})()""")
     # down1 -> cat and down2 -> cat: the two skips, each right of every box and frame, in two lanes
     outside = [right for _, right, _ in paths if right > column_right]
     assert len(outside) == 2 and len(set(outside)) == 2

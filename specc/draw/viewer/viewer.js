@@ -169,14 +169,15 @@
     const labels = labelPlacer();
     for (const id of drawnFrames) labels.take(titleRect(clusters.get(id), positions.get(id)));
     for (const id of drawnFrames) drawFrame(clusters.get(id), positions.get(id), layerFrames);
-    const laneRight = drawEdges(layerEdges, labels);
+    const laneEnd = drawEdges(layerEdges, labels);
     for (const [id, p] of positions) {
       if (boxes.has(id)) drawBox(boxes.get(id), p, layerNodes);
       else if (collapsed.has(id)) drawCollapsed(clusters.get(id), p, layerNodes);
     }
     viewport.replaceChildren(layerFrames, layerEdges, layerNodes);
     const margin = 40;   // room for edges that bend out to the right
-    svg.setAttribute("width", Math.max(root.w + margin, laneRight + 20)); svg.setAttribute("height", root.h + margin);
+    svg.setAttribute("width", Math.max(root.w + margin, ACROSS ? 0 : laneEnd + 20));
+    svg.setAttribute("height", Math.max(root.h + margin, ACROSS ? laneEnd + 20 : 0));
     document.getElementById("count").textContent =
       `${layerNodes.childElementCount} nodes shown · ${boxes.size} in all · ${root.w.toFixed(0)}×${root.h.toFixed(0)} px`;
     highlight(); hooks.render.forEach(f => f());
@@ -228,15 +229,20 @@
       const from = positions.get(s), to = positions.get(t);
       if (from && to) edges.push({a, from, to});
     }
-    if (ACROSS) { for (const {a, from, to} of edges) drawEdgeAcross(a, from, to, parent, labels); return 0; }
     const lanes = skipLanes(edges);
-    for (const edge of edges) drawEdge(edge, lanes.get(edge), parent, labels);
-    return Math.max(0, ...lanes.values());
+    if (ACROSS) for (const edge of edges) drawEdgeAcross(edge, lanes.get(edge), parent, labels);
+    else for (const edge of edges) drawEdge(edge, lanes.get(edge), parent, labels);
+    return Math.max(0, ...lanes.values());   // how far right (below, left to right) the lanes reach
   }
 
   function skipLanes(edges) {   // viewer_edges.js
     const residual = edge => edge.a.skip && positions.get(chains.get(edge.a.t)[0]);
-    return window.speccEdges.skipLanes(edges.filter(edge => !residual(edge)), [...positions.values()], GAP_Y);
+    if (!ACROSS) return window.speccEdges.skipLanes(edges.filter(edge => !residual(edge)), [...positions.values()], GAP_Y);
+    // left to right: the same lanes with x and y swapped, so they run below the boxes
+    const swap = p => ({x: p.y, y: p.x, w: p.h, h: p.w}), swapped = new Map();
+    for (const edge of edges) if (!residual(edge)) swapped.set({from: swap(edge.from), to: swap(edge.to)}, edge);
+    const lanes = window.speccEdges.skipLanes([...swapped.keys()], [...positions.values()].map(swap), 2 * GAP_X);
+    return new Map([...lanes].map(([key, lane]) => [swapped.get(key), lane]));
   }
 
   function drawEdge({a, from, to}, lane, parent, labels) {
@@ -255,17 +261,18 @@
     labels.place(a.shape, spots, parent);
   }
 
-  function drawEdgeAcross(a, from, to, parent, labels) {   // left to right: out of the right side, into the left
+  function drawEdgeAcross({a, from, to}, ownLane, parent, labels) {   // left to right: out of the right side, into the left
     const x1 = from.x + from.w, y1 = from.y + from.h / 2, x2 = to.x, y2 = to.y + to.h / 2;
     const frame = a.skip && positions.get(chains.get(a.t)[0]);
     let d;
-    if (frame && x2 > x1) {   // a residual's skip runs along the bottom of its frame
-      const lane = frame.y + frame.h - 8;
+    if (ownLane !== undefined || (frame && x2 > x1)) {   // a lane of its own, or a residual's along the bottom of its frame
+      const lane = ownLane ?? frame.y + frame.h - 8;
       d = `M${x1},${y1} C${x1 + 16},${y1} ${x1 + 8},${lane} ${x1 + 30},${lane} L${x2 - 30},${lane} C${x2 - 8},${lane} ${x2 - 16},${y2} ${x2},${y2}`;
     } else if (x2 > x1) { const m = (x1 + x2) / 2; d = `M${x1},${y1} C${m},${y1} ${m},${y2} ${x2},${y2}`; }
     else { const below = Math.max(from.y + from.h, to.y + to.h) + 30; d = `M${x1},${y1} C${x1 + 40},${below} ${x2 - 40},${below} ${x2},${y2}`; }
-    el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-    if (a.shape) labels.place(a.shape, [[x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y1 - 4], [x1 + 4, y1 + 12],
+    el("path", {d, class: "edge" + (a.skip ? " skip" : "") + (ownLane !== undefined ? " lane" : "")}, parent);
+    if (a.shape) labels.place(a.shape, [...(ownLane !== undefined ? [[(x1 + x2) / 2, ownLane - 3]] : []),
+                                        [x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y1 - 4], [x1 + 4, y1 + 12],
                                         [x2 - textWidth(a.shape, "9px sans-serif") - 6, y2 - 4]], parent);
   }
 
