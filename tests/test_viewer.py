@@ -313,7 +313,7 @@ LABEL_OVERLAPS = """(() => {
 
 @pytest.mark.parametrize("spec, options", [("llama2_7b", {"depth": 1}), ("llama2_7b", {"depth": 2}),
                                            ("llama2_7b", {"expand": True}), ("resnet18", {"expand": True}),
-                                           ("resnet18", {})])
+                                           ("resnet18", {}), ("resnet18", {"rankdir": "LR"}), ("unet", {})])
 def test_edge_labels_overprint_no_other_label_and_no_frame_title(browser, tmp_path, spec, options):
     page = tmp_path / f"{spec}.html"
     page.write_text(draw(ROOT / f"specs/{spec}.yaml", **options).to_html())
