@@ -281,3 +281,66 @@ def test_export_saves_the_current_view_as_svg_and_png(browser, tmp_path):
     assert set(visible) <= texts, set(visible) - texts
     name, kind, head = browser.evaluate(capture + "('export-png')")
     assert name == "mnist_net.png" and kind == "image/png" and bytes(head) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_details_panel_opens_a_specc_layer_to_show_its_submodules(browser, tmp_path):
+    page = tmp_path / "gpt2_small.html"
+    page.write_text(draw(ROOT / "specs/gpt2_small.yaml", expand=True).to_html())
+    attention = next(b for b in _data(page.read_text())["boxes"] if b.get("path") == "h.0.attention.body.attn")
+    assert attention["inside"] == [["c_attn", "Linear", "weight 2304×768, bias 2304"],
+                                   ["c_proj", "Linear", "weight 768×768, bias 768"], ["resid_dropout", "Dropout", ""]]
+    browser.open(page)
+    browser.evaluate("""document.querySelector('.node[data-id="h.0.attention.body.attn"] rect')
+                        .dispatchEvent(new MouseEvent('click', {bubbles: true}))""")
+    details = browser.evaluate("document.getElementById('details').innerText")
+    assert "inside\t3 submodules" in details
+    assert "c_attn\tLinear · weight 2304×768, bias 2304" in details
+    assert "c_proj\tLinear · weight 768×768, bias 768" in details
+
+
+LABEL_OVERLAPS = """(() => {
+    const boxOf = node => { const b = node.getBBox(); return {x: b.x, y: b.y, w: b.width, h: b.height, text: node.textContent}; };
+    const labels = [...document.querySelectorAll('text.edge-label')].map(boxOf);
+    const titles = [...document.querySelectorAll('.frame-header text')].map(boxOf);
+    const hit = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    const found = [];
+    labels.forEach((a, i) => {
+        labels.slice(i + 1).forEach(b => { if (hit(a, b)) found.push([a.text, b.text]); });
+        titles.forEach(t => { if (hit(a, t)) found.push([a.text, t.text]); });
+    });
+    return [labels.length, found.slice(0, 5)]; })()"""
+
+
+@pytest.mark.parametrize("spec, options", [("llama2_7b", {"depth": 1}), ("llama2_7b", {"depth": 2}),
+                                           ("llama2_7b", {"expand": True}), ("resnet18", {"expand": True}),
+                                           ("resnet18", {}), ("resnet18", {"rankdir": "LR"}), ("unet", {})])
+def test_edge_labels_overprint_no_other_label_and_no_frame_title(browser, tmp_path, spec, options):
+    page = tmp_path / f"{spec}.html"
+    page.write_text(draw(ROOT / f"specs/{spec}.yaml", **options).to_html())
+    browser.open(page)
+    count, overlaps = browser.evaluate(LABEL_OVERLAPS)
+    assert count >= 5 and overlaps == []
+    # the same after opening every frame
+    browser.evaluate("document.getElementById('open-all').click()")
+    count, overlaps = browser.evaluate(LABEL_OVERLAPS)
+    assert count >= 5 and overlaps == []
+
+
+@pytest.mark.parametrize("rankdir", ["TB", "LR"])
+def test_unets_skip_connections_run_in_lanes_of_their_own_beside_the_column(browser, tmp_path, rankdir):
+    from specc.draw.html import spec_html
+
+    page = tmp_path / "unet.html"
+    page.write_text(spec_html(ROOT / "specs/unet.yaml", rankdir=rankdir))
+    browser.open(page)
+    # TB: how far right each edge reaches, past every box and frame; LR: how far down
+    end = "b.x + b.width" if rankdir == "TB" else "b.y + b.height"
+    paths, column_right = browser.evaluate(f"""(() => {{
+        const right = Math.max(...[...document.querySelectorAll('.node, .frame')].map(n => {{ const b = n.getBBox(); return {end}; }}));
+        return [[...document.querySelectorAll('path.edge')].map(p => {{ const b = p.getBBox();
+            return [p.getAttribute('d'), {end}, p.classList.contains('lane')]; }}), right]; }})()""")
+    # down1 -> cat and down2 -> cat: the two skips, each right of every box and frame, in two lanes
+    outside = [right for _, right, _ in paths if right > column_right]
+    assert len(outside) == 2 and len(set(outside)) == 2
+    assert sum(lane for _, _, lane in paths) == 2
+    assert len({d for d, _, _ in paths}) == len(paths)

@@ -45,6 +45,7 @@ def spec_html(spec_or_path: Any, *, depth: int | None = None, expand: bool = Fal
         if node.op == "module" and node.name in figures:
             layer = compiled.module.get_submodule(node.shared_with or node.name)
             figures[node.name]["weights"] = weight_list(layer)
+            figures[node.name]["inside"] = submodule_list(layer)
     return html_document(diagram, compiled.graph, figures, depth=depth, expand=expand, changes=changes,
                          removed=removed, rankdir=rankdir)
 
@@ -83,7 +84,8 @@ def html_document(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, i
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(page)} · specc</title>\n<style>{_asset('viewer.css')}</style></head>\n<body>\n"
             f"<script type=\"application/json\" id=\"specc-data\">{payload}</script>\n"
-            f"<script>{_asset('viewer.js')}</script>\n<script>{_asset('viewer_tools.js')}</script>\n</body></html>\n")
+            + "".join(f"<script>{_asset(name)}</script>\n" for name in ("viewer_edges.js", "viewer.js", "viewer_tools.js"))
+            + "</body></html>\n")
 
 
 def viewer_data(diagram: Diagram, graph: Graph, figures: dict[str, dict[str, int]], *,
@@ -108,6 +110,18 @@ def weight_list(layer: Any) -> list[list[str]]:
             for name, tensor in tensors[:64]]
 
 
+def submodule_list(layer: Any) -> list[list[str]]:
+    """`[["c_attn", "Linear", "weight 2304×768, bias 2304"], ...]`: what a layer holds inside (a specc
+    layer such as CausalSelfAttention, SwiGLU or MoE), every submodule with its own weights' shapes, so
+    the details panel can open it as torchview does; at most 64 rows, empty for a leaf layer."""
+    rows = []
+    for name, module in list(layer.named_modules())[1:65]:
+        shapes = ", ".join(f"{weight} {'×'.join(map(str, tensor.shape)) or 'scalar'}"
+                           for weight, tensor in module.named_parameters(recurse=False))
+        rows.append([name, type(module).__name__, shapes])
+    return rows
+
+
 def _box_record(box, node: Node | None, figures: dict[str, int]) -> dict[str, Any]:
     record = {"id": box.id, "kind": box.kind, "title": box.title, "subtitle": box.subtitle,
               "details": detail_lines(box.details), "cluster": box.cluster, "tooltip": box.tooltip}
@@ -119,7 +133,8 @@ def _box_record(box, node: Node | None, figures: dict[str, int]) -> dict[str, An
                   inferred=list(node.inferred), written=argument_texts(node),
                   params=figures.get("params", 0), shared_params=figures.get("shared_params", 0),
                   flops=figures.get("flops", 0), shared_with=node.shared_with or "",
-                  inputs=list(node.inputs), weights=figures.get("weights", []))
+                  inputs=list(node.inputs), weights=figures.get("weights", []),
+                  inside=figures.get("inside", []))
     return record
 
 

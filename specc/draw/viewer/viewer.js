@@ -166,15 +166,18 @@
     place(null, 0, 0);
     const layerFrames = el("g", {}), layerEdges = el("g", {}), layerNodes = el("g", {});
     const drawnFrames = [...positions.keys()].filter(id => clusters.has(id) && !collapsed.has(id));
+    const labels = labelPlacer();
+    for (const id of drawnFrames) labels.take(titleRect(clusters.get(id), positions.get(id)));
     for (const id of drawnFrames) drawFrame(clusters.get(id), positions.get(id), layerFrames);
-    drawEdges(layerEdges);
+    const laneEnd = drawEdges(layerEdges, labels);
     for (const [id, p] of positions) {
       if (boxes.has(id)) drawBox(boxes.get(id), p, layerNodes);
       else if (collapsed.has(id)) drawCollapsed(clusters.get(id), p, layerNodes);
     }
     viewport.replaceChildren(layerFrames, layerEdges, layerNodes);
     const margin = 40;   // room for edges that bend out to the right
-    svg.setAttribute("width", root.w + margin); svg.setAttribute("height", root.h + margin);
+    svg.setAttribute("width", Math.max(root.w + margin, ACROSS ? 0 : laneEnd + 20));
+    svg.setAttribute("height", Math.max(root.h + margin, ACROSS ? laneEnd + 20 : 0));
     document.getElementById("count").textContent =
       `${layerNodes.childElementCount} nodes shown · ${boxes.size} in all · ${root.w.toFixed(0)}×${root.h.toFixed(0)} px`;
     highlight(); hooks.render.forEach(f => f());
@@ -206,39 +209,71 @@
     el("text", {x: p.x + p.w / 2 - 2, y: p.y + 29, class: "detail"}, g, collapsedNote(c));
   }
 
-  function drawEdges(parent) {
-    const seen = new Set();
+  function labelPlacer() {   // viewer_edges.js; draws each label where it placed it
+    const placer = window.speccEdges.labelPlacer(text => textWidth(text, "9px sans-serif"));
+    return {take: placer.take, place: (text, spots, parent) => {
+      const [x, y] = placer.place(text, spots);
+      el("text", {x, y, class: "edge-label"}, parent, text);
+    }};
+  }
+  function titleRect(c, p) {   // where drawFrame writes the frame's title
+    return {x: p.x + 7, y: p.y + 2, w: textWidth(`▾ ${c.label}`, "bold 11px sans-serif") + 3, h: 17};
+  }
+
+  function drawEdges(parent, labels) {
+    const seen = new Set(), edges = [];
     for (const a of DATA.arrows) {
       const s = visible(a.s), t = visible(a.t), key = `${s}>${t}>${a.shape}`;
       if (s === t || seen.has(key)) continue;
       seen.add(key);
       const from = positions.get(s), to = positions.get(t);
-      if (!from || !to) continue;
-      if (ACROSS) { drawEdgeAcross(a, from, to, parent); continue; }
-      const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
-      let d;
-      const frame = a.skip && positions.get(chains.get(a.t)[0]);
-      if (frame && y2 > y1) {   // a residual's skip runs down the right side of its frame
-        const side = frame.x + frame.w - 8, m = (y1 + y2) / 2;
-        d = `M${x1},${y1} C${x1},${y1 + 16} ${side},${y1 + 8} ${side},${y1 + 30} L${side},${y2 - 30} C${side},${y2 - 8} ${x2},${y2 - 16} ${x2},${y2}`;
-      } else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
-      else { const side = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${side},${y1 + 40} ${side},${y2 - 40} ${x2},${y2}`; }
-      el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-      if (a.shape) el("text", {x: (x1 + x2) / 2 + 4, y: y2 > y1 ? y2 - 6 : (y1 + y2) / 2, class: "edge-label"}, parent, a.shape);
+      if (from && to) edges.push({a, from, to});
     }
+    const lanes = skipLanes(edges);
+    if (ACROSS) for (const edge of edges) drawEdgeAcross(edge, lanes.get(edge), parent, labels);
+    else for (const edge of edges) drawEdge(edge, lanes.get(edge), parent, labels);
+    return Math.max(0, ...lanes.values());   // how far right (below, left to right) the lanes reach
   }
 
-  function drawEdgeAcross(a, from, to, parent) {   // left to right: out of the right side, into the left
+  function skipLanes(edges) {   // viewer_edges.js
+    const residual = edge => edge.a.skip && positions.get(chains.get(edge.a.t)[0]);
+    if (!ACROSS) return window.speccEdges.skipLanes(edges.filter(edge => !residual(edge)), [...positions.values()], GAP_Y);
+    // left to right: the same lanes with x and y swapped, so they run below the boxes
+    const swap = p => ({x: p.y, y: p.x, w: p.h, h: p.w}), swapped = new Map();
+    for (const edge of edges) if (!residual(edge)) swapped.set({from: swap(edge.from), to: swap(edge.to)}, edge);
+    const lanes = window.speccEdges.skipLanes([...swapped.keys()], [...positions.values()].map(swap), 2 * GAP_X);
+    return new Map([...lanes].map(([key, lane]) => [swapped.get(key), lane]));
+  }
+
+  function drawEdge({a, from, to}, lane, parent, labels) {
+    const x1 = from.x + from.w / 2, y1 = from.y + from.h, x2 = to.x + to.w / 2, y2 = to.y;
+    const frame = a.skip && positions.get(chains.get(a.t)[0]);
+    const side = lane ?? (frame && y2 > y1 ? frame.x + frame.w - 8 : null);   // a residual's skip: down its frame's right side
+    let d;
+    if (side !== null) d = `M${x1},${y1} C${x1},${y1 + 16} ${side},${y1 + 8} ${side},${y1 + 30} L${side},${y2 - 30} C${side},${y2 - 8} ${x2},${y2 - 16} ${x2},${y2}`;
+    else if (y2 > y1) { const m = (y1 + y2) / 2; d = `M${x1},${y1} C${x1},${m} ${x2},${m} ${x2},${y2}`; }
+    else { const out = Math.max(from.x + from.w, to.x + to.w) + 30; d = `M${x1},${y1} C${out},${y1 + 40} ${out},${y2 - 40} ${x2},${y2}`; }
+    el("path", {d, class: "edge" + (a.skip ? " skip" : "") + (lane !== undefined ? " lane" : "")}, parent);
+    if (!a.shape) return;
+    const mx = (x1 + x2) / 2 + 4, w = textWidth(a.shape, "9px sans-serif");
+    const spots = y2 > y1 ? [[mx, y2 - 6], [mx, y1 + 12], [x2 - w - 6, y2 - 6], [x1 + 4, y1 + 12], [x1 - w - 6, y1 + 12]] : [[mx, (y1 + y2) / 2]];
+    if (lane !== undefined) spots.unshift([lane + 4, (y1 + y2) / 2]);
+    labels.place(a.shape, spots, parent);
+  }
+
+  function drawEdgeAcross({a, from, to}, ownLane, parent, labels) {   // left to right: out of the right side, into the left
     const x1 = from.x + from.w, y1 = from.y + from.h / 2, x2 = to.x, y2 = to.y + to.h / 2;
     const frame = a.skip && positions.get(chains.get(a.t)[0]);
     let d;
-    if (frame && x2 > x1) {   // a residual's skip runs along the bottom of its frame
-      const lane = frame.y + frame.h - 8;
+    if (ownLane !== undefined || (frame && x2 > x1)) {   // a lane of its own, or a residual's along the bottom of its frame
+      const lane = ownLane ?? frame.y + frame.h - 8;
       d = `M${x1},${y1} C${x1 + 16},${y1} ${x1 + 8},${lane} ${x1 + 30},${lane} L${x2 - 30},${lane} C${x2 - 8},${lane} ${x2 - 16},${y2} ${x2},${y2}`;
     } else if (x2 > x1) { const m = (x1 + x2) / 2; d = `M${x1},${y1} C${m},${y1} ${m},${y2} ${x2},${y2}`; }
     else { const below = Math.max(from.y + from.h, to.y + to.h) + 30; d = `M${x1},${y1} C${x1 + 40},${below} ${x2 - 40},${below} ${x2},${y2}`; }
-    el("path", {d, class: "edge" + (a.skip ? " skip" : "")}, parent);
-    if (a.shape) el("text", {x: x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y: y1 - 4, class: "edge-label"}, parent, a.shape);
+    el("path", {d, class: "edge" + (a.skip ? " skip" : "") + (ownLane !== undefined ? " lane" : "")}, parent);
+    if (a.shape) labels.place(a.shape, [...(ownLane !== undefined ? [[(x1 + x2) / 2, ownLane - 3]] : []),
+                                        [x2 > x1 ? x1 + 4 : (x1 + x2) / 2, y1 - 4], [x1 + 4, y1 + 12],
+                                        [x2 - textWidth(a.shape, "9px sans-serif") - 6, y2 - 4]], parent);
   }
 
   function changeClass(id) { return changes[id] ? ` change-${changes[id]}` : ""; }
@@ -265,6 +300,10 @@
       if (b.kind === "module") rows.push(["params", number(b.params) + (b.shared_params ? ` (+${number(b.shared_params)} shared)` : "")]);
       if (b.flops !== undefined) rows.push(["FLOPs (batch 1)", readable(b.flops)]);
       for (const [name, shape, dtype] of b.weights || []) rows.push([name, `${shape} ${dtype}`]);
+      if (b.inside && b.inside.length) {   // a specc layer opened: its submodules and their weights
+        rows.push(["inside", `${b.inside.length} submodule${b.inside.length === 1 ? "" : "s"}`]);
+        for (const [name, type, shapes] of b.inside) rows.push([`  ${name}`, type + (shapes ? ` · ${shapes}` : "")]);
+      }
       if (b.shared_with) rows.push(["shares weights of", b.shared_with]);
       if (b.location) rows.push(["spec", b.location]);
     } else if (clusters.has(id)) {
