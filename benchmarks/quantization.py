@@ -16,7 +16,6 @@ small, and the figures say so).
 from __future__ import annotations
 
 import copy
-import io
 import tempfile
 from pathlib import Path
 
@@ -84,8 +83,11 @@ def _bert(layers: int):
 
 
 def _torchao_rows(name: str, model, quantized, batches, accuracy, timing: tuple[int, int]) -> list[Result]:
-    rows = [Result("quantize", f"{name}: torchao int8-dynamic size / float", _bytes(quantized) / _bytes(model), None,
-                   repeats=1, note=f"{_bytes(model) / 2**20:.2f} MiB float")]
+    from specc.train.quantize import serialized_bytes
+
+    rows = [Result("quantize", f"{name}: torchao int8-dynamic size / float",
+                   serialized_bytes(quantized) / serialized_bytes(model), None, repeats=1,
+                   note=f"{serialized_bytes(model) / 2**20:.2f} MiB float")]
     rows += _latency_rows("quantize", f"{name}: torchao int8-dynamic", lambda b: quantized(*b), lambda b: model(*b),
                           batches, timing)
     float_accuracy, int8_accuracy = accuracy(model), accuracy(quantized)
@@ -168,9 +170,3 @@ def _points(case: str, value: float, reference: float, target: Target | None, re
     """An accuracy difference in percentage points (may be 0 or below: unit "points")."""
     return Result("quantize", case, 100 * (value - reference), target, unit="points", repeats=1,
                   note=f"{reference_name} {reference:.4f}, {name} {value:.4f}")
-
-
-def _bytes(module) -> int:
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    return buffer.tell()

@@ -100,8 +100,8 @@ def _data_batches(spec: Path, prepared: Any, keys: dict, batch_size: int = 32, c
     except SpecError:
         return None
     examples = prepare_data(train_spec, prepared.compiled).splits[0].train
-    return [tuple(x[start:start + batch_size].float() if x.is_floating_point() else x[start:start + batch_size]
-                  for x in examples.inputs) for start in range(0, min(len(examples), batch_size * count), batch_size)]
+    return [tuple(x[start:start + batch_size] for x in examples.inputs)   # already in the spec's input dtypes
+            for start in range(0, min(len(examples), batch_size * count), batch_size)]
 
 
 @app.command()

@@ -36,7 +36,7 @@ class PrunedTensor:
 
     @property
     def pruned(self) -> bool:
-        return prune.is_pruned(self.module) and hasattr(self.module, f"{self.attribute}_mask")
+        return hasattr(self.module, f"{self.attribute}_mask")   # torch.nn.utils.prune's reparametrisation
 
     @property
     def mask(self) -> torch.Tensor | None:

@@ -106,12 +106,18 @@ def quantize(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
     return report
 
 
-def _measure(spec: Spec, module: nn.Module, data, task, device: torch.device, repeats: int) -> Measurement:
+def serialized_bytes(module: nn.Module) -> int:
+    """The size of `module`'s state_dict as `torch.save` writes it: what a checkpoint of it weighs."""
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def _measure(spec: Spec, module: nn.Module, data, task, device: torch.device, repeats: int) -> Measurement:
     metrics = score(spec, module, data, task, device)
     batch_sizes = sorted({1, min(spec.train.batch_size, len(data))})
-    return Measurement(buffer.tell(), metrics, {size: _latency(module, data, size, repeats) for size in batch_sizes})
+    latency = {size: _latency(module, data, size, repeats) for size in batch_sizes}
+    return Measurement(serialized_bytes(module), metrics, latency)
 
 
 def _latency(module: nn.Module, data, batch_size: int, repeats: int) -> float:
