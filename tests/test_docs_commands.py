@@ -1,5 +1,7 @@
 """Docs are tests: every `specc ...` command shown in README.md and docs/*.md (console, bash and text
-blocks) runs as written, from the repository root, and prints what the page shows after it.
+blocks) runs as written, from the repository root, and prints what the page shows after it: every
+line, in order (spacing aside; a `...` line stands for lines the page leaves out). A `COLUMNS=80`
+before the command is the terminal width it runs at; otherwise a wide one, as the pages show.
 
 Commands run in-process (typer's CliRunner); files they write go to a temporary folder. Commands
 that need a trained run, several processes, or files the page only names (`spec.yaml`,
@@ -30,6 +32,7 @@ class Shown:
     line: int
     command: str
     output: list[str]
+    env: dict[str, str]
 
 
 def shown_commands() -> list[Shown]:
@@ -48,8 +51,10 @@ def shown_commands() -> list[Shown]:
                     continue
                 prompt = line.startswith("$ ")
                 command = line[2:] if prompt else line
+                env = dict(re.findall(r"([A-Z_]+)=(\S+) ", re.match(r"(?:[A-Z_]+=\S+ )*", command).group()))
+                command = re.sub(r"^(?:[A-Z_]+=\S+ )*", "", command)
                 if command.startswith("specc ") and (prompt or block.group(1) != "console"):
-                    current = Shown(page.name, first_line + offset, command, [])
+                    current = Shown(page.name, first_line + offset, command, [], env)
                     found.append(current)
                     continued = command.endswith("\\")
                 elif prompt or block.group(1) == "bash":
@@ -101,11 +106,32 @@ def test_a_documented_command_runs_and_prints_what_the_page_shows(shown, tmp_pat
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     before = {path for path in ROOT.iterdir()}
-    result = CliRunner().invoke(app, with_outputs_in(arguments, tmp_path), env={"COLUMNS": "100"})
+    result = CliRunner().invoke(app, with_outputs_in(arguments, tmp_path), env={"COLUMNS": "200", **shown.env})
     expected = [line for line in shown.output if line.strip() and "runs/" not in line]
     failing = any(line.lstrip().startswith(("error:", "Error")) for line in expected)
     assert result.exit_code == (2 if failing else 0), f"{shown.page}:{shown.line}: {shown.command}\n{result.output}"
-    if expected:
-        first = " ".join(expected[0].split())
-        assert first in " ".join(result.output.split()), f"{shown.page}:{shown.line}: {first!r} not in\n{result.output}"
+    missing = lines_not_printed(expected, result.output)
+    assert not missing, f"{shown.page}:{shown.line}: {shown.command}\nshown but not printed: {missing}\n{result.output}"
     assert {path for path in ROOT.iterdir()} == before   # nothing left in the repository root
+
+
+def lines_not_printed(shown: list[str], printed: str) -> list[str]:
+    """The page's lines that the output lacks, matched in order, spacing aside; `...` skips any number."""
+    got = [" ".join(line.split()) for line in printed.splitlines()]
+    missing, at = [], 0
+    for line in (" ".join(line.split()) for line in shown):
+        if line in ("...", "…"):
+            continue
+        found = next((index for index in range(at, len(got)) if got[index] == line), None)
+        if found is None:
+            missing.append(line)
+        else:
+            at = found + 1
+    return missing
+
+
+def test_a_page_line_the_command_does_not_print_is_caught():
+    printed = "model\n  a   1\n  b   2\n"
+    assert lines_not_printed(["a 1", "...", "b 2"], printed) == []
+    assert lines_not_printed(["b 2", "a 1"], printed) == ["a 1"]    # out of order
+    assert lines_not_printed(["a  1", "c 3"], printed) == ["c 3"]

@@ -4,7 +4,8 @@ given without ever cutting a name or a number.
 At a narrow width the table gives way in a fixed order (docs/summary.md, "Narrow terminals"):
 the Trainable column goes first (rows that are not trainable say so in Params), then nesting is
 indented by one space instead of two, then shapes are written compactly (`1×64×56×56` for
-`[1, 64, 56, 56]`: one word, so a row keeps one line), then cells wrap between words (`×12` under
+`[1, 64, 56, 56]`: one word, so a row keeps one line) and a row's shared weights as `(shared)`, their
+count going to a line under the table, then cells wrap between words (`×12` under
 its type), then the optional columns go, then FLOPs, Output shape and Type. Layer and Params
 always stay; a cell is never cut inside a word.
 """
@@ -63,6 +64,7 @@ class Fitted:
     widths: list[int]
     rows: list[list[str]]
     left_out: list[str]           # headers of the columns dropped to fit
+    compact: bool = False         # shapes as `1×64×56×56`, shared counts under the table
 
 
 def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
@@ -78,9 +80,10 @@ def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
                  for key in keys]
         natural, minimum = _measure(keys, texts, wrapping)
         if table_width(natural) <= width:
-            return _fitted(result, keys, natural, texts)
+            return _fitted(result, keys, natural, texts, compact)
         if wrapping and table_width(minimum) <= width:
-            return _fitted(result, keys, _shrink(natural, minimum, texts, table_width(natural) - width), texts)
+            return _fitted(result, keys, _shrink(natural, minimum, texts, table_width(natural) - width), texts,
+                           compact)
         if "trainable" in keys:
             keys.remove("trainable")
         elif indent == "  ":
@@ -92,7 +95,7 @@ def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
         elif any(key in keys for key in DROP_ORDER):
             keys.remove(next(key for key in DROP_ORDER if key in keys))
         else:
-            return _fitted(result, keys, minimum, texts)
+            return _fitted(result, keys, minimum, texts, compact)
 
 
 def _measure(keys: list[str], texts: list[list[str]], wrapping: bool) -> tuple[list[int], list[int]]:
@@ -149,7 +152,8 @@ def _lines(text: str, width: int) -> int:
     return lines
 
 
-def _fitted(result: ModelSummary, keys: list[str], widths: list[int], texts: list[list[str]]) -> Fitted:
+def _fitted(result: ModelSummary, keys: list[str], widths: list[int], texts: list[list[str]],
+            compact: bool) -> Fitted:
     """The Trainable column is not reported as left out: its cells live on in Params."""
     left_out = [COLUMNS[key].header for key in result.columns if key not in keys and key != "trainable"]
-    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out)
+    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out, compact)

@@ -77,6 +77,9 @@ def _print_table(result: "ModelSummary", console: "Console") -> None:
         console.print(table(result, fitted), crop=False)
     finally:
         console.width = width
+    note = shared_note(result) if fitted.compact else None
+    if note:
+        console.print(console_text(note), end="\n\n" if not fitted.left_out else "\n")
     if fitted.left_out:
         console.print(f"(left out to fit {console.width} columns: {', '.join(fitted.left_out)}; "
                       "a wider terminal or --format markdown shows them)", end="\n\n")
@@ -118,7 +121,7 @@ def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = 
         return shape_text(row.kernel_size, compact)
     if key == "params":
         mark = "" if trainable_shown or trainable_text(row) in ("yes", "-") else f" ({_frozen(row)})"
-        return params_text(row) + mark
+        return params_text(row, compact) + mark
     if key == "params_percent":
         return f"{100 * row.params / total_params:.2f}%" if row.params and total_params else "-"
     if key == "trainable":
@@ -236,13 +239,20 @@ def shape_text(shape: list | None, compact: bool = False) -> str:
     return ", ".join(shape_text(item, compact) for item in shape)
 
 
-def params_text(row: "LayerRow") -> str:
-    """Parameters counted at this row; weights it shares with an earlier row (tie:, share:) in brackets."""
+def params_text(row: "LayerRow", compact: bool = False) -> str:
+    """Parameters counted at this row; weights it shares with an earlier row (tie:, share:) in brackets
+    (`compact`: without their count, which `shared_note` then gives under the table)."""
     if row.shared_params and not row.params:
-        return f"(shared {row.shared_params:,})"
+        return "(shared)" if compact else f"(shared {row.shared_params:,})"
     if row.shared_params:
-        return f"{row.params:,} (+{row.shared_params:,} shared)"
+        return f"{row.params:,} (+shared)" if compact else f"{row.params:,} (+{row.shared_params:,} shared)"
     return f"{row.params:,}"
+
+
+def shared_note(result: "ModelSummary") -> str | None:
+    """The counts a compact table leaves out of its `(shared)` cells, so that no figure is lost."""
+    shared = [f"{row.path} {row.shared_params:,}" for row in result.rows if row.shared_params]
+    return f"(shared): parameters counted once, at an earlier row: {', '.join(shared)}" if shared else None
 
 
 def trainable_text(row: "LayerRow") -> str:
