@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import os
 import subprocess
 import sys
@@ -87,6 +88,24 @@ def test_evaluate_prints_the_checkpoint_metrics(workdir, trained):
     expected = json.loads((trained / "summary.json").read_text())["metrics"]["val"]
     assert metrics["accuracy"] == pytest.approx(expected["accuracy"])
     assert np.array(metrics["confusion_matrix"]).sum() == 30
+
+
+def test_evaluate_quiet_and_verbose(workdir, trained):
+    """-v: each stage on its own line with its time, then the table; -q: the table alone; with
+    --format json stdout stays one JSON document whatever the flags."""
+    checkpoint = trained / "best.pt"
+    loud = specc("evaluate", "iris.yaml", "--checkpoint", checkpoint, "-v", cwd=workdir)
+    assert loud.returncode == 0, loud.stderr
+    stages = [line for line in loud.stdout.splitlines() if re.fullmatch(r".+: \d+\.\d\d s", line)]
+    assert [line.rsplit(":", 1)[0] for line in stages] == [
+        "reading best.pt", "compiling the spec and loading the weights", "loading the test split",
+        "evaluating 30 examples"]
+    assert loud.stdout.index("evaluating 30 examples") < loud.stdout.index("accuracy")
+    quiet = specc("evaluate", "iris.yaml", "--checkpoint", checkpoint, "-q", cwd=workdir)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert not any(line in quiet.stdout for line in stages) and "accuracy" in quiet.stdout
+    plain = specc("evaluate", "iris.yaml", "--checkpoint", checkpoint, "-v", "--format", "json", cwd=workdir)
+    assert json.loads(plain.stdout)["ok"] is True
 
 
 def test_predict_writes_one_row_per_example(workdir, trained):

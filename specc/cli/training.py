@@ -100,13 +100,18 @@ def evaluate(
     variant: VariantOption = None,
     output_format: Annotated[str, typer.Option("--format", help="text (a table) or json.")] = "text",
     quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Print the loss and every configured metric of a checkpoint on one split of the spec's data."""
-    starting("evaluate", quiet or output_format == "json")
+    plain = output_format == "json"   # stdout is the JSON document alone
+    starting("evaluate", quiet or plain)
     with user_errors(output_format):
         from specc.train.evaluation import evaluate as run_evaluation
+        from specc.train.run_log import show_stage_lines
 
-        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant))
+        show_stage_lines(verbose and not plain)
+        metrics = run_evaluation(spec, checkpoint, split=split, device=device, overrides=overrides(set_, variant),
+                                 quiet=quiet or plain)
         if output_format == "json":
             echo(json.dumps({"ok": True, "split": split, "metrics": metrics}, indent=2))
         else:

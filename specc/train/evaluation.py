@@ -16,6 +16,7 @@ from specc.train.loop import eval_batch_size, evaluate_split, first_output
 from specc.train.metrics import MetricSet, Task, build_loss
 from specc.train.prepare import build_model, load_train_spec, metric_locator, prepare_data, resolve_device
 from specc.train.npz import read_npz
+from specc.train.run_log import stage
 from specc.train.columns import IMAGE_SUFFIXES, ImageFiles
 from specc.train.folder_walk import image_files
 from specc.train.sources import read_csv
@@ -30,7 +31,8 @@ SPLITS = ("train", "val", "test")
 
 
 def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Path, *, split: str = "test",
-             device: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+             device: str | None = None, overrides: dict[str, Any] | None = None,
+             quiet: bool = False) -> dict[str, Any]:
     """Loss and every configured metric of a checkpoint on one split of the spec's data.
 
     The split is rebuilt from the spec (same source and split seed), and the inputs are scaled
@@ -42,6 +44,7 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
         split: train, val or test.
         device: overrides `train.device`.
         overrides: vars or dotted keys, like `--set`.
+        quiet: no spinner for the stages on a terminal (`specc evaluate -v` prints them as lines).
 
     Returns:
         `{"loss": ..., "accuracy": ..., ...}`.
@@ -49,10 +52,15 @@ def evaluate(spec_or_path: str | Path | dict | Spec | None, checkpoint: str | Pa
     Raises:
         SpecError: unreadable checkpoint, a checkpoint that does not fit the model, or an empty split.
     """
-    state = load_checkpoint(checkpoint)
-    spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
-    data, task = split_data(spec, model, state, split, device, checkpoint)
-    return score(spec, model.module, data, task, device)
+    shown = not quiet
+    with stage(f"reading {Path(checkpoint).name}", shown):
+        state = load_checkpoint(checkpoint)
+    with stage("compiling the spec and loading the weights", shown):
+        spec, model, device = restore(spec_or_path, state, checkpoint, device, overrides)
+    with stage(f"loading the {split} split", shown):
+        data, task = split_data(spec, model, state, split, device, checkpoint)
+    with stage(f"evaluating {len(data)} examples" if hasattr(data, "__len__") else "evaluating", shown):
+        return score(spec, model.module, data, task, device)
 
 
 def split_data(spec: Spec, model, state: dict[str, Any], split: str, device: torch.device,
