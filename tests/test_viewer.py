@@ -181,10 +181,29 @@ def test_details_list_input_shapes_and_every_weight_and_fit_all_shows_the_whole_
     details = browser.evaluate("document.getElementById('details').innerText")
     assert "input layer1.1.1\tB×64×56×56" in details and "weight\t128×64×1×1 float32" in details
     browser.evaluate("window.speccViewer.fitAll()")
-    inside = browser.evaluate("""(() => { const s = document.getElementById('stage').getBoundingClientRect();
-        return [...document.querySelectorAll('.node')].every(n => { const r = n.getBoundingClientRect();
-            return r.top >= s.top - 1 && r.bottom <= s.bottom + 1 && r.left >= s.left - 1 && r.right <= s.right + 1; }); })()""")
-    assert inside
+    assert browser.evaluate(ALL_IN_VIEW.replace("SELECTOR", ".node"))
+
+
+ALL_IN_VIEW = """(() => { const s = document.getElementById('stage').getBoundingClientRect();
+    return [...document.querySelectorAll('SELECTOR')].every(n => { const r = n.getBoundingClientRect();
+        return r.top >= s.top - 1 && r.bottom <= s.bottom + 1 && r.left >= s.left - 1 && r.right <= s.right + 1; }); })()"""
+
+
+@pytest.mark.parametrize("rankdir", ["TB", "LR"])
+def test_fit_all_shows_the_lanes_and_labels_too(browser, tmp_path, rankdir):
+    """U-Net's skips run in lanes beside the column, past its widest box: fit all keeps them in view."""
+    page = tmp_path / f"unet_{rankdir}.html"
+    page.write_text(draw(ROOT / "specs/unet.yaml", rankdir=rankdir).to_html())
+    browser.open(page)
+    assert browser.evaluate("document.querySelectorAll('path.edge.lane').length") > 0
+    # a stage long across the lanes: its narrow side decides the scale, so a lane past the widest box
+    # (below the lowest, left to right) would poke out
+    width, height = (300, 30000) if rankdir == "TB" else (30000, 150)
+    browser.evaluate(f"""(() => {{ const s = document.getElementById('stage');
+        s.style.flex = 'none'; s.style.width = '{width}px'; s.style.height = '{height}px'; }})()""")
+    browser.evaluate("window.speccViewer.fitAll()")
+    for selector in (".node", "path.edge", ".edge-label"):
+        assert browser.evaluate(ALL_IN_VIEW.replace("SELECTOR", selector)), selector
 
 
 def test_search_lists_every_match_and_a_result_opens_centres_and_selects_it(browser, tmp_path):

@@ -331,10 +331,11 @@
     view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w));
     view.x = (area.width - root.w * view.k) / 2; view.y = 20; applyView();
   }
-  function fitAll() {   // the whole model in view, however tall
-    const root = frames.get(null), area = stage.getBoundingClientRect();
-    view.k = Math.min(1, (area.width - 40) / Math.max(1, root.w), (area.height - 40) / Math.max(1, root.h));
-    view.x = (area.width - root.w * view.k) / 2; view.y = (area.height - root.h * view.k) / 2; applyView();
+  function fitAll() {   // the whole model in view, however tall: boxes, lanes beside them and edge labels
+    const box = viewport.getBBox(), area = stage.getBoundingClientRect();
+    view.k = Math.min(1, (area.width - 40) / Math.max(1, box.width), (area.height - 40) / Math.max(1, box.height));
+    view.x = (area.width - box.width * view.k) / 2 - box.x * view.k;
+    view.y = (area.height - box.height * view.k) / 2 - box.y * view.k; applyView();
   }
   function centerOn(id) {
     const p = positions.get(id), area = stage.getBoundingClientRect();
