@@ -25,3 +25,13 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0,
                            "Skipped: graphviz's `dot` is not installed: this test renders a drawing")
+
+
+@pytest.fixture
+def fresh_plan_cache():
+    """specc's in-process compile cache, empty before and after the test (tests of the cache itself)."""
+    from specc.build import plan_cache
+
+    plan_cache.clear()
+    yield
+    plan_cache.clear()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.moe import HandWrittenMoE   # Mixtral's sparse dispatch written out, the benchmark's baseline too
 from specc.build.compiler import compile as compile_spec
 from specc.build.flop_rules import module_flops
 from specc.build.moe_layers import MoE, load_balancing_loss
@@ -16,35 +16,12 @@ from specc.summary.rows import SavedForBackward
 from specc.summary.saved_blocks import BLOCK_RULES
 
 
-class HandWrittenMoE(nn.Module):
-    """Mixtral's sparse MoE block written out: softmax router, top-k, renormalise, one loop per expert
-    that was hit, each expert on the rows `where` finds for it, `index_add_` back."""
-
-    def __init__(self, dim, hidden, n_experts, top_k):
-        super().__init__()
-        self.top_k, self.n_experts = top_k, n_experts
-        self.gate = nn.Linear(dim, n_experts, bias=False)
-        self.gate_up_proj = nn.Parameter(torch.randn(n_experts, 2 * hidden, dim) * 0.1)
-        self.down_proj = nn.Parameter(torch.randn(n_experts, dim, hidden) * 0.1)
-
-    def forward(self, x):
-        tokens = x.reshape(-1, x.shape[-1])
-        probabilities = F.softmax(self.gate(tokens), dim=-1, dtype=torch.float)
-        weights, chosen = torch.topk(probabilities, self.top_k, dim=-1)
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(tokens.dtype)
-        out = torch.zeros_like(tokens)
-        mask = F.one_hot(chosen, self.n_experts).permute(2, 1, 0)        # (E, k, N)
-        for expert in torch.nonzero(mask.sum(dim=(-1, -2)) > 0).flatten().tolist():
-            slot, token = torch.where(mask[expert])
-            gate, up = F.linear(tokens[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.down_proj[expert]) * weights[token, slot, None]
-            out.index_add_(0, token, y)
-        return out.view(x.shape)
-
-
 def _pair(dim=16, hidden=24, n_experts=4, top_k=2, seed=0):
     torch.manual_seed(seed)
     reference = HandWrittenMoE(dim, hidden, n_experts, top_k).eval()
+    with torch.no_grad():   # the reference's experts start empty (the benchmark loads specc's weights into them)
+        for stacked in (reference.gate_up_proj, reference.down_proj):
+            stacked.copy_(torch.randn_like(stacked) * 0.1)
     layer = MoE(dim, hidden, n_experts, top_k).eval()
     layer.load_state_dict({"gate.weight": reference.gate.weight, "experts.gate_up_proj": reference.gate_up_proj,
                            "experts.down_proj": reference.down_proj}, strict=True)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import specc
-from specc.build import plan_cache
 from specc.build.compiler import compile as compile_spec
 from specc.lang.errors import SpecWarning
 
@@ -17,11 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "specs" / "mlp.yaml"
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    plan_cache.clear()
-    yield
-    plan_cache.clear()
+pytestmark = pytest.mark.usefixtures("fresh_plan_cache")   # tests/conftest.py
 
 
 def _planned(monkeypatch) -> list:

@@ -13,18 +13,13 @@ import pytest
 import torch
 
 import specc
-from specc.build import plan_cache
 from specc.build.compiler import compile as compile_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = ROOT / "specs" / "mlp.yaml"
 
 
-@pytest.fixture(autouse=True)
-def empty_cache():
-    plan_cache.clear()
-    yield
-    plan_cache.clear()
+pytestmark = pytest.mark.usefixtures("fresh_plan_cache")   # tests/conftest.py
 
 
 def test_changing_a_compiled_graph_does_not_reach_the_next_compile():

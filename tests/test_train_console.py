@@ -73,6 +73,18 @@ def test_curves_mark_the_best_epoch_and_plot_the_learning_rate():
     assert figure.axes[-1].get_yscale() == "log"
 
 
+def test_a_learning_rate_that_reaches_zero_is_plotted_on_a_linear_scale_without_a_warning():
+    import warnings
+
+    history = [{**RECORD, "epoch": epoch, "lr": rate} for epoch, rate in ((1, 0.003), (2, 0.0015), (3, 0.0))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # matplotlib warns that a log scale cannot show 0
+        figure = curves_figure(history)
+        figure.canvas.draw()
+    assert figure.axes[-1].get_yscale() == "linear"
+    assert list(figure.axes[-1].lines[0].get_ydata()) == [0.003, 0.0015, 0.0]
+
+
 def run_in_terminal(arguments: list[str], cwd: Path, columns: int = 80) -> str:
     """Run a command with a pseudo-terminal of `columns` columns as stdout; everything it drew."""
     import fcntl

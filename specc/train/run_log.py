@@ -272,7 +272,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, best_epoch: int | Non
 
 def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
     """One panel per quantity (loss, then each metric), train and val over epochs, the best epoch
-    marked by a dashed line; then the learning rate (log scale) when it was recorded."""
+    marked by a dashed line; then the learning rate when it was recorded (log scale unless it reaches 0)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -298,9 +298,10 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
         axes.legend()
     if with_lr:
         axes = figure.add_subplot(rows, columns, panels)
-        axes.plot(epochs, [record.get("lr", math.nan) for record in history], marker="o", markersize=3,
-                  color="#7f7f7f", label="lr")
-        axes.set_yscale("log")
+        rates = [record.get("lr", math.nan) for record in history]
+        axes.plot(epochs, rates, marker="o", markersize=3, color="#7f7f7f", label="lr")
+        if all(rate > 0 for rate in rates if not math.isnan(rate)):   # a schedule that reaches 0 has no log
+            axes.set_yscale("log")
         _mark_best(axes, best_epoch)
         axes.set(title="learning rate", xlabel="epoch")
         axes.grid(alpha=0.3)
