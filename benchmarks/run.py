@@ -41,7 +41,7 @@ FAMILIES: dict[str, tuple[Callable[..., list[Result]], dict, dict]] = {
     "cli": (cli_cost.run, {}, {"repeats": 1, "summary_spec": SPECS / "mlp.yaml"}),
     "train": (training.run, {}, {"repeats": 1, "models": ("mlp",)}),
     "train_start": (train_start.run, {}, {"repeats": 1}),
-    "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False}),
+    "draw": (draw_cost.run, {}, {"repeats": 1, "items": 40, "cli": False, "published": False}),
     "stream": (streaming.run, {}, {"repeats": 1, "rows": 4000}),
     "gpu": (gpu.run, {}, {"repeats": 1, "steps": 2}),
     "scan": (scan.run, {}, {"repeats": 1, "turns": 1, "lengths": (64,), "closed_repeats": 1}),

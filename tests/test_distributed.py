@@ -288,3 +288,45 @@ def test_bad_data_met_by_one_streaming_rank_ends_the_job_with_its_located_error(
     assert result.returncode == 2, result.stderr
     assert "spec.yaml:14:5: images/b/broken.png: cannot read the image" in result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+
+
+def test_a_rank_reports_its_spec_error_before_it_leaves_the_group(tmp_path, monkeypatch):
+    """The report must exist before the group is destroyed: that is when a peer loses its
+    connection, and the peer then looks for the report (below) to know its error is a consequence."""
+    from specc.lang.errors import Location, Problem, SpecError
+    from specc.train import ranks
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setitem(ranks.FAILURES, "folder", tmp_path)
+    monkeypatch.setattr(ranks.dist, "init_process_group", lambda backend: None)
+    seen_at_destroy = []
+    monkeypatch.setattr(ranks.dist, "destroy_process_group", lambda: seen_at_destroy.append(ranks.peer_failed()))
+    problem = Problem("images/b/broken.png: cannot read the image", Location("spec.yaml", 14, 5), "DATA_ERROR")
+    with pytest.raises(SpecError):
+        with ranks.process_group(torch.device("cpu")):
+            raise SpecError([problem])
+    assert seen_at_destroy == [True]
+    (report,) = json.loads((tmp_path / "rank1.json").read_text())
+    assert (report["message"], report["line"], report["code"]) == (problem.message, 14, "DATA_ERROR")
+    assert list(tmp_path.iterdir()) == [tmp_path / "rank1.json"]   # no temporary file left
+
+
+def test_a_peer_whose_group_broke_after_a_spec_error_exits_2_quietly(tmp_path, monkeypatch):
+    """Under load the healthy rank may see gloo's connection close before the agent stops it: its
+    RuntimeError is not news, so it leaves with code 2 and no traceback; the same error with no
+    peer's report is a real crash and propagates."""
+    from specc.train import ranks, training
+
+    def broken_group(*args, **kwargs):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setattr(training, "train", broken_group)
+    monkeypatch.setitem(ranks.FAILURES, "folder", None)
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        launcher._train_process({}, "runs", None, False, str(tmp_path))
+    (tmp_path / "rank1.json").write_text("[]")
+    with pytest.raises(SystemExit) as exited:
+        launcher._train_process({}, "runs", None, False, str(tmp_path))
+    assert exited.value.code == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from specc.lang.errors import Location, Problem, SpecError
-from specc.train.ranks import launched
+from specc.train.ranks import FAILURES, launched, peer_failed, report_failure
 
 
 class LaunchError(RuntimeError):
@@ -106,19 +106,23 @@ def _train_process(spec: Any, out: str, resume: str | Path | None, verbose: bool
     for this one in their next collective and would wait for ever. So its problems go to a file in
     `failures` and the process exits with code 2; torchrun's agent then stops the other processes,
     and the launching process reports the problems as a spec error rather than a crash.
+
+    A peer of that rank may fail too, when the group breaks under it (gloo: connection closed): its
+    error is a consequence, not news, so it exits with code 2 quietly as well; the SpecError's rank
+    writes its report before it leaves the group, so the peer finds it.
     """
     from specc.train.training import train
 
+    FAILURES["folder"] = Path(failures)
     try:
         return train(spec, out=out, resume=resume, verbose=verbose)
-    except SpecError as error:  # the group is gone by now: the rank comes from torchrun's environment
-        path = Path(failures) / f"rank{os.environ.get('RANK', '0')}.json"
-        path.write_text(json.dumps([_problem_record(problem) for problem in error.problems]))
+    except SpecError as error:  # met outside the process group, or reported already in it
+        report_failure(error)
         raise SystemExit(2) from None
-
-
-def _problem_record(problem: Problem) -> dict:
-    return {**problem.to_dict(), "notes": list(problem.notes)}
+    except Exception:
+        if peer_failed():
+            raise SystemExit(2) from None
+        raise
 
 
 def _first_failure(failures: Path) -> list[Problem]:

@@ -12,9 +12,11 @@ Outside torchrun every helper here is a no-op, so the loop calls them unconditio
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -22,6 +24,31 @@ import torch.distributed as dist
 from torch import nn
 
 from specc.lang.errors import SpecError
+
+
+# Set by `specc train --nproc` in each process it starts (launch._train_process): the folder where a
+# rank that meets a SpecError writes its problems, for the launcher to report as one located error.
+FAILURES: dict[str, Path | None] = {"folder": None}
+
+
+def report_failure(error: SpecError) -> None:
+    """Write this rank's problems for the launcher (once; no-op outside `specc train --nproc`)."""
+    folder = FAILURES["folder"]
+    if folder is None:
+        return
+    path = folder / f"rank{os.environ.get('RANK', '0')}.json"
+    if path.exists():
+        return
+    records = [{**problem.to_dict(), "notes": list(problem.notes)} for problem in error.problems]
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(records))
+    temporary.replace(path)   # whole or absent: a peer or the launcher never reads half a report
+
+
+def peer_failed() -> bool:
+    """Another rank of this `specc train --nproc` job has reported a SpecError."""
+    folder = FAILURES["folder"]
+    return folder is not None and any(folder.glob("rank*.json"))
 
 
 def launched() -> bool:
@@ -75,6 +102,10 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         try:
             yield device
+        except SpecError as error:
+            # before the group goes: a peer that then loses its connection finds the report (peer_failed)
+            report_failure(error)
+            raise
         finally:
             dist.destroy_process_group()
 
