@@ -288,6 +288,10 @@ def test_bad_data_met_by_one_streaming_rank_ends_the_job_with_its_located_error(
     assert result.returncode == 2, result.stderr
     assert "spec.yaml:14:5: images/b/broken.png: cannot read the image" in result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    # and nothing else: not torch's "Terminating process ... via signal SIGTERM" for the healthy rank,
+    # nor the resource tracker's leaked semaphores of a launcher that skipped multiprocessing's exit
+    assert [line for line in result.stderr.splitlines() if not line.startswith("error: ")] == [
+        "specc train: loading torch and the training modules ..."], result.stderr
 
 
 def test_a_rank_reports_its_spec_error_before_it_leaves_the_group(tmp_path, monkeypatch):

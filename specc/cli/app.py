@@ -161,6 +161,14 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda
 
 
 FAST_EXIT_COMMANDS = ("train", "evaluate")
+FAST_EXIT = {"on": True}   # off once this process has started others (keep_normal_exit)
+
+
+def keep_normal_exit() -> None:
+    """This process started others (`train --nproc`): multiprocessing's exit handlers must run to
+    release the semaphores it shared with them (skipped, the resource tracker warns about each);
+    this process imported no metrics or plotting, so its teardown is quick anyway."""
+    FAST_EXIT["on"] = False
 
 
 def starting(command: str, quiet: bool) -> None:
@@ -176,7 +184,7 @@ def main() -> None:
         app()
     except SystemExit as done:
         command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-        if command in FAST_EXIT_COMMANDS and not isinstance(done.code, str):
+        if command in FAST_EXIT_COMMANDS and FAST_EXIT["on"] and not isinstance(done.code, str):
             _exit_now(done.code)
         raise
     except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug

@@ -90,6 +90,7 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
     else:
         spec = load(spec_or_path, {**(overrides or {}), **{f"train.{key}": value for key, value in train_keys.items()}})
     with tempfile.TemporaryDirectory(prefix="specc-ranks-") as failures:
+        FAILURES["folder"] = Path(failures)   # here too: the launcher's logs know a rank's SpecError
         try:
             return launch(_train_process, (spec, str(out), resume, verbose, failures), nproc)
         except LaunchError:
@@ -97,6 +98,8 @@ def launch_training(spec_or_path: Any, nproc: int, *, out: str | Path = "runs", 
             if problems:
                 raise SpecError(problems) from None
             raise
+        finally:
+            FAILURES["folder"] = None
 
 
 def _train_process(spec: Any, out: str, resume: str | Path | None, verbose: bool, failures: str) -> Any:
@@ -175,21 +178,29 @@ def launch(function: Callable[..., Any], args: tuple, nproc: int) -> Any:
 
 class _SpecErrorExit(logging.Filter):
     """Drops the agent's traceback for a process that exited with code 2: a SpecError that
-    `launch_training` reports as one located line (a traceback of torch's own code says nothing)."""
+    `launch_training` reports as one located line (a traceback of torch's own code says nothing);
+    and then the warnings that the other processes are being stopped, which is the point."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.args and record.getMessage().startswith("failed (exitcode: 2)"))
+        message = record.getMessage() if record.args else ""
+        if message.startswith("failed (exitcode: 2)"):
+            return False
+        # torch stops the others as soon as one has exited, before the agent logs the exit
+        return not (message.startswith("Terminating process") and peer_failed())
 
 
 @contextlib.contextmanager
 def _quiet_spec_error_exits() -> Iterator[None]:
-    agent_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    logs = [logging.getLogger(name) for name in ("torch.distributed.elastic.multiprocessing.api",
+                                                 "torch.multiprocessing.spawn")]
     spec_error_exits = _SpecErrorExit()
-    agent_log.addFilter(spec_error_exits)
+    for log in logs:
+        log.addFilter(spec_error_exits)
     try:
         yield
     finally:
-        agent_log.removeFilter(spec_error_exits)
+        for log in logs:
+            log.removeFilter(spec_error_exits)
 
 
 @contextlib.contextmanager
