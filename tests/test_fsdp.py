@@ -138,6 +138,7 @@ def test_activation_checkpointing_trains_the_same(runs):
                         atol=1e-6)
 
 
+@pytest.mark.filterwarnings("error:torch.distributed is:UserWarning")   # DCP's "assuming one process" is not news
 def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
     from specc.train.training import train
 

@@ -4,6 +4,7 @@ the best epoch and plots the learning rate."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import pty
 import re
@@ -83,6 +84,20 @@ def test_a_learning_rate_that_reaches_zero_is_plotted_on_a_linear_scale_without_
         figure.canvas.draw()
     assert figure.axes[-1].get_yscale() == "linear"
     assert list(figure.axes[-1].lines[0].get_ydata()) == [0.003, 0.0015, 0.0]
+
+
+def test_a_quantity_without_a_number_yet_gets_an_empty_panel_without_a_warning():
+    """An epoch interrupted before its validation: its val numbers are nan, and a panel may have no line."""
+    import warnings
+
+    history = [{"epoch": 1, "train_loss": 0.5, "val_loss": math.nan, "train_accuracy": math.nan,
+                "val_accuracy": math.nan}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # matplotlib warns of a legend with no labelled line
+        figure = curves_figure(history)
+    loss, accuracy = figure.axes
+    assert [line.get_label() for line in loss.lines] == ["train"] and loss.get_legend() is not None
+    assert len(accuracy.lines) == 0 and accuracy.get_legend() is None
 
 
 def run_in_terminal(arguments: list[str], cwd: Path, columns: int = 80) -> str:

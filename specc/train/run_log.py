@@ -295,7 +295,8 @@ def curves_figure(history: list[dict[str, Any]], best_epoch: int | None = None):
         axes.set_title(name)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
-        axes.legend()
+        if axes.get_legend_handles_labels()[0]:   # a quantity with no number yet (all nan) has no line
+            axes.legend()
     if with_lr:
         axes = figure.add_subplot(rows, columns, panels)
         rates = [record.get("lr", math.nan) for record in history]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from specc.weights.checkpoint import save_checkpoint
-from specc.weights.checkpoint import STATE_FILE, file_digests
+from specc.weights.checkpoint import STATE_FILE, dcp_in_one_process, file_digests
 from specc.lang.errors import Problem, SpecError
 from specc.train import ranks
 
@@ -39,7 +39,8 @@ def save_sharded(state: dict[str, Any], model: nn.Module, optimizer: torch.optim
     folder = link.parent / ranks.on_main(lambda: f".{link.name}.{uuid.uuid4().hex[:12]}")
     ranks.on_main(folder.mkdir)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+    with dcp_in_one_process():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
     ranks.on_main(_finish, state, folder, link, verify)
 
 
@@ -81,11 +82,13 @@ def restore_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, p
     try:
         if optimizer is None:
             model_state = get_model_state_dict(model)
-            dcp.load({"model": model_state}, checkpoint_id=where)
+            with dcp_in_one_process():
+                dcp.load({"model": model_state}, checkpoint_id=where)
             set_model_state_dict(model, model_state)
             return
         model_state, optimizer_state = get_state_dict(model, optimizer)
-        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=where)
+        with dcp_in_one_process():
+            dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=where)
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
     except (RuntimeError, KeyError, ValueError, CheckpointException) as error:  # CheckpointException: a BaseException
         raise SpecError(Problem(f"{path}: the sharded checkpoint does not fit this spec's model or optimizer: "

@@ -348,6 +348,17 @@ def read_sharded_state(path: str | Path, *, verify: bool = True) -> dict[str, An
     return state
 
 
+@contextlib.contextmanager
+def dcp_in_one_process() -> Iterator[None]:
+    """DCP warns on every save or load without a process group that it assumes one process: which is
+    what specc means there (one-process FSDP, evaluate or resume from a sharded checkpoint), so the
+    warning tells the user nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is .*assuming the intent is to (save|load) "
+                                                  r"in a single process", category=UserWarning)
+        yield
+
+
 def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint as one process's dict: state.pt's keys plus `model`, the full tensors
     gathered from every shard on the CPU (the optimizer state stays on disk).
@@ -359,7 +370,8 @@ def load_sharded_checkpoint(path: str | Path) -> dict[str, Any]:
 
     state = read_sharded_state(path)
     try:
-        loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
+        with dcp_in_one_process():
+            loaded = _load_state_dict_from_keys({"model"}, checkpoint_id=str(Path(path).resolve()))
     except Exception as error:  # DCP raises several types for damaged folders
         raise SpecError(Problem(f"{path}: cannot read the sharded checkpoint: {str(error).splitlines()[0]}", None,
                                 "CHECKPOINT_ERROR")) from None
