@@ -186,7 +186,9 @@ def _cpu_model() -> str:
 
 
 def format_seconds(seconds: float) -> str:
-    """1.2e-5 -> '12.0 µs', 0.0031 -> '3.10 ms', 2.5 -> '2.50 s'."""
+    """1.2e-5 -> '12.0 µs', 0.0031 -> '3.10 ms', 2.5 -> '2.50 s', -1.2 -> '-1.20 s' (a time saved)."""
+    if seconds < 0:
+        return "-" + format_seconds(-seconds)
     if seconds < 1e-3:
         return f"{seconds * 1e6:.1f} µs"
     if seconds < 1:

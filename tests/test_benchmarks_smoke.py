@@ -18,7 +18,7 @@ from benchmarks import run as bench  # noqa: E402
 from benchmarks.compile_cost import SMALL, llama_parameters  # noqa: E402
 from benchmarks.draw_cost import generated_spec  # noqa: E402
 from benchmarks.llama_reference import LlamaConfig, build_on_meta  # noqa: E402
-from benchmarks.timing import Result, Target, interleaved, median_ratio  # noqa: E402
+from benchmarks.timing import Result, Target, format_seconds, interleaved, median_ratio  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from system_tools import require_tool  # noqa: E402
 
@@ -66,6 +66,8 @@ def test_targets_compare_and_print_like_the_issue_writes_them():
     assert Target("<=", 1.03).met_by(1.03) and not Target("<=", 1.03).met_by(1.031)
     assert Target(">=", 1.3).met_by(1.4) and not Target("<", 5.0, "s").met_by(5.0)
     assert str(Target("<=", 1.03)) == "≤ 1.03" and str(Target("<", 1000, "MB")) == "< 1000 MB"
+    # train_start's first line comes before `import torch` would end: a negative difference
+    assert [format_seconds(s) for s in (1.2e-5, 0.0031, 2.5, -1.2164)] == ["12.0 µs", "3.10 ms", "2.50 s", "-1.22 s"]
 
 
 def test_interleaving_alternates_who_goes_first_and_ratios_pair_rounds():
