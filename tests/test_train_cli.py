@@ -192,6 +192,26 @@ def test_a_first_line_before_the_imports_and_quiet_keeps_only_the_final_table(wo
     assert (run_dir / "curves.png").stat().st_size > 0 and list(run_dir.glob("events.out.tfevents.*"))
 
 
+def test_the_fast_exit_after_the_table_still_runs_exit_handlers(workdir):
+    """`specc train` skips the interpreter's slow teardown, not the exit handlers: one registered by a
+    module the spec imports runs (and so do multiprocessing's, which `--nproc` needs)."""
+    (workdir / "exit_probe.py").write_text(textwrap.dedent("""\
+        import atexit
+        from pathlib import Path
+        from torch import nn
+
+        class Probe(nn.Identity):
+            pass
+
+        atexit.register(lambda: Path(__file__).with_name("exit_handler_ran").write_text("yes"))
+    """))
+    spec = IRIS.replace("name: iris_cli", "name: iris_exit\n    imports: [exit_probe.Probe]")
+    (workdir / "exit.yaml").write_text(textwrap.dedent(spec).replace("layers: [", "layers: [Probe, "))
+    result = specc("train", "exit.yaml", "--epochs", 1, "--out", "exit_runs", "-q", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "exit_handler_ran").read_text() == "yes"
+
+
 def test_training_a_spec_without_train_says_so_even_with_train_overrides():
     import specc
     from specc.lang.errors import SpecError

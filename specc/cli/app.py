@@ -161,14 +161,6 @@ DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda
 
 
 FAST_EXIT_COMMANDS = ("train", "evaluate")
-FAST_EXIT = {"on": True}   # off once this process has started others (keep_normal_exit)
-
-
-def keep_normal_exit() -> None:
-    """This process started others (`train --nproc`): multiprocessing's exit handlers must run to
-    release the semaphores it shared with them (skipped, the resource tracker warns about each);
-    this process imported no metrics or plotting, so its teardown is quick anyway."""
-    FAST_EXIT["on"] = False
 
 
 def starting(command: str, quiet: bool) -> None:
@@ -184,7 +176,7 @@ def main() -> None:
         app()
     except SystemExit as done:
         command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-        if command in FAST_EXIT_COMMANDS and FAST_EXIT["on"] and not isinstance(done.code, str):
+        if command in FAST_EXIT_COMMANDS and not isinstance(done.code, str):
             _exit_now(done.code)
         raise
     except Exception as error:  # noqa: BLE001 - user mistakes are handled per command; this is a bug
@@ -197,10 +189,18 @@ def main() -> None:
 
 def _exit_now(code: Any) -> None:
     """Leave without the interpreter's teardown of torch, scipy and matplotlib (seconds after the final
-    table): every file of the run is written and closed by now, so only the streams need flushing."""
-    import logging
+    table): every file of the run is written and closed by now. The exit handlers still run (a few
+    milliseconds): those of the user's `imports:` modules, logging's, and multiprocessing's, which
+    release what `--nproc` shared with its processes (else the resource tracker warns of leaks)."""
+    import atexit
 
-    logging.shutdown()
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's, what a normal exit calls
+    if run_exit_handlers is not None:
+        run_exit_handlers()
+    else:   # another Python: at least the log files are flushed and closed
+        import logging
+
+        logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

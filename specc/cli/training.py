@@ -11,8 +11,8 @@ from typing import Annotated, Iterator, Optional
 import typer
 
 from specc.cli.app import (CheckpointOption, DeviceOption, QuietOption, SetOption, SpecPath, UsageFailure,
-                           VariantOption, VerboseOption, app, echo, keep_normal_exit, output_folder_exists, overrides,
-                           starting, user_errors)
+                           VariantOption, VerboseOption, app, echo, output_folder_exists, overrides, starting,
+                           user_errors)
 
 
 @app.command()
@@ -50,8 +50,6 @@ def train(
                                                                ("strategy", strategy)) if value is not None}
             if nproc > 1:  # the launcher leaves torchmetrics & co to the processes it starts
                 from specc.train.launch import LaunchError, launch_training
-
-                keep_normal_exit()
 
                 try:
                     result = launch_training(spec, nproc, out=out, resume=resume, overrides=overrides(set_, variant), **keys)
