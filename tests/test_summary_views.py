@@ -98,6 +98,26 @@ def test_at_80_columns_each_row_keeps_one_line_its_shape_compact_if_need_be(publ
         assert "(shared)" in lines[-1] and "head 38,597,376" in narrow and "(shared 38,597,376)" in wide
 
 
+@pytest.mark.parametrize("name", ["gpt_char", "vit_b_16", "bert", "transformer_encoder", "mobilenet_v3_small"])
+def test_at_80_columns_compact_types_and_no_margins_come_before_a_row_wraps_or_a_column_goes(name):
+    """These tables are a few characters too wide once Trainable has gone and shapes are compact:
+    `MLP×12` (one word) and, where that is not enough, no blank margin left and right make room, so
+    every row keeps one line and FLOPs stays (it was left out, or `×12` wrapped under its type)."""
+    result = specc.summary(ROOT / "specs" / f"{name}.yaml")
+    narrow, wide = result.render("table", width=80), result.render("table", width=300)
+    lines, every = table_lines(narrow), narrow.splitlines()
+    assert len(lines) == len(result.rows) and max(map(len, every)) <= 80
+    rule = every.index(next(line for line in every if "━" in line))
+    header = every.index(next(line for line in every if line.lstrip().startswith("Layer")))
+    assert every[rule - 1].rstrip().endswith("FLOPs") and "left out" not in narrow
+    assert every[1] == "" and every[rule + 1 + len(lines)] == ""   # blank lines around the table
+    for row in result.rows:
+        if row.count > 1:   # the wide table's `MLP ×12`, as one word
+            assert f"{row.type}×{row.count}" in narrow and f"{row.type} ×{row.count}" in wide
+    if name in ("gpt_char", "vit_b_16", "bert", "mobilenet_v3_small"):   # these need the margins too
+        assert every[header].startswith("Layer") and lines[0].startswith(result.rows[0].name)
+
+
 def test_at_80_columns_resnet_loses_only_the_trainable_column():
     narrow = specc.summary(ROOT / "specs" / "resnet18.yaml").render("table", width=80)
     header = next(line for line in narrow.splitlines() if "Layer" in line)

@@ -4,9 +4,10 @@ given without ever cutting a name or a number.
 At a narrow width the table gives way in a fixed order (docs/summary.md, "Narrow terminals"):
 the Trainable column goes first (rows that are not trainable say so in Params), then nesting is
 indented by one space instead of two, then shapes are written compactly (`1×64×56×56` for
-`[1, 64, 56, 56]`: one word, so a row keeps one line) and a row's shared weights as `(shared)`, their
-count going to a line under the table, then cells wrap between words (`×12` under
-its type), then the optional columns go, then FLOPs, Output shape and Type. Layer and Params
+`[1, 64, 56, 56]`: one word, so a row keeps one line), a repeated row's type as `MLP×12`, and a row's
+shared weights as `(shared)`, their count going to a line under the table, then the table's blank
+margins left and right go, then cells wrap between words, then the optional columns go, then FLOPs,
+Output shape and Type (after each, margins and unwrapped cells are tried again). Layer and Params
 always stay; a cell is never cut inside a word.
 """
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Fitted:
     rows: list[list[str]]
     left_out: list[str]           # headers of the columns dropped to fit
     compact: bool = False         # shapes as `1×64×56×56`, shared counts under the table
+    margins: bool = True          # a blank column left and right of the table
 
 
 def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
@@ -74,28 +76,31 @@ def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
     one step at a time (see the module's docstring); when even Layer and Params at their longest
     word do not fit, it is as narrow as it can be and wider than `width`.
     """
-    keys, indent, wrapping, compact = list(result.columns), "  ", False, False
+    keys, indent, wrapping, compact, margins = list(result.columns), "  ", False, False, True
     while True:
         texts = [[cell(row, key, "trainable" in keys, indent, compact=compact) for row in result.rows]
                  for key in keys]
         natural, minimum = _measure(keys, texts, wrapping)
-        if table_width(natural) <= width:
-            return _fitted(result, keys, natural, texts, compact)
-        if wrapping and table_width(minimum) <= width:
-            return _fitted(result, keys, _shrink(natural, minimum, texts, table_width(natural) - width), texts,
-                           compact)
+        fitted = functools.partial(_fitted, result, keys, texts=texts, compact=compact, margins=margins)
+        if table_width(natural, margins) <= width:
+            return fitted(natural)
+        if wrapping and table_width(minimum, margins) <= width:
+            return fitted(_shrink(natural, minimum, texts, table_width(natural, margins) - width))
         if "trainable" in keys:
             keys.remove("trainable")
         elif indent == "  ":
             indent = " "
         elif not compact:  # before any cell wraps: a shape on one line beats one split over three
             compact = True
+        elif margins:      # four blank characters that hold no figure
+            margins = False
         elif not wrapping:
             wrapping = True
         elif any(key in keys for key in DROP_ORDER):
             keys.remove(next(key for key in DROP_ORDER if key in keys))
+            margins, wrapping = True, False   # the narrower table may fit with its margins, unwrapped
         else:
-            return _fitted(result, keys, minimum, texts, compact)
+            return fitted(minimum)
 
 
 def _measure(keys: list[str], texts: list[list[str]], wrapping: bool) -> tuple[list[int], list[int]]:
@@ -109,9 +114,11 @@ def _measure(keys: list[str], texts: list[list[str]], wrapping: bool) -> tuple[l
     return natural, minimum
 
 
-def table_width(widths: list[int]) -> int:
-    """rich's SIMPLE_HEAVY box: one space of padding each side of a cell, one between columns, one per edge."""
-    return sum(widths) + 2 * len(widths) + (len(widths) - 1) + 2
+def table_width(widths: list[int], margins: bool = True) -> int:
+    """rich's SIMPLE_HEAVY box: one space of padding each side of a cell, one between columns, one per edge
+    (without `margins`: no edge, and no padding on the outer side of the first and last cells)."""
+    inner = sum(widths) + 2 * len(widths) + (len(widths) - 1)
+    return inner + 2 if margins else inner - 2
 
 
 def _shrink(natural: list[int], minimum: list[int], texts: list[list[str]], excess: int) -> list[int]:
@@ -152,8 +159,9 @@ def _lines(text: str, width: int) -> int:
     return lines
 
 
-def _fitted(result: ModelSummary, keys: list[str], widths: list[int], texts: list[list[str]],
-            compact: bool) -> Fitted:
+def _fitted(result: ModelSummary, keys: list[str], widths: list[int], *, texts: list[list[str]],
+            compact: bool, margins: bool) -> Fitted:
     """The Trainable column is not reported as left out: its cells live on in Params."""
     left_out = [COLUMNS[key].header for key in result.columns if key not in keys and key != "trainable"]
-    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out, compact)
+    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out, compact,
+                  margins)

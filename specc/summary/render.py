@@ -72,9 +72,14 @@ def _print_table(result: "ModelSummary", console: "Console") -> None:
     console.print(f"[bold]{console_text(result.model)}[/bold]  {console_text(_inputs_text(result))}")
     fitted = fit(result, cell_of(result), console.width)
     width = console.width
-    console.width = max(width, table_width(fitted.widths))  # too narrow even for Layer and Params: longer lines, not cut ones
+    # too narrow even for Layer and Params: longer lines, not cut ones
+    console.width = max(width, table_width(fitted.widths, fitted.margins))
     try:
+        if not fitted.margins:   # the box's top and bottom edges were the blank lines around the table
+            console.print()
         console.print(table(result, fitted), crop=False)
+        if not fitted.margins:
+            console.print()
     finally:
         console.width = width
     note = shared_note(result) if fitted.compact else None
@@ -97,7 +102,7 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
     from rich.text import Text
 
     fitted = fitted or fit(result, cell_of(result), 10 ** 6)
-    grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
+    grid = Table(box=box.SIMPLE_HEAVY, header_style="bold", show_edge=fitted.margins, pad_edge=fitted.margins)
     for column, width in zip(fitted.columns, fitted.widths):
         grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
     for row, texts in zip(result.rows, fitted.rows):
@@ -111,8 +116,9 @@ def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = 
     that is not trainable says so in Params; `compact` writes shapes as `1×64×56×56`."""
     if key == "layer":
         return indent * row.depth + row.name
-    if key == "type":
-        return row.type + (f" ×{row.count}" if row.count > 1 else "") + (" (unused)" if row.unused else "")
+    if key == "type":   # compact: `MLP×12`, one word, as a compact shape is
+        count = (("×" if compact else " ×") + str(row.count)) if row.count > 1 else ""
+        return row.type + count + (" (unused)" if row.unused else "")
     if key == "input_shape":
         return shape_text(row.input_shape, compact)
     if key == "output_shape":
