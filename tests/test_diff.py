@@ -107,7 +107,7 @@ def test_the_drawing_colours_added_changed_and_removed_items():
 def test_cli_table_and_drawing(tmp_path):
     require_tool("dot", "graphviz renders the svg")
     out = tmp_path / "changes.svg"
-    done = runner.invoke(app, ["diff", str(RESNET), "--set", "n_classes=10", "--draw", str(out)])
+    done = runner.invoke(app, ["diff", str(RESNET), "--set", "n_classes=10", "--draw", str(out)], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     assert "out_features 1000 → 10" in done.output and f"wrote {out}" in done.output
     svg = out.read_text()
@@ -133,3 +133,30 @@ def test_cli_errors(tmp_path):
     broken.write_text(mnist_text().replace("Linear: {out_features: $n_classes}", "Linear: {out_feature: $n_classes}"))
     done = runner.invoke(app, ["diff", str(MNIST), str(broken)])
     assert done.exit_code == 2 and f"{broken}:" in done.output and "Traceback" not in done.output
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_the_table_fits_a_narrow_terminal_without_cutting_a_word(columns):
+    """As the summary's table gives way (docs/summary.md): compact shapes, no margins, cells wrapped
+    between words, then FLOPs, Output shape and Type leave, named under the table; Item, Changed and
+    Params stay, and every word of theirs is there whole."""
+    result = diff(GPT2, b_variables={"n_layers": 11, "n_heads": 8})
+    wide, narrow = result.render("table"), result.render("table", width=columns)
+    assert max(map(len, wide.splitlines())) > 100 and max(map(len, narrow.splitlines())) <= columns
+    assert "…" not in narrow
+    for item in result.changes:
+        assert item.path in narrow
+    assert narrow.count("n_heads 12 → 8") == 11 and narrow.count("2,362,368") == 11 and "7,087,872" in narrow
+    left_out = {80: "Output shape, FLOPs", 60: "Type, Output shape, FLOPs"}[columns]
+    assert f"left out to fit {columns} columns: {left_out};" in " ".join(narrow.split())
+    assert wide.splitlines()[-3:] == narrow.splitlines()[-3:] or columns < 70   # the totals, unless they wrap
+
+
+def test_the_cli_table_takes_the_width_of_columns_or_the_terminal(tmp_path):
+    narrow = runner.invoke(app, ["diff", str(RESNET), "--set", "n_classes=10"], env={"COLUMNS": "80"})
+    wide = runner.invoke(app, ["diff", str(RESNET), "--set", "n_classes=10"], env={"COLUMNS": "300"})
+    assert narrow.exit_code == wide.exit_code == 0
+    assert max(map(len, narrow.output.splitlines())) <= 80 < max(map(len, wide.output.splitlines()))
+    assert "1×1000 →" in narrow.output and "[1, 1000] → [1, 10]" in wide.output   # compact shapes when narrow
+    for word in ("fc", "Linear", "out_features", "513,000", "5,130", "(-507,870)", "1.02", "10.24"):
+        assert word in narrow.output.split() and word in wide.output.split()

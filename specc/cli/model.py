@@ -10,6 +10,7 @@ import typer
 
 from specc.cli.app import (SetOption, SpecPath, UsageFailure, VariantOption, app, echo, output_folder_exists,
                            overrides, user_errors)
+from specc.lang.terminal import output_width
 
 
 @app.command()
@@ -195,7 +196,7 @@ def diff(
             raise UsageFailure("give a second spec, or --set to compare the spec with a variant of itself")
         b_variables = overrides(set_)
         result = compare(spec, other, a_variables=overrides(set_a), b_variables=b_variables, batch_size=batch_size)
-        echo(result.render(output_format))
+        echo(result.render(output_format, width=output_width()))
         if draw_path is not None:
             from specc.draw.changes import changes_drawing, write_changes_drawing
             from specc.draw.drawing import GraphvizNotFound

@@ -7,6 +7,10 @@ with markup), so such text is shown, never obeyed.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+
 # Kept as they are: line breaks and tabs lay the output out.
 _LAYOUT = {"\n", "\t"}
 
@@ -31,3 +35,12 @@ def console_text(text: object) -> str:
 def _escaped(character: str) -> str:
     code = ord(character)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def output_width() -> int | None:
+    """How wide a table printed to stdout may be: the terminal's width when stdout is one, else
+    `COLUMNS` when it is set (a pipe or a file), else None (as wide as the table's cells)."""
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() else None

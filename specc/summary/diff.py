@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specc.lang.spec import load
-from specc.lang.terminal import console_text, printable
+from specc.lang.terminal import console_text
+from specc.summary.layout import Column, Layout, fit_columns, rich_table, table_width
 from specc.summary.render import markdown_text, readable, shape_text
 from specc.summary.rows import LayerRow
 from specc.summary.summarize import summary
@@ -69,8 +70,10 @@ class SpecDiff:
                 "totals": {"params": list(self.params), "flops": list(self.flops)},
                 "counts": {status: sum(item.status == status for item in self.items) for status in MARKS}}
 
-    def render(self, output_format: str = "table") -> str:
-        """The changes as a table (plain text), "markdown" or "json".
+    def render(self, output_format: str = "table", width: int | None = None) -> str:
+        """The changes as a table (plain text), "markdown" or "json"; the table at most `width`
+        characters wide where it can be (as the summary's table gives way: docs/summary.md), else
+        as wide as its cells.
 
         Raises:
             ValueError: an unknown format.
@@ -80,7 +83,7 @@ class SpecDiff:
         if output_format == "markdown":
             return _markdown(self)
         if output_format == "table":
-            return _table(self)
+            return _table(self, width)
         raise ValueError(f"unknown format '{output_format}'; choose one of {', '.join(FORMATS)}")
 
     def __str__(self) -> str:
@@ -161,17 +164,30 @@ def _fold_containers(items: list[ItemChange]) -> list[ItemChange]:
 
 
 # ----- rendering --------------------------------------------------------------------------------
-HEADERS = ("", "Item", "Type", "Changed", "Output shape", "Params", "FLOPs")
+COLUMNS = {column.key: column for column in (
+    Column("mark", "", "left", False),
+    Column("item", "Item", "left", False),
+    Column("type", "Type", "left", True),
+    Column("changed", "Changed", "left", True),
+    Column("output_shape", "Output shape", "left", True),
+    Column("params", "Params", "right", True),
+    Column("flops", "FLOPs", "right", False),
+)}
+HEADERS = tuple(column.header for column in COLUMNS.values())
+# a narrow terminal: shapes compact, no margins, cells wrapped between words, then these columns go
+STEPS = ("compact", "margins", "wrap", "drop")
+DROP_ORDER = ("flops", "output_shape", "type")
 
 
-def cells(item: ItemChange) -> list[str]:
-    """The seven cells of one change: mark, path, type, arguments, shape, params and FLOPs (A → B)."""
+def cells(item: ItemChange, compact: bool = False) -> list[str]:
+    """The seven cells of one change: mark, path, type, arguments, shape, params and FLOPs (A → B);
+    `compact` writes shapes as `1×64×56×56`."""
     a, b = item.a, item.b
     arguments = ", ".join(f"{name} {_value(old)} → {_value(new)}" for name, (old, new) in sorted(item.args.items()))
     return [MARKS[item.status], item.path,
             _pair(a and _type(a), b and _type(b)),
             arguments,
-            _pair(a and shape_text(a.shape), b and shape_text(b.shape)),
+            _pair(a and shape_text(a.shape, compact), b and shape_text(b.shape, compact)),
             _pair(a and _params(a), b and _params(b), _delta(a and a.params, b and b.params, "{:+,}")),
             _pair(a and readable(a.flops), b and readable(b.flops))]
 
@@ -187,26 +203,32 @@ def totals(result: SpecDiff) -> list[tuple[str, str]]:
                               f"{'more' if flops_b >= flops_a else 'fewer'}{_percent(flops_a, flops_b)})")]
 
 
-def _table(result: SpecDiff) -> str:
-    from rich import box
+def _table(result: SpecDiff, width: int | None) -> str:
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     # force_jupyter=False: in a notebook rich would display the table itself and leave the buffer empty
-    console = Console(file=io.StringIO(), width=1_000, color_system=None, highlight=False, force_jupyter=False)
+    console = Console(file=io.StringIO(), width=width or 10 ** 4, color_system=None, highlight=False,
+                      force_jupyter=False)
     console.print(f"{console_text(result.a_name)} → {console_text(result.b_name)}")
     if result.changes:
-        grid = Table(box=box.SIMPLE_HEAVY, header_style="bold")
-        for header in HEADERS:
-            grid.add_column(header, justify="right" if header in ("Params", "FLOPs") else "left", no_wrap=True)
-        for item in result.changes:
-            grid.add_row(*(Text(printable(cell)) for cell in cells(item)))
-        console.print(grid)
+        fitted = fit_columns(COLUMNS, list(COLUMNS), lambda layout: _column_texts(result, layout), width or 10 ** 4,
+                             STEPS, DROP_ORDER)
+        console.width = max(console.width, table_width(fitted.widths, fitted.margins))  # longer lines, not cut ones
+        console.print(*([""] if not fitted.margins else []), rich_table(fitted), *([""] if not fitted.margins else []),
+                      sep="\n", crop=False)
+        if fitted.left_out:
+            console.print(f"(left out to fit {width} columns: {', '.join(fitted.left_out)}; "
+                          "a wider terminal or --format markdown shows them)", end="\n\n")
     else:
         console.print("\nno item differs\n")
     console.print("\n".join(f"{label}: {value}" for label, value in totals(result)))
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()).rstrip()
+
+
+def _column_texts(result: SpecDiff, layout: Layout) -> list[list[str]]:
+    rows = [cells(item, layout.compact) for item in result.changes]
+    keys = list(COLUMNS)
+    return [[row[keys.index(key)] for row in rows] for key in layout.keys]
 
 
 def _markdown(result: SpecDiff) -> str:

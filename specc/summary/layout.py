@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-LayerRow = ModelSummary = Any  # see render.py: the records are used through their attributes only
+LayerRow = ModelSummary = Table = Any  # see render.py: the records are used through their attributes only
 
 
 @dataclass(frozen=True)
@@ -69,49 +69,108 @@ class Fitted:
     margins: bool = True          # a blank column left and right of the table
 
 
+@dataclass
+class Layout:
+    """How far a table has given way so far (`fit_columns`)."""
+
+    keys: list[str]               # the columns still shown
+    indent: str = "  "            # per nesting level
+    compact: bool = False         # cells as one word where they can be: `1×64×56×56`, `MLP×12`
+    margins: bool = True
+    wrapping: bool = False        # cells may break between words
+
+
+SUMMARY_STEPS = ("trainable", "indent", "compact", "margins", "wrap", "drop")
+
+
 def fit(result: ModelSummary, cell: Callable[..., str], width: int) -> Fitted:
-    """Choose columns and widths so the table is at most `width` characters wide where it can be.
+    """Choose the summary's columns and widths so the table is at most `width` characters wide where it can be.
 
     `cell(row, key, trainable_shown, indent, compact=...)` gives a cell's text. The table gives way
     one step at a time (see the module's docstring); when even Layer and Params at their longest
     word do not fit, it is as narrow as it can be and wider than `width`.
     """
-    keys, indent, wrapping, compact, margins = list(result.columns), "  ", False, False, True
+    def texts_of(layout: Layout) -> list[list[str]]:
+        return [[cell(row, key, "trainable" in layout.keys, layout.indent, compact=layout.compact)
+                 for row in result.rows] for key in layout.keys]
+
+    # the Trainable column is not reported as left out: its cells live on in Params
+    return fit_columns(COLUMNS, list(result.columns), texts_of, width, SUMMARY_STEPS, DROP_ORDER, quiet=("trainable",))
+
+
+def fit_columns(columns: dict[str, Column], keys: list[str], texts_of: Callable[[Layout], list[list[str]]],
+                width: int, steps: tuple[str, ...], drop_order: tuple[str, ...], quiet: tuple[str, ...] = ()) -> Fitted:
+    """Any table that gives way by `steps` (of SUMMARY_STEPS, in order) until it is at most `width` wide.
+
+    `texts_of(layout)` gives each shown column's cells; `drop_order` the columns that may go, first to
+    last; `quiet` the columns whose leaving the note under the table does not name.
+    """
+    layout = Layout(list(keys))
     while True:
-        texts = [[cell(row, key, "trainable" in keys, indent, compact=compact) for row in result.rows]
-                 for key in keys]
-        natural, minimum = _measure(keys, texts, wrapping)
-        fitted = functools.partial(_fitted, result, keys, texts=texts, compact=compact, margins=margins)
-        if table_width(natural, margins) <= width:
-            return fitted(natural)
-        if wrapping and table_width(minimum, margins) <= width:
-            return fitted(_shrink(natural, minimum, texts, table_width(natural, margins) - width))
-        if "trainable" in keys:
-            keys.remove("trainable")
-        elif indent == "  ":
-            indent = " "
-        elif not compact:  # before any cell wraps: a shape on one line beats one split over three
-            compact = True
-        elif margins:      # four blank characters that hold no figure
-            margins = False
-        elif not wrapping:
-            wrapping = True
-        elif any(key in keys for key in DROP_ORDER):
-            keys.remove(next(key for key in DROP_ORDER if key in keys))
-            margins, wrapping = True, False   # the narrower table may fit with its margins, unwrapped
+        texts = texts_of(layout)
+        natural, minimum = _measure(columns, layout.keys, texts, layout.wrapping)
+        if table_width(natural, layout.margins) <= width:
+            widths = natural
+        elif layout.wrapping and table_width(minimum, layout.margins) <= width:
+            widths = _shrink(natural, minimum, texts, table_width(natural, layout.margins) - width)
+        elif _give_way(layout, steps, drop_order):
+            continue
         else:
-            return fitted(minimum)
+            widths = minimum
+        left_out = [columns[key].header for key in keys if key not in layout.keys and key not in quiet]
+        return Fitted([columns[key] for key in layout.keys], widths, [list(cells) for cells in zip(*texts)], left_out,
+                      layout.compact, layout.margins)
 
 
-def _measure(keys: list[str], texts: list[list[str]], wrapping: bool) -> tuple[list[int], list[int]]:
+def _give_way(layout: Layout, steps: tuple[str, ...], drop_order: tuple[str, ...]) -> bool:
+    """Take the first of `steps` that still changes the table; False when none is left."""
+    for step in steps:
+        if step == "trainable" and "trainable" in layout.keys:
+            layout.keys.remove("trainable")
+        elif step == "indent" and layout.indent == "  ":
+            layout.indent = " "
+        elif step == "compact" and not layout.compact:   # before any cell wraps: one line beats three
+            layout.compact = True
+        elif step == "margins" and layout.margins:        # four blank characters that hold no figure
+            layout.margins = False
+        elif step == "wrap" and not layout.wrapping:
+            layout.wrapping = True
+        elif step == "drop" and any(key in layout.keys for key in drop_order):
+            layout.keys.remove(next(key for key in drop_order if key in layout.keys))
+            layout.margins, layout.wrapping = True, False   # the narrower table may fit with margins, unwrapped
+        else:
+            continue
+        return True
+    return False
+
+
+def _measure(columns: dict[str, Column], keys: list[str], texts: list[list[str]],
+             wrapping: bool) -> tuple[list[int], list[int]]:
     """Each column's natural width (its longest cell) and narrowest (its longest word, when wrapping)."""
     natural, minimum = [], []
     for key, cells in zip(keys, texts):
-        column = [COLUMNS[key].header, *cells]
+        column = [columns[key].header, *cells]
         natural.append(max(len(text) for text in column))
         minimum.append(max(len(word) for text in column for word in (text.split() or [""]))
-                       if wrapping and COLUMNS[key].wraps else natural[-1])
+                       if wrapping and columns[key].wraps else natural[-1])
     return natural, minimum
+
+
+def rich_table(fitted: Fitted, styles: list[str | None] | None = None) -> "Table":
+    """The fitted rows as a rich Table (SIMPLE_HEAVY: a heavy rule under the header, no lines between
+    columns); `styles` one per row."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from specc.lang.terminal import printable
+
+    grid = Table(box=box.SIMPLE_HEAVY, header_style="bold", show_edge=fitted.margins, pad_edge=fitted.margins)
+    for column, width in zip(fitted.columns, fitted.widths):
+        grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
+    for row, style in zip(fitted.rows, styles or [None] * len(fitted.rows)):
+        grid.add_row(*(Text(printable(text)) for text in row), style=style)
+    return grid
 
 
 def table_width(widths: list[int], margins: bool = True) -> int:
@@ -157,11 +216,3 @@ def _lines(text: str, width: int) -> int:
         else:
             used += len(word) + (1 if used else 0)
     return lines
-
-
-def _fitted(result: ModelSummary, keys: list[str], widths: list[int], *, texts: list[list[str]],
-            compact: bool, margins: bool) -> Fitted:
-    """The Trainable column is not reported as left out: its cells live on in Params."""
-    left_out = [COLUMNS[key].header for key in result.columns if key not in keys and key != "trainable"]
-    return Fitted([COLUMNS[key] for key in keys], widths, [list(cells) for cells in zip(*texts)], left_out, compact,
-                  margins)

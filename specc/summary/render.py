@@ -8,12 +8,11 @@ import csv
 import functools
 import io
 import json
-import os
 from html import escape
 from typing import TYPE_CHECKING, Any, Callable
 
-from specc.lang.terminal import console_text, printable
-from specc.summary.layout import COLUMNS, Fitted, fit, table_width
+from specc.lang.terminal import console_text, output_width
+from specc.summary.layout import COLUMNS, Fitted, fit, rich_table, table_width
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,8 +61,7 @@ def print_summary(result: "ModelSummary", output_format: str = "table", console:
     console = console or Console(highlight=False)
     if output_format != "table" or not console.is_terminal:
         # pipes and files get plain text, no padding or colour, as wide as COLUMNS says when it is set
-        columns = os.environ.get("COLUMNS", "")
-        print(render(result, output_format, int(columns) if columns.isdigit() else None))
+        print(render(result, output_format, output_width()))
         return
     _print_table(result, console)
 
@@ -97,17 +95,8 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
 
     `fitted` (layout.fit) sets the columns and their widths; without it every column at its natural width.
     """
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
     fitted = fitted or fit(result, cell_of(result), 10 ** 6)
-    grid = Table(box=box.SIMPLE_HEAVY, header_style="bold", show_edge=fitted.margins, pad_edge=fitted.margins)
-    for column, width in zip(fitted.columns, fitted.widths):
-        grid.add_column(column.header, justify=column.justify, width=width, no_wrap=not column.wraps)
-    for row, texts in zip(result.rows, fitted.rows):
-        grid.add_row(*(Text(printable(text)) for text in texts), style="bold" if row.children else None)
-    return grid
+    return rich_table(fitted, ["bold" if row.children else None for row in result.rows])
 
 
 def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = "  ", *,
