@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import uuid
@@ -121,11 +122,20 @@ def _train_process(spec: Any, out: str, resume: str | Path | None, verbose: bool
         return train(spec, out=out, resume=resume, verbose=verbose)
     except SpecError as error:  # met outside the process group, or reported already in it
         report_failure(error)
-        raise SystemExit(2) from None
+        _leave(2)
     except Exception:
         if peer_failed():
-            raise SystemExit(2) from None
+            _leave(2)
         raise
+
+
+def _leave(code: int) -> None:
+    """End this process now: the interpreter's teardown of a process group whose peer is gone can
+    abort (gloo: SIGABRT), which the agent would report as a crash instead of this exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _first_failure(failures: Path) -> list[Problem]:
@@ -185,8 +195,9 @@ class _SpecErrorExit(logging.Filter):
         message = record.getMessage() if record.args else ""
         if message.startswith("failed (exitcode: 2)"):
             return False
-        # torch stops the others as soon as one has exited, before the agent logs the exit
-        return not (message.startswith("Terminating process") and peer_failed())
+        # once a rank has reported its SpecError, that error explains every exit: torch stopping the
+        # others (before the agent logs the exit), or a peer that died as its group broke
+        return not (message.startswith(("Terminating process", "failed (exitcode:")) and peer_failed())
 
 
 @contextlib.contextmanager
