@@ -1,5 +1,5 @@
-"""Which columns the summary table shows and how wide each is, so that it fits the width it is
-given without ever cutting a name or a number.
+"""Which columns the summary table (and `specc diff`'s, through `fit_columns`) shows and how wide
+each is, so that it fits the width it is given without ever cutting a name or a number.
 
 At a narrow width the table gives way in a fixed order (docs/summary.md, "Narrow terminals"):
 the Trainable column goes first (rows that are not trainable say so in Params), then nesting is
