@@ -93,6 +93,28 @@ def test_named_dims_are_labelled_and_free_at_run_time():
     assert compiled.module(torch.randint(0, 100, (3, 40))).shape == (3, 20)
 
 
+def test_a_tuple_outputs_shapes_keep_their_named_dims():
+    """`chunk` and `split` give several tensors: each has its named dims, in the graph and the summary."""
+    spec = """
+inputs: {x: {shape: [seq, 12]}}
+vars: {seq: 10}
+layers:
+  - chunk: {chunks: 2, dim: -1}
+    name: halves
+  - getitem: 0
+  - split: {split_size_or_sections: [2, 4], dim: -1}
+    name: parts
+  - getitem: 1
+"""
+    compiled = compile_spec(spec)
+    halves, parts = compiled.graph["halves"], compiled.graph["parts"]
+    assert halves.meta["symbolic_shapes"] == [["B", "seq", 6], ["B", "seq", 6]]
+    assert parts.meta["symbolic_shapes"] == [["B", "seq", 2], ["B", "seq", 4]]
+    rows = {row.name: row for row in specc.summary(spec).rows}
+    assert rows["halves"].shape == [[1, "seq", 6], [1, "seq", 6]] and rows["parts"].shape == [[1, "seq", 2], [1, "seq", 4]]
+    assert rows["3"].shape == [1, "seq", 4]
+
+
 # ----- sharing, several inputs and outputs ----------------------------------------------------------
 SIAMESE = """
 inputs: {left: {shape: [8]}, right: {shape: [8]}}

@@ -360,11 +360,14 @@ def _failure(node: Node, error: Exception, values: dict) -> Problem:
 
 
 def _record(node: Node, value: Any) -> None:
+    node.meta.pop("shapes", None)
     if isinstance(value, torch.Tensor):
         node.shape = tuple(value.shape)
         node.dtype = str(value.dtype).removeprefix("torch.")
-    else:
-        node.shape = None
+        return
+    node.shape = None
+    if isinstance(value, (tuple, list)) and value and all(isinstance(item, torch.Tensor) for item in value):
+        node.meta["shapes"] = [tuple(item.shape) for item in value]   # chunk, split: for named dims (symbolic.py)
 
 
 def _first_line(error: Exception) -> str:

@@ -2,7 +2,8 @@
 
 The first dry run uses the var's value. A second dry run with that one dim doubled shows which
 output dims follow it; those are labelled `seq`, `seq*4` or `seq/2` in `node.meta["symbolic_shape"]`
-(batch dim included, as "B"), for summary and draw to show.
+(batch dim included, as "B"), for summary and draw to show; an output that is a tuple of tensors
+(`chunk`, `split`) gets one such list per tensor in `node.meta["symbolic_shapes"]`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def label_symbolic_dims(graph: Graph, registry: Registry, batch_size: int) -> No
     for node in graph.nodes:
         if node.shape is not None:
             node.meta["symbolic_shape"] = ["B", *node.shape[1:]]
+        if "shapes" in node.meta:
+            node.meta["symbolic_shapes"] = [["B", *shape[1:]] for shape in node.meta["shapes"]]
     for input_node in graph.inputs:
         for dim, symbol in input_node.meta.get("symbols", {}).items():
             _label_one(graph, registry, batch_size, input_node.name, dim, symbol)
@@ -35,12 +38,21 @@ def _label_one(graph: Graph, registry: Registry, batch_size: int, input_name: st
     else:
         return  # the model only works at the declared size: leave the numbers
     for node, probed in zip(graph.nodes, probe.nodes):
-        if node.shape is None or probed.shape is None or len(node.shape) != len(probed.shape):
-            continue
-        labels = node.meta["symbolic_shape"]
-        for index in range(1, len(node.shape)):
-            if probed.shape[index] != node.shape[index] and isinstance(labels[index], int):
-                labels[index] = _expression(symbol, Fraction(node.shape[index], value))
+        if node.shape is not None and probed.shape is not None:
+            _label_dims(node.meta["symbolic_shape"], node.shape, probed.shape, symbol, value)
+        shapes, probed_shapes = node.meta.get("shapes"), probed.meta.get("shapes")
+        if shapes is not None and probed_shapes is not None and len(shapes) == len(probed_shapes):
+            for labels, shape, probed_shape in zip(node.meta["symbolic_shapes"], shapes, probed_shapes):
+                _label_dims(labels, shape, probed_shape, symbol, value)
+
+
+def _label_dims(labels: list, shape: tuple, probed: tuple, symbol: str, value: int) -> None:
+    """Label the dims of `shape` (not the batch dim) that the probe changed: they follow `symbol`."""
+    if len(shape) != len(probed):
+        return
+    for index in range(1, len(shape)):
+        if probed[index] != shape[index] and isinstance(labels[index], int):
+            labels[index] = _expression(symbol, Fraction(shape[index], value))
 
 
 def _probe(graph: Graph, registry: Registry, batch_size: int, input_name: str, dim: int, size: int) -> Graph | None:

@@ -172,7 +172,8 @@ def _spec_tree(graph: "Graph", module: nn.Module, outputs: dict, flops: dict) ->
                 chain.append(containers.get(scope.path) or _add_container(containers, chain[-1], scope, enclosing))
             enclosing = scope.module or enclosing
         shape, output_bytes = outputs[node.name]
-        shape = _with_named_dims(shape, node.meta.get("symbolic_shape"))
+        shape = (_with_named_dims(shape, node.meta.get("symbolic_shape")) if node.shape is not None
+                 else _with_named_dims_each(shape, node.meta.get("symbolic_shapes")))
         for container in chain[1:]:
             container.shape = shape  # a container outputs what its last item outputs
         if node.op == "merge":
@@ -205,6 +206,13 @@ def _with_named_dims(shape: list | None, labels: list | None) -> list | None:
     if not labels or not isinstance(shape, list) or len(shape) != len(labels):
         return shape
     return [shape[0], *(label if isinstance(label, str) else size for size, label in zip(shape[1:], labels[1:]))]
+
+
+def _with_named_dims_each(shapes: list | None, labels: list | None) -> list | None:
+    """A tuple output's shapes, each with its named dims (`chunk` of `[1, seq, 64]`: two `[1, seq, 32]`)."""
+    if not labels or not isinstance(shapes, list) or len(shapes) != len(labels):
+        return shapes
+    return [_with_named_dims(shape, shape_labels) for shape, shape_labels in zip(shapes, labels)]
 
 
 def _input_shape(node: "Node", outputs: dict) -> list | None:
