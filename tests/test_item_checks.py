@@ -82,9 +82,13 @@ def test_outputs_and_later_uses_are_not_unused():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.yaml")), ids=lambda path: path.stem)
 def test_no_example_spec_has_an_unused_item(path: Path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", SpecWarning)
-        assert specc.compile(path, device="meta", symbolic=False).warnings == []
+    """Nor any other warning, but the one a `char` tokenizer's guessed vocabulary gives (gpt_char)."""
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always", SpecWarning)
+        compiled = specc.compile(path, device="meta", symbolic=False)
+    expected = ["TOKENIZER_STAND_IN"] if path.stem == "gpt_char" else []
+    assert [problem.code for problem in compiled.warnings] == expected
+    assert len([warning for warning in shown if issubclass(warning.category, SpecWarning)]) == len(expected)
 
 
 def test_check_prints_the_warning_and_passes_and_summary_marks_the_row(tmp_path: Path):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from specc.cli import app
 from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.lang.spec import load
@@ -233,6 +235,27 @@ def test_an_embedding_smaller_than_the_vocabulary_is_located_at_the_embedding(tm
     assert problem.message.startswith("the embedding has 100 rows but the tokenizer bytes (256 symbols) makes ids up "
                                       "to 255")
     assert problem.location.line == line_of(lines, "Embedding")
+
+
+@pytest.mark.parametrize("tokenizer, warned", [("char", True), ("vocab/tokenizer.json", True), ("bytes", False),
+                                               ({"bpe": {"vocab_size": 300}}, False)])
+def test_a_guessed_vocabulary_is_a_located_warning_where_no_text_is_read(tmp_path, tokenizer, warned):
+    """char and file tokenizers: 256 is a guess, and every count shown rests on it, so check/summary/build
+    say so at the var; bytes (256) and bpe (N) are known before any text; a --set size is no guess."""
+    from specc.build.compiler import compile as compile_spec
+
+    path, lines = write_spec(tmp_path, lm_spec("text:corpus.txt", tokenizer=tokenizer))
+    compiled = compile_spec(path, device="meta")
+    stand_ins = [problem for problem in compiled.warnings if problem.code == "TOKENIZER_STAND_IN"]
+    assert len(stand_ins) == warned
+    if warned:
+        (problem,) = stand_ins
+        assert problem.message.startswith("vocab_size is 256 here, a stand-in for $tokenizer.vocab_size")
+        assert "`--set vocab_size=N`" in problem.message
+        assert (problem.location.file, problem.location.line) == (str(path), line_of(lines, "vocab_size:"))
+        assert compile_spec(path, device="meta", vocab_size=96).warnings == []
+        result = CliRunner().invoke(app, ["summary", str(path)])
+        assert result.exit_code == 0 and f"warning: {path}:{problem.location.line}:" in result.output
 
 
 def test_vocab_size_follows_the_tokenizer_and_the_tokenizer_is_saved_in_the_run_and_checkpoints(tmp_path):

@@ -33,6 +33,7 @@ from specc.build.memory import check_weights_fit
 from specc.build.tensors import FREE_TENSORS, FreeTensor, make_free_tensor
 from specc.lang.safety import safe_scope
 from specc.lang.spec import Spec, load
+from specc.lang.tokenizer_vars import stand_in_warnings
 
 
 def _without_cyclic_gc(function):
@@ -113,7 +114,8 @@ def _compile(spec_or_path, device, dtype, batch_size, input_shapes, symbolic, va
     _apply_ties(module, spec)
     apply_trainable(module, graph)
     compiled = Compiled(spec, graph, module, device, batch_size, meta_modules,
-                        meta_builder=lambda: _meta_twin(plan, meta_modules), warnings=[*graph.warnings, *unused_items(graph)])
+                        meta_builder=lambda: _meta_twin(plan, meta_modules),
+                        warnings=[*graph.warnings, *unused_items(graph), *stand_in_warnings(spec)])
     for problem in compiled.warnings:
         warnings.warn(SpecWarning(problem), stacklevel=2)
     if spec.expect is not None:
