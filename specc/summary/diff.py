@@ -19,7 +19,7 @@ from typing import Any
 
 from specc.lang.spec import load
 from specc.lang.terminal import console_text
-from specc.summary.layout import Column, Layout, fit_columns, rich_table, table_width
+from specc.summary.layout import Column, Layout, fit_columns, print_fitted
 from specc.summary.render import markdown_text, readable, shape_text
 from specc.summary.rows import LayerRow
 from specc.summary.summarize import summary
@@ -213,12 +213,7 @@ def _table(result: SpecDiff, width: int | None) -> str:
     if result.changes:
         fitted = fit_columns(COLUMNS, list(COLUMNS), lambda layout: _column_texts(result, layout), width or 10 ** 4,
                              STEPS, DROP_ORDER)
-        console.width = max(console.width, table_width(fitted.widths, fitted.margins))  # longer lines, not cut ones
-        console.print(*([""] if not fitted.margins else []), rich_table(fitted), *([""] if not fitted.margins else []),
-                      sep="\n", crop=False)
-        if fitted.left_out:
-            console.print(f"(left out to fit {width} columns: {', '.join(fitted.left_out)}; "
-                          "a wider terminal or --format markdown shows them)", end="\n\n")
+        print_fitted(console, fitted)
     else:
         console.print("\nno item differs\n")
     console.print("\n".join(f"{label}: {value}" for label, value in totals(result)))
@@ -226,9 +221,8 @@ def _table(result: SpecDiff, width: int | None) -> str:
 
 
 def _column_texts(result: SpecDiff, layout: Layout) -> list[list[str]]:
-    rows = [cells(item, layout.compact) for item in result.changes]
-    keys = list(COLUMNS)
-    return [[row[keys.index(key)] for row in rows] for key in layout.keys]
+    by_key = dict(zip(COLUMNS, zip(*(cells(item, layout.compact) for item in result.changes))))
+    return [list(by_key[key]) for key in layout.keys]
 
 
 def _markdown(result: SpecDiff) -> str:

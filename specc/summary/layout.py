@@ -156,6 +156,28 @@ def _measure(columns: dict[str, Column], keys: list[str], texts: list[list[str]]
     return natural, minimum
 
 
+def print_fitted(console: Any, fitted: Fitted, styles: list[str | None] | None = None, notes: list[str] = ()) -> None:
+    """Print the table at `console`'s width (wider where even the columns that always stay do not fit:
+    longer lines, not cut ones), then `notes` (rich markup escaped) and the line naming the columns
+    left out; a blank line after them."""
+    width = console.width
+    console.width = max(width, table_width(fitted.widths, fitted.margins))
+    try:
+        if not fitted.margins:   # the box's top and bottom edges were the blank lines around the table
+            console.print()
+        console.print(rich_table(fitted, styles), crop=False)
+        if not fitted.margins:
+            console.print()
+    finally:
+        console.width = width
+    lines = list(notes)
+    if fitted.left_out:
+        lines.append(f"(left out to fit {width} columns: {', '.join(fitted.left_out)}; "
+                     "a wider terminal or --format markdown shows them)")
+    if lines:
+        console.print("\n".join(lines), end="\n\n")
+
+
 def rich_table(fitted: Fitted, styles: list[str | None] | None = None) -> "Table":
     """The fitted rows as a rich Table (SIMPLE_HEAVY: a heavy rule under the header, no lines between
     columns); `styles` one per row."""

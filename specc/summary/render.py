@@ -12,7 +12,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any, Callable
 
 from specc.lang.terminal import console_text, output_width
-from specc.summary.layout import COLUMNS, Fitted, fit, rich_table, table_width
+from specc.summary.layout import COLUMNS, Fitted, fit, print_fitted, rich_table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,23 +69,8 @@ def print_summary(result: "ModelSummary", output_format: str = "table", console:
 def _print_table(result: "ModelSummary", console: "Console") -> None:
     console.print(f"[bold]{console_text(result.model)}[/bold]  {console_text(_inputs_text(result))}")
     fitted = fit(result, cell_of(result), console.width)
-    width = console.width
-    # too narrow even for Layer and Params: longer lines, not cut ones
-    console.width = max(width, table_width(fitted.widths, fitted.margins))
-    try:
-        if not fitted.margins:   # the box's top and bottom edges were the blank lines around the table
-            console.print()
-        console.print(table(result, fitted), crop=False)
-        if not fitted.margins:
-            console.print()
-    finally:
-        console.width = width
     note = shared_note(result) if fitted.compact else None
-    if note:
-        console.print(console_text(note), end="\n\n" if not fitted.left_out else "\n")
-    if fitted.left_out:
-        console.print(f"(left out to fit {console.width} columns: {', '.join(fitted.left_out)}; "
-                      "a wider terminal or --format markdown shows them)", end="\n\n")
+    print_fitted(console, fitted, _row_styles(result), [console_text(note)] if note else [])
     for lines in (totals(result), memory(result)):
         console.print("\n".join(f"{label}: {value}" for label, value in lines), end="\n\n")
 
@@ -95,8 +80,11 @@ def table(result: "ModelSummary", fitted: Fitted | None = None) -> "Table":
 
     `fitted` (layout.fit) sets the columns and their widths; without it every column at its natural width.
     """
-    fitted = fitted or fit(result, cell_of(result), 10 ** 6)
-    return rich_table(fitted, ["bold" if row.children else None for row in result.rows])
+    return rich_table(fitted or fit(result, cell_of(result), 10 ** 6), _row_styles(result))
+
+
+def _row_styles(result: "ModelSummary") -> list[str | None]:
+    return ["bold" if row.children else None for row in result.rows]
 
 
 def cell(row: "LayerRow", key: str, trainable_shown: bool = True, indent: str = "  ", *,
