@@ -91,23 +91,10 @@ def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int
         return [(targets[0], sources[0], "the only one of its kind")], []
     kinds = {**{t: layers.get(t) == "Embedding" for t in targets},
              **{s: bool(_EMBEDDING_WORDS & set(name_words(s.rpartition(".")[2]))) for s in sources}}
-    split = _split_by(targets, sources, kinds.get)
-    if split:
-        pairs, undecided = [], []
-        for group_targets, group_sources in split:
-            found, left = pair_modules(group_targets, group_sources, use_rank, layers)
-            pairs += [(t, s, why if why != "the only one of its kind" else "kind") for t, s, why in found]
-            undecided += left
-        return pairs, undecided
-    for numbers_of in (_index_numbers, _all_numbers):
-        split = _split_by(targets, sources, numbers_of)
+    for key, reason in ((kinds.get, "kind"), (_index_numbers, "numbers"), (_all_numbers, "numbers")):
+        split = _split_by(targets, sources, key)
         if split:
-            pairs, undecided = [], []
-            for group_targets, group_sources in split:
-                found, left = pair_modules(group_targets, group_sources, use_rank, layers)
-                pairs += [(t, s, why if why != "the only one of its kind" else "numbers") for t, s, why in found]
-                undecided += left
-            return pairs, undecided
+            return _pair_groups(split, reason, use_rank, layers)
     pairs = _by_words(targets, sources) if len(targets) <= _WORDS_LIMIT else []
     targets = [t for t in targets if t not in {p[0] for p in pairs}]
     sources = [s for s in sources if s not in {p[1] for p in pairs}]
@@ -118,6 +105,18 @@ def pair_modules(targets: list[str], sources: list[str], use_rank: dict[str, int
         numbered = sorted(sources, key=_all_numbers)
         return pairs + [(t, s, "order of use") for t, s in zip(ranked, numbered)], []
     return pairs, [(targets, sources)] if targets else []
+
+
+def _pair_groups(split: list[tuple[list[str], list[str]]], reason: str, use_rank: dict[str, int],
+                 layers: dict[str, str]) -> tuple[list[tuple[str, str, str]], list[tuple[list[str], list[str]]]]:
+    """`pair_modules` within each group of a split; a group's lone member is paired for `reason`
+    (what split the modules), the rest for their own evidence."""
+    pairs, undecided = [], []
+    for group_targets, group_sources in split:
+        found, left = pair_modules(group_targets, group_sources, use_rank, layers)
+        pairs += [(t, s, why if why != "the only one of its kind" else reason) for t, s, why in found]
+        undecided += left
+    return pairs, undecided
 
 
 def _split_by(targets: list[str], sources: list[str], key) -> list[tuple[list[str], list[str]]]:
