@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.timing import SPECS, Result, Target, calls_lasting, interleaved_calls, median_ratio, medians
+from benchmarks.timing import SPECS, Result, Target, forward_against_hand_written, median_ratio, medians
 
 TARGET = Target("<=", 1.03)
 
@@ -151,14 +151,7 @@ def run(repeats: int = 9, turn_seconds: float = 0.004, turns: int = 50) -> list[
 
 def _run_case(name, spec, hand_class, repeats: int, turn_seconds: float, turns: int) -> Result:
     specc_model, hand_model, example = equivalent_pair(spec, hand_class)
-    with torch.no_grad():
-        calls = calls_lasting(lambda: hand_model(example), turn_seconds)
-        seconds = interleaved_calls({
-            "specc": lambda: specc_model(example),
-            "hand-written": lambda: hand_model(example),
-            "hand-written again": lambda: hand_model(example),  # A/A: the noise floor of this run
-        }, repeats=repeats, calls=calls, turns=turns)
-    noise = median_ratio(seconds.pop("hand-written again"), seconds["hand-written"])
+    seconds, noise, calls = forward_against_hand_written(specc_model, hand_model, example, repeats, turn_seconds, turns)
     return Result("forward", f"{name}: specc / hand-written", median_ratio(seconds["specc"], seconds["hand-written"]),
                   TARGET, seconds=medians(seconds), repeats=repeats,
                   note=f"batch 1, 1 thread, no_grad, CPU time, {turns} turns x {calls} calls per repeat; "

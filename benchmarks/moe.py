@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.timing import Result, Target, calls_lasting, interleaved_calls, median_ratio, medians
+from benchmarks.timing import Result, Target, forward_against_hand_written, median_ratio, medians
 
 TARGET = Target("<=", 1.10)
 SIZES = {"dim": 256, "hidden": 512, "n_experts": 8, "top_k": 2, "tokens": 256}   # Mixtral's 8 experts, top 2
@@ -78,16 +78,10 @@ def run(repeats: int = 7, turn_seconds: float = 0.05, turns: int = 10, sizes: di
     torch.set_num_threads(1)
     try:
         specc_model, hand_model, example = equivalent_pair(sizes)
-        with torch.no_grad():
-            calls = calls_lasting(lambda: hand_model(example), turn_seconds)
-            seconds = interleaved_calls({
-                "specc": lambda: specc_model(example),
-                "hand-written": lambda: hand_model(example),
-                "hand-written again": lambda: hand_model(example),   # A/A: the noise floor of this run
-            }, repeats=repeats, calls=calls, turns=turns)
+        seconds, noise, _ = forward_against_hand_written(specc_model, hand_model, example, repeats, turn_seconds,
+                                                         turns)
     finally:
         torch.set_num_threads(threads)
-    noise = median_ratio(seconds.pop("hand-written again"), seconds["hand-written"])
     shape = ", ".join(f"{key} {value}" for key, value in sizes.items())
     return [Result("moe", "MoE forward: specc / hand-written sparse dispatch",
                    median_ratio(seconds["specc"], seconds["hand-written"]), TARGET, seconds=medians(seconds),

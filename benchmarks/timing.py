@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -194,3 +194,24 @@ def format_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
+
+
+def forward_against_hand_written(specc_model: Any, hand_model: Any, example: Any, repeats: int, turn_seconds: float,
+                                 turns: int) -> tuple[dict[str, list[float]], float, int]:
+    """Time both models' forward (no_grad), taking turns, with the hand-written one also against itself.
+
+    Returns:
+        `(seconds, noise, calls)`: seconds per call of "specc" and "hand-written" per repeat; the
+        hand-written model's ratio to itself (the noise floor of this run); calls per turn.
+    """
+    import torch
+
+    with torch.no_grad():
+        calls = calls_lasting(lambda: hand_model(example), turn_seconds)
+        seconds = interleaved_calls({
+            "specc": lambda: specc_model(example),
+            "hand-written": lambda: hand_model(example),
+            "hand-written again": lambda: hand_model(example),   # A/A: the noise floor of this run
+        }, repeats=repeats, calls=calls, turns=turns)
+    noise = median_ratio(seconds.pop("hand-written again"), seconds["hand-written"])
+    return seconds, noise, calls
