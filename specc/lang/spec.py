@@ -31,6 +31,19 @@ def is_name(text: Any) -> bool:
     return isinstance(text, str) and bool(IDENTIFIER.match(text)) and not keyword.iskeyword(text)
 
 
+def _names_only(value: dict, what: str = "") -> dict:
+    """`value`, whose keys must all be names (`is_name`).
+
+    Raises:
+        ValueError: the first key that is not, called `what` (`block arg 'x' ...`).
+    """
+    for key in value:
+        if not is_name(str(key)):
+            raise ValueError(f"{what}'{key}' is not a valid name (letters, digits and _; not starting with a digit; "
+                             f"no Python keyword)")
+    return value
+
+
 def is_path(text: Any) -> bool:
     """A module path an item may be named with: names or numbers joined by dots (`head`, `resnets.0`,
     `attention.self.query`), so a spec can hold a layer wherever a library's state_dict has it."""
@@ -61,11 +74,7 @@ class BlockSpec(_Strict):
     @classmethod
     def _args_are_names(cls, value: dict) -> dict:
         # an arg becomes a constructor parameter in the code `specc codegen` writes
-        for key in value:
-            if not is_name(str(key)):
-                raise ValueError(f"block arg '{key}' is not a valid name (letters, digits and _; not starting "
-                                 f"with a digit; no Python keyword)")
-        return value
+        return _names_only(value, "block arg ")
 
 
 class ExpectSpec(_Strict):
@@ -105,11 +114,7 @@ class Spec(_Strict):
     @field_validator("inputs", "vars", "blocks", "variants")
     @classmethod
     def _names_are_identifiers(cls, value: dict) -> dict:
-        for key in value:
-            if not is_name(str(key)):
-                raise ValueError(f"'{key}' is not a valid name (letters, digits and _; not starting with a digit; "
-                                 f"no Python keyword)")
-        return value
+        return _names_only(value)
 
     @field_validator("name")
     @classmethod
