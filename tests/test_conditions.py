@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from specc.build.compiler import compile as compile_spec
 from specc.lang.errors import SpecError
-
-
-def build(text: str, **variables) -> nn.Module:
-    return compile_spec(text, **variables).module
+from spec_helpers import build
 
 
 UNITS = """\

@@ -13,6 +13,7 @@ from specc.weights.checkpoint import load_checkpoint
 from specc.lang.errors import SpecError
 from specc.train.prepare import build_model, load_train_spec, prepare_data
 from specc.train.training import train
+from spec_helpers import prepared, write_spec
 
 torch.set_num_threads(1)  # two pytest workers share two cores
 
@@ -24,17 +25,6 @@ def shapes_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def write_spec(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def prepared(path: Path):
-    spec = load_train_spec(path)
-    return prepare_data(spec, build_model(spec, torch.device("cpu"), seed=0))
 
 
 IMAGE_CNN = """

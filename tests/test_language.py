@@ -16,20 +16,13 @@ from torch import nn
 import specc
 from specc.build.compiler import compile as compile_spec
 from specc.lang.errors import SpecError
-
-
-def build(text: str, **variables) -> nn.Module:
-    return compile_spec(text, **variables).module
+from spec_helpers import build, where
 
 
 def first_problem(text: str, **variables):
     with pytest.raises(SpecError) as raised:
         compile_spec(text, **variables)
     return raised.value.problems[0]
-
-
-def where(problem) -> tuple[int, int, str]:
-    return problem.location.line, problem.location.column, problem.code
 
 
 def params(module: nn.Module) -> int:

@@ -12,22 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import compile as compile_spec
-from specc.lang.errors import SpecError
-
-
-def build(text: str, **variables) -> nn.Module:
-    return compile_spec(text, **variables).module
-
-
-def problems(text: str) -> list:
-    with pytest.raises(SpecError) as raised:
-        compile_spec(text)
-    return raised.value.problems
-
-
-def where(problem) -> tuple[int, int, str]:
-    return problem.location.line, problem.location.column, problem.code
+from spec_helpers import build, problems, where
 
 
 def assert_same_model(spec_model: nn.Module, reference: nn.Module, forward, *inputs) -> None:

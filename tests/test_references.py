@@ -10,18 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from specc.build.compiler import compile as compile_spec
-from specc.lang.errors import SpecError
-
-
-def build(text: str, **variables) -> nn.Module:
-    return compile_spec(text, **variables).module
-
-
-def problems(text: str) -> list:
-    with pytest.raises(SpecError) as raised:
-        compile_spec(text)
-    return raised.value.problems
+from spec_helpers import build, problems
 
 
 def layer(model: nn.Module, path: str) -> nn.Module:

@@ -2,7 +2,6 @@
 never a walk of the whole disk, a hang, a huge allocation or an internal error."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from specc.lang.errors import SpecError
-from specc.train.prepare import build_model, load_train_spec, prepare_data
+from spec_helpers import prepared, write_spec
 
 torch.set_num_threads(1)  # two pytest workers share two cores
 
@@ -25,17 +24,6 @@ IMAGE_SPEC = """
       loss: CrossEntropyLoss
       threads: 1
 """
-
-
-def write_spec(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def prepared(path: Path):
-    spec = load_train_spec(path)
-    return prepare_data(spec, build_model(spec, torch.device("cpu"), seed=0))
 
 
 def image_folder(root: Path, classes: dict[str, int]) -> Path:
